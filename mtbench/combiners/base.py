@@ -1,0 +1,113 @@
+"""The small base class every combiner derives from.
+
+A combiner receives one training step's per-task losses (plus the shared representation,
+the model and the inputs) and leaves the parameter gradients in ``.grad``; the optimizer
+steps afterwards. Scale convention: the shared parameters' gradient is on the scale of the
+plain sum of task losses (the baseline) unless an option says otherwise, so one learning
+rate serves every combiner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mtbench import MtbenchError
+
+
+@dataclass
+class Step:
+    """Everything a combiner may need about one training step.
+
+    ``rep`` is the shared representation [B, *F] still attached to the trunk's graph,
+    ``outputs`` the heads' outputs, ``losses`` the T per-task losses (a vector [T]).
+    ``inputs`` requires grad only when the combiner sets ``needs_input_grad``.
+    """
+
+    model: nn.Module
+    inputs: torch.Tensor
+    rep: torch.Tensor
+    outputs: torch.Tensor
+    losses: torch.Tensor
+    generator: torch.Generator | None = None
+
+
+class Combiner:
+    """Base class: subclasses set ``name``, ``defaults`` (option -> default) and ``backward``.
+
+    Options come from the combiner's config file (every key but ``name`` and ``_target_``);
+    an option the class does not declare is an error naming the allowed ones.
+    """
+
+    name: ClassVar[str] = ""
+    #: options of this combiner and their defaults
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the trainer must make the inputs require grad (input gradient penalty)
+    needs_input_grad: ClassVar[bool] = False
+
+    def __init__(self, num_tasks: int, **options: Any):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise MtbenchError(
+                f"combiner.{unknown[0]} is not an option of combiner={self.name}; its options are: {allowed}"
+            )
+        self.num_tasks = int(num_tasks)
+        self.opts = {**self.defaults, **options}
+        for key, value in self.opts.items():
+            setattr(self, key, value)
+
+    # -- the one method a combiner must implement ---------------------------------------
+    def backward(self, step: Step) -> None:
+        """Accumulate this step's gradients into ``.grad`` of every trainable parameter."""
+        raise NotImplementedError
+
+    # -- state carried across steps (e.g. GradNorm's weights); saved in checkpoints ------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars worth logging per epoch (e.g. task weights); empty by default."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
+        return f"{type(self).__name__}({opts})"
+
+    # -- shared building blocks -----------------------------------------------------------
+    @staticmethod
+    def task_grads_at(losses: torch.Tensor, tensor: torch.Tensor, retain_graph: bool = True) -> torch.Tensor:
+        """All T per-task gradients dL_i/d(tensor), shape [T, *tensor.shape], in one batched
+        autograd call (vmap over the backward pass); falls back to a loop over tasks where
+        vmap cannot run the backward (some compiled models, RNNs, AMP with normalisation)."""
+        T = losses.shape[0]
+        eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
+        try:
+            (grads,) = torch.autograd.grad(losses, tensor, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph)
+        except RuntimeError:
+            rows = [torch.autograd.grad(losses[i], tensor, retain_graph=retain_graph or i < T - 1)[0] for i in range(T)]
+            grads = torch.stack(rows)
+        return grads
+
+    @staticmethod
+    def backward_heads(step: Step, weights: torch.Tensor | None = None) -> None:
+        """Each head gets its own loss's gradient (weighted by ``weights`` if given)."""
+        heads = step.model.head_parameters()
+        total = step.losses.sum() if weights is None else (weights * step.losses).sum()
+        torch.autograd.backward(total, inputs=heads, retain_graph=True)
+
+    @staticmethod
+    def backward_trunk(step: Step, rep_grad: torch.Tensor) -> None:
+        """Push a gradient at the representation through the shared trunk."""
+        torch.autograd.backward(step.rep, rep_grad, inputs=step.model.shared_parameters())
+
+
+def check_choice(option: str, value: Any, allowed: tuple[str, ...], combiner: str) -> None:
+    if value not in allowed:
+        raise MtbenchError(f"combiner.{option}={value!r} is not allowed for combiner={combiner}; choose one of: {', '.join(allowed)}")

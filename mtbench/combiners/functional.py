@@ -1,0 +1,611 @@
+"""Pure tensor functions behind the gradient combiners (no modules, no state).
+
+Every function takes per-task gradients stacked along a leading task dimension ``T``
+and returns either one combined gradient or one weight per task:
+
+* :func:`graddrop` / :func:`random_graddrop` -- Gradient Sign Dropout, from
+  Z. Chen, J. Ngiam, Y. Huang, T. Luong, H. Kretzschmar, Y. Chai, D. Anguelov,
+  "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout",
+  NeurIPS 2020.  It acts on the gradients of the task losses with respect to a shared
+  *activation* ``A`` (not the parameters).
+* :func:`pcgrad` -- Projecting Conflicting Gradients, from T. Yu, S. Kumar, A. Gupta,
+  S. Levine, K. Hausman, C. Finn, "Gradient Surgery for Multi-Task Learning",
+  NeurIPS 2020 (Algorithm 1).
+* :func:`mgda_weights` / :func:`mgda_weights_from_gram` -- the min-norm element of the
+  convex hull of the task gradients used by MGDA-UB, from O. Sener and V. Koltun,
+  "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018 (Sec. 3).
+
+Randomness only ever comes from the ``generator`` argument (``None`` means torch's
+global generator), and each function documents exactly which draws it makes, so that
+results are reproducible from a seed.
+
+The functions do not touch autograd state: pass detached tensors if the result must
+not be differentiated through.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "graddrop",
+    "random_graddrop",
+    "pcgrad",
+    "mgda_weights",
+    "mgda_weights_from_gram",
+]
+
+#: allowed values of ``graddrop(f=...)``
+GRADDROP_F = ("identity", "linear", "sigmoid")
+
+#: Gram matrices and combinations of a [T, D] stack are computed over blocks of this
+#: many columns (see :func:`_gram64`), so a large stack is never copied whole.
+_BLOCK_COLUMNS = 1 << 15
+
+LeakLike = Union[None, float, Sequence[float], Tensor]
+
+
+# ----------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------
+
+
+def _check_grads(grads: Tensor, fn: str, min_dim: int = 1) -> None:
+    if not isinstance(grads, Tensor):
+        raise TypeError(f"{fn}: grads must be a torch.Tensor, got {type(grads).__name__}")
+    if grads.dim() < min_dim:
+        raise ValueError(
+            f"{fn}: grads must have at least {min_dim} dimension(s) (tasks first); got shape {tuple(grads.shape)}"
+        )
+    if not grads.is_floating_point():
+        raise ValueError(f"{fn}: grads must be a floating-point tensor; got dtype {grads.dtype}")
+
+
+def _gram64(flat: Tensor) -> Tensor:
+    """Gram matrix ``flat @ flat.T`` of a [T, D] stack, returned in float64 on ``flat``'s device.
+
+    A float64 stack is multiplied directly. Otherwise the product is accumulated in
+    float64 over blocks of :data:`_BLOCK_COLUMNS` columns: on the CPU each block's
+    product is taken in float32 (fast, and the float32 rounding only spans one block:
+    about 1e-8 relative to ``||g_i|| ||g_j||`` for D = 1e7), on other devices in float64
+    (so a global TF32 setting cannot degrade it).
+    """
+    n_tasks, dim = flat.shape
+    if flat.dtype == torch.float64:
+        return flat @ flat.T
+    block_dtype = torch.float32 if flat.device.type == "cpu" else torch.float64
+    gram = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=flat.device)
+    for start in range(0, dim, _BLOCK_COLUMNS):
+        piece = flat[:, start : start + _BLOCK_COLUMNS].to(block_dtype)
+        gram += (piece @ piece.T).to(torch.float64)
+    return gram
+
+
+def _combine(weights: Tensor, flat: Tensor) -> Tensor:
+    """``weights @ flat`` for float64 ``weights`` [T] and a [T, D] stack, in ``flat``'s dtype.
+
+    On the CPU (or for float64 stacks) a single matmul in ``flat``'s dtype; on other
+    devices blockwise in float64 so a global TF32 setting cannot degrade it.
+    """
+    if flat.device.type == "cpu" or flat.dtype == torch.float64:
+        return weights.to(device=flat.device, dtype=flat.dtype) @ flat
+    weights = weights.to(device=flat.device, dtype=torch.float64)
+    out = torch.empty(flat.shape[1], dtype=flat.dtype, device=flat.device)
+    for start in range(0, flat.shape[1], _BLOCK_COLUMNS):
+        piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
+        out[start : start + _BLOCK_COLUMNS] = (weights @ piece).to(flat.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# GradDrop
+# ----------------------------------------------------------------------------------
+
+
+def _leak_per_task(leak: LeakLike, n_tasks: int) -> Optional[Tensor]:
+    """Validate ``leak`` and return it as a float64 CPU tensor of shape [T] (or None)."""
+    if leak is None:
+        return None
+    if isinstance(leak, bool):
+        raise ValueError(f"leak must be a number in [0, 1] or one such number per task; got {leak!r}")
+    try:
+        if isinstance(leak, Tensor):
+            values = leak.detach().to(device="cpu", dtype=torch.float64)
+        else:
+            values = torch.as_tensor(leak, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"leak must be None, a number in [0, 1] or a sequence of one number per task; got {leak!r}"
+        ) from None
+    if values.dim() == 0:
+        values = values.expand(n_tasks)
+    elif values.dim() == 1:
+        if values.numel() != n_tasks:
+            raise ValueError(
+                f"leak has {values.numel()} values but there are {n_tasks} tasks; give one number or one per task"
+            )
+    else:
+        raise ValueError(
+            f"leak must be a number or a 1-D sequence with one number per task; got shape {tuple(values.shape)}"
+        )
+    bad = ~((values >= 0) & (values <= 1))  # also catches NaN
+    if bool(bad.any()):
+        raise ValueError(f"leak values must lie in [0, 1]; got {values[bad][0].item()!r}")
+    return values
+
+
+def _graddrop_core(
+    grads: Tensor,
+    activation: Optional[Tensor],
+    leak: LeakLike,
+    transfer,
+    generator: Optional[torch.Generator],
+    eps: float,
+    renormalize: bool,
+    fn: str,
+) -> Tensor:
+    """Shared body of :func:`graddrop` and :func:`random_graddrop`.
+
+    ``transfer`` maps the purity P to the keep-positive probability f(P).
+    """
+    _check_grads(grads, fn)
+    n_tasks = grads.shape[0]
+    leak_values = _leak_per_task(leak, n_tasks)
+
+    if activation is not None:
+        if not isinstance(activation, Tensor):
+            raise ValueError(f"{fn}: activation must be a tensor or None; got {type(activation).__name__}")
+        if tuple(activation.shape) != tuple(grads.shape[1:]):
+            raise ValueError(
+                f"activation has shape {tuple(activation.shape)} but each task gradient has shape "
+                f"{tuple(grads.shape[1:])}; activation must have the per-task gradient shape (batch first)"
+            )
+        if activation.dim() < 1:
+            raise ValueError("activation must have a leading batch dimension; got a 0-d tensor")
+        # batch-separated gradients: G_i = sum_b sign(A_b) * dL_i/dA_b   -> [T, *S[1:]]
+        sign = torch.sign(activation).to(device=grads.device, dtype=grads.dtype)
+        signed = (grads * sign.unsqueeze(0)).sum(dim=1)
+    else:
+        signed = grads
+
+    # Gradient Positive Sign Purity, one value per (feature) position.
+    purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
+    # exactly one uniform draw per position (so shared by the whole batch in batch mode)
+    uniform = torch.rand(purity.shape, generator=generator, device=grads.device, dtype=grads.dtype)
+    keep_positive_prob = transfer(purity)
+    keep = ((keep_positive_prob > uniform) & (signed > 0)) | ((keep_positive_prob < uniform) & (signed < 0))
+    weight = keep.to(grads.dtype)  # M_i, shape [T, *P.shape]
+
+    if leak_values is not None:
+        lk = leak_values.to(device=grads.device, dtype=grads.dtype).reshape((n_tasks,) + (1,) * (weight.dim() - 1))
+        weight = lk + (1.0 - lk) * weight
+    if activation is not None:
+        weight = weight.unsqueeze(1)  # broadcast the per-feature mask over the batch
+    out = (weight * grads).sum(dim=0)
+
+    if renormalize:
+        target = grads.sum(dim=0).norm()
+        norm = out.norm()
+        nonzero = norm > 0
+        scale = torch.where(nonzero, target / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
+        out = out * scale
+    return out
+
+
+def graddrop(
+    grads: Tensor,
+    activation: Optional[Tensor] = None,
+    leak: LeakLike = None,
+    f: str = "identity",
+    k: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    *,
+    eps: float = 1e-7,
+    renormalize: bool = False,
+) -> Tensor:
+    """Gradient Sign Dropout (Chen et al., NeurIPS 2020, "Just Pick a Sign").
+
+    Args:
+        grads: ``[T, *S]`` -- ``grads[i] = dL_i/dA``, the gradient of task ``i``'s loss
+            with respect to the shared activation ``A`` of shape ``S``.
+        activation: the activation ``A`` itself (shape ``S``, batch first) to use the
+            paper's *batch-separated* rule, or ``None`` to treat every element of ``S``
+            as an independent scalar.
+        leak: the paper's leak parameters ``l_i``: ``None`` (all 0), one number for
+            every task, or one number per task; each in ``[0, 1]``.
+        f: the monotone map applied to the purity: ``"identity"`` (``f(P) = P``, the
+            paper's default), ``"linear"`` (``0.5 + k (P - 0.5)``) or ``"sigmoid"``
+            (``sigmoid(4 k (P - 0.5))``; the factor 4 makes the slope at 1/2 equal ``k``).
+            ``k`` is ignored for ``"identity"``. Note ``"linear"`` with ``k > 1`` leaves
+            [0, 1], which only saturates the keep probability.
+        k: slope of ``f``; must be finite.
+        generator: source of the uniform draws (``None``: torch's global generator).
+        eps: added to the denominator of the purity so all-zero positions give
+            ``P = 1/2`` instead of 0/0.
+        renormalize: rescale the output to the L2 norm of the plain sum ``sum_i grads[i]``
+            (an all-zero output is returned unchanged).
+
+    Returns:
+        The combined gradient, shape ``S``, dtype and device of ``grads``.
+
+    The computation, vectorised over tasks:
+
+    1. Signed gradients ``G_i``: ``grads[i]`` itself, or in batch-separated mode
+       ``G_i = sum_b sign(A[b]) * grads[i, b]`` (shape ``[T, *S[1:]]``).
+    2. Gradient Positive Sign Purity ``P = 1/2 (1 + sum_i G_i / (sum_i |G_i| + eps))``.
+    3. ``U ~ Uniform(0, 1)`` of ``P``'s shape, drawn with ONE call
+       ``torch.rand(P.shape, generator=generator, device=grads.device, dtype=grads.dtype)``
+       -- that is the only use of ``generator``. In batch-separated mode each feature
+       gets one draw shared by the whole batch.
+    4. Masks ``M_i = [f(P) > U] [G_i > 0] + [f(P) < U] [G_i < 0]`` (``G_i == 0`` gives 0):
+       at each position either every positive-signed or every negative-signed task
+       survives.
+    5. Output ``sum_i (l_i + (1 - l_i) M_i) * grads[i]``, the masks broadcast over the
+       batch dimension in batch-separated mode.
+
+    The computation runs in ``grads``'s dtype.
+
+    Raises:
+        ValueError: leak of the wrong length or outside [0, 1], unknown ``f``,
+            non-finite ``k``, or ``activation`` not shaped like one task gradient.
+    """
+    if not isinstance(f, str) or f not in GRADDROP_F:
+        raise ValueError(f"f must be one of {', '.join(repr(x) for x in GRADDROP_F)}; got {f!r}")
+    try:
+        slope = float(k)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"k must be a finite number; got {k!r}") from None
+    if not math.isfinite(slope):
+        raise ValueError(f"k must be a finite number; got {k!r}")
+
+    if f == "identity":
+
+        def transfer(p: Tensor) -> Tensor:
+            return p
+
+    elif f == "linear":
+
+        def transfer(p: Tensor) -> Tensor:
+            return 0.5 + slope * (p - 0.5)
+
+    else:
+
+        def transfer(p: Tensor) -> Tensor:
+            return torch.sigmoid((4.0 * slope) * (p - 0.5))
+
+    return _graddrop_core(grads, activation, leak, transfer, generator, eps, renormalize, "graddrop")
+
+
+def random_graddrop(
+    grads: Tensor,
+    activation: Optional[Tensor] = None,
+    leak: LeakLike = None,
+    generator: Optional[torch.Generator] = None,
+    *,
+    eps: float = 1e-7,
+    renormalize: bool = False,
+) -> Tensor:
+    """Random-sign control of GradDrop (the "random" baseline of Chen et al., NeurIPS 2020).
+
+    Exactly :func:`graddrop` with ``f(P)`` replaced by the constant 1/2: at every
+    position (every feature in batch-separated mode) the positive-signed tasks are
+    kept with probability 1/2 and the negative-signed ones otherwise, whatever the
+    gradients. The signed gradients ``G_i`` (and so the grouping of tasks into
+    positive/negative) are computed as in :func:`graddrop`, the generator is consumed
+    identically (one ``torch.rand`` of ``P``'s shape), and ``leak``, ``eps`` and
+    ``renormalize`` mean the same.
+
+    Returns:
+        The combined gradient, shape ``grads.shape[1:]``.
+    """
+
+    def transfer(p: Tensor) -> Tensor:
+        return torch.full_like(p, 0.5)
+
+    return _graddrop_core(grads, activation, leak, transfer, generator, eps, renormalize, "random_graddrop")
+
+
+# ----------------------------------------------------------------------------------
+# PCGrad
+# ----------------------------------------------------------------------------------
+
+
+def _pcgrad_coefficients(gram: Tensor, generator: Optional[torch.Generator]) -> Tuple[Tensor, bool]:
+    """Run PCGrad's projections in coefficient space.
+
+    Row ``i`` of the returned [T, T] float64 matrix holds the coefficients of task
+    ``i``'s projected gradient in the basis of the original gradients. Also returns
+    whether any projection happened.
+    """
+    n_tasks = gram.shape[0]
+    coeff = torch.eye(n_tasks, dtype=torch.float64)
+    if n_tasks < 2:
+        return coeff, False
+    gram = 0.5 * (gram + gram.T)
+    perm_device = generator.device if generator is not None else torch.device("cpu")
+    perms = torch.stack(
+        [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
+    ).cpu()
+    rows = torch.arange(n_tasks)
+    # the other tasks of task i are (0..i-1, i+1..T-1): perm value p -> task p + (p >= i)
+    order = perms + (perms >= rows.unsqueeze(1)).to(perms.dtype)  # [T, T-1]
+    sq_norms = gram.diagonal()
+    projected = False
+    # step s: every task i (independently) visits its s-th other task order[i, s]
+    for step in range(n_tasks - 1):
+        other = order[:, step]
+        dots = (coeff * gram[other]).sum(dim=1)  # (c_i . Gram[:, j_i]) = g_i' . g_{j_i}
+        norms = sq_norms[other]
+        conflict = (dots < 0) & (norms > 0)
+        if bool(conflict.any()):
+            projected = True
+            step_coeff = torch.where(conflict, dots / torch.where(norms > 0, norms, torch.ones_like(norms)), 0.0)
+            coeff[rows, other] -= step_coeff
+    return coeff, projected
+
+
+def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """PCGrad, "gradient surgery" (Yu et al., NeurIPS 2020, Algorithm 1).
+
+    Args:
+        grads: ``[T, D]`` per-task gradients (any ``[T, *S]`` is accepted and treated
+            as ``[T, prod(S)]``; the result then has shape ``S``).
+        generator: source of the visiting orders (``None``: torch's global generator).
+
+    Returns:
+        ``sum_i g_i'`` -- the SUM (not the mean) over tasks of the projected gradients,
+        shape ``grads.shape[1:]``, dtype/device of ``grads``. With no conflicting pair
+        this is exactly ``grads.sum(0)``.
+
+    Algorithm: for each task ``i``, start from ``g = g_i``; visit the other tasks ``j``
+    in a fresh random order and, whenever ``g . g_j < 0``, replace
+    ``g <- g - (g . g_j) / ||g_j||^2 * g_j``. ``g_j`` is always task ``j``'s ORIGINAL
+    gradient; tasks with ``||g_j|| = 0`` are skipped.
+
+    Implementation: every projected gradient stays in the span of the originals,
+    ``g = sum_k c_k g_k``, so ``g . g_j = c . Gram[:, j]`` and a projection only changes
+    ``c_j``. The projections are therefore run on the ``T x T`` Gram matrix (accumulated
+    in float64) with float64 coefficients, and the output is one matmul
+    ``(sum_i c_i) @ grads``. This is the same sequence of operations as the direct
+    algorithm, only expressed in coefficients: it costs one ``O(T^2 D)`` Gram product
+    plus ``O(T^3)`` work instead of ``O(T^2 D)`` vector updates. All tasks advance
+    through their own orders in lock step (step ``s`` handles each task's ``s``-th
+    visit), which is legal because the tasks' projections are independent.
+
+    Generator use: for ``T >= 2``, exactly ``T`` calls
+    ``torch.randperm(T - 1, generator=generator)`` in task order ``i = 0, ..., T-1``;
+    the permutation drawn for task ``i`` indexes its other tasks listed in increasing
+    order ``(0, ..., i-1, i+1, ..., T-1)``. For ``T < 2`` the generator is not used.
+    """
+    _check_grads(grads, "pcgrad")
+    n_tasks = grads.shape[0]
+    flat = grads.reshape(n_tasks, -1)
+    if n_tasks < 2:
+        return grads.sum(dim=0)
+    gram = _gram64(flat).cpu()
+    coeff, projected = _pcgrad_coefficients(gram, generator)
+    if not projected:
+        return grads.sum(dim=0)
+    weights = coeff.sum(dim=0)  # [T]: coefficient of each original gradient in sum_i g_i'
+    return _combine(weights, flat).reshape(grads.shape[1:])
+
+
+# ----------------------------------------------------------------------------------
+# MGDA: min-norm point of the convex hull
+# ----------------------------------------------------------------------------------
+
+_DEFAULT_MGDA_TOL = 1e-10
+_DEFAULT_MGDA_MAX_ITER = 1000
+#: duality gaps below this (relative to max_i ||g_i||^2) are rounding noise
+_GAP_FLOOR = 1e-13
+
+
+def _finish_weights(w64: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Clamp to >= 0 and renormalise to sum 1, in float64 and again in the output dtype."""
+    w64 = w64.clamp_min(0.0)
+    w64 = w64 / w64.sum()
+    out = w64.to(dtype=dtype).clamp_min(0)
+    out = out / out.sum()
+    return out.to(device=device)
+
+
+def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
+    """Sener & Koltun Algorithm 1 (closed form) from Gram entries: weight of task 1."""
+    denom = g11 + g22 - 2.0 * g12  # ||g1 - g2||^2
+    if not denom > 0:
+        return 0.5
+    return min(1.0, max(0.0, (g22 - g12) / denom))
+
+
+def _affine_minimizer(gram: Tensor, support: List[int]) -> Tensor:
+    """Barycentric weights of the min-norm point of the affine hull of ``support``.
+
+    Solves the KKT system ``[[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1]`` by LU, falling back
+    to SVD-based least squares if the system is numerically singular.
+    """
+    m = len(support)
+    idx = torch.tensor(support, dtype=torch.long)
+    kkt = torch.zeros(m + 1, m + 1, dtype=torch.float64)
+    kkt[:m, :m] = gram[idx][:, idx]
+    kkt[:m, m] = 1.0
+    kkt[m, :m] = 1.0
+    rhs = torch.zeros(m + 1, 1, dtype=torch.float64)
+    rhs[m, 0] = 1.0
+    solution, info = torch.linalg.solve_ex(kkt, rhs)
+    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+        solution = torch.linalg.lstsq(kkt, rhs, driver="gelsd").solution
+    alpha = solution[:m, 0]
+    total = alpha.sum()
+    if torch.isfinite(total) and total != 0:
+        alpha = alpha / total
+    return alpha
+
+
+def _min_norm_weights(gram: Tensor, tol: float, max_iter: int) -> Tensor:
+    """Minimise ``w^T G w`` over the simplex; ``gram`` is a float64 CPU [T, T] matrix."""
+    n_tasks = gram.shape[0]
+    gram = 0.5 * (gram + gram.T)
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("mgda: the gradients (or their Gram matrix) contain NaN or infinite values")
+    scale = gram.diagonal().max().item()
+    if not scale > 0:  # every gradient is zero: every simplex point is optimal
+        return torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)
+    if n_tasks == 1:
+        return torch.ones(1, dtype=torch.float64)
+    gram = gram / scale  # weights are scale invariant; now max_i G_ii = 1 and w^T G w <= 1
+    if n_tasks == 2:
+        gamma = _two_task_gamma(gram[0, 0].item(), gram[0, 1].item(), gram[1, 1].item())
+        return torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
+
+    # Wolfe's algorithm (P. Wolfe, "Finding the nearest point in a polytope",
+    # Math. Programming 11, 1976), written with the Gram matrix only.
+    start = int(torch.argmin(gram.diagonal()).item())
+    support = [start]
+    w_s = torch.ones(1, dtype=torch.float64)
+    best_obj, best_support, best_w = math.inf, support, w_s
+    prev_obj = math.inf
+    iterations = 0
+    while True:
+        g_w = gram[:, support] @ w_s  # (G w)_i = x . g_i for the current point x
+        obj = float(w_s @ g_w[support])  # ||x||^2
+        if obj < best_obj:
+            best_obj, best_support, best_w = obj, list(support), w_s.clone()
+        if not obj < prev_obj:  # no progress left at working precision
+            break
+        prev_obj = obj
+        j = int(torch.argmin(g_w).item())
+        gap = obj - g_w[j].item()  # duality (Frank-Wolfe) gap w^T G w - min_i (G w)_i
+        if gap <= max(tol * obj, _GAP_FLOOR) or j in support or iterations >= max_iter:
+            break
+        support = support + [j]
+        w_s = torch.cat([w_s, torch.zeros(1, dtype=torch.float64)])
+        # minor cycles: move towards the affine minimiser, dropping points that leave the hull
+        while True:
+            iterations += 1
+            alpha = _affine_minimizer(gram, support)
+            if not bool(torch.isfinite(alpha).all()):
+                iterations = max_iter
+                break
+            if bool((alpha > 0).all()):
+                w_s = alpha
+                break
+            blocking = alpha <= 0
+            step = w_s - alpha
+            ratios = torch.where(
+                blocking, w_s / torch.where(step > 0, step, torch.ones_like(step)), torch.full_like(w_s, math.inf)
+            )
+            ratios = torch.where(blocking & ~(step > 0), torch.zeros_like(ratios), ratios)
+            drop = int(torch.argmin(ratios).item())
+            theta = float(ratios[drop].clamp(0.0, 1.0))
+            w_s = w_s + theta * (alpha - w_s)
+            keep = w_s > 0
+            keep[drop] = False
+            support = [s for s, kept in zip(support, keep.tolist()) if kept]
+            w_s = w_s[keep]
+            w_s = w_s / w_s.sum()
+            if iterations >= max_iter:
+                break
+    weights = torch.zeros(n_tasks, dtype=torch.float64)
+    weights[torch.tensor(best_support, dtype=torch.long)] = best_w
+    return weights
+
+
+def mgda_weights_from_gram(
+    gram: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int = _DEFAULT_MGDA_MAX_ITER
+) -> Tensor:
+    """MGDA task weights from the Gram matrix ``gram[i, j] = g_i . g_j`` (Sener & Koltun 2018).
+
+    Solves the min-norm problem of Sener & Koltun (Sec. 3.1)::
+
+        w = argmin_{w >= 0, sum w = 1}  || sum_i w_i g_i ||^2  =  w^T G w
+
+    in float64, on the CPU:
+
+    * ``T = 1``: ``[1]``.
+    * ``T = 2``: the exact closed form (their Algorithm 1),
+      ``w = (gamma, 1 - gamma)``, ``gamma = clamp(g2.(g2 - g1) / ||g1 - g2||^2, 0, 1)``,
+      and ``(1/2, 1/2)`` when ``g1 == g2``.
+    * ``T > 2``: Wolfe's min-norm-point algorithm (Wolfe 1976), an active-set method
+      that is exact up to rounding: it keeps a set of affinely independent gradients,
+      computes the min-norm point of their affine hull from a small KKT system, and
+      adds the gradient with the smallest ``(G w)_i`` or drops points that leave the
+      hull, so that ``||x||`` decreases strictly.
+
+    Stopping rule (T > 2): ``G`` is first divided by its largest diagonal entry (the
+    weights do not change; now ``max_i ||g_i||^2 = 1`` and ``w^T G w <= 1``). The solver
+    stops when the duality gap ``gap = w^T G w - min_i (G w)_i`` satisfies
+    ``gap <= max(tol * w^T G w, 1e-13)``. Since ``f(w) - f* <= 2 * gap`` for
+    ``f(w) = w^T G w``, this makes the objective accurate to ``2 * tol`` relative
+    (``tol`` defaults to 1e-10), except that gaps below 1e-13 * max_i ||g_i||^2 --
+    the rounding level of the Gram entries -- always count as converged. This is
+    stricter than ``gap <= tol * max(1, w^T G w)``. The solver also stops when the
+    objective no longer decreases at float64 precision, or after ``max_iter``
+    affine-minimiser solves (default 1000; in practice about ``T``), and then returns
+    the best point found -- always a valid simplex point.
+
+    Degenerate inputs: all-zero gradients give uniform weights; duplicated or
+    linearly dependent gradients (rank-deficient ``G``) are handled (a duplicate of a
+    point already in the active set can never be added). NaN/inf entries raise
+    ``ValueError``.
+
+    Returns:
+        ``[T]`` weights, exactly ``>= 0`` and renormalised to sum to 1, in ``gram``'s
+        dtype (floating) and on its device.
+    """
+    if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
+        raise ValueError(f"mgda_weights_from_gram: gram must be a square [T, T] tensor; got {shape}")
+    if gram.shape[0] == 0:
+        raise ValueError("mgda_weights_from_gram: need at least one task")
+    dtype = gram.dtype if gram.is_floating_point() else torch.get_default_dtype()
+    w64 = _min_norm_weights(gram.detach().to(device="cpu", dtype=torch.float64), tol, max_iter)
+    return _finish_weights(w64, dtype, gram.device)
+
+
+def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int = _DEFAULT_MGDA_MAX_ITER) -> Tensor:
+    """MGDA task weights: the min-norm point of the convex hull of the task gradients.
+
+    Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization" (NeurIPS 2018),
+    Sec. 3: ``w = argmin_{w in simplex} || sum_i w_i g_i ||^2``; ``sum_i w_i g_i`` is then
+    a common descent direction (or zero at a Pareto-stationary point).
+
+    Args:
+        grads: ``[T, D]`` per-task gradients (``[T, *S]`` is flattened).
+        tol, max_iter: see :func:`mgda_weights_from_gram`, which documents the solver
+            and its stopping rule.
+
+    For ``T = 2`` the closed form is evaluated from the difference ``g1 - g2``
+    accumulated in float64 (more accurate than the Gram entries when ``g1 ~ g2``);
+    for ``T > 2`` the Gram matrix is accumulated in float64 and passed to the solver.
+
+    Returns:
+        ``[T]`` weights, exactly ``>= 0`` and summing to 1, dtype/device of ``grads``.
+    """
+    _check_grads(grads, "mgda_weights")
+    n_tasks = grads.shape[0]
+    if n_tasks == 0:
+        raise ValueError("mgda_weights: need at least one task")
+    flat = grads.detach().reshape(n_tasks, -1)
+    if n_tasks == 1:
+        return torch.ones(1, dtype=grads.dtype, device=grads.device)
+    if n_tasks == 2:
+        # a = g1 - g2, b = g2:  gamma = -(a . b) / (a . a)
+        aa = torch.zeros((), dtype=torch.float64, device=flat.device)
+        ab = torch.zeros((), dtype=torch.float64, device=flat.device)
+        for start in range(0, flat.shape[1], _BLOCK_COLUMNS):
+            piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
+            a = piece[0] - piece[1]
+            aa += a @ a
+            ab += a @ piece[1]
+        aa_v, ab_v = aa.item(), ab.item()
+        if not (math.isfinite(aa_v) and math.isfinite(ab_v)):
+            raise ValueError("mgda: the gradients contain NaN or infinite values")
+        gamma = 0.5 if not aa_v > 0 else min(1.0, max(0.0, -ab_v / aa_v))
+        w64 = torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
+        return _finish_weights(w64, grads.dtype, grads.device)
+    gram = _gram64(flat).cpu()
+    return _finish_weights(_min_norm_weights(gram, tol, max_iter), grads.dtype, grads.device)

@@ -1,0 +1,1 @@
+"""Results: per-run files (``runs``) and the comparison tables (``table``)."""

@@ -1,0 +1,141 @@
+"""End to end: the real `mtbench -m` sweep and `mtbench-table`, in subprocesses, on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_cli
+from mtbench.combiners import COMBINERS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def sweep_combiners() -> list[str]:
+    cfg = yaml.safe_load((CONFIGS / "config.yaml").read_text())
+    return [c.strip() for c in str(cfg["hydra"]["sweeper"]["params"]["combiner"]).split(",")]
+
+
+def test_sweep_lists_every_combiner_and_each_has_a_config():
+    assert sweep_combiners() == list(COMBINERS)
+    for name in COMBINERS:
+        assert yaml.safe_load((CONFIGS / "combiner" / f"{name}.yaml").read_text())["name"] == name
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """`mtbench -m seed=0,1` over every combiner, once for the module."""
+    from conftest import TINY
+
+    cwd = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("mtbench", ["-m", "seed=0,1", *TINY], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return cwd, proc
+
+
+def test_sweep_writes_every_run(sweep):
+    cwd, _ = sweep
+    assert not (cwd / "outputs").exists() and not (cwd / "multirun").exists()
+    for name in COMBINERS:
+        for seed in (0, 1):
+            run = cwd / "results" / "shapes40" / "runs" / name / f"seed={seed}"
+            m = json.loads((run / "metrics.json").read_text())
+            assert m["status"] == "completed", m.get("reason")
+            assert (m["task"], m["combiner"], m["seed"], m["epochs"]) == ("shapes40", name, seed, 2)
+            for split in ("test", "val"):
+                assert 0 <= m[split]["error_rate"] <= 100 and 0 <= m[split]["max_f1"] <= 100
+            assert m["train_step_s"] > 0 and m["examples_per_s"] > 0
+            assert m["config"]["trainer"]["epochs"] == 2 and m["config"]["combiner"]["name"] == name
+            history = pd.read_csv(run / "history.csv")
+            assert list(history["epoch"]) == [1, 2]
+            assert m["val"]["error_rate"] == pytest.approx(history["val_error_rate"][m["best_epoch"] - 1])
+            attrs = pd.read_csv(run / "per_attribute.csv")
+            assert len(attrs) == 40 and attrs["error"].mean() == pytest.approx(m["test"]["error_rate"])
+            assert not list(run.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_sweep_seeds_differ_and_table_is_printed(sweep):
+    cwd, proc = sweep
+    runs = cwd / "results" / "shapes40" / "runs" / "baseline"
+    a, b = (json.loads((runs / f"seed={s}" / "metrics.json").read_text()) for s in (0, 1))
+    assert a["val"] != b["val"], "two seeds gave identical results"
+    assert "| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds |" in proc.stdout
+    for name in COMBINERS:
+        assert f"| {name} |" in proc.stdout
+
+
+def test_table_files(sweep):
+    cwd, _ = sweep
+    folder = cwd / "results" / "shapes40"
+    csv = pd.read_csv(folder / "table.csv")
+    assert list(csv["combiner"]) == list(COMBINERS)
+    assert (csv["seeds"] == 2).all()
+    base = csv.set_index("combiner").loc["baseline"]
+    assert base["speed_mean"] == pytest.approx(1.0, abs=0.5)
+    # the table's means are the means of the runs' own numbers
+    errs = [json.loads((folder / "runs" / "baseline" / f"seed={s}" / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
+    assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
+    md = (folder / "table.md").read_text()
+    assert md.count("\n") == 2 + len(COMBINERS) and " ± " in md
+    tex = (folder / "table.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
+
+
+def test_mtbench_table_rebuilds(sweep):
+    cwd, _ = sweep
+    folder = cwd / "results" / "shapes40"
+    before = (folder / "table.md").read_text()
+    (folder / "table.md").unlink()
+    proc = run_cli("mtbench-table", [str(folder)], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "table.md").read_text() == before
+    assert before.strip() in proc.stdout
+
+
+def test_mtbench_table_with_no_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("mtbench-table", [str(tmp_path / "empty")], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no finished runs" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("mtbench-table", [str(tmp_path / "missing")], cwd=tmp_path)
+    assert proc.returncode == 1 and "is not a folder" in proc.stderr
+
+
+def test_single_run_with_overrides(tmp_path, tiny):
+    data = [o for o in tiny if not o.startswith("trainer.")]
+    args = ["task=shapes40", "combiner=baseline", "seed=3", "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu"]
+    proc = run_cli("mtbench", args + data, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "results/shapes40/runs/baseline/seed=3/metrics.json").read_text())
+    assert m["status"] == "completed" and m["epochs"] == 1 and m["config"]["trainer"]["batch_size"] == 32
+    assert m["steps"] == 192 // 32
+
+
+@pytest.mark.parametrize(
+    "override, option",
+    [
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=-4", "trainer.batch_size"),
+        ("trainer.lr=-0.1", "trainer.lr"),
+        ("trainer.lr=0", "trainer.lr"),
+    ],
+)
+def test_bad_numbers_get_one_line_error(tmp_path, tiny, override, option):
+    proc = run_cli("mtbench", [*tiny, override], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
+    assert len(lines) == 1 and option in lines[0], proc.stderr
+    assert not list(tmp_path.glob("results/**/metrics.json"))
+
+
+@pytest.mark.parametrize("group", ["task", "combiner"])
+def test_unknown_name_lists_choices(tmp_path, group):
+    proc = run_cli("mtbench", [f"{group}=nope"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert f"Could not find '{group}/nope'" in proc.stderr
+    assert f"Available options in '{group}'" in proc.stderr
