@@ -14,9 +14,20 @@ from omegaconf import DictConfig, OmegaConf
 from mtbench import MtbenchError
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.baseline import Baseline
+from mtbench.combiners.clip import Clip
+from mtbench.combiners.graddrop import GradDrop
+from mtbench.combiners.gradnorm import GradNorm
+from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
+from mtbench.combiners.gradpenalty import GradPenalty
+from mtbench.combiners.mgda import MGDA
+from mtbench.combiners.pcgrad import PCGrad
+from mtbench.combiners.random_graddrop import RandomGradDrop
 
-#: the built-in combiners, by config name
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (Baseline,)}
+#: the built-in combiners by config name, in the paper's order (the table's row order)
+COMBINERS: dict[str, type[Combiner]] = {
+    cls.name: cls
+    for cls in (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
+}
 
 __all__ = ["COMBINERS", "Combiner", "Step", "build_combiner"]
 

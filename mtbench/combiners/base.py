@@ -32,7 +32,10 @@ class Step:
     rep: torch.Tensor
     outputs: torch.Tensor
     losses: torch.Tensor
+    #: random numbers on the training device (e.g. GradDrop's uniform draws)
     generator: torch.Generator | None = None
+    #: random numbers on the host (e.g. PCGrad's permutations)
+    cpu_generator: torch.Generator | None = None
 
 
 class Combiner:
@@ -72,6 +75,16 @@ class Combiner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def check_positive(self, option: str, value: Any) -> float:
+        """A finite number > 0, or a one-line error naming ``combiner.<option>``."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (number > 0 and number != float("inf")):
+            raise MtbenchError(f"combiner.{option} must be a positive number for combiner={self.name} (got {value!r})")
+        return number
+
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging per epoch (e.g. task weights); empty by default."""
         return {}
@@ -94,6 +107,42 @@ class Combiner:
             rows = [torch.autograd.grad(losses[i], tensor, retain_graph=retain_graph or i < T - 1)[0] for i in range(T)]
             grads = torch.stack(rows)
         return grads
+
+    @staticmethod
+    def task_grads_at_params(
+        step: Step, rep_grads: torch.Tensor, params: list[torch.Tensor], chunk_size: int = 8
+    ) -> torch.Tensor:
+        """Per-task gradients of the shared parameters, flattened and concatenated: [T, P].
+
+        Task i's parameter gradient is the trunk's vector-Jacobian product with task i's
+        gradient at the representation (``rep_grads[i]``, from :meth:`task_grads_at`).
+        ``chunk_size`` tasks go through the trunk's backward together (one vmapped call),
+        which bounds the extra memory to ``chunk_size`` backward passes; a loop over
+        tasks is the fallback where vmap cannot run the backward.
+        """
+        T = rep_grads.shape[0]
+        rows: list[torch.Tensor] = []
+        chunk = max(1, int(chunk_size))
+        for start in range(0, T, chunk):
+            part = rep_grads[start : start + chunk]
+            try:
+                grads = torch.autograd.grad(step.rep, params, grad_outputs=part, is_grads_batched=True, retain_graph=True)
+                rows.append(torch.cat([g.reshape(part.shape[0], -1) for g in grads], dim=1))
+            except RuntimeError:
+                for i in range(part.shape[0]):
+                    grads = torch.autograd.grad(step.rep, params, grad_outputs=part[i], retain_graph=True)
+                    rows.append(torch.cat([g.reshape(1, -1) for g in grads], dim=1))
+        return torch.cat(rows)
+
+    @staticmethod
+    def add_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+        """Add a flat gradient vector (the concatenation order of ``params``) into ``.grad``."""
+        offset = 0
+        for p in params:
+            n = p.numel()
+            g = flat[offset : offset + n].view_as(p)
+            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+            offset += n
 
     @staticmethod
     def backward_heads(step: Step, weights: torch.Tensor | None = None) -> None:

@@ -19,8 +19,10 @@ Randomness only ever comes from the ``generator`` argument (``None`` means torch
 global generator), and each function documents exactly which draws it makes, so that
 results are reproducible from a seed.
 
-The functions do not touch autograd state: pass detached tensors if the result must
-not be differentiated through.
+Autograd: the GradDrop outputs are ordinary tensor expressions of ``grads``. PCGrad's
+projection coefficients and the MGDA weights are computed from detached inputs, so
+PCGrad's output is differentiable only as a fixed linear combination of ``grads``
+and the MGDA weights carry no graph.
 """
 
 from __future__ import annotations
@@ -66,22 +68,19 @@ def _check_grads(grads: Tensor, fn: str, min_dim: int = 1) -> None:
 
 
 def _gram64(flat: Tensor) -> Tensor:
-    """Gram matrix ``flat @ flat.T`` of a [T, D] stack, returned in float64 on ``flat``'s device.
+    """Gram matrix ``flat @ flat.T`` of a [T, D] stack, in float64 on ``flat``'s device.
 
-    A float64 stack is multiplied directly. Otherwise the product is accumulated in
-    float64 over blocks of :data:`_BLOCK_COLUMNS` columns: on the CPU each block's
-    product is taken in float32 (fast, and the float32 rounding only spans one block:
-    about 1e-8 relative to ``||g_i|| ||g_j||`` for D = 1e7), on other devices in float64
-    (so a global TF32 setting cannot degrade it).
+    Lower-precision stacks are upcast to float64 block by block (:data:`_BLOCK_COLUMNS`
+    columns at a time), so memory stays bounded for large D and neither float32
+    accumulation nor a global TF32 setting can degrade the dot products.
     """
     n_tasks, dim = flat.shape
     if flat.dtype == torch.float64:
         return flat @ flat.T
-    block_dtype = torch.float32 if flat.device.type == "cpu" else torch.float64
     gram = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=flat.device)
     for start in range(0, dim, _BLOCK_COLUMNS):
-        piece = flat[:, start : start + _BLOCK_COLUMNS].to(block_dtype)
-        gram += (piece @ piece.T).to(torch.float64)
+        piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
+        gram += piece @ piece.T
     return gram
 
 
@@ -289,7 +288,7 @@ def random_graddrop(
     eps: float = 1e-7,
     renormalize: bool = False,
 ) -> Tensor:
-    """Random-sign control of GradDrop (the "random" baseline of Chen et al., NeurIPS 2020).
+    """Random-sign control for GradDrop (Chen et al., NeurIPS 2020): ``f(P) := 1/2``.
 
     Exactly :func:`graddrop` with ``f(P)`` replaced by the constant 1/2: at every
     position (every feature in batch-separated mode) the positive-signed tasks are
@@ -386,7 +385,7 @@ def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
     flat = grads.reshape(n_tasks, -1)
     if n_tasks < 2:
         return grads.sum(dim=0)
-    gram = _gram64(flat).cpu()
+    gram = _gram64(flat.detach()).cpu()
     coeff, projected = _pcgrad_coefficients(gram, generator)
     if not projected:
         return grads.sum(dim=0)
@@ -519,7 +518,7 @@ def mgda_weights_from_gram(
 ) -> Tensor:
     """MGDA task weights from the Gram matrix ``gram[i, j] = g_i . g_j`` (Sener & Koltun 2018).
 
-    Solves the min-norm problem of Sener & Koltun (Sec. 3.1)::
+    Solves the min-norm problem of Sener & Koltun (Sec. 3)::
 
         w = argmin_{w >= 0, sum w = 1}  || sum_i w_i g_i ||^2  =  w^T G w
 

@@ -159,12 +159,14 @@ NESTED_PAIRS: tuple[tuple[str, str], ...] = (
     ("has_blue_square", "has_square"),
     ("has_blue_square", "has_blue"),
     ("all_small", "has_small_object"),
+    ("all_small", "low_clutter"),
     ("all_same_color", "multiple_objects"),
     ("all_same_shape", "multiple_objects"),
     ("horizontal_pair", "multiple_objects"),
     ("largest_is_circle", "has_circle"),
     ("red_above_blue", "has_red"),
     ("red_above_blue", "has_blue"),
+    ("red_above_blue", "multiple_objects"),
 )
 
 EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (

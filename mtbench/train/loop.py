@@ -105,7 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     prep = Preprocess(task, device)
 
     data_gen = torch.Generator().manual_seed(seed)  # batch order
-    comb_gen = torch.Generator(device=device).manual_seed(seed + 1)  # combiner randomness
+    comb_gen = torch.Generator(device=device).manual_seed(seed + 1)  # combiner randomness (device)
+    comb_cpu_gen = torch.Generator().manual_seed(seed + 2) if device.type != "cpu" else comb_gen  # (host)
     select = str(tcfg.select_metric)
     if select not in ("error_rate", "max_f1"):
         raise MtbenchError(f"trainer.select_metric={select!r}; choose error_rate or max_f1")
@@ -134,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             rep, outputs = model(x)
             losses = task.losses(outputs, y)
-            combiner.backward(Step(model, x, rep, outputs, losses, comb_gen))
+            combiner.backward(Step(model, x, rep, outputs, losses, comb_gen, comb_cpu_gen))
             optimizer.step()
             _sync(device)
             dt = time.perf_counter() - t0

@@ -1,0 +1,50 @@
+"""Composition: a loss-weighting combiner feeding a gradient-combining one."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from mtbench import MtbenchError
+from mtbench.combiners.base import Combiner, Step
+
+
+class Reweighted(Combiner):
+    """``combine`` applied to the losses re-weighted by ``weighting``.
+
+    ``weighting`` is a combiner with ``task_weights(step) -> [T]`` (GradNorm); each step
+    its weights w multiply the losses, and ``combine`` (GradDrop, PCGrad, MGDA, ...) turns
+    the weighted losses w_i L_i into gradients. Options: one mapping per piece, named by
+    the pieces' config names, holding that piece's own options.
+    """
+
+    weighting_cls: ClassVar[type[Combiner]]
+    combine_cls: ClassVar[type[Combiner]]
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        self.weighting = self._piece(self.weighting_cls, num_tasks)
+        self.combine = self._piece(self.combine_cls, num_tasks)
+        self.needs_input_grad = self.weighting.needs_input_grad or self.combine.needs_input_grad
+
+    def _piece(self, cls: type[Combiner], num_tasks: int) -> Combiner:
+        opts = self.opts.get(cls.name) or {}
+        try:
+            return cls(num_tasks, **opts)
+        except MtbenchError as e:
+            raise MtbenchError(str(e).replace("combiner.", f"combiner.{cls.name}.", 1)) from None
+
+    def backward(self, step: Step) -> None:
+        w = self.weighting.task_weights(step)  # type: ignore[attr-defined]
+        self.combine.backward(dataclasses.replace(step, losses=step.losses * w))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weighting": self.weighting.state_dict(), "combine": self.combine.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.weighting.load_state_dict(state.get("weighting", {}))
+            self.combine.load_state_dict(state.get("combine", {}))
+
+    def log_values(self) -> dict[str, float]:
+        return {**self.weighting.log_values(), **self.combine.log_values()}

@@ -1,0 +1,74 @@
+"""Gradient Sign Dropout (GradDrop) at the shared representation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtbench import MtbenchError
+from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.combiners.functional import GRADDROP_F, graddrop
+
+
+class GradDrop(Combiner):
+    """GradDrop (Chen et al. 2020, "Just Pick a Sign", Algorithm 1) at the representation A.
+
+    Forward: the identity. Backward: from the T per-task gradients dL_i/dA ([T, B, *F],
+    one batched autograd call), keep at each feature either the positive-signed or the
+    negative-signed tasks with probability f(P), P the sign purity
+    1/2 (1 + sum_i G_i / (sum_i |G_i| + eps)); see :func:`functional.graddrop` for the
+    exact rule. The combined gradient flows into the trunk; each head gets its own loss's
+    plain gradient. With every mask 1 this is exactly the baseline's gradient.
+
+    Options:
+      leak (0.0): l_i in [0, 1], one number or one per task; task i's gradient passes
+        with weight l_i + (1 - l_i) M_i (leak 1 = untouched).
+      f (identity): identity | linear | sigmoid; k (1.0) its slope.
+      batch_separated (true): G_i = sum over the batch of sign(A) * dL_i/dA, one mask per
+        feature for the whole batch (the paper's Sec. 3.2); false: one mask per element.
+      renormalize (false): rescale the output to the L2 norm of the plain sum of the
+        task gradients at A.
+      eps (1e-7): added to the purity's denominator (0/0 gives P = 1/2).
+    """
+
+    name = "graddrop"
+    defaults: dict[str, Any] = {
+        "leak": 0.0,
+        "f": "identity",
+        "k": 1.0,
+        "batch_separated": True,
+        "renormalize": False,
+        "eps": 1e-7,
+    }
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        self.leak = check_leak(self.leak, num_tasks, self.name)
+        if "f" in self.opts:  # random_graddrop has no f
+            check_choice("f", self.f, GRADDROP_F, self.name)
+            self.k = float(self.k)
+        self.eps = self.check_positive("eps", self.eps)
+
+    def drop(self, grads, activation, step: Step):
+        return graddrop(
+            grads, activation, leak=self.leak, f=self.f, k=self.k, generator=step.generator, eps=self.eps, renormalize=bool(self.renormalize)
+        )
+
+    def backward(self, step: Step) -> None:
+        grads = self.task_grads_at(step.losses, step.rep)
+        activation = step.rep.detach() if self.batch_separated else None
+        combined = self.drop(grads, activation, step)
+        self.backward_heads(step)
+        self.backward_trunk(step, combined)
+
+
+def check_leak(leak: Any, num_tasks: int, combiner: str) -> float | list[float]:
+    """One number or one per task, each in [0, 1]; else a one-line error naming the option."""
+    values = list(leak) if isinstance(leak, (list, tuple)) else [leak]
+    if isinstance(leak, (list, tuple)) and len(values) != num_tasks:
+        raise MtbenchError(
+            f"combiner.leak has {len(values)} values but the task has {num_tasks} tasks; give one number or one per task"
+        )
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise MtbenchError(f"combiner.leak values must be numbers in [0, 1] for combiner={combiner} (got {v!r})")
+    return [float(v) for v in values] if isinstance(leak, (list, tuple)) else float(leak)

@@ -1,0 +1,120 @@
+"""GradNorm: task weights learned to balance the tasks' gradient norms."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from mtbench.combiners.base import Combiner, Step, check_choice
+
+
+class GradNorm(Combiner):
+    """GradNorm (Chen et al. 2018, "GradNorm: Gradient Normalization for Adaptive Loss
+    Balancing in Deep Multitask Networks", Sec. 3.2, eq. 2 and Algorithm 1).
+
+    Learnable task weights w_i start at 1. Each step, with W the last shared layer's
+    weights and L_i(0) the losses of the FIRST training step:
+
+        G_i = || d(w_i L_i)/dW ||_2 = |w_i| ||dL_i/dW||_2
+        Ltilde_i = L_i(t) / L_i(0),   r_i = Ltilde_i / mean_j Ltilde_j
+        L_grad = sum_i | G_i - mean_j(G_j) * r_i^alpha |      (the target term is a constant)
+
+    Only the w_i learn from L_grad (Adam with their own learning rate ``weight_lr``), then
+    they are clamped at 0 and renormalised to sum to T. The network is trained on
+    sum_i w_i L_i with this step's weights (before their update), so its gradient is on
+    the baseline's scale. Because G_i is |w_i| times a norm that does not depend on w,
+    L_grad's gradient needs no second-order backward pass and nothing from it reaches the
+    network's own gradients.
+
+    Options: alpha (1.5); weight_lr (0.025); grad_at (last_shared: the weight tensor of
+    the trunk's last layer with a weight matrix or kernel; representation: the shared
+    representation, flattened over batch and features).
+    """
+
+    name = "gradnorm"
+    defaults: dict[str, Any] = {"alpha": 1.5, "weight_lr": 0.025, "grad_at": "last_shared"}
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        self.alpha = float(self.alpha)
+        self.weight_lr = self.check_positive("weight_lr", self.weight_lr)
+        check_choice("grad_at", self.grad_at, ("last_shared", "representation"), self.name)
+        self.w: torch.Tensor | None = None
+        self.initial_losses: torch.Tensor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def _setup(self, like: torch.Tensor) -> None:
+        self.w = torch.ones(self.num_tasks, device=like.device, dtype=like.dtype, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.w], lr=self.weight_lr)
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_state_dict(state)
+
+    @staticmethod
+    def last_shared_weight(model: torch.nn.Module) -> torch.Tensor:
+        layers = [m.weight for m in model.trunk.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
+        layers = [w for w in layers if w.dim() >= 2 and w.requires_grad]
+        if not layers:
+            raise ValueError("gradnorm: the trunk has no layer with a weight matrix; use combiner.grad_at=representation")
+        return layers[-1]
+
+    def task_weights(self, step: Step) -> torch.Tensor:
+        """This step's weights (detached); updates w for the next step as a side effect."""
+        losses = step.losses
+        if self.w is None:
+            self._setup(losses)
+        assert self.w is not None and self.optimizer is not None
+        if self.initial_losses is None:
+            self.initial_losses = losses.detach().clone()
+        at = step.rep if self.grad_at == "representation" else self.last_shared_weight(step.model)
+        norms = self.task_grads_at(losses, at).flatten(1).norm(dim=1)
+        current = self.w.detach().clone()
+
+        G = self.w.abs() * norms.detach()
+        ratio = losses.detach() / self.initial_losses.clamp_min(1e-12)
+        r = ratio / ratio.mean()
+        target = (G.mean() * r.pow(self.alpha)).detach()
+        l_grad = (G - target).abs().sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.w.grad,) = torch.autograd.grad(l_grad, self.w)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.w.clamp_(min=0)
+            total = self.w.sum()
+            if total > 0:
+                self.w.mul_(self.num_tasks / total)
+            else:
+                self.w.fill_(1.0)
+        return current
+
+    def backward(self, step: Step) -> None:
+        w = self.task_weights(step)
+        (w * step.losses).sum().backward()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.w is None:
+            return {}
+        assert self.optimizer is not None
+        state = {"w": self.w.detach(), "initial_losses": self.initial_losses, "optimizer": self.optimizer.state_dict()}
+        return copy.deepcopy(state)  # a snapshot: later steps must not change it
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if self.w is None:  # weights live on the training device: restore at the first step
+            self._pending_state = state
+            return
+        assert self.optimizer is not None
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+        self.initial_losses = None if state["initial_losses"] is None else state["initial_losses"].to(self.w.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def log_values(self) -> dict[str, float]:
+        if self.w is None:
+            return {}
+        w = self.w.detach()
+        return {"w_min": float(w.min()), "w_max": float(w.max())}
