@@ -98,13 +98,12 @@ def _app(cfg: DictConfig) -> dict[str, Any] | None:
         sys.exit(2)
     if record["status"] == "failed":
         FAILED.append(str(run_dir))
-        print(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})", file=sys.stderr)
+        log.error(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})")
     else:
         t = record["test"]
-        print(
+        log.info(
             f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: test error {t['error_rate']:.2f}%  "
-            f"max F1 {t['max_f1']:.2f}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}",
-            file=sys.stderr,
+            f"max F1 {t['max_f1']:.2f}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}"
         )
     return record
 

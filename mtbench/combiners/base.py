@@ -109,6 +109,11 @@ class Combiner:
         return grads
 
     @staticmethod
+    def default_chunk(value: Any, device: torch.device) -> int:
+        """``chunk_size: null`` = 1 on a CPU (a loop is faster there), 8 on an accelerator."""
+        return int(value) if value is not None else (1 if device.type == "cpu" else 8)
+
+    @staticmethod
     def task_grads_at_params(
         step: Step, rep_grads: torch.Tensor, params: list[torch.Tensor], chunk_size: int = 8
     ) -> torch.Tensor:
@@ -117,21 +122,25 @@ class Combiner:
         Task i's parameter gradient is the trunk's vector-Jacobian product with task i's
         gradient at the representation (``rep_grads[i]``, from :meth:`task_grads_at`).
         ``chunk_size`` tasks go through the trunk's backward together (one vmapped call),
-        which bounds the extra memory to ``chunk_size`` backward passes; a loop over
-        tasks is the fallback where vmap cannot run the backward.
+        which bounds the extra memory to ``chunk_size`` backward passes; ``chunk_size=1``
+        is a plain loop of backward passes (the faster choice on a CPU), and also the
+        fallback where vmap cannot run the backward.
         """
         T = rep_grads.shape[0]
         rows: list[torch.Tensor] = []
         chunk = max(1, int(chunk_size))
         for start in range(0, T, chunk):
             part = rep_grads[start : start + chunk]
-            try:
-                grads = torch.autograd.grad(step.rep, params, grad_outputs=part, is_grads_batched=True, retain_graph=True)
-                rows.append(torch.cat([g.reshape(part.shape[0], -1) for g in grads], dim=1))
-            except RuntimeError:
-                for i in range(part.shape[0]):
-                    grads = torch.autograd.grad(step.rep, params, grad_outputs=part[i], retain_graph=True)
-                    rows.append(torch.cat([g.reshape(1, -1) for g in grads], dim=1))
+            if part.shape[0] > 1:
+                try:
+                    grads = torch.autograd.grad(step.rep, params, grad_outputs=part, is_grads_batched=True, retain_graph=True)
+                    rows.append(torch.cat([g.reshape(part.shape[0], -1) for g in grads], dim=1))
+                    continue
+                except RuntimeError:
+                    pass  # vmap cannot run this backward: one task at a time
+            for i in range(part.shape[0]):
+                grads = torch.autograd.grad(step.rep, params, grad_outputs=part[i], retain_graph=True)
+                rows.append(torch.cat([g.reshape(1, -1) for g in grads], dim=1))
         return torch.cat(rows)
 
     @staticmethod

@@ -31,17 +31,19 @@ class MGDA(Combiner):
         at a time).
       normalization (none): none | l2 | loss | loss+.
       rescale (true): multiply the shared gradient by T.
-      chunk_size (8): tasks per batched backward pass at the params level.
+      chunk_size (null): tasks per batched backward pass at the params level; null =
+        1 on a CPU (a plain loop, faster there), 8 on a GPU.
     """
 
     name = "mgda"
-    defaults: dict[str, Any] = {"level": "representation", "normalization": "none", "rescale": True, "chunk_size": 8}
+    defaults: dict[str, Any] = {"level": "representation", "normalization": "none", "rescale": True, "chunk_size": None}
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
         check_choice("level", self.level, ("representation", "params"), self.name)
         check_choice("normalization", self.normalization, NORMALIZATIONS, self.name)
-        self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
+        if self.chunk_size is not None:
+            self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
         self.last_weights: torch.Tensor | None = None
 
     def weights(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
@@ -72,6 +74,6 @@ class MGDA(Combiner):
             self.backward_trunk(step, combined)
         else:
             params = step.model.shared_parameters()
-            flat = self.task_grads_at_params(step, rep_grads, params, self.chunk_size)
+            flat = self.task_grads_at_params(step, rep_grads, params, self.default_chunk(self.chunk_size, step.rep.device))
             w = self.weights(flat, step.losses)
             self.add_flat_grad(params, (w * scale) @ flat)

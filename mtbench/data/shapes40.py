@@ -457,7 +457,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def make_shapes40(
     seed: int = 0,
-    n_train: int = 12000,
+    n_train: int = 8000,
     n_val: int = 2000,
     n_test: int = 2000,
     image_size: int = 32,

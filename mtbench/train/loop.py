@@ -8,6 +8,7 @@ of the epoch with the best validation score: the test split never selects anythi
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import statistics
 import sys
@@ -23,6 +24,8 @@ from mtbench.combiners import Step, build_combiner
 from mtbench.data import Split, TaskData, build_task
 from mtbench.models import build_model
 from mtbench.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("mtbench")
 
 #: steps between progress-bar updates (the only host synchronisations inside an epoch)
 LOG_EVERY = 20
@@ -169,10 +172,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if best is None or better(val[select], best["val"][select]):
             best = {"epoch": epoch, "val": val}
             best_state = copy.deepcopy(model.state_dict())
-        print(
+        log.info(
             f"[{cfg.name}] {combiner.name} seed={seed} epoch {epoch}/{epochs}: "
-            f"loss {row['train_loss']:.4f}  val error {val['error_rate']:.2f}%  val max F1 {val['max_f1']:.2f}",
-            file=sys.stderr,
+            f"loss {row['train_loss']:.4f}  val error {val['error_rate']:.2f}%  val max F1 {val['max_f1']:.2f}"
         )
 
     assert best is not None and best_state is not None

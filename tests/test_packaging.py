@@ -1,0 +1,46 @@
+"""The package ships its configs: a plain (non-editable) install works from any folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"mtbench." + ".".join(p.parent.relative_to(ROOT / "mtbench").parts) for p in (ROOT / "mtbench").rglob("__init__.py")}
+    found = {f.rstrip(".") for f in found} | {"mtbench.configs"}
+    assert found == listed
+
+
+def test_wheel_installs_and_finds_its_configs(tmp_path):
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    (wheel,) = wheel_dir.glob("mtbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert configs and {f"mtbench/configs/{c}" for c in configs} <= names
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mtbench, sys; print(mtbench.__file__)"], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+    )
+    assert probe.stdout.strip().startswith(str(site))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtbench", "--cfg", "job", "combiner=graddrop"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "name: graddrop" in proc.stdout and "name: shapes40" in proc.stdout
