@@ -78,7 +78,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     history = result.pop("history")
     per_attribute = result.pop("test_per_attribute")
     write_csv(run_dir / "history.csv", history)
-    write_csv(run_dir / "per_attribute.csv", per_attribute)
+    if per_attribute:
+        write_csv(run_dir / "per_attribute.csv", per_attribute)
     record.update(result)
     record.update(status="completed", wall_s=time.time() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     # keep the resolved config last: the numbers first for a human reader
@@ -100,11 +101,8 @@ def _app(cfg: DictConfig) -> dict[str, Any] | None:
         FAILED.append(str(run_dir))
         log.error(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})")
     else:
-        t = record["test"]
-        log.info(
-            f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: test error {t['error_rate']:.2f}%  "
-            f"max F1 {t['max_f1']:.2f}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}"
-        )
+        shown = "  ".join(f"test {header} {record['test'][key]:.2f}" for key, header, _ in record["metric_columns"])
+        log.info(f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}")
     return record
 
 

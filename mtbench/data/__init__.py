@@ -1,28 +1,44 @@
-"""Tasks: datasets in memory, per-task losses, metrics. ``build_task(cfg.task)`` is the entry."""
+"""Tasks: the data of each split, the heads, per-task losses and metrics.
+
+``build_task(cfg.task)`` returns a :class:`Task`; each task is one module here and one config
+file in ``configs/task/`` (its ``name`` selects the builder below).
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from omegaconf import DictConfig
 
 from mtbench import MtbenchError
-from mtbench.data.base import Split, TaskData, channel_stats
+from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, channel_stats
 
-__all__ = ["Split", "TaskData", "build_task"]
+__all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "build_task", "TASKS"]
 
 
-def build_task(cfg: DictConfig) -> TaskData:
+def _shapes40(cfg: DictConfig) -> Task:
+    from mtbench.data.shapes40 import make_shapes40
+
+    ds = make_shapes40(
+        seed=int(cfg.data_seed),
+        n_train=int(cfg.n_train),
+        n_val=int(cfg.n_val),
+        n_test=int(cfg.n_test),
+        image_size=int(cfg.image_size),
+    )
+    splits = {s: Split(getattr(ds, s).images, getattr(ds, s).labels) for s in ("train", "val", "test")}
+    mean, std = channel_stats(splits["train"].images)
+    return BinaryAttributeTask("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
+
+
+#: task builders by ``task.name``
+TASKS: dict[str, Callable[[DictConfig], Task]] = {"shapes40": _shapes40}
+
+
+def build_task(cfg: DictConfig) -> Task:
     """Build the task named by ``cfg.name`` (the ``task/`` config group)."""
-    if cfg.name == "shapes40":
-        from mtbench.data.shapes40 import make_shapes40
-
-        ds = make_shapes40(
-            seed=int(cfg.data_seed),
-            n_train=int(cfg.n_train),
-            n_val=int(cfg.n_val),
-            n_test=int(cfg.n_test),
-            image_size=int(cfg.image_size),
-        )
-        splits = {s: Split(getattr(ds, s).images, getattr(ds, s).labels) for s in ("train", "val", "test")}
-        mean, std = channel_stats(splits["train"].images)
-        return TaskData("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
-    raise MtbenchError(f"task.name={cfg.name!r} is unknown; the tasks are: shapes40")
+    try:
+        builder = TASKS[cfg.name]
+    except KeyError:
+        raise MtbenchError(f"task.name={cfg.name!r} is unknown; the tasks are: {', '.join(TASKS)}") from None
+    return builder(cfg)

@@ -1,33 +1,64 @@
-"""What every task provides to the trainer: splits of tensors, per-task losses and metrics."""
+"""What every task gives the trainer: splits, the heads, per-task losses, metrics.
+
+A task is a subclass of :class:`Task`. The trainer only ever calls the methods below, so a new
+dataset (CelebA, CIFAR-100 transfer, yours) is one module under ``mtbench/data/`` plus one
+config file under ``configs/task/``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtbench.metrics import binary_attribute_metrics
+
+#: labels of a split: one tensor [N, ...] or a dict of such tensors (indexed together)
+Labels = torch.Tensor | dict[str, torch.Tensor]
+
+
+def index_labels(labels: Labels, idx: torch.Tensor) -> Labels:
+    if isinstance(labels, dict):
+        return {k: v[idx] for k, v in labels.items()}
+    return labels[idx]
+
+
+def labels_to(labels: Labels, device: torch.device, non_blocking: bool = False) -> Labels:
+    if isinstance(labels, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in labels.items()}
+    return labels.to(device, non_blocking=non_blocking)
 
 
 @dataclass
 class Split:
-    """One split held in memory: uint8 images [N, C, H, W] and labels [N, T]."""
+    """One split: uint8 images [N, C, H, W] (in memory or memory-mapped) and its labels."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: Labels
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
 
-@dataclass
-class TaskData:
-    """A multitask problem with T binary attributes (``kind: binary_attributes``).
+@dataclass(frozen=True)
+class MetricColumn:
+    """A metric reported in ``metrics.json`` (``test``/``val``) and shown in the table."""
 
-    ``losses`` maps the heads' logits [B, T] and labels [B, T] to the T per-task losses
-    (binary cross-entropy with logits, averaged over the batch): the vector a combiner
-    turns into gradients. ``evaluate`` maps scores and labels of a whole split to metrics.
+    key: str
+    header: str
+    higher_is_better: bool
+
+
+@dataclass
+class Task:
+    """Base class of every task.
+
+    Subclasses set ``metric_columns`` (the first one selects the reported epoch unless
+    ``trainer.select_metric`` names another) and implement ``make_heads``, ``losses``,
+    ``scores`` and ``evaluate``.
     """
 
     name: str
@@ -38,6 +69,8 @@ class TaskData:
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     std: torch.Tensor = field(default_factory=lambda: torch.ones(3))
 
+    metric_columns: ClassVar[tuple[MetricColumn, ...]] = ()
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
@@ -46,13 +79,50 @@ class TaskData:
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
 
-    def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(0)
+    def make_heads(self, rep_dim: int) -> nn.Module:
+        """The task heads reading the shared representation [B, rep_dim]."""
+        raise NotImplementedError
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-time augmentation of a normalised float batch on the training device
+        (identity by default); not timed as part of the training step."""
+        return x
 
-    def evaluate(self, scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    def losses(self, outputs: Any, labels: Labels) -> torch.Tensor:
+        """The T per-task losses of a batch, a vector [T] (each a mean over the batch)."""
+        raise NotImplementedError
+
+    def scores(self, outputs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What evaluation keeps of a batch's outputs (concatenated over the split)."""
+        raise NotImplementedError
+
+    def evaluate(self, scores: Any, labels: Labels) -> dict[str, Any]:
+        """Metrics of a whole split: every ``metric_columns`` key, plus optional extras
+        (``per_attribute``: a list of dicts written to ``per_attribute.csv``)."""
+        raise NotImplementedError
+
+
+class BinaryAttributeTask(Task):
+    """T binary attributes (shapes40, CelebA): one logit per attribute from linear heads,
+    binary cross-entropy with logits per attribute, error rate and max F1."""
+
+    metric_columns = (
+        MetricColumn("error_rate", "error rate (%)", False),
+        MetricColumn("max_f1", "max F1", True),
+    )
+
+    def make_heads(self, rep_dim: int) -> nn.Module:
+        from mtbench.models.multitask import LinearHeads
+
+        return LinearHeads(rep_dim, self.num_tasks)
+
+    def losses(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype), reduction="none").mean(0)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs.float())
+
+    def evaluate(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         return binary_attribute_metrics(scores, labels, names=self.task_names)
 
 

@@ -1,25 +1,36 @@
-"""Models: shared trunk -> shared representation -> task heads."""
+"""Models: shared trunk -> shared representation -> task heads (the heads come from the task)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from torch import nn
 
 from mtbench import MtbenchError
 from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
-__all__ = ["LinearHeads", "MultiTaskModel", "build_model"]
+__all__ = ["LinearHeads", "MultiTaskModel", "build_model", "build_trunk"]
 
 
-def build_model(cfg: DictConfig, num_tasks: int, in_channels: int = 3) -> MultiTaskModel:
-    """Build the model named by ``cfg.name`` (the ``model/`` config group)."""
+def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
+    """The trunk named by ``cfg.name`` (the ``model/`` config group) and its representation size."""
     name = cfg.name
     if name == "small_cnn":
         trunk = SmallCNN(in_channels=in_channels, width=int(cfg.width), rep_dim=int(cfg.rep_dim))
-        dim = trunk.rep_dim
-    elif name in ("resnet18", "resnet50"):
-        trunk, dim = resnet_trunk(name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"))
+        return trunk, trunk.rep_dim
+    if name in ("resnet18", "resnet50"):
+        return resnet_trunk(name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"))
+    raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
+
+
+def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:
+    """Trunk from ``cfg``; heads from ``task.make_heads`` (or ``num_tasks`` linear heads)."""
+    trunk, dim = build_trunk(cfg, in_channels)
+    if task is not None:
+        heads = task.make_heads(dim)
+    elif num_tasks is not None:
+        heads = LinearHeads(dim, num_tasks)
     else:
-        raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
-    return MultiTaskModel(trunk, LinearHeads(dim, num_tasks), rep_dim=dim)
+        raise ValueError("build_model needs a task or num_tasks")
+    return MultiTaskModel(trunk, heads, rep_dim=dim)

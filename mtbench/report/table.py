@@ -37,8 +37,8 @@ ORDER = (
     "gradnorm_graddrop",
 )
 
-#: columns of the table: (key in metrics.json "test", header, higher is better)
-COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))
+#: the table's metric columns when the runs do not name theirs: (key in "test", header, higher is better)
+DEFAULT_COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))
 
 
 class NoRuns(Exception):
@@ -48,26 +48,31 @@ class NoRuns(Exception):
 @dataclass
 class Tables:
     frame: pd.DataFrame  # numeric, one row per combiner
+    columns: tuple[tuple[str, str, bool], ...]
     markdown: str
     latex: str
     skipped: list[str]
     in_progress: int
 
 
-def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int]:
+def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[str, str, bool], ...]]:
     """One row per run with a readable ``metrics.json`` that is not still running.
 
-    Returns the frame, the files skipped (corrupt), and the number of runs in progress.
+    Returns the frame, the files skipped (corrupt), the number of runs in progress, and the
+    metric columns (as the runs' ``metric_columns`` name them).
     """
     records, skipped, in_progress = [], [], 0
+    columns: tuple[tuple[str, str, bool], ...] | None = None
     for path in sorted(Path(folder).glob(f"runs/*/*/{METRICS}")):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
             status = m["status"]
             record = {"combiner": str(m["combiner"]), "seed": m["seed"], "status": status}
             if status == "completed":
-                record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in COLUMNS})
+                cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
+                record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
                 record["train_step_s"] = float(m["train_step_s"])
+                columns = columns or cols
         except (OSError, ValueError, KeyError, TypeError) as e:
             warnings.warn(f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2)
             skipped.append(str(path))
@@ -76,14 +81,14 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int]:
             in_progress += 1
             continue
         records.append(record)
-    return pd.DataFrame.from_records(records), skipped, in_progress
+    return pd.DataFrame.from_records(records), skipped, in_progress, columns or DEFAULT_COLUMNS
 
 
 def _order_key(name: str) -> tuple[int, str]:
     return (ORDER.index(name), "") if name in ORDER else (len(ORDER), name)
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
     """Numeric table, one row per combiner, in the paper's order."""
     done = runs[runs["status"] == "completed"].copy()
     base = done.loc[done["combiner"] == "baseline", "train_step_s"]
@@ -94,7 +99,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     for name in names:
         sub = done[done["combiner"] == name]
         row: dict[str, Any] = {"combiner": name, "seeds": len(sub)}
-        for col in [f"test_{k}" for k, _, _ in COLUMNS] + ["speed", "train_step_s"]:
+        for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s"]:
             vals = sub[col] if col in sub else pd.Series(dtype=float)
             row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
@@ -111,9 +116,9 @@ def _fmt(mean: float, std: float, digits: int = 2, pm: str = " ± ") -> str:
     return f"{mean:.{digits}f}{pm}{std:.{digits}f}"
 
 
-def _cells(row: pd.Series, pm: str) -> list[str]:
+def _cells(row: pd.Series, pm: str, columns) -> list[str]:
     cells = [str(row["combiner"])]
-    for key, _, _ in COLUMNS:
+    for key, _, _ in columns:
         cells.append(_fmt(row[f"test_{key}_mean"], row[f"test_{key}_std"], pm=pm))
     cells.append(_fmt(row["speed_mean"], row["speed_std"], pm=pm))
     seeds = str(int(row["seeds"]))
@@ -123,15 +128,15 @@ def _cells(row: pd.Series, pm: str) -> list[str]:
     return cells
 
 
-def _headers() -> list[str]:
+def _headers(columns) -> list[str]:
     arrows = {False: "↓", True: "↑"}
-    return ["combiner"] + [f"{h} {arrows[hi]}" for _, h, hi in COLUMNS] + ["speed vs baseline", "seeds"]
+    return ["combiner"] + [f"{h} {arrows[hi]}" for _, h, hi in columns] + ["speed vs baseline", "seeds"]
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    head = _headers()
+def to_markdown(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
+    head = _headers(columns)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    lines += ["| " + " | ".join(_cells(row, " ± ")) + " |" for _, row in table.iterrows()]
+    lines += ["| " + " | ".join(_cells(row, " ± ", columns)) + " |" for _, row in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -141,11 +146,11 @@ def _tex_escape(s: str) -> str:
     return s
 
 
-def to_latex(table: pd.DataFrame) -> str:
-    head = [_tex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$") for h in _headers()]
+def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
+    head = [_tex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$") for h in _headers(columns)]
     lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
-        cells = _cells(row, r" $\pm$ ")
+        cells = _cells(row, r" $\pm$ ", columns)
         cells[0] = _tex_escape(cells[0])
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -155,15 +160,15 @@ def to_latex(table: pd.DataFrame) -> str:
 def build_tables(folder: Path | str) -> Tables:
     """Aggregate the runs under ``folder`` and write ``table.{md,csv,tex}`` there."""
     folder = Path(folder)
-    runs, skipped, in_progress = load_runs(folder)
+    runs, skipped, in_progress, columns = load_runs(folder)
     if runs.empty:
         raise NoRuns(f"no finished runs in {folder} (expected {folder}/runs/<combiner>/seed=<seed>/{METRICS})")
-    table = aggregate(runs)
-    md, tex = to_markdown(table), to_latex(table)
+    table = aggregate(runs, columns)
+    md, tex = to_markdown(table, columns), to_latex(table, columns)
     atomic_write_text(folder / "table.csv", table.to_csv(index=False))
     atomic_write_text(folder / "table.md", md)
     atomic_write_text(folder / "table.tex", tex)
-    return Tables(table, md, tex, skipped, in_progress)
+    return Tables(table, columns, md, tex, skipped, in_progress)
 
 
 def report(folder: Path | str, out=sys.stdout) -> Tables:

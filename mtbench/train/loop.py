@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from mtbench import MtbenchError
 from mtbench.combiners import Step, build_combiner
-from mtbench.data import Split, TaskData, build_task
+from mtbench.data import Split, Task, build_task
+from mtbench.data.base import Labels, index_labels, labels_to
 from mtbench.models import build_model
 from mtbench.train.optim import build_optimizer, build_scheduler
 
@@ -48,40 +49,49 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, Labels]]:
     """Mini-batches of (uint8 images, labels); shuffled by ``generator``, in order without one."""
     n = len(split)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield split.images[idx], split.labels[idx]
+        if order is None:
+            idx = slice(start, start + batch_size)
+            yield split.images[idx], index_labels(split.labels, idx)
+        else:
+            idx = order[start : start + batch_size]
+            yield split.images[idx], index_labels(split.labels, idx)
 
 
 class Preprocess:
     """uint8 images on the host -> normalised float images on the training device."""
 
-    def __init__(self, task: TaskData, device: torch.device):
+    def __init__(self, task: Task, device: torch.device):
         self.device = device
         self.mean = task.mean.to(device).view(1, -1, 1, 1)
         self.std = task.std.to(device).view(1, -1, 1, 1)
         self.pin = device.type == "cuda"
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
         if self.pin:
-            images, labels = images.pin_memory(), labels.pin_memory()
+            images = images.pin_memory()
         x = images.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
-        return x, labels.to(self.device, non_blocking=True)
+        return x, labels_to(labels, self.device, non_blocking=self.pin)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: TaskData, split: Split, prep: Preprocess, batch_size: int) -> dict[str, Any]:
+def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int) -> dict[str, Any]:
+    """The task's metrics on a whole split (scores gathered on the host, then ``task.evaluate``)."""
     model.eval()
-    scores = []
+    parts: list[Any] = []
     for images, labels in batches(split, batch_size):
         x, _ = prep(images, labels)
         _, outputs = model(x)
-        scores.append(task.scores(outputs).float().cpu())
-    return task.evaluate(torch.cat(scores), split.labels)
+        parts.append(task.scores(outputs))
+    if isinstance(parts[0], dict):
+        scores: Any = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+    else:
+        scores = torch.cat([p.cpu() for p in parts])
+    return task.evaluate(scores, split.labels)
 
 
 def _sync(device: torch.device) -> None:
@@ -101,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(seed)
 
     task = build_task(cfg.task)
-    model = build_model(cfg.model, num_tasks=task.num_tasks, in_channels=task.in_channels).to(device)
+    model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
     combiner = build_combiner(cfg.combiner, task.num_tasks)
     optimizer = build_optimizer(model.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
@@ -110,10 +120,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_gen = torch.Generator().manual_seed(seed)  # batch order
     comb_gen = torch.Generator(device=device).manual_seed(seed + 1)  # combiner randomness (device)
     comb_cpu_gen = torch.Generator().manual_seed(seed + 2) if device.type != "cpu" else comb_gen  # (host)
-    select = str(tcfg.select_metric)
-    if select not in ("error_rate", "max_f1"):
-        raise MtbenchError(f"trainer.select_metric={select!r}; choose error_rate or max_f1")
-    better = (lambda a, b: a < b) if select == "error_rate" else (lambda a, b: a > b)
+    columns = {c.key: c for c in task.metric_columns}
+    select = str(tcfg.select_metric) if tcfg.get("select_metric") else task.metric_columns[0].key
+    if select not in columns:
+        raise MtbenchError(f"trainer.select_metric={select!r} is not a metric of task {task.name}; choose one of: {', '.join(columns)}")
+    higher = columns[select].higher_is_better
+    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
 
     epochs, bs = int(tcfg.epochs), int(tcfg.batch_size)
     steps_per_epoch = math.ceil(len(task.train) / bs)
@@ -131,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         bar = tqdm(total=steps_per_epoch, desc=f"{combiner.name} epoch {epoch}/{epochs}", disable=not show, leave=False, file=sys.stderr)
         for i, (images, labels) in enumerate(batches(task.train, bs, data_gen)):
             x, y = prep(images, labels)
+            x = task.augment(x)
             if combiner.needs_input_grad:
                 x.requires_grad_(True)
             _sync(device)
@@ -162,8 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / steps_per_epoch,
-            "val_error_rate": val["error_rate"],
-            "val_max_f1": val["max_f1"],
+            **{f"val_{k}": val[k] for k in columns},
             "train_step_s": epoch_step_s / steps_per_epoch,
             "lr": optimizer.param_groups[0]["lr"],
             **{f"combiner_{k}": v for k, v in combiner.log_values().items()},
@@ -172,10 +184,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if best is None or better(val[select], best["val"][select]):
             best = {"epoch": epoch, "val": val}
             best_state = copy.deepcopy(model.state_dict())
-        log.info(
-            f"[{cfg.name}] {combiner.name} seed={seed} epoch {epoch}/{epochs}: "
-            f"loss {row['train_loss']:.4f}  val error {val['error_rate']:.2f}%  val max F1 {val['max_f1']:.2f}"
-        )
+        shown = "  ".join(f"val {c.header} {val[c.key]:.2f}" for c in task.metric_columns)
+        log.info(f"[{cfg.name}] {combiner.name} seed={seed} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  {shown}")
 
     assert best is not None and best_state is not None
     model.load_state_dict(best_state)
@@ -183,9 +193,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     total_step_s = sum(step_times)
     return {
         "best_epoch": best["epoch"],
-        "val": {k: best["val"][k] for k in ("error_rate", "max_f1")},
-        "test": {k: test[k] for k in ("error_rate", "max_f1")},
-        "test_per_attribute": test["per_attribute"],
+        "select_metric": select,
+        "metric_columns": [[c.key, c.header, c.higher_is_better] for c in task.metric_columns],
+        "val": {k: best["val"][k] for k in columns},
+        "test": {k: test[k] for k in columns},
+        "test_per_attribute": test.get("per_attribute"),
         "train_step_s": statistics.median(step_times),
         "examples_per_s": examples / total_step_s if total_step_s > 0 else float("nan"),
         "steps": len(step_times),
