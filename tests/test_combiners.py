@@ -351,3 +351,17 @@ def test_bad_options_name_the_option(name, options, words):
     assert "\n" not in message
     for w in words:
         assert w in message, message
+
+
+def test_null_leak_takes_the_tasks_default():
+    from omegaconf import OmegaConf
+
+    from mtbench.combiners import build_combiner
+
+    cfg = OmegaConf.create({"name": "graddrop", "leak": None})
+    assert build_combiner(cfg, T).leak == 0.0
+    assert build_combiner(cfg, T, default_leak=[1.0, 0.0, 0.0]).leak == [1.0, 0.0, 0.0]
+    nested = OmegaConf.create({"name": "gradnorm_graddrop", "gradnorm": {}, "graddrop": {"leak": None}})
+    assert build_combiner(nested, T, default_leak=[1.0, 0.0, 0.5]).combine.leak == [1.0, 0.0, 0.5]
+    explicit = OmegaConf.create({"name": "graddrop", "leak": 0.25})
+    assert build_combiner(explicit, T, default_leak=[1.0, 0.0, 0.0]).leak == 0.25

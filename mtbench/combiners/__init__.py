@@ -43,9 +43,21 @@ def _import(path: str) -> type[Combiner]:
     return cls
 
 
-def build_combiner(cfg: DictConfig, num_tasks: int) -> Combiner:
+def _fill_leak(options: dict, default_leak) -> None:
+    """``leak: null`` (anywhere in the options) takes the task's default leak, else 0."""
+    for key, value in options.items():
+        if key == "leak" and value is None:
+            options[key] = list(default_leak) if default_leak is not None else 0.0
+        elif isinstance(value, dict):
+            _fill_leak(value, default_leak)
+
+
+def build_combiner(cfg: DictConfig, num_tasks: int, default_leak: list[float] | None = None) -> Combiner:
+    """The combiner of ``cfg`` for ``num_tasks`` tasks; ``default_leak`` (one per task, from the
+    task's config) fills any ``leak: null`` option."""
     options = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(options, dict)
+    _fill_leak(options, default_leak)
     name = options.pop("name", None)
     target = options.pop("_target_", None)
     if target:

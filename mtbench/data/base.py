@@ -69,6 +69,9 @@ class Task:
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     std: torch.Tensor = field(default_factory=lambda: torch.ones(3))
 
+    #: GradDrop's per-task leak where the combiner's ``leak`` is null (e.g. 1 for a transfer target)
+    default_leak: list[float] | None = None
+
     metric_columns: ClassVar[tuple[MetricColumn, ...]] = ()
 
     @property

@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     task = build_task(cfg.task)
     model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
-    combiner = build_combiner(cfg.combiner, task.num_tasks)
+    combiner = build_combiner(cfg.combiner, task.num_tasks, default_leak=task.default_leak)
     optimizer = build_optimizer(model.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
     prep = Preprocess(task, device)
