@@ -1,5 +1,5 @@
 """Training: optimizer, schedule, the loop and evaluation."""
 
-from mtbench.train.loop import TrainingFailed, train
+from mtbench.train.loop import CHECKPOINT, Interrupted, TrainingFailed, train
 
-__all__ = ["TrainingFailed", "train"]
+__all__ = ["CHECKPOINT", "Interrupted", "TrainingFailed", "train"]

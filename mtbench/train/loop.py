@@ -7,12 +7,15 @@ of the epoch with the best validation score: the test split never selects anythi
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import os
+import signal
 import statistics
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -99,9 +102,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived: the current step finished and a checkpoint was written."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}; re-run the same command to resume")
+        self.signum = signum
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only).
+
+    Not installed under submitit (it owns the signals there and requeues preempted jobs;
+    the per-epoch checkpoints make the requeued job resume).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(f"mtbench: {signal.Signals(signum).name} received: finishing this step, then checkpointing")
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[str, Any]:
     """Train one run as configured; return the results that go into ``metrics.json``
-    (``history`` holds one row per epoch). Raises ``TrainingFailed`` when the run cannot go on.
+    (``history`` holds one row per epoch).
+
+    With ``run_dir``, a checkpoint (model, optimizer, scheduler, combiner state, RNG states,
+    position, history) is written atomically to ``run_dir/checkpoint.pt`` after every epoch
+    and on SIGTERM/SIGINT (after the current step), and an existing checkpoint is resumed:
+    the resumed run ends with the same numbers as an uninterrupted one (on a CPU).
+    ``on_epoch(history)`` is called after each epoch. Raises ``TrainingFailed`` (non-finite
+    loss or gradient) and ``Interrupted``.
     """
     tcfg = cfg.trainer
     if tcfg.num_threads:
@@ -130,66 +176,117 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     epochs, bs = int(tcfg.epochs), int(tcfg.batch_size)
     steps_per_epoch = math.ceil(len(task.train) / bs)
     show = bool(tcfg.progress) and sys.stderr.isatty()
-    step_times: list[float] = []
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state = None
-    examples = 0
+    gens = {"data": data_gen, "combiner": comb_gen, "combiner_cpu": comb_cpu_gen}
 
-    for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        epoch_step_s = 0.0
-        bar = tqdm(total=steps_per_epoch, desc=f"{combiner.name} epoch {epoch}/{epochs}", disable=not show, leave=False, file=sys.stderr)
-        for i, (images, labels) in enumerate(batches(task.train, bs, data_gen)):
-            x, y = prep(images, labels)
-            x = task.augment(x)
-            if combiner.needs_input_grad:
-                x.requires_grad_(True)
-            _sync(device)
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            rep, outputs = model(x)
-            losses = task.losses(outputs, y)
-            combiner.backward(Step(model, x, rep, outputs, losses, comb_gen, comb_cpu_gen))
-            optimizer.step()
-            _sync(device)
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            epoch_step_s += dt
-            examples += x.shape[0]
-            loss_sum += losses.detach().sum()
-            if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
-                mean_loss = loss_sum.item() / (i + 1)
-                if not math.isfinite(mean_loss):
-                    bad = [task.task_names[j] for j in torch.nonzero(~torch.isfinite(losses.detach())).flatten().tolist()]
-                    where = f"task(s) {', '.join(bad)}" if bad else "an earlier step of this interval"
-                    raise TrainingFailed(f"non-finite loss at epoch {epoch}, step {i + 1} ({where})")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{x.shape[0] * (i + 1) / max(epoch_step_s, 1e-9):.0f}")
-                bar.update(i + 1 - bar.n)
-        bar.close()
-        if scheduler is not None:
-            scheduler.step()
+    # -- state (saved in checkpoints) ------------------------------------------------------
+    state: dict[str, Any] = {
+        "epoch": 1,  # the epoch in progress (1-based)
+        "step": 0,  # steps of that epoch already done
+        "epoch_start_data_rng": data_gen.get_state(),  # to replay the epoch's batch order
+        "loss_sum": 0.0,
+        "epoch_step_s": 0.0,
+        "step_times": [],
+        "examples": 0,
+        "history": [],
+        "best": None,  # {"epoch", "val"}
+        "best_model": None,
+    }
+    ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = _resume(ckpt_path, model, optimizer, scheduler, combiner, gens, device)
+        log.info(f"[{cfg.name}] {combiner.name} seed={seed}: resuming from {ckpt_path} (epoch {state['epoch']}, step {state['step']})")
 
-        val = evaluate(model, task, task.val, prep, int(tcfg.eval_batch_size))
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / steps_per_epoch,
-            **{f"val_{k}": val[k] for k in columns},
-            "train_step_s": epoch_step_s / steps_per_epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"combiner_{k}": v for k, v in combiner.log_values().items()},
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        payload = {
+            "format": 1,
+            "state": state,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "combiner": combiner.state_dict(),
+            "rng": {name: g.get_state() for name, g in gens.items()},
+            "torch_rng": torch.get_rng_state(),
         }
-        history.append(row)
-        if best is None or better(val[select], best["val"][select]):
-            best = {"epoch": epoch, "val": val}
-            best_state = copy.deepcopy(model.state_dict())
-        shown = "  ".join(f"val {c.header} {val[c.key]:.2f}" for c in task.metric_columns)
-        log.info(f"[{cfg.name}] {combiner.name} seed={seed} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  {shown}")
+        atomic_save(payload, ckpt_path)
 
-    assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
+    with StopFlag() as stop:
+        while state["epoch"] <= epochs:
+            epoch = state["epoch"]
+            model.train()
+            data_gen.set_state(state["epoch_start_data_rng"])
+            # NaN watch, on the device: no host synchronisation outside the logging interval
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            bad_tasks = torch.zeros(task.num_tasks, dtype=torch.bool, device=device)
+            bad_kind = torch.zeros((), dtype=torch.long, device=device)  # 1 loss, 2 gradient
+            loss_sum = torch.full((), state["loss_sum"], device=device)
+            bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"{combiner.name} epoch {epoch}/{epochs}", disable=not show, leave=False, file=sys.stderr)
+            for i, (images, labels) in enumerate(batches(task.train, bs, data_gen)):
+                if i < state["step"]:
+                    continue  # replaying the order of an epoch resumed mid-way
+                x, y = prep(images, labels)
+                x, y = task.extend_batch(task.augment(x), y)
+                if combiner.needs_input_grad:
+                    x.requires_grad_(True)
+                _sync(device)
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                rep, outputs = model(x)
+                losses = task.losses(outputs, y)
+                combiner.backward(Step(model, x, rep, outputs, losses, comb_gen, comb_cpu_gen))
+                optimizer.step()
+                _sync(device)
+                dt = time.perf_counter() - t0
+                state["step_times"].append(dt)
+                state["epoch_step_s"] += dt
+                state["examples"] += int(x.shape[0])
+                state["step"] = i + 1
+                loss_sum += losses.detach().sum()
+                _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
+                last = i + 1 == steps_per_epoch
+                if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None:
+                    if int(first_bad) >= 0:
+                        raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
+                    state["loss_sum"] = float(loss_sum)
+                    bar.set_postfix(loss=f"{state['loss_sum'] / (i + 1):.4f}", ex_s=f"{bs * (i + 1) / max(state['epoch_step_s'], 1e-9):.0f}")
+                    bar.update(i + 1 - bar.n)
+                if stop.signum is not None and not last:
+                    checkpoint()
+                    raise Interrupted(stop.signum, f"at epoch {epoch}, step {i + 1}")
+            bar.close()
+            if scheduler is not None:
+                scheduler.step()
+
+            if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+                raise TrainingFailed(f"non-finite parameters or statistics after epoch {epoch} (every step's losses and gradients were finite)")
+            val = evaluate(model, task, task.val, prep, int(tcfg.eval_batch_size))
+            row = {
+                "epoch": epoch,
+                "train_loss": state["loss_sum"] / steps_per_epoch,
+                **{f"val_{k}": val[k] for k in columns},
+                "train_step_s": state["epoch_step_s"] / steps_per_epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{f"combiner_{k}": v for k, v in combiner.log_values().items()},
+            }
+            state["history"].append(row)
+            if state["best"] is None or better(val[select], state["best"]["val"][select]):
+                state["best"] = {"epoch": epoch, "val": val}
+                state["best_model"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            shown = "  ".join(f"val {c.header} {val[c.key]:.2f}" for c in task.metric_columns)
+            log.info(f"[{cfg.name}] {combiner.name} seed={seed} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}  {shown}")
+            state.update(epoch=epoch + 1, step=0, epoch_start_data_rng=data_gen.get_state(), loss_sum=0.0, epoch_step_s=0.0)
+            checkpoint()
+            if on_epoch is not None:
+                on_epoch(state["history"])
+            if stop.signum is not None and epoch < epochs:
+                raise Interrupted(stop.signum, f"after epoch {epoch}")
+
+    best = state["best"]
+    assert best is not None and state["best_model"] is not None
+    model.load_state_dict(state["best_model"])
     test = evaluate(model, task, task.test, prep, int(tcfg.eval_batch_size))
+    step_times = state["step_times"]
     total_step_s = sum(step_times)
     return {
         "best_epoch": best["epoch"],
@@ -199,8 +296,60 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test": {k: test[k] for k in columns},
         "test_per_attribute": test.get("per_attribute"),
         "train_step_s": statistics.median(step_times),
-        "examples_per_s": examples / total_step_s if total_step_s > 0 else float("nan"),
+        "examples_per_s": state["examples"] / total_step_s if total_step_s > 0 else float("nan"),
         "steps": len(step_times),
         "device": str(device),
-        "history": history,
+        "history": state["history"],
     }
+
+
+def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:
+    """Record (on the device, no synchronisation) the first step with a non-finite loss or gradient."""
+    finite_losses = torch.isfinite(losses.detach())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norms = torch._foreach_norm(grads) if grads else []
+    finite_grads = torch.stack(norms).isfinite().all() if norms else torch.ones((), dtype=torch.bool, device=losses.device)
+    bad_now = ~(finite_losses.all() & finite_grads)
+    new = bad_now & (first_bad < 0)
+    first_bad.copy_(torch.where(new, torch.full_like(first_bad, step), first_bad))
+    bad_tasks.copy_(torch.where(new, ~finite_losses, bad_tasks))
+    kind = torch.where(finite_losses.all(), torch.full_like(bad_kind, 2), torch.full_like(bad_kind, 1))
+    bad_kind.copy_(torch.where(new, kind, bad_kind))
+
+
+def _bad_reason(epoch: int, step: int, kind: int, bad_tasks: torch.Tensor, names: list[str]) -> str:
+    if kind == 1:
+        tasks = [names[j] for j in torch.nonzero(bad_tasks.cpu()).flatten().tolist()]
+        return f"non-finite loss at epoch {epoch}, step {step}, task(s): {', '.join(tasks)}"
+    return f"non-finite gradient at epoch {epoch}, step {step} (all task losses finite; the combined gradient overflowed)"
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _resume(path: Path, model, optimizer, scheduler, combiner, gens, device) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        combiner.load_state_dict(ckpt["combiner"])
+        for name, g in gens.items():
+            g.set_state(ckpt["rng"][name])
+        torch.set_rng_state(ckpt["torch_rng"])
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
+        raise MtbenchError(f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e}); delete it to start the run again, or use force=true") from None
+    return ckpt["state"]

@@ -1,0 +1,201 @@
+"""Nothing lost: determinism, interruption and resumption, NaN, bad input, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, command, run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUN = "results/shapes40/runs/baseline/seed=0"
+
+#: long enough (4 epochs x 100 steps) to be interrupted mid-run, still a few seconds
+LONGER = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs", "trainer.batch_size"))] + [
+    "task.n_train=3200",
+    "trainer.epochs=4",
+    "trainer.batch_size=32",
+]
+
+
+def numbers(run_dir: Path) -> dict:
+    """What must be reproducible: the metrics and the per-epoch history, not the timings."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv").drop(columns=["train_step_s"])
+    return {"test": m["test"], "val": m["val"], "best_epoch": m["best_epoch"], "history": history.to_dict("list")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("reference")
+    proc = run_cli("mtbench", LONGER, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / RUN
+
+
+def test_same_seed_same_numbers(tmp_path, reference):
+    proc = run_cli("mtbench", LONGER, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert numbers(tmp_path / RUN) == numbers(reference)
+    assert not (tmp_path / RUN / "checkpoint.pt").exists(), "a completed run keeps no checkpoint"
+
+
+def _start(cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(command("mtbench") + LONGER, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_killed_run_resumes_to_the_same_numbers(tmp_path, reference):
+    proc = _start(tmp_path)
+    _wait_for(tmp_path / RUN / "checkpoint.pt", proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    m = json.loads((tmp_path / RUN / "metrics.json").read_text())
+    assert m["status"] == "running"
+    again = run_cli("mtbench", LONGER, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    assert numbers(tmp_path / RUN) == numbers(reference)
+
+
+def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
+    proc = _start(tmp_path)
+    _wait_for(tmp_path / RUN / "history.csv", proc)  # epoch 1 done: now mid-epoch 2
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    m = json.loads((tmp_path / RUN / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and "SIGTERM" in m["reason"]
+    assert (tmp_path / RUN / "checkpoint.pt").exists()
+    again = run_cli("mtbench", LONGER, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert numbers(tmp_path / RUN) == numbers(reference)
+
+
+def test_rerun_skips_completed_and_refuses_other_config(tmp_path):
+    first = run_cli("mtbench", TINY, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (tmp_path / RUN / "metrics.json").read_text()
+    again = run_cli("mtbench", TINY, cwd=tmp_path)
+    assert again.returncode == 0 and "already completed" in again.stderr
+    assert (tmp_path / RUN / "metrics.json").read_text() == before
+    other = run_cli("mtbench", TINY + ["trainer.lr=0.01"], cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "trainer.lr: 0.003 -> 0.01" in other.stderr and "force=true" in other.stderr
+    assert (tmp_path / RUN / "metrics.json").read_text() == before
+    forced = run_cli("mtbench", TINY + ["trainer.lr=0.01", "force=true"], cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert json.loads((tmp_path / RUN / "metrics.json").read_text())["config"]["trainer"]["lr"] == 0.01
+
+
+def test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on(tmp_path):
+    args = ["-m", "combiner=baseline,nan_head", f"hydra.searchpath=[file://{FIXTURES / 'configs'}]", *TINY]
+    env = {"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
+    proc = run_cli("mtbench", args, cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    bad = json.loads((tmp_path / "results/shapes40/runs/nan_head/seed=0/metrics.json").read_text())
+    assert bad["status"] == "failed"
+    assert "non-finite loss at epoch 1, step 2" in bad["reason"] and "gradient_background" in bad["reason"]
+    good = json.loads((tmp_path / RUN / "metrics.json").read_text())
+    assert good["status"] == "completed"
+    table = (tmp_path / "results/shapes40/table.md").read_text()
+    assert "| nan_head |" in table and "1 failed" in table
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["combiner=graddrop", "combiner.leak=[0.1,0.2]"], ["combiner.leak", "2 values", "40 tasks"]),
+        (["combiner=graddrop", "combiner.leak=1.5"], ["combiner.leak", "[0, 1]"]),
+        (["combiner=pcgrad", "+combiner.levle=params"], ["combiner.levle", "its options are"]),
+        (["combiner=graddrop", "combiner.f=tanh"], ["combiner.f", "identity, linear, sigmoid"]),
+        (["trainer.optimizer=rmsprop"], ["trainer.optimizer", "adam"]),
+    ],
+)
+def test_bad_options_one_line_no_traceback(tmp_path, args, words):
+    proc = run_cli("mtbench", [*TINY, *args], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
+    for w in words:
+        assert w in line, line
+    for m in tmp_path.glob("results/**/metrics.json"):
+        json.loads(m.read_text())  # never half-written
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    proc = run_cli("mtbench", [*TINY, "combiner=graddrop", "combiner.leak=1.5"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_results_folder_not_writable(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    proc = run_cli("mtbench", [*TINY, f"results_dir={tmp_path / 'afile' / 'results'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "results_dir=" in proc.stderr and "is a file, not a folder" in proc.stderr
+
+
+def test_disk_full_while_writing_results_loses_nothing(tmp_path, monkeypatch):
+    """Simulated ENOSPC on the final metrics.json: the previous file stays whole, no temporary
+    file is left, the error surfaces; a re-run after that completes from the checkpoint."""
+    from hydra import compose, initialize_config_module
+
+    import mtbench.report.runs as runs
+    from mtbench.cli import run
+
+    with initialize_config_module("mtbench.configs", version_base="1.3"):
+        cfg = compose("config", overrides=TINY)
+    run_dir = tmp_path / "run"
+    real_fsync = os.fsync
+
+    def full_disk_on_final_metrics(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        if ".metrics.json." in name and (run_dir / "history.csv").exists() and len(pd.read_csv(run_dir / "history.csv")) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", full_disk_on_final_metrics)
+    with pytest.raises(OSError) as err:
+        run(cfg, run_dir)
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"  # whole, the old content
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert (run_dir / "checkpoint.pt").exists()
+    monkeypatch.setattr(runs.os, "fsync", real_fsync)
+    record = run(cfg, run_dir)
+    assert record["status"] == "completed"
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_table_tolerates_running_and_corrupt_runs(tmp_path):
+    proc = run_cli("mtbench", ["-m", "combiner=baseline,clip", *TINY], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "results/shapes40/runs"
+    (runs / "graddrop/seed=0").mkdir(parents=True)
+    (runs / "graddrop/seed=0/metrics.json").write_text(json.dumps({"status": "running", "combiner": "graddrop", "seed": 0}))
+    (runs / "pcgrad/seed=0").mkdir(parents=True)
+    (runs / "pcgrad/seed=0/metrics.json").write_text('{"status": "compl')  # cut off
+    table = run_cli("mtbench-table", [str(tmp_path / "results/shapes40")], cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "pcgrad/seed=0/metrics.json" in table.stderr  # the skipped file is named
+    assert "1 run(s) still in progress" in table.stdout
+    md = (tmp_path / "results/shapes40/table.md").read_text()
+    assert "| baseline |" in md and "| clip |" in md and "graddrop" not in md and "pcgrad" not in md
