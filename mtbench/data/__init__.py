@@ -31,8 +31,20 @@ def _shapes40(cfg: DictConfig) -> Task:
     return BinaryAttributeTask("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
 
 
+def _cifar100_transfer(cfg: DictConfig) -> Task:
+    from mtbench.data.cifar100 import build_cifar100_transfer
+
+    return build_cifar100_transfer(cfg)
+
+
+def _celeba(cfg: DictConfig) -> Task:
+    from mtbench.data.celeba import build_celeba
+
+    return build_celeba(cfg)
+
+
 #: task builders by ``task.name``
-TASKS: dict[str, Callable[[DictConfig], Task]] = {"shapes40": _shapes40}
+TASKS: dict[str, Callable[[DictConfig], Task]] = {"shapes40": _shapes40, "cifar100_transfer": _cifar100_transfer, "celeba": _celeba}
 
 
 def build_task(cfg: DictConfig) -> Task:

@@ -91,6 +91,12 @@ class Task:
         (identity by default); not timed as part of the training step."""
         return x
 
+    def extend_batch(self, x: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
+        """Add examples from elsewhere to an (augmented) training batch, e.g. a transfer task's
+        source-domain images drawn alongside; returns the new batch and labels (unchanged by
+        default). Called on the training device after ``augment``; not timed."""
+        return x, labels
+
     def losses(self, outputs: Any, labels: Labels) -> torch.Tensor:
         """The T per-task losses of a batch, a vector [T] (each a mean over the batch)."""
         raise NotImplementedError

@@ -20,7 +20,9 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
         trunk = SmallCNN(in_channels=in_channels, width=int(cfg.width), rep_dim=int(cfg.rep_dim))
         return trunk, trunk.rep_dim
     if name in ("resnet18", "resnet50"):
-        return resnet_trunk(name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"))
+        return resnet_trunk(
+            name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"), input_size=cfg.get("input_size")
+        )
     raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
 
 

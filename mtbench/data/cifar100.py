@@ -1,0 +1,482 @@
+"""CIFAR-100 transfer from an ImageNet-pretrained ResNet (the GradDrop paper's second setting).
+
+One pretrained trunk, several losses, each a task for the combiner:
+
+- ``target``: cross-entropy of a new 100-way head on the CIFAR-100 fine labels;
+- ``source``: the pretrained 1000-way ImageNet classifier kept as a head. By default it is
+  distilled towards the frozen pretrained network's predictions on the same CIFAR images
+  (learning without forgetting: KL divergence at temperature ``task.temperature``, times T^2);
+  with ``data.source_root`` (an ImageNet ImageFolder) it is trained with cross-entropy on real
+  ImageNet batches appended to every training batch instead (:meth:`extend_batch`);
+- ``coarse`` (``task.coarse: true``): cross-entropy of a 20-way head on the coarse labels.
+
+The frozen network's predictions are computed once when the task is built (no augmentation,
+so they are fixed) and kept in memory with the labels: float16 logits for the training split
+(distillation targets), the top-1 class for validation and test (the source-agreement metric).
+A sweep run in one process computes them once (in-process cache).
+
+Data: CIFAR-100's python version, ``<root>/cifar-100-python/{train,test,meta}`` (as the
+official tarball extracts and as torchvision's ``CIFAR100(root)`` stores it) or the three
+files directly in ``<root>``. Validation: ``task.val_size`` images held out from the training
+file by a permutation seeded with ``task.val_seed``; the test file is the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from mtbench import MtbenchError
+from mtbench.data.base import MetricColumn, Split, Task
+
+log = logging.getLogger("mtbench")
+
+FOLDER = "cifar-100-python"
+FILES = ("train", "test", "meta")
+LAYOUT = (
+    f"expected <root>/{FOLDER}/{{train,test,meta}} (CIFAR-100 python version: pickles with data, "
+    f"fine_labels, coarse_labels; meta with fine_label_names, coarse_label_names) or those files directly in <root>"
+)
+NUM_FINE, NUM_COARSE = 100, 20
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# -- reading the pickles ---------------------------------------------------------------------------
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only (what the CIFAR files hold), so a
+    pickle from elsewhere cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not usable
+        raise MtbenchError(f"CIFAR-100 file {path} is corrupt or not a CIFAR-100 pickle ({type(e).__name__}: {e}); {LAYOUT}") from None
+    if not isinstance(obj, dict):
+        raise MtbenchError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict; {LAYOUT}")
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def find_cifar100(root: str | Path) -> Path:
+    """The folder holding ``train``, ``test`` and ``meta`` under ``root`` (either layout)."""
+    root = Path(root).expanduser()
+    for folder in (root / FOLDER, root):
+        if all((folder / f).is_file() for f in FILES):
+            return folder
+    for folder in (root / FOLDER, root):  # a partial copy: name what is missing
+        present = [f for f in FILES if (folder / f).is_file()]
+        if present:
+            missing = [str(folder / f) for f in FILES if f not in present]
+            raise MtbenchError(f"CIFAR-100 files missing: {', '.join(missing)}; {LAYOUT}")
+    raise MtbenchError(
+        f"no CIFAR-100 in data.root={root}: {root / FOLDER}/{{train,test,meta}} not found; {LAYOUT}; "
+        f"or set data.download=true to fetch it there"
+    )
+
+
+def _split_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d = _read_pickle(path)
+    missing = [k for k in ("data", "fine_labels", "coarse_labels") if k not in d]
+    if missing:
+        raise MtbenchError(f"CIFAR-100 file {path} lacks key(s) {', '.join(missing)}; {LAYOUT}")
+    data = np.asarray(d["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise MtbenchError(f"CIFAR-100 file {path}: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]; {LAYOUT}")
+    n = data.shape[0]
+    labels = []
+    for key, classes in (("fine_labels", NUM_FINE), ("coarse_labels", NUM_COARSE)):
+        try:
+            y = torch.as_tensor(np.asarray(d[key], dtype=np.int64))
+        except (TypeError, ValueError):
+            raise MtbenchError(f"CIFAR-100 file {path}: {key} is not a list of integers; {LAYOUT}") from None
+        if y.shape != (n,) or (n and (int(y.min()) < 0 or int(y.max()) >= classes)):
+            raise MtbenchError(f"CIFAR-100 file {path}: {key} must hold {n} integers in [0, {classes}); {LAYOUT}")
+        labels.append(y)
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(n, 3, 32, 32)
+    return images, labels[0], labels[1]
+
+
+@dataclass
+class Cifar100:
+    """The two files of CIFAR-100 in memory: uint8 images [N, 3, 32, 32] and int64 labels."""
+
+    train_images: torch.Tensor
+    train_fine: torch.Tensor
+    train_coarse: torch.Tensor
+    test_images: torch.Tensor
+    test_fine: torch.Tensor
+    test_coarse: torch.Tensor
+    fine_names: list[str]
+    coarse_names: list[str]
+    folder: Path
+
+
+def load_cifar100(root: str | Path | None, download: bool = False) -> Cifar100:
+    """Read CIFAR-100 from ``root`` (see :data:`LAYOUT`); with ``download`` fetch it there first
+    (torchvision's downloader) when it is not there yet."""
+    if root is None or str(root) == "":
+        raise MtbenchError(f"data.root is not set: give the folder that holds {FOLDER}/ (data.root=/path), or add data.download=true to fetch it there")
+    root = Path(str(root)).expanduser()
+    if download and not (all((root / FOLDER / f).is_file() for f in FILES) or all((root / f).is_file() for f in FILES)):
+        import torchvision
+
+        log.info(f"downloading CIFAR-100 into {root} (torchvision)")
+        try:
+            torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+        except Exception as e:  # noqa: BLE001
+            raise MtbenchError(f"data.download=true: could not download CIFAR-100 into {root} ({type(e).__name__}: {e})") from None
+    folder = find_cifar100(root)
+    train = _split_arrays(folder / "train")
+    test = _split_arrays(folder / "test")
+    meta = _read_pickle(folder / "meta")
+    names = []
+    for key, count in (("fine_label_names", NUM_FINE), ("coarse_label_names", NUM_COARSE)):
+        value = meta.get(key)
+        if not isinstance(value, (list, tuple)) or len(value) != count:
+            raise MtbenchError(f"CIFAR-100 file {folder / 'meta'}: {key} must be a list of {count} names; {LAYOUT}")
+        names.append([str(v) for v in value])
+    return Cifar100(*train, *test, fine_names=names[0], coarse_names=names[1], folder=folder)
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) of a random hold-out of ``val_size`` of ``n`` training images, each sorted."""
+    if not 0 < val_size < n:
+        raise MtbenchError(f"task.val_size={val_size} must be between 1 and {n - 1} (the training file has {n} images)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+# -- the frozen pretrained network ---------------------------------------------------------------
+
+
+def normalize(images: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> ImageNet-normalised float at ``size`` x ``size`` (bilinear), on ``device``."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    x = images.to(device).float().div_(255).sub_(mean).div_(std)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
+@torch.no_grad()
+def teacher_logits(net: nn.Module, images: torch.Tensor, size: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """The frozen network's logits (float32, on the host) for uint8 images, in eval mode."""
+    net.eval()
+    out = [net(normalize(images[i : i + batch_size], size, device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@dataclass
+class _Prepared:
+    data: Cifar100
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    fc_weight: torch.Tensor
+    fc_bias: torch.Tensor
+    train_teacher: torch.Tensor | None  # float16 logits [N_train, 1000] (distillation only)
+    val_teacher_top1: torch.Tensor
+    test_teacher_top1: torch.Tensor
+
+
+#: one prepared dataset, reused by the runs of a sweep in the same process
+_CACHE: dict[tuple, _Prepared] = {}
+
+
+def _weights_key(weights: str) -> tuple:
+    path = Path(weights).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return (weights,)
+
+
+def _prepare(root, download: bool, arch: str, weights: str, size: int, val_size: int, val_seed: int,
+             device: torch.device, batch_size: int, distill: bool) -> _Prepared:
+    from mtbench.models.resnet import load_resnet
+
+    key = (str(root), arch, _weights_key(weights), size, val_size, val_seed, str(device), distill)
+    if key in _CACHE:
+        return _CACHE[key]
+    _CACHE.clear()
+    data = load_cifar100(root, download)
+    train_idx, val_idx = split_train_val(len(data.train_images), val_size, val_seed)
+    net = load_resnet(arch, weights)
+    fc = net.fc
+    if not isinstance(fc, nn.Linear):
+        raise MtbenchError(f"model.weights={weights}: {arch} has no linear classifier to keep as the source head")
+    fc_weight, fc_bias = fc.weight.detach().clone(), fc.bias.detach().clone()
+    net = net.to(device)
+    t0 = time.perf_counter()
+    train_teacher = teacher_logits(net, data.train_images[train_idx], size, device, batch_size).half() if distill else None
+    val_top1 = teacher_logits(net, data.train_images[val_idx], size, device, batch_size).argmax(1)
+    test_top1 = teacher_logits(net, data.test_images, size, device, batch_size).argmax(1)
+    n = (len(train_idx) if distill else 0) + len(val_idx) + len(data.test_images)
+    log.info(f"cifar100_transfer: pretrained {arch} predictions for {n} images at {size}x{size} in {time.perf_counter() - t0:.1f} s ({device})")
+    del net
+    prepared = _Prepared(data, train_idx, val_idx, fc_weight, fc_bias, train_teacher, val_top1, test_top1)
+    _CACHE[key] = prepared
+    return prepared
+
+
+# -- real ImageNet batches drawn alongside (data.source_root) -----------------------------------
+
+
+class ImageNetSource:
+    """An endless stream of shuffled ImageNet batches from an ImageFolder (``data.source_root``):
+    uint8 images resized (shorter side) and centre-cropped to ``size``, and their class indices
+    (the position of the class folder in sorted order, torchvision's ImageFolder rule, which is
+    the pretrained classifier's order when the folders are the 1000 ImageNet synset ids)."""
+
+    def __init__(self, root: str | Path, size: int, batch_size: int, num_classes: int, seed: int = 0, workers: int = 0):
+        import torchvision
+        from torchvision import transforms
+
+        root = Path(str(root)).expanduser()
+        if not root.is_dir():
+            raise MtbenchError(f"data.source_root={root} is not a folder; give an ImageNet ImageFolder (one sub-folder per class) or leave it null to distil")
+        transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+        try:
+            self.dataset = torchvision.datasets.ImageFolder(str(root), transform=transform, allow_empty=True)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise MtbenchError(f"data.source_root={root}: not an ImageFolder ({e})") from None
+        if len(self.dataset.classes) != num_classes:
+            raise MtbenchError(
+                f"data.source_root={root} has {len(self.dataset.classes)} class folders; the pretrained classifier has {num_classes} "
+                f"(one folder per ImageNet class, named so that sorted order is the classifier's order)"
+            )
+        if len(self.dataset) == 0:
+            raise MtbenchError(f"data.source_root={root} holds no images")
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=int(batch_size), shuffle=True, drop_last=False, num_workers=int(workers),
+            generator=torch.Generator().manual_seed(int(seed)), persistent_workers=int(workers) > 0,
+        )
+        self._it = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.loader)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+        raise RuntimeError("the ImageNet source yields no batches")
+
+
+# -- the task --------------------------------------------------------------------------------------
+
+
+class TransferHeads(nn.Module):
+    """The heads on the shared representation: ``target`` (new, 100-way), ``source`` (the
+    pretrained classifier, 1000-way) and optionally ``coarse`` (new, 20-way); ``forward``
+    returns a dict of logits by task name."""
+
+    def __init__(self, rep_dim: int, fc_weight: torch.Tensor, fc_bias: torch.Tensor, coarse: bool):
+        super().__init__()
+        if fc_weight.shape[1] != rep_dim:
+            raise MtbenchError(f"the pretrained classifier reads {fc_weight.shape[1]} features but the trunk gives {rep_dim}")
+        self.target = nn.Linear(rep_dim, NUM_FINE)
+        self.source = nn.Linear(rep_dim, fc_weight.shape[0])
+        with torch.no_grad():
+            self.source.weight.copy_(fc_weight)
+            self.source.bias.copy_(fc_bias)
+        self.coarse = nn.Linear(rep_dim, NUM_COARSE) if coarse else None
+
+    def forward(self, rep: torch.Tensor) -> dict[str, torch.Tensor]:
+        rep = rep.flatten(1)
+        out = {"target": self.target(rep), "source": self.source(rep)}
+        if self.coarse is not None:
+            out["coarse"] = self.coarse(rep)
+        return out
+
+
+COLUMNS = (
+    MetricColumn("top1_error", "target top-1 error (%)", False),
+    MetricColumn("top5_error", "target top-5 error (%)", False),
+    MetricColumn("source_agreement", "source agreement (%)", True),
+)
+COARSE_COLUMN = MetricColumn("coarse_error", "coarse top-1 error (%)", False)
+
+
+@dataclass
+class Cifar100Transfer(Task):
+    """CIFAR-100 fine labels as the target, the ImageNet classifier as the source (see module doc).
+
+    Labels are dicts: ``fine``, ``coarse`` for every split; ``teacher`` (float16 logits) in the
+    training split when distilling; ``teacher_top1`` in validation and test."""
+
+    fc_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+    fc_bias: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    temperature: float = 2.0
+    image_size: int = 32
+    fine_names: list[str] = field(default_factory=list)
+    source: ImageNetSource | None = None
+
+    metric_columns = COLUMNS
+
+    def __post_init__(self) -> None:
+        if "coarse" in self.task_names:
+            self.metric_columns = COLUMNS + (COARSE_COLUMN,)
+
+    def make_heads(self, rep_dim: int) -> nn.Module:
+        return TransferHeads(rep_dim, self.fc_weight, self.fc_bias, "coarse" in self.task_names)
+
+    def extend_batch(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """With ``data.source_root``: append an ImageNet batch (rows after the CIFAR ones);
+        its class indices go in ``labels["source"]``. CIFAR images are first resized to
+        ``image_size`` (what the trunk would do) so the two can share one batch."""
+        if self.source is None:
+            return x, labels
+        images, classes = self.source.next()
+        src = normalize(images, self.image_size, x.device).to(x.dtype)
+        if x.shape[-2:] != src.shape[-2:]:
+            x = F.interpolate(x, size=src.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([x, src]), {**labels, "source": classes.to(x.device)}
+
+    def _distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        log_p = F.log_softmax(student.float() / t, dim=1)
+        log_q = F.log_softmax(teacher.float() / t, dim=1)
+        return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
+
+    def losses(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = labels["fine"].shape[0]  # CIFAR rows; ImageNet rows (if any) follow
+        parts = []
+        for name in self.task_names:
+            if name == "target":
+                parts.append(F.cross_entropy(outputs["target"][:n], labels["fine"]))
+            elif name == "source":
+                if "source" in labels:
+                    parts.append(F.cross_entropy(outputs["source"][n:], labels["source"]))
+                else:
+                    parts.append(self._distill(outputs["source"][:n], labels["teacher"]))
+            elif name == "coarse":
+                parts.append(F.cross_entropy(outputs["coarse"][:n], labels["coarse"]))
+        return torch.stack([p.to(torch.float32) for p in parts])
+
+    def scores(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        scores = {"target_top5": outputs["target"].topk(5, dim=1).indices, "source_top1": outputs["source"].argmax(1)}
+        if "coarse" in outputs:
+            scores["coarse_top1"] = outputs["coarse"].argmax(1)
+        return scores
+
+    def evaluate(self, scores: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, Any]:
+        fine = labels["fine"]
+        top5 = scores["target_top5"]
+        hit1 = top5[:, 0] == fine
+        hit5 = (top5 == fine[:, None]).any(1)
+        result: dict[str, Any] = {
+            "top1_error": 100.0 * (1.0 - hit1.double().mean().item()),
+            "top5_error": 100.0 * (1.0 - hit5.double().mean().item()),
+            "source_agreement": 100.0 * (scores["source_top1"] == labels["teacher_top1"]).double().mean().item(),
+        }
+        if "coarse_top1" in scores:
+            result["coarse_error"] = 100.0 * (1.0 - (scores["coarse_top1"] == labels["coarse"]).double().mean().item())
+        # per fine class, in per_attribute.csv's columns (attribute, base_rate, error), so the
+        # report's per-attribute table compares combiners class by class
+        rows = []
+        n = max(int(fine.numel()), 1)
+        for c, name in enumerate(self.fine_names):
+            mask = fine == c
+            count = int(mask.sum())
+            rows.append({
+                "attribute": name,
+                "base_rate": count / n,
+                "error": 100.0 * (1.0 - hit1[mask].double().mean().item()) if count else float("nan"),
+                "top5_error": 100.0 * (1.0 - hit5[mask].double().mean().item()) if count else float("nan"),
+                "count": count,
+            })
+        result["per_attribute"] = rows
+        return result
+
+
+def _leaks(cfg: DictConfig, names: list[str]) -> list[float]:
+    raw = cfg.get("leak")
+    leak = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
+    if leak is None:
+        leak = {"target": 1.0}
+    if not isinstance(leak, dict):
+        raise MtbenchError(f"task.leak must map task names to leaks, e.g. {{target: 1.0, source: 0.0}} (got {leak!r})")
+    unknown = sorted(set(leak) - {"target", "source", "coarse"})
+    if unknown:
+        raise MtbenchError(f"task.leak.{unknown[0]}: not a task of cifar100_transfer; its tasks are target, source, coarse")
+    return [float(leak.get(n, 0.0)) for n in names]
+
+
+def build_cifar100_transfer(cfg: DictConfig) -> Cifar100Transfer:
+    """The ``cifar100_transfer`` task from its config (``configs/task/cifar100_transfer.yaml``)."""
+    from mtbench.train.loop import resolve_device
+
+    arch = str(cfg.arch)
+    if arch not in ("resnet18", "resnet50"):
+        raise MtbenchError(f"task=cifar100_transfer needs an ImageNet ResNet trunk: model=resnet18 or model=resnet50 (got model={arch})")
+    weights = cfg.get("weights")
+    if not weights:
+        raise MtbenchError("task=cifar100_transfer needs pretrained weights: model.weights=IMAGENET1K_V1 (torchvision's, downloaded once) or model.weights=/path/to/state_dict.pth")
+    size = int(cfg.image_size)
+    if size < 32:
+        raise MtbenchError(f"data.image_size={size} must be at least 32 (CIFAR's native size)")
+    temperature = float(cfg.temperature)
+    if not temperature > 0:
+        raise MtbenchError(f"task.temperature must be a positive number (got {cfg.temperature!r})")
+    names = ["target", "source"] + (["coarse"] if bool(cfg.coarse) else [])
+    leak = _leaks(cfg, names)
+    source_root = cfg.get("source_root")
+    device = resolve_device(cfg.get("device", "cpu"))
+
+    p = _prepare(cfg.root, bool(cfg.download), arch, str(weights), size, int(cfg.val_size), int(cfg.val_seed),
+                 device, int(cfg.teacher_batch_size), distill=not source_root)
+    d = p.data
+    train_labels = {"fine": d.train_fine[p.train_idx], "coarse": d.train_coarse[p.train_idx]}
+    if p.train_teacher is not None:
+        train_labels["teacher"] = p.train_teacher
+    splits = {
+        "train": Split(d.train_images[p.train_idx], train_labels),
+        "val": Split(d.train_images[p.val_idx], {"fine": d.train_fine[p.val_idx], "coarse": d.train_coarse[p.val_idx], "teacher_top1": p.val_teacher_top1}),
+        "test": Split(d.test_images, {"fine": d.test_fine, "coarse": d.test_coarse, "teacher_top1": p.test_teacher_top1}),
+    }
+    source = None
+    if source_root:
+        source = ImageNetSource(source_root, size, int(cfg.source_batch_size), p.fc_weight.shape[0],
+                                seed=int(cfg.get("seed", 0)), workers=int(cfg.get("source_workers", 0)))
+    return Cifar100Transfer(
+        "cifar100_transfer", names, **splits,
+        mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD), default_leak=leak,
+        fc_weight=p.fc_weight, fc_bias=p.fc_bias, temperature=temperature, image_size=size,
+        fine_names=d.fine_names, source=source,
+    )
+
+
+__all__ = ["Cifar100Transfer", "ImageNetSource", "TransferHeads", "build_cifar100_transfer", "find_cifar100", "load_cifar100", "split_train_val"]
