@@ -99,6 +99,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     previous = _previous(run_dir)
+    if previous is not None and previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
+        previous = None  # stopped before its first checkpoint: nothing to resume, start afresh
     if previous is not None and not cfg.get("force", False):
         diff = config_diff(previous.get("config", {}), resolved)
         if diff:
@@ -124,6 +126,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         result = train(cfg, run_dir=run_dir, on_epoch=on_epoch)
     except (MtbenchError, OSError):
+        if previous is None and not (run_dir / CHECKPOINT).exists():
+            (run_dir / METRICS).unlink(missing_ok=True)  # bad input: leave no run behind
         raise
     except Interrupted as e:
         record.update(status="interrupted", reason=str(e), wall_s=time.time() - t0)

@@ -1,0 +1,615 @@
+"""CelebA: aligned and cropped face images, 40 binary attributes, the official partition.
+
+Files, as the dataset is distributed (``<root>/...``) or as torchvision's downloader lays them
+out (``<root>/celeba/...``)::
+
+    img_align_celeba/000001.jpg ... 202599.jpg   178 x 218 RGB JPEGs
+    list_attr_celeba.txt       line 1: the image count; line 2: the 40 attribute names;
+                               then "<file> v1 ... v40", each value -1 or 1 (runs of spaces)
+    list_eval_partition.txt    "<file> <0|1|2>": train / val / test (162,770 / 19,867 / 19,962)
+
+Labels -1/1 become 0/1; the attribute names come from the file.
+
+Preprocessing: each image's centred square (178 x 178 for the real 178 x 218 images: 20 rows
+off the top and off the bottom) is resized to ``image_size`` x ``image_size`` (bilinear,
+antialiased; JPEGs are first decoded at a reduced DCT scale, 1/2 for 64 px, when that still
+leaves at least ``image_size`` pixels: faster, and within about one grey level, on average, of
+resizing the full-size decode at 64 px). The result is decoded once into a uint8 cache per
+split, ``<cache>/celeba-<S>px-<fingerprint>/{train,val,test}.npy`` ([N, 3, S, S], memory-mapped
+by the trainer), so later runs and epochs never decode a JPEG. Normalisation (the per-channel
+mean / std of up to 20,000 train images, stored with the cache) and the random left-right flip
+run on tensors on the training device. The fingerprint covers the two text files' contents, the size and modification time of
+every listed image, ``S`` and the crop policy: when any of them changes, a new cache is built
+(and the outdated one of the same source and size removed). A build writes into a temporary
+folder and renames it into place after ``meta.json`` (the "complete" marker) is written, so a
+killed build never leaves a cache that looks usable; a cache folder without a valid
+``meta.json`` or with a short file is removed and rebuilt.
+
+The cache lives in ``data.cache_dir`` if set, else ``<folder of the files>/.mtbench_cache/``,
+else (that folder not writable) ``$XDG_CACHE_HOME/mtbench/celeba`` (``~/.cache/...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+import warnings
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtbench import MtbenchError
+from mtbench.data.base import BinaryAttributeTask, Split
+
+log = logging.getLogger("mtbench")
+
+IMAGE_DIR = "img_align_celeba"
+ATTR_FILE = "list_attr_celeba.txt"
+PARTITION_FILE = "list_eval_partition.txt"
+NUM_ATTRIBUTES = 40
+SPLITS = ("train", "val", "test")  # partition values 0, 1, 2
+#: bump when the cache's content for the same inputs changes (decoding, crop, file format)
+CACHE_FORMAT = 1
+CROP = "center-square"
+META = "meta.json"
+#: images whose statistics give the normalisation mean / std (evenly spaced over train)
+STATS_IMAGES = 20000
+
+LAYOUT = (
+    f"expected <root>/{IMAGE_DIR}/*.jpg, <root>/{ATTR_FILE} and <root>/{PARTITION_FILE} "
+    f"(or the same under <root>/celeba/, torchvision's layout)"
+)
+
+
+@dataclass
+class CelebAFiles:
+    """Where the dataset's files are: ``base`` holds the two text files and the image folder."""
+
+    base: Path
+
+    @property
+    def images(self) -> Path:
+        return self.base / IMAGE_DIR
+
+    @property
+    def attr(self) -> Path:
+        return self.base / ATTR_FILE
+
+    @property
+    def partition(self) -> Path:
+        return self.base / PARTITION_FILE
+
+
+@dataclass
+class CelebAData:
+    """The loaded dataset: attribute names, per-split uint8 images (memory-mapped) and 0/1 labels."""
+
+    names: list[str]
+    splits: dict[str, Split]
+    mean: torch.Tensor
+    std: torch.Tensor
+    cache: Path
+    files: CelebAFiles
+
+
+# --------------------------------------------------------------------------------------------
+# finding the files
+
+
+def _present(base: Path) -> list[bool]:
+    return [(base / IMAGE_DIR).is_dir(), (base / ATTR_FILE).is_file(), (base / PARTITION_FILE).is_file()]
+
+
+def find_files(root: str | os.PathLike | None, download: bool = False) -> CelebAFiles:
+    """The folder holding CelebA's files under ``root`` (``root`` itself or ``root/celeba``).
+
+    With ``download``, torchvision's downloader fetches the dataset into ``root/celeba`` when
+    neither layout is complete. Raises ``MtbenchError`` naming the first missing file.
+    """
+    if root is None or not str(root).strip():
+        raise MtbenchError(f"data.root is not set: task=celeba needs data.root=/path/to/celeba; {LAYOUT}; data.download=true fetches it with torchvision")
+    root = Path(str(root)).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise MtbenchError(f"data.root={root} is not a folder; {LAYOUT}")
+    candidates = [root, root / "celeba"]
+    for base in candidates:
+        if all(_present(base)):
+            return CelebAFiles(base)
+    if download:
+        _download(root)
+        if all(_present(root / "celeba")):
+            return CelebAFiles(root / "celeba")
+    if not root.exists():
+        raise MtbenchError(f"data.root={root} does not exist; {LAYOUT}; data.download=true fetches it with torchvision")
+    # name the first missing file of the layout that is most nearly there (root/ on a tie)
+    base = max(candidates, key=lambda b: sum(_present(b)))
+    missing = [name for name, ok in zip((IMAGE_DIR + "/", ATTR_FILE, PARTITION_FILE), _present(base)) if not ok][0]
+    raise MtbenchError(f"CelebA file not found: {base / missing}; {LAYOUT}; data.download=true fetches it with torchvision")
+
+
+def _download(root: Path) -> None:
+    """torchvision's CelebA downloader (Google Drive, needs the ``gdown`` package)."""
+    log.info(f"celeba: downloading with torchvision into {root / 'celeba'} (about 1.4 GB)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        from torchvision.datasets import CelebA
+
+        CelebA(str(root), split="all", target_type=[], download=True)
+    except Exception as e:  # noqa: BLE001 - any failure of the downloader is reported as one line
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise MtbenchError(
+            f"data.download=true: torchvision's CelebA download into {root / 'celeba'} failed ({reason}); "
+            f"it needs `pip install gdown` and Google Drive access, or download the files yourself: {LAYOUT}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# the two text files
+
+
+def _read_lines(path: Path) -> tuple[list[str], bytes]:
+    """The file's lines (without line ends; LF or CRLF) and its raw bytes."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MtbenchError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise MtbenchError(f"{path}, line {line}: not a text line (byte {e.start} is not UTF-8)") from None
+    return text.split("\n"), raw
+
+
+def _check_row(path: Path, line_no: int, line: str, n_names: int) -> None:
+    """Raise the precise error of a malformed image line of the attribute file (if it is)."""
+    parts = line.split()
+    if not parts:
+        raise MtbenchError(f"{path}, line {line_no}: empty line; expected a file name and {n_names} values of -1 or 1")
+    values = parts[1:]
+    if len(values) != n_names:
+        hint = " (the file looks truncated)" if len(values) < n_names else ""
+        raise MtbenchError(f"{path}, line {line_no}: {len(values)} attribute values for {parts[0]}, expected {n_names}{hint}")
+    bad = [v for v in values if v not in ("1", "-1")]
+    if bad:
+        raise MtbenchError(f"{path}, line {line_no}: value {bad[0]!r} for {parts[0]}; attribute values must be -1 or 1")
+
+
+def _check_file_name(path: Path, line_no: int, name: str) -> None:
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise MtbenchError(f"{path}, line {line_no}: {name!r} is not a file name in {IMAGE_DIR}/")
+
+
+def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes]:
+    """Parse ``list_attr_celeba.txt``: (attribute names, file names, labels uint8 [N, 40] in {0, 1},
+    raw bytes). Every malformed line is an error naming the file and the line."""
+    path = Path(path)
+    lines, raw = _read_lines(path)
+    first = lines[0].split() if lines else []
+    if len(first) != 1 or not first[0].isdigit() or int(first[0]) == 0:
+        raise MtbenchError(f"{path}, line 1: expected the number of images, found {lines[0].strip()[:40]!r}" if lines and lines[0].strip() else f"{path}, line 1: empty; expected the number of images")
+    count = int(first[0])
+    if len(lines) < 2 or not lines[1].strip():
+        raise MtbenchError(f"{path}, line 2: missing; expected the {NUM_ATTRIBUTES} attribute names (the file looks truncated)")
+    names = lines[1].split()
+    if len(names) != NUM_ATTRIBUTES:
+        raise MtbenchError(f"{path}, line 2: {len(names)} attribute names, expected {NUM_ATTRIBUTES}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise MtbenchError(f"{path}, line 2: attribute name {dup!r} appears twice")
+
+    body = lines[2:]
+    while body and not body[-1].strip():  # the final line end, trailing blank lines
+        body.pop()
+    if len(body) > count:
+        raise MtbenchError(f"{path}, line {2 + count + 1}: line 1 announces {count} images but the file lists more")
+    files: list[str] = []
+    rows: list[str] = []
+    fast = True
+    for line in body:
+        parts = line.split(None, 1)
+        # each of the 40 values (-1 or 1) holds exactly one "1": a cheap per-line column check
+        if len(parts) != 2 or parts[1].count("1") != NUM_ATTRIBUTES:
+            fast = False
+            break
+        files.append(parts[0])
+        rows.append(parts[1])
+    values = None
+    if fast:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
+        except (ValueError, DeprecationWarning):
+            values = None
+        if values is not None and (values.size != len(rows) * NUM_ATTRIBUTES or not np.isin(values, (-1, 1)).all()):
+            values = None
+    if values is None:  # find the first bad line, for the message
+        for i, line in enumerate(body):
+            _check_row(path, i + 3, line, NUM_ATTRIBUTES)
+        raise MtbenchError(f"{path}: malformed attribute values")  # not reached: some line is bad
+    if len(body) < count:
+        raise MtbenchError(
+            f"{path}, line {2 + len(body) + 1}: the file ends after {len(body)} of the {count} images that line 1 announces (truncated)"
+        )
+    for i, name in enumerate(files):
+        _check_file_name(path, i + 3, name)
+    if len(set(files)) != len(files):
+        seen: dict[str, int] = {}
+        for i, name in enumerate(files):
+            if name in seen:
+                raise MtbenchError(f"{path}, line {i + 3}: {name} is listed twice (also line {seen[name] + 3})")
+            seen[name] = i
+    labels = (values.reshape(count, NUM_ATTRIBUTES) > 0).astype(np.uint8)
+    return names, files, labels, raw
+
+
+def read_partition(path: Path, files: list[str], attr_path: Path) -> tuple[np.ndarray, bytes]:
+    """Parse ``list_eval_partition.txt``: the split (0 train, 1 val, 2 test) of each of ``files``."""
+    path = Path(path)
+    lines, raw = _read_lines(path)
+    n = len(files)
+    part = np.full(n, -1, dtype=np.int8)
+    position = {name: i for i, name in enumerate(files)}
+    for i, line in enumerate(lines):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise MtbenchError(f"{path}, line {i + 1}: expected '<file> <0|1|2>', found {line.strip()[:60]!r}")
+        k = position.get(parts[0])
+        if k is None:
+            raise MtbenchError(f"{path}, line {i + 1}: {parts[0]} is not listed in {attr_path.name}")
+        if part[k] >= 0:
+            raise MtbenchError(f"{path}, line {i + 1}: {parts[0]} is listed twice")
+        part[k] = int(parts[1])
+    if (part < 0).any():
+        k = int(np.flatnonzero(part < 0)[0])
+        raise MtbenchError(f"{path}: {files[k]} (line {k + 3} of {attr_path.name}) has no split (the file looks truncated)")
+    for s, split in enumerate(SPLITS):
+        if not (part == s).any():
+            raise MtbenchError(f"{path}: no image in the {split} split (value {s})")
+    return part, raw
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprint and cache
+
+
+def fingerprint(files: CelebAFiles, names: list[str], attr_raw: bytes, partition_raw: bytes, image_size: int) -> str:
+    """A hash of everything the cache's content depends on; stats every listed image (a listed
+    image that is missing is an error naming it and its line)."""
+    h = hashlib.sha256()
+    h.update(f"mtbench-celeba format={CACHE_FORMAT} crop={CROP} size={image_size}\n".encode())
+    h.update(hashlib.sha256(attr_raw).digest())
+    h.update(hashlib.sha256(partition_raw).digest())
+    folder = str(files.images)
+    for i, name in enumerate(names):
+        try:
+            st = os.stat(os.path.join(folder, name))
+        except OSError:
+            raise MtbenchError(f"{files.images / name}: listed in {files.attr} (line {i + 3}) but missing") from None
+        h.update(b"%s %d %d\n" % (name.encode(), st.st_size, st.st_mtime_ns))
+    return h.hexdigest()
+
+
+def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``<base>/.mtbench_cache`` if writable, else the user cache."""
+    if cache_dir:
+        root = Path(str(cache_dir)).expanduser().absolute()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MtbenchError(f"data.cache_dir={root}: cannot create it ({e.strerror or e})") from None
+        if not os.access(root, os.W_OK):
+            raise MtbenchError(f"data.cache_dir={root} is not writable")
+        return root
+    local = files.base / ".mtbench_cache"
+    try:
+        local.mkdir(exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local
+    except OSError:
+        pass
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mtbench" / "celeba"
+    log.info(f"celeba: {files.base} is not writable; the cache goes to {user} (data.cache_dir= moves it)")
+    user.mkdir(parents=True, exist_ok=True)
+    return user
+
+
+def _expected_bytes(path: Path, shape: tuple[int, ...]) -> bool:
+    """Is ``path`` a complete .npy of uint8 ``shape``?"""
+    try:
+        arr = np.load(path, mmap_mode="r")
+        ok = arr.shape == tuple(shape) and arr.dtype == np.uint8 and path.stat().st_size == arr.offset + arr.nbytes
+        del arr
+        return ok
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def _valid_cache(folder: Path, fp: str, image_size: int, counts: dict[str, int]) -> dict[str, Any] | None:
+    """The cache's meta.json if ``folder`` is a complete cache for these inputs, else None."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fp or meta.get("image_size") != image_size:
+        return None
+    for split, n in counts.items():
+        if meta.get("counts", {}).get(split) != n or not _expected_bytes(folder / f"{split}.npy", (n, 3, image_size, image_size)):
+            return None
+    return meta
+
+
+def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image -> uint8 [size, size, 3]: the centred square, resized (bilinear, antialiased)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        side = min(w, h)
+        # JPEG: decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the square >= size
+        im.draft("RGB", (math.ceil(size * w / side), math.ceil(size * h / side)))
+        im = im.convert("RGB")
+        w, h = im.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        out = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(out)
+
+
+class _Unreadable(Exception):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _decode_into(out: np.ndarray, folder: Path, names: list[str], start: int, size: int) -> int:
+    for k, name in enumerate(names):
+        path = folder / name
+        try:
+            out[start + k] = decode_image(path, size).transpose(2, 0, 1)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            raise _Unreadable(path, " ".join(f"{type(e).__name__}: {e}".split())) from None
+    return len(names)
+
+
+def _stats(train: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean / std in [0, 1] units over up to STATS_IMAGES evenly spaced images."""
+    n = train.shape[0]
+    idx = np.unique(np.linspace(0, n - 1, min(n, STATS_IMAGES)).round().astype(np.int64))
+    s = np.zeros(3)
+    s2 = np.zeros(3)
+    count = 0
+    for start in range(0, len(idx), 1000):
+        x = train[idx[start : start + 1000]].astype(np.float64) / 255.0
+        s += x.sum(axis=(0, 2, 3))
+        s2 += np.square(x).sum(axis=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / count
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale(root: Path, prefix: str) -> None:
+    """Temporary folders of builds that died (same host, dead pid; other hosts: older than a day)."""
+    host = socket.gethostname()
+    for tmp in root.glob(f".{prefix}*.tmp-*"):
+        try:
+            owner, pid = tmp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)[:2]
+            dead = (owner == host and not _pid_alive(int(pid))) or (owner != host and time.time() - tmp.stat().st_mtime > 86400)
+        except (ValueError, OSError):
+            continue
+        if dead:
+            log.info(f"celeba: removing the partial cache {tmp} (a build that did not finish)")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_cache(
+    files: CelebAFiles,
+    names: list[str],
+    partition: np.ndarray,
+    fp: str,
+    image_size: int,
+    root: Path,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Decode every image once into ``root/celeba-<S>px-<fp16>/`` (or reuse it); return the folder."""
+    prefix = f"celeba-{image_size}px-"
+    final = root / f"{prefix}{fp[:16]}"
+    counts = {split: int((partition == s).sum()) for s, split in enumerate(SPLITS)}
+    if _valid_cache(final, fp, image_size, counts) is not None:
+        return final
+    if final.exists():
+        log.warning(f"celeba: {final} is incomplete or outdated (an interrupted build?); rebuilding it")
+        shutil.rmtree(final, ignore_errors=True)
+    _remove_stale(root, prefix)
+
+    n = len(names)
+    need = n * 3 * image_size * image_size
+    free = shutil.disk_usage(root).free
+    if free < need * 1.02 + (64 << 20):
+        raise MtbenchError(f"not enough disk space for the CelebA cache in {root}: needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free; set data.cache_dir=")
+    workers = int(workers) if workers else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+
+    tmp = root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    log.info(f"celeba: decoding {n} images into a {image_size}x{image_size} uint8 cache ({need / 1e9:.2f} GB) in {final}, {workers} thread(s); only the first run does this")
+    t0 = time.perf_counter()
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"celeba: decoding ({image_size}px cache)", unit="img", disable=not show, file=sys.stderr, smoothing=0.1)
+        pool = ThreadPoolExecutor(workers)
+        try:
+            for s, split in enumerate(SPLITS):
+                members = [names[i] for i in np.flatnonzero(partition == s)]
+                out = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), 3, image_size, image_size))
+                pending = {pool.submit(_decode_into, out, files.images, members[a : a + 64], a, image_size) for a in range(0, len(members), 64)}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        if f.exception() is not None:
+                            raise f.exception()  # type: ignore[misc]
+                        bar.update(f.result())
+                out.flush()
+                del out
+        finally:  # on an error or an interruption, the queued chunks are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        mean, std = _stats(np.load(tmp / "train.npy", mmap_mode="r"))
+        elapsed = time.perf_counter() - t0
+        meta = {
+            "format": CACHE_FORMAT,
+            "fingerprint": fp,
+            "image_size": image_size,
+            "crop": CROP,
+            "counts": counts,
+            "mean": mean,
+            "std": std,
+            "source": str(files.base),
+            "build_s": round(elapsed, 2),
+            "images_per_s": round(n / max(elapsed, 1e-9), 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with open(tmp / META, "w", encoding="utf-8") as f:  # the "complete" marker: written last
+            json.dump(meta, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # another process finished the same cache first: use it if it is complete
+            if _valid_cache(final, fp, image_size, counts) is None:
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    except _Unreadable as e:
+        line = names.index(e.path.name) + 3
+        raise MtbenchError(f"{e.path}: unreadable image ({e.reason}); replace the file (listed in {files.attr}, line {line})") from None
+    finally:
+        if tmp.exists():  # an error or an interruption: nothing half-written is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info(f"celeba: cache built in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} images/s)")
+    _remove_outdated(root, prefix, final, files.base)
+    return final
+
+
+def _remove_outdated(root: Path, prefix: str, keep: Path, source: Path) -> None:
+    """Caches of the same size and source with another fingerprint (the source changed). In the
+    dataset's own ``.mtbench_cache`` every cache is of this dataset (even if it was moved)."""
+    own = root == source / ".mtbench_cache"
+    for other in root.glob(f"{prefix}*"):
+        if other == keep or not other.is_dir():
+            continue
+        try:
+            meta = json.loads((other / META).read_text())
+        except (OSError, ValueError):
+            continue
+        if own or meta.get("source") == str(source):
+            log.info(f"celeba: removing the outdated cache {other} (its source files changed)")
+            shutil.rmtree(other, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the task
+
+
+def load_celeba(
+    root: str | os.PathLike | None,
+    image_size: int = 64,
+    download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> CelebAData:
+    """Find and check the files, build (or reuse) the cache, memory-map the splits."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise MtbenchError(f"data.image_size must be an integer >= 8 (got {image_size!r})")
+    files = find_files(root, download)
+    names, image_names, labels, attr_raw = read_attributes(files.attr)
+    partition, partition_raw = read_partition(files.partition, image_names, files.attr)
+    fp = fingerprint(files, image_names, attr_raw, partition_raw, image_size)
+    folder = build_cache(files, image_names, partition, fp, image_size, cache_root(files, cache_dir), workers, progress)
+    meta = json.loads((folder / META).read_text())
+    splits = {}
+    for s, split in enumerate(SPLITS):
+        # copy-on-write mapping: writable for torch, the file is never modified
+        images = torch.from_numpy(np.load(folder / f"{split}.npy", mmap_mode="c"))
+        splits[split] = Split(images, torch.from_numpy(np.ascontiguousarray(labels[partition == s])))
+    mean = torch.tensor(meta["mean"], dtype=torch.float32)
+    std = torch.tensor(meta["std"], dtype=torch.float32)
+    return CelebAData(names, splits, mean, std, folder, files)
+
+
+@dataclass(eq=False)
+class CelebATask(BinaryAttributeTask):
+    """CelebA's 40 attributes; training batches are randomly flipped left-right (``hflip``)."""
+
+    hflip: bool = True
+    cache: Path | None = field(default=None)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Flip each image of a training batch left-right with probability 1/2 (in place).
+
+        Training batches come in a random order (a fresh permutation of the split each epoch),
+        so flipping the first k ~ Binomial(B, 1/2) images flips each image independently with
+        probability 1/2, as one coin per image would; it is one contiguous in-place flip (no
+        gather, no select), and k is drawn on the host, so a GPU is never synchronised.
+        """
+        if not self.hflip:
+            return x
+        from torchvision.transforms.v2 import functional as TF
+
+        k = int((torch.rand(x.shape[0]) < 0.5).sum())
+        if k:
+            x[:k] = TF.horizontal_flip(x[:k])
+        return x
+
+
+def build_celeba(cfg: Any) -> CelebATask:
+    """The ``task=celeba`` builder (``cfg`` is the task node; see configs/task/celeba.yaml)."""
+    size = cfg.get("image_size", 64)
+    data = load_celeba(
+        cfg.get("root"),
+        image_size=size,
+        download=bool(cfg.get("download", False)),
+        cache_dir=cfg.get("cache_dir"),
+        workers=cfg.get("workers"),
+    )
+    return CelebATask(
+        "celeba",
+        data.names,
+        train=data.splits["train"],
+        val=data.splits["val"],
+        test=data.splits["test"],
+        mean=data.mean,
+        std=data.std,
+        hflip=bool(cfg.get("hflip", True)),
+        cache=data.cache,
+    )
