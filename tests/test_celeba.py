@@ -432,6 +432,8 @@ def test_cli_without_data_root(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert len(lines) == 1 and "data.root" in lines[0] and "list_attr_celeba.txt" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("results/**/metrics.json")), "a run that never started must leave no metrics.json"
 
 
 def test_sweep_end_to_end(pristine, tmp_path):
