@@ -1,4 +1,12 @@
-"""Hydra callback: rebuild and print the comparison table when a run or a sweep ends."""
+"""Hydra callback: rebuild and print the comparison tables (and draw the plots) when a run or a
+sweep ends.
+
+The tables are built from the files on disk (``results/<name>/runs/*/*/metrics.json``), not
+from the jobs' return values, so this works the same with every launcher: the basic one (jobs
+in this process), ``joblib`` (worker processes) and ``submitit_local`` / ``submitit_slurm``
+(other processes or machines; ``on_multirun_end`` runs in the submitting process once every
+job has returned).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +21,18 @@ from mtbench.report.table import NoRuns, report
 
 
 class TableCallback(Callback):
+    def __init__(self, plots: bool = True, paper: str | None = None) -> None:
+        """``plots``: draw the plots too; ``paper``: a CSV of the paper's numbers to show beside
+        ours (default: ``<results_dir>/paper/<task>.csv`` when it exists)."""
+        self.plots = bool(plots)
+        self.paper = paper
+
     def _tables(self, folder: Path) -> None:
         try:
-            report(folder)
+            report(folder, plots=self.plots, paper=self.paper)
         except NoRuns as e:
             print(f"mtbench: {e}", file=sys.stderr)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             print(f"mtbench: could not write the tables in {folder}: {e}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,0 +1,211 @@
+"""The comparison plots, PNG and PDF next to the tables in ``results/<name>/``:
+
+- ``error_vs_speed.{png,pdf}``: each combiner's test error (the runs' first metric) against its
+  training speed relative to the baseline (log scale); one small marker per seed, a large one at
+  the mean over seeds; one colour and marker shape per combiner.
+- ``val_curves.{png,pdf}``: the validation error per epoch, one panel per combiner: the mean over
+  seeds and a band from the lowest to the highest seed, with the baseline's in grey for reference.
+
+Drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no display needed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from mtbench.report.table import completed_with_speed, load_runs, ordered
+
+#: (colour, marker) of the paper's combiners; GradDrop red, the baseline dark grey
+_STYLES = {
+    "baseline": ("#333333", "o"),
+    "clip": ("#8c564b", "s"),
+    "gradpenalty": ("#bcbd22", "^"),
+    "mgda": ("#9467bd", "D"),
+    "pcgrad": ("#ff7f0e", "v"),
+    "gradnorm": ("#2ca02c", "P"),
+    "random_graddrop": ("#17becf", "X"),
+    "graddrop": ("#d62728", "*"),
+    "gradnorm_graddrop": ("#1f77b4", "h"),
+}
+#: for other combiners, in alphabetical order
+_EXTRA = (("#e377c2", "<"), ("#7f7f7f", ">"), ("#393b79", "p"), ("#637939", "d"), ("#8c6d31", "H"), ("#843c39", "8"), ("#7b4173", "o"))
+
+
+def style(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) per combiner: fixed for the paper's combiners, so plots of different
+    folders agree; the others take the remaining ones in alphabetical order."""
+    extra = [n for n in ordered(names) if n not in _STYLES]
+    return {n: _STYLES[n] if n in _STYLES else _EXTRA[extra.index(n) % len(_EXTRA)] for n in ordered(names)}
+
+
+def _save(fig, folder: Path, stem: str) -> list[Path]:
+    written = []
+    for ext in ("png", "pdf"):
+        path = folder / f"{stem}.{ext}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=folder)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _legend(ax, extra: list) -> None:
+    """The combiners, then (after a gap) what the marks mean."""
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    gap = Patch(visible=False)
+    handles += [gap] + [h for h, _ in extra]
+    labels += [""] + [label for _, label in extra]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+
+
+def plot_error_vs_speed(done: pd.DataFrame, columns, folder: Path) -> list[Path]:
+    """``done``: completed runs with ``speed`` (``table.completed_with_speed``)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    key, header, higher = columns[0]
+    col = f"test_{key}"
+    done = done[done[col].notna() & (done["speed"] > 0)]
+    if done.empty:
+        return []
+    names = ordered(done["combiner"].unique())
+    styles = style(names)
+    seeds = done.groupby("combiner")["seed"].nunique()
+    fig, ax = _figure(7.6, 4.6)
+    ax.axvline(1.0, color="0.6", lw=0.8, ls=":", zorder=0)
+    for name in names:
+        sub = done[done["combiner"] == name]
+        colour, marker = styles[name]
+        big = 1.7 if marker == "*" else 1.0  # a star looks smaller than the other markers at the same size
+        ax.scatter(sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2)
+        label = f"{name} (n={seeds[name]})"
+        ax.scatter(
+            [sub["speed"].mean()], [sub[col].mean()], s=120 * big, color=colour, marker=marker, edgecolors="black", linewidths=0.9, label=label, zorder=3
+        )
+    ax.set_xscale("log")
+    lo, hi = done["speed"].min(), done["speed"].max()
+    ax.set_xlim(lo / 1.25, hi * 1.25)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training speed vs baseline (log scale; right = faster)")
+    ax.set_ylabel(f"test {header} ({'higher' if higher else 'lower'} is better)")
+    ax.set_title(f"{folder.name}: test {header} vs training speed", fontsize=11)
+    ax.grid(True, which="major", color="0.9", lw=0.6)
+    from matplotlib.lines import Line2D
+
+    grey = "0.55"
+    mean_mark = Line2D([], [], ls="", marker="o", ms=10, color=grey, markeredgecolor="black")
+    seed_mark = Line2D([], [], ls="", marker="o", ms=5, color=grey, alpha=0.6, markeredgewidth=0)
+    _legend(ax, [(mean_mark, "mean over seeds"), (seed_mark, "one seed")])
+    return _save(fig, folder, "error_vs_speed")
+
+
+def load_histories(done: pd.DataFrame) -> pd.DataFrame:
+    """Long frame of the completed runs' ``history.csv`` (with ``combiner`` and ``seed``)."""
+    parts = []
+    for _, run in done.iterrows():
+        path = Path(run["run_dir"]) / "history.csv"
+        if not path.is_file():
+            continue
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}", stacklevel=2)
+            continue
+        frame.insert(0, "seed", run["seed"])
+        frame.insert(0, "combiner", run["combiner"])
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _epoch_stats(histories: pd.DataFrame, name: str, col: str) -> pd.DataFrame:
+    """Per epoch: mean, lowest and highest over the combiner's seeds, and their number."""
+    sub = histories[histories["combiner"] == name].groupby("epoch")[col]
+    return pd.DataFrame({"mean": sub.mean(), "lo": sub.min(), "hi": sub.max(), "n": sub.count()}).dropna(subset=["mean"])
+
+
+def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path]:
+    """One panel per combiner (shared axes), the baseline drawn in grey in each for reference:
+    nine overlapping bands in one panel would be unreadable."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    key, header, higher = columns[0]
+    col = f"val_{key}"
+    if histories.empty or col not in histories.columns or "epoch" not in histories.columns:
+        return []
+    names = ordered(histories["combiner"].unique())
+    styles = style(names)
+    stats = {name: _epoch_stats(histories, name, col) for name in names}
+    base = stats.get("baseline")
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig = Figure(figsize=(3.1 * ncols + 0.6, 2.3 * nrows + 1.1), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        st = stats[name]
+        colour, marker = styles[name]
+        if base is not None and name != "baseline" and len(base):
+            ax.fill_between(base.index, base["lo"], base["hi"], color="0.5", alpha=0.12, linewidth=0)
+            ax.plot(base.index, base["mean"], color="0.45", lw=1.2, ls="--")
+        n = int(st["n"].max()) if len(st) else 0
+        if n > 1:
+            ax.fill_between(st.index, st["lo"], st["hi"], color=colour, alpha=0.22, linewidth=0)
+        ax.plot(st.index, st["mean"], color=colour, marker=marker, ms=4, lw=1.8)
+        ax.set_title(f"{name} (n={n})", fontsize=10, color=colour if colour != "#333333" else "black")
+        ax.grid(True, color="0.9", lw=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for i in range(max(0, len(names) - ncols), len(names)):  # the lowest panel of each column
+        axes[i].set_xlabel("epoch", fontsize=9)
+        axes[i].xaxis.set_tick_params(labelbottom=True)
+    fig.supylabel(f"validation {header} ({'higher' if higher else 'lower'} is better)", fontsize=10)
+    fig.suptitle(f"{folder.name}: validation {header} per epoch", fontsize=11)
+    handles = [
+        Line2D([], [], color="0.2", lw=1.8),
+        Patch(color="0.2", alpha=0.22, lw=0),
+        (Patch(color="0.5", alpha=0.12, lw=0), Line2D([], [], color="0.45", lw=1.2, ls="--")),
+    ]
+    labels = ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False, fontsize=9)
+    return _save(fig, folder, "val_curves")
+
+
+def make_plots(folder: Path | str, runs: pd.DataFrame | None = None, columns=None) -> list[Path]:
+    """Draw both plots from the finished runs under ``folder`` (``runs`` and ``columns`` as
+    ``table.load_runs`` returns them, read from ``folder`` when not given); return the files written."""
+    folder = Path(folder)
+    if runs is None or columns is None:
+        runs, _, _, columns = load_runs(folder)
+    if runs.empty:
+        return []
+    done = completed_with_speed(runs)
+    if done.empty:
+        return []
+    written = plot_error_vs_speed(done, columns, folder)
+    written += plot_val_curves(load_histories(done), columns, folder)
+    return written

@@ -1,0 +1,248 @@
+"""The report: tables (bold best, paper columns, significance, per-attribute), plots, the
+Welch t-test and the t distribution. Synthetic runs written straight to disk: no training."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from mtbench.report.significance import betainc, t_cdf, t_sf_two_sided, welch_t_test
+from mtbench.report.table import SIG_HEADER, build_tables, report
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "results" / "paper" / "celeba.csv"
+COLUMNS = [["error_rate", "error rate (%)", False], ["max_f1", "max F1", True]]
+ATTRS = ["smiling", "young", "male"]
+
+
+def write_run(folder: Path, combiner: str, seed: int, error: float, f1: float, step_s: float, *, task: str = "celeba",
+              status: str = "completed", columns=COLUMNS, attr_errors=None, epochs: int = 3) -> Path:  # fmt: skip
+    run = folder / "runs" / combiner / f"seed={seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    m = {"task": task, "combiner": combiner, "seed": seed, "status": status, "config": {"seed": seed}}
+    if status == "completed":
+        keys = [k for k, _, _ in columns]
+        test = dict(zip(keys, [error, f1, 50.0][: len(keys)]))
+        m.update(test=test, val=dict(test), metric_columns=columns, train_step_s=step_s, best_epoch=epochs)
+        rows = [{"epoch": e, "train_loss": 1.0 / e, **{f"val_{k}": v + (epochs - e) for k, v in test.items()}} for e in range(1, epochs + 1)]
+        pd.DataFrame(rows).to_csv(run / "history.csv", index=False)
+        if attr_errors is not None:
+            pd.DataFrame(
+                {"attribute": ATTRS, "base_rate": [0.5, 0.7, 0.4], "error": attr_errors, "max_f1": [80.0, 80.0, 80.0]}
+            ).to_csv(run / "per_attribute.csv", index=False)
+    elif status == "failed":
+        m["reason"] = "non-finite loss"
+    (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+@pytest.fixture
+def celeba(tmp_path) -> Path:
+    """results/paper_celeba with 3 seeds of baseline, graddrop (clearly better), mgda (clearly
+    worse, slower) and pcgrad (no real difference); the paper's numbers next to it."""
+    folder = tmp_path / "results" / "paper_celeba"
+    spec = {  # error per seed, max F1 per seed, step time, per-attribute offset
+        "baseline": ([9.00, 9.10, 8.95], [29.0, 29.2, 29.1], 0.010, [0.0, 0.0, 0.0]),
+        "mgda": ([10.90, 11.00, 10.80], [26.0, 25.8, 26.1], 0.040, [1.0, 3.0, 2.0]),
+        "pcgrad": ([9.20, 8.90, 9.05], [29.1, 29.0, 29.3], 0.050, [0.5, -0.5, 0.1]),
+        "graddrop": ([8.50, 8.55, 8.45], [29.6, 29.7, 29.5], 0.020, [-1.0, -0.2, 0.4]),
+    }
+    for name, (errs, f1s, step, offs) in spec.items():
+        for seed, (e, f) in enumerate(zip(errs, f1s)):
+            attr = [10.0 + o + 0.01 * seed for o in offs]
+            write_run(folder, name, seed, e, f, step * (1 + 0.01 * seed), attr_errors=attr)
+    (tmp_path / "results" / "paper").mkdir()
+    (tmp_path / "results" / "paper" / "celeba.csv").write_text(PAPER.read_text())
+    return folder
+
+
+# --- the t distribution and Welch's test ----------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 12.0, 150.0])
+def test_t_distribution_closed_forms(t):
+    # df = 1 (Cauchy) and df = 2 have closed forms; df -> inf is the normal
+    assert t_sf_two_sided(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-10, abs=1e-14)
+    assert t_sf_two_sided(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10, abs=1e-14)
+    # df = 4: P(T <= t) = 1/2 + (3/8) t / sqrt(1 + t^2/4) (1 - t^2 / (12 (1 + t^2/4)))
+    q = 1 + t * t / 4
+    assert t_cdf(t, 4) == pytest.approx(0.5 + 3 / 8 * t / math.sqrt(q) * (1 - t * t / (12 * q)), rel=1e-10)
+    assert t_sf_two_sided(t, 1e7) == pytest.approx(math.erfc(t / math.sqrt(2)), rel=1e-4, abs=1e-12)
+
+
+def test_t_cdf_is_symmetric_and_monotone():
+    values = [t_cdf(t, 3.4) for t in (-5, -1, -0.1, 0, 0.1, 1, 5)]
+    assert values == sorted(values) and values[3] == pytest.approx(0.5)
+    assert t_cdf(-1.3, 2.7) == pytest.approx(1 - t_cdf(1.3, 2.7), rel=1e-12)
+
+
+def test_betainc_known_values():
+    assert betainc(2, 3, 0.4) == pytest.approx(0.5248, rel=1e-12)  # a polynomial for integer a, b
+    assert betainc(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)), rel=1e-12)
+    assert betainc(1, 1, 0.37) == pytest.approx(0.37)
+    assert (betainc(3, 4, 0.0), betainc(3, 4, 1.0)) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        betainc(0, 1, 0.5)
+
+
+def test_welch_matches_a_hand_computation():
+    res = welch_t_test([1, 2, 3], [4, 5, 7])
+    # var 1 and 7/3; se^2 = 1/3 + 7/9 = 10/9; t = -(10/3) / sqrt(10/9) = -sqrt(10)
+    assert res.t == pytest.approx(-math.sqrt(10))
+    assert res.df == pytest.approx((10 / 9) ** 2 / ((1 / 3) ** 2 / 2 + (7 / 9) ** 2 / 2))
+    assert res.p == pytest.approx(t_sf_two_sided(math.sqrt(10), res.df)) and 0.04 < res.p < 0.045
+    assert res.significant(0.05) and not res.significant(0.01)
+
+
+def test_welch_edge_cases():
+    assert welch_t_test([1, 1, 1], [1, 1]).p == 1.0
+    assert welch_t_test([1, 1, 1], [2, 2]).p == 0.0
+    assert welch_t_test([1.0, 2.0], [1.0, 2.0]).p == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        welch_t_test([1.0], [1.0, 2.0])
+
+
+def test_welch_false_positive_rate_is_near_alpha():
+    rng = random.Random(0)
+    trials = 2000
+    hits = sum(welch_t_test([rng.gauss(0, 1) for _ in range(3)], [rng.gauss(0, 2) for _ in range(3)]).p < 0.05 for _ in range(trials))
+    assert 0.02 < hits / trials < 0.07  # Welch's test is close to its nominal level, slightly conservative
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def test_paper_numbers_file():
+    paper = pd.read_csv(PAPER).set_index("combiner")
+    assert list(paper.columns) == ["method", "error_rate", "max_f1", "speed"]
+    expected = {
+        "baseline": (8.71, 29.35, 1.00), "clip": (8.70, 29.34, 1.00), "gradpenalty": (8.63, 29.43, 0.35),
+        "mgda": (10.82, 26.00, 0.25), "pcgrad": (8.72, 29.25, 0.20), "gradnorm": (8.68, 29.32, 0.41),
+        "random_graddrop": (8.60, 29.42, 0.45), "graddrop": (8.52, 29.57, 0.45),
+    }  # fmt: skip
+    assert list(paper.index) == list(expected)
+    for name, values in expected.items():
+        assert tuple(paper.loc[name, ["error_rate", "max_f1", "speed"]]) == values
+
+
+def test_celeba_table(celeba):
+    tables = build_tables(celeba)
+    md = (celeba / "table.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == (
+        "| combiner | error rate (%) ↓ | paper error rate (%) | max F1 ↑ | paper max F1 | speed vs baseline | paper speed | seeds | "
+        + SIG_HEADER
+        + " |"
+    )
+    assert len(lines) == 2 + 4
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert list(rows) == ["baseline", "mgda", "pcgrad", "graddrop"]  # the paper's order
+    # best of each column in bold: graddrop's error and max F1, the paper's GradDrop, the baseline's speed
+    assert "| **8.50 ± 0.05** | **8.52** | **29.60 ± 0.10** | **29.57** |" in rows["graddrop"]
+    assert "| **1.00 ± 0.01** | **1.00** | 3 | — |" in rows["baseline"]
+    assert rows["mgda"].endswith("| 0.25 ± 0.00 | 0.25 | 3 | worse, p<0.001 |")
+    assert "| better, p=" in rows["graddrop"] and "| n.s., p=" in rows["pcgrad"]
+    assert md.count("**") == 2 * 6
+
+    csv = pd.read_csv(celeba / "table.csv").set_index("combiner")
+    assert csv.loc["graddrop", "paper_error_rate"] == 8.52 and csv.loc["mgda", "paper_speed"] == 0.25
+    assert csv.loc["graddrop", "test_error_rate_mean"] == pytest.approx(8.5)
+    expected = welch_t_test([8.50, 8.55, 8.45], [9.00, 9.10, 8.95])
+    assert csv.loc["graddrop", "p_vs_baseline"] == pytest.approx(expected.p)
+    assert csv.loc["graddrop", "diff_vs_baseline"] == pytest.approx(expected.diff)
+    assert bool(csv.loc["graddrop", "significant"]) and not bool(csv.loc["pcgrad", "significant"])
+    assert math.isnan(csv.loc["baseline", "p_vs_baseline"])
+    assert tables.paper_file is not None and tables.paper_file.name == "celeba.csv"
+
+    tex = (celeba / "table.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}{lrrrrrrrl}")
+    assert r"\textbf{8.50 $\pm$ 0.05}" in tex and r"\textbf{8.52}" in tex and "better, p=" in tex
+    assert "random" not in tex and "n.s., p=" in tex and r"p $<$ 0.05" in tex
+
+
+def test_per_attribute_table(celeba):
+    build_tables(celeba)
+    frame = pd.read_csv(celeba / "per_attribute.csv")
+    assert list(frame.columns) == ["attribute", "base_rate", "baseline", "mgda", "pcgrad", "graddrop"]
+    assert list(frame["attribute"]) == ATTRS
+    assert list(frame["base_rate"]) == pytest.approx([50.0, 70.0, 40.0])
+    assert list(frame["baseline"]) == pytest.approx([10.01] * 3)
+    assert list(frame["graddrop"]) == pytest.approx([-1.0, -0.2, 0.4])
+    md = (celeba / "per_attribute.md").read_text().splitlines()
+    assert md[0] == "| attribute | base rate (%) | baseline error (%) | mgda Δ | pcgrad Δ | graddrop Δ |"
+    assert md[2] == "| smiling | 50.0 | 10.01 | +1.00 | +0.50 | -1.00 |"
+    assert md[-3] == "| helped (Δ < 0) |  |  | 0 | 1 | 2 |"
+    assert md[-2] == "| hurt (Δ > 0) |  |  | 3 | 2 | 1 |"
+    assert (celeba / "per_attribute.tex").read_text().startswith(r"\begin{tabular}")
+
+
+def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
+    folder = tmp_path / "results" / "shapes40_compare"
+    for seed in (0, 1):
+        write_run(folder, "baseline", seed, 11.0 + seed, 70.0, 0.01, task="shapes40")
+        write_run(folder, "graddrop", seed, 12.0 + seed, 69.0, 0.02, task="shapes40")
+    write_run(folder, "graddrop", 2, 0, 0, 0, task="shapes40", status="failed")
+    write_run(folder, "clip", 0, 11.2, 71.0, 0.01, task="shapes40")
+    tables = build_tables(folder)
+    assert tables.paper_file is None and tables.per_attribute is None
+    lines = (folder / "table.md").read_text().splitlines()
+    assert lines[0] == f"| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds | {SIG_HEADER} |"
+    assert lines[3] == "| clip | **11.20** | **71.00** | **1.00** | 1 | n/a |"  # baseline and clip tie on speed
+    assert "| 2 (+1 failed) | n.s., p=" in lines[4]
+
+
+def test_other_metric_columns_and_explicit_paper_file(tmp_path):
+    """A transfer task: its own metric columns (no max F1); a paper file given by hand."""
+    cols = [["top1_error", "top-1 error (%)", False], ["top5_error", "top-5 error (%)", False], ["agreement", "source agreement (%)", True]]
+    folder = tmp_path / "cifar"
+    for seed in range(3):
+        write_run(folder, "baseline", seed, 30.0 + seed, 10.0, 0.01, task="cifar100_transfer", columns=cols)
+        write_run(folder, "graddrop", seed, 28.0 + seed, 9.0, 0.01, task="cifar100_transfer", columns=cols)
+    paper = tmp_path / "p.csv"
+    paper.write_text("combiner,top1_error,speed\nbaseline,31.0,1.0\ngraddrop,29.5,0.9\n")
+    build_tables(folder, paper=paper)
+    head = (folder / "table.md").read_text().splitlines()[0]
+    assert head.startswith(
+        "| combiner | top-1 error (%) ↓ | paper top-1 error (%) | top-5 error (%) ↓ | source agreement (%) ↑ | speed vs baseline | paper speed |"
+    )
+    assert "max F1" not in head
+
+
+def test_report_prints_notes_and_draws_plots(celeba):
+    import io
+
+    out = io.StringIO()
+    tables = report(celeba, out=out)
+    text = out.getvalue()
+    assert tables.markdown.strip() in text
+    assert "Welch's two-sided t-test" in text and "alpha = 0.05" in text and "celeba.csv" in text
+    for stem in ("error_vs_speed", "val_curves"):
+        for ext in ("png", "pdf"):
+            path = celeba / f"{stem}.{ext}"
+            assert path.stat().st_size > 1000
+            assert path.read_bytes()[:4] == (b"\x89PNG" if ext == "png" else b"%PDF")
+    assert not list(celeba.glob(".*.tmp*")), "temporary files left behind"
+
+
+def test_plots_skip_missing_histories(celeba):
+    from mtbench.report.plots import make_plots
+
+    for path in celeba.glob("runs/*/*/history.csv"):
+        path.unlink()
+    written = make_plots(celeba)
+    assert [p.name for p in written] == ["error_vs_speed.png", "error_vs_speed.pdf"]
+
+
+def test_mtbench_table_options(celeba, tmp_path):
+    proc = run_cli("mtbench-table", ["--no-plots", str(celeba)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (celeba / "table.md").is_file() and not (celeba / "error_vs_speed.png").exists()
+    assert "paper error rate (%)" in proc.stdout
+    proc = run_cli("mtbench-table", ["--paper", str(tmp_path / "nope.csv"), str(celeba)], cwd=tmp_path)
+    assert proc.returncode == 1 and "is not a file" in proc.stderr
