@@ -365,3 +365,162 @@ def test_null_leak_takes_the_tasks_default():
     assert build_combiner(nested, T, default_leak=[1.0, 0.0, 0.5]).combine.leak == [1.0, 0.0, 0.5]
     explicit = OmegaConf.create({"name": "graddrop", "leak": 0.25})
     assert build_combiner(explicit, T, default_leak=[1.0, 0.0, 0.0]).leak == 0.25
+
+
+# -- fast paths: the same numbers as the plain computations --------------------------------------------
+
+
+def _mixing_losses(out, y):
+    """Each task's loss reads several logit columns (no per-column structure)."""
+    per = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    mix = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.25], [0.3, 0.0, 1.0]], dtype=out.dtype)
+    return mix @ per + 0.1 * out.pow(2).mean(0).flip(0)
+
+
+@pytest.mark.parametrize("kind", ["per_column", "mixing", "other_heads"])
+def test_rep_task_grads_match_batched_autograd(kind):
+    from mtbench.combiners.base import Combiner
+
+    model = make_model()
+    if kind == "other_heads":  # not the stock LinearHeads: the general batched call
+        model.heads = nn.Sequential(nn.Linear(D_REP, T)).double()
+    x, y = make_batch()
+    rep, out = model(x)
+    losses = _mixing_losses(out, y) if kind == "mixing" else F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    st = Step(model, x, rep, out, losses)
+    rg = Combiner.rep_task_grads(st)
+    assert rg.factored == (kind != "other_heads")
+    assert (rg._diag is not None) == (kind == "per_column")
+    ref = Combiner.task_grads_at(losses, rep)
+    flat_ref = ref.flatten(1)
+    w = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(rg.gram(), flat_ref @ flat_ref.T, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(rg.sq_norms(), (flat_ref**2).sum(1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(rg.combine(w), torch.tensordot(w, ref, dims=1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(rg.full(), ref, rtol=1e-12, atol=1e-15)
+
+
+def make_conv_model(seed: int = 0) -> MultiTaskModel:
+    """A small conv trunk whose last convolution (2x2 output) and linear layer have few
+    positions and wide weights: the factored Gram form applies to both."""
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 32),
+        nn.Tanh(),
+    )
+    return MultiTaskModel(trunk, LinearHeads(32, T), rep_dim=32).double()
+
+
+def conv_step(model, gen_seed=0):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    y = (torch.rand(2, T, generator=g) < 0.5).double()
+    rep, out = model(x)
+    losses = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    gen = torch.Generator().manual_seed(gen_seed)
+    return Step(model, x, rep, out, losses, gen, gen)
+
+
+@pytest.mark.parametrize("budget", [None, 1e-4])
+@pytest.mark.parametrize("name", ["pcgrad", "mgda"])
+def test_params_level_factored_layers_and_memory_budget(name, budget):
+    model = make_conv_model()
+    st = conv_step(model)
+    params = model.shared_parameters()
+    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0)) if name == "pcgrad" else T * (mgda_weights(per_task) @ per_task)
+    comb = COMBINERS[name](T, level="params", memory_budget_mb=budget)
+    for step in range(3):  # step 0: plain backward passes (the hooks start watching); then factored
+        model.zero_grad()
+        comb.backward(conv_step(model))
+        got = flat([p.grad for p in params])
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+        heads = [p.grad for p in model.head_parameters()]
+        torch.testing.assert_close(flat(heads), flat(torch.autograd.grad(st.losses.sum(), model.head_parameters(), retain_graph=True)))
+    factored = comb.last_factored_layers
+    assert {type(m) for m in factored} == {nn.Conv2d, nn.Linear}
+
+
+def test_params_level_budget_bounds_held_rows():
+    from mtbench.combiners.taskgrads import ParamTaskGrads
+
+    model = make_conv_model()
+    st = conv_step(model)
+    comb = COMBINERS["pcgrad"](T)
+    rg = comb.rep_task_grads(st)
+    params = model.shared_parameters()
+    width = sum(p.numel() for p in params)
+    full = ParamTaskGrads(st, rg.full(), params)
+    assert full.rows == T and full.backward_passes == T
+    small = ParamTaskGrads(st, rg.full(), params, budget_bytes=2 * width * 8)
+    assert small.rows == 2 and small.stack is None and small.backward_passes > T
+    torch.testing.assert_close(small.gram(), full.gram(), rtol=1e-12, atol=1e-15)
+
+
+def test_stale_or_repeated_captures_fall_back_to_the_plain_path():
+    model = make_conv_model()
+    st = conv_step(model)
+    params = model.shared_parameters()
+    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0))
+    comb = COMBINERS["pcgrad"](T)
+    model.zero_grad()
+    comb.backward(conv_step(model))  # installs the hooks
+    conv_step(model)  # a forward without a combiner step: its captures are stale
+    model.zero_grad()
+    comb.backward(conv_step(model))
+    assert comb.last_factored_layers == []  # two captured calls: not used
+    torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 4, 4, dtype=torch.float64))  # evaluation: nothing captured
+    model.zero_grad()
+    comb.backward(conv_step(model))
+    assert len(comb.last_factored_layers) == 2
+    torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad_at", ["last_shared", "representation"])
+def test_gradnorm_norms_match_per_task_gradients(grad_at, monkeypatch):
+    import mtbench.combiners.gradnorm as gradnorm_module
+
+    calls = []
+    real = gradnorm_module.factored_gram
+    monkeypatch.setattr(gradnorm_module, "factored_gram", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = make_conv_model()
+    comb = COMBINERS["gradnorm"](T, grad_at=grad_at)
+    for step in range(3):
+        st = conv_step(model)
+        at = st.rep if grad_at == "representation" else comb.last_shared_weight(model)
+        expected = torch.stack([torch.autograd.grad(st.losses[i], at, retain_graph=True)[0].norm() for i in range(T)])
+        torch.testing.assert_close(comb.grad_norms(st), expected, rtol=1e-12, atol=1e-15)
+    capture = comb.__dict__.get("_capture")
+    assert (capture is not None and capture.watching(model.trunk[6])) == (grad_at == "last_shared")
+    assert len(calls) == (2 if grad_at == "last_shared" else 0)  # steps 1 and 2 took the factored form
+
+
+def test_pcgrad_weights_from_gram_reproduce_pcgrad():
+    from mtbench.combiners.functional import pcgrad_weights_from_gram
+
+    grads = torch.randn(5, 30, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ga, gb = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    w = pcgrad_weights_from_gram(grads @ grads.T, ga)
+    torch.testing.assert_close(w @ grads, pcgrad(grads, gb), rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.rand(3, generator=ga), torch.rand(3, generator=gb))
+    assert torch.equal(pcgrad_weights_from_gram(torch.eye(3)), torch.ones(3, dtype=torch.float64))
+
+
+def test_layer_capture_is_not_shared_by_a_copied_model():
+    import copy
+
+    model = make_conv_model()
+    comb = COMBINERS["pcgrad"](T)
+    comb.backward(conv_step(model))
+    clone = copy.deepcopy(model)
+    conv_step(clone)
+    assert comb.__dict__["_capture"]._calls == {}

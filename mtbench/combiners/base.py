@@ -16,6 +16,17 @@ import torch
 from torch import nn
 
 from mtbench import MtbenchError
+from mtbench.combiners.taskgrads import (
+    LayerCapture,
+    ParamTaskGrads,
+    RepGrads,
+    batched_grads,
+    budget_bytes,
+    captured_layers,
+    factored_cost,
+    factored_layer,
+    rep_task_grads,
+)
 
 
 @dataclass
@@ -114,6 +125,15 @@ class Combiner:
         return int(value) if value is not None else (1 if device.type == "cpu" else 8)
 
     @staticmethod
+    def rep_task_grads(step: Step) -> RepGrads:
+        """The T per-task gradients dL_i/d(rep) of a step as a :class:`RepGrads` (``full()``:
+        the [T, *rep.shape] stack; ``gram()``: their float64 Gram matrix; ``combine(w)``:
+        sum_i w_i dL_i/d(rep)). With the stock linear heads they come from the chain rule
+        through the heads' weight (one tiny autograd call over the losses only), the same
+        values as :meth:`task_grads_at` up to rounding; otherwise from :meth:`task_grads_at`."""
+        return rep_task_grads(step, general=Combiner.task_grads_at)
+
+    @staticmethod
     def task_grads_at_params(
         step: Step, rep_grads: torch.Tensor, params: list[torch.Tensor], chunk_size: int = 8
     ) -> torch.Tensor:
@@ -124,24 +144,61 @@ class Combiner:
         ``chunk_size`` tasks go through the trunk's backward together (one vmapped call),
         which bounds the extra memory to ``chunk_size`` backward passes; ``chunk_size=1``
         is a plain loop of backward passes (the faster choice on a CPU), and also the
-        fallback where vmap cannot run the backward.
+        fallback where vmap cannot run the backward. Rows are written straight into the
+        [T, P] result (no intermediate copies).
         """
         T = rep_grads.shape[0]
-        rows: list[torch.Tensor] = []
+        width = sum(p.numel() for p in params)
+        out = torch.empty((T, width), dtype=params[0].dtype, device=params[0].device)
         chunk = max(1, int(chunk_size))
         for start in range(0, T, chunk):
             part = rep_grads[start : start + chunk]
-            if part.shape[0] > 1:
-                try:
-                    grads = torch.autograd.grad(step.rep, params, grad_outputs=part, is_grads_batched=True, retain_graph=True)
-                    rows.append(torch.cat([g.reshape(part.shape[0], -1) for g in grads], dim=1))
-                    continue
-                except RuntimeError:
-                    pass  # vmap cannot run this backward: one task at a time
-            for i in range(part.shape[0]):
-                grads = torch.autograd.grad(step.rep, params, grad_outputs=part[i], retain_graph=True)
-                rows.append(torch.cat([g.reshape(1, -1) for g in grads], dim=1))
-        return torch.cat(rows)
+            grads = batched_grads(step.rep, params, part, retain_graph=True)
+            for r in range(part.shape[0]):
+                torch.cat([g[r].reshape(-1) for g in grads], out=out[start + r])
+        return out
+
+    def param_task_grads(
+        self, step: Step, rep_grads: RepGrads, chunk_size: Any = None, memory_budget_mb: Any = None
+    ) -> ParamTaskGrads:
+        """Per-task gradients of the shared parameters as a :class:`ParamTaskGrads` (their
+        float64 Gram matrix and any combination sum_i w_i g_i added into ``.grad``).
+
+        ``chunk_size`` tasks per batched backward call (null: :meth:`default_chunk`);
+        ``memory_budget_mb`` bounds the rows of the per-task gradient stack held at once
+        (null: all T). From the second step on, the trunk's convolution and linear layers
+        whose weight gradient is cheaper through their input and output than explicitly
+        (few positions, wide weights: ResNet's last stage) enter the Gram matrix in that
+        factored form (see :mod:`mtbench.combiners.taskgrads`): same numbers up to rounding.
+        """
+        model = step.model
+        params = model.shared_parameters() if hasattr(model, "shared_parameters") else [p for p in model.parameters() if p.requires_grad]
+        capture = self.__dict__.get("_capture")
+        if capture is None:
+            capture = self.__dict__["_capture"] = LayerCapture()
+        trunk = getattr(model, "trunk", model)
+        shared = {id(p) for p in params}
+        candidates = self.__dict__.get("_factored_candidates")
+        if candidates is None or candidates[0] is not trunk:
+            mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
+            candidates = self.__dict__["_factored_candidates"] = (trunk, mods)
+            capture.watch(mods)
+        T = rep_grads.num_tasks
+        layers, rejected = [], []
+        for m, x, out in captured_layers(step, capture, candidates[1]):
+            c = m.weight.shape[0]
+            n = out.numel() // (out.shape[1] if isinstance(m, nn.Conv2d) else out.shape[-1])
+            k = m.weight[0].numel()
+            fac, plain = factored_cost(n, k, c, T)
+            (layers if fac < plain else rejected).append((m, x, out))
+        if rejected:  # shapes do not change between steps: stop watching layers that do not pay
+            for m, _, _ in rejected:
+                capture.unwatch(m)
+            keep = [m for m in candidates[1] if all(m is not r for r, _, _ in rejected)]
+            self.__dict__["_factored_candidates"] = (trunk, keep)
+        self.__dict__["last_factored_layers"] = [m for m, _, _ in layers]  # (diagnostics, tests)
+        chunk = self.default_chunk(chunk_size, step.rep.device)
+        return ParamTaskGrads(step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(memory_budget_mb), layers=layers)
 
     @staticmethod
     def add_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:

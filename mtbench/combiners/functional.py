@@ -37,6 +37,7 @@ __all__ = [
     "graddrop",
     "random_graddrop",
     "pcgrad",
+    "pcgrad_weights_from_gram",
     "mgda_weights",
     "mgda_weights_from_gram",
 ]
@@ -391,6 +392,22 @@ def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
         return grads.sum(dim=0)
     weights = coeff.sum(dim=0)  # [T]: coefficient of each original gradient in sum_i g_i'
     return _combine(weights, flat).reshape(grads.shape[1:])
+
+
+def pcgrad_weights_from_gram(gram: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """PCGrad from the Gram matrix: ``[T]`` float64 weights ``c`` with ``sum_i g_i' = sum_k c_k g_k``.
+
+    ``gram[i, j] = g_i . g_j`` (any floating dtype and device; used in float64 on the CPU).
+    Runs exactly the projections of :func:`pcgrad` (same generator use: ``T`` calls of
+    ``torch.randperm(T - 1, generator=generator)`` for ``T >= 2``); every projected gradient
+    stays in the span of the originals, so the summed output is this combination of them.
+    With no conflicting pair (or ``T < 2``) the weights are all ones (the plain sum).
+    """
+    if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
+        raise ValueError(f"pcgrad_weights_from_gram: gram must be a square [T, T] tensor; got {shape}")
+    coeff, _ = _pcgrad_coefficients(gram.detach().to(device="cpu", dtype=torch.float64), generator)
+    return coeff.sum(dim=0)
 
 
 # ----------------------------------------------------------------------------------

@@ -8,6 +8,15 @@ from typing import Any
 import torch
 
 from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.combiners.taskgrads import (
+    LayerCapture,
+    batched_grads,
+    captured_layers,
+    factored_gram,
+    factored_layer,
+    layer_input_matrix,
+    layer_output_matrix,
+)
 
 
 class GradNorm(Combiner):
@@ -31,6 +40,15 @@ class GradNorm(Combiner):
     Options: alpha (1.5); weight_lr (0.025); grad_at (last_shared: the weight tensor of
     the trunk's last layer with a weight matrix or kernel; representation: the shared
     representation, flattened over batch and features).
+
+    Implementation: only the norms ||dL_i/dW|| are needed, never the gradients. At the
+    representation they come from :meth:`Combiner.rep_task_grads` (through the stock linear
+    heads by the chain rule). At a convolution or linear layer with input X (unfolded, N
+    positions x K) and per-task output gradients D_i (N x C_out), dL_i/dW = D_i^T X, so
+    ||dL_i/dW||^2 = <D_i, (X X^T) D_i>; when that is cheaper than forming the T weight
+    gradients (N^2 (K + T C_out) < T N C_out K, e.g. ResNet's last 3x3 convolution) it is
+    used from the second step on (a forward hook keeps the layer's input and output);
+    otherwise one batched autograd call gives the T gradients of W.
     """
 
     name = "gradnorm"
@@ -55,11 +73,54 @@ class GradNorm(Combiner):
 
     @staticmethod
     def last_shared_weight(model: torch.nn.Module) -> torch.Tensor:
-        layers = [m.weight for m in model.trunk.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
-        layers = [w for w in layers if w.dim() >= 2 and w.requires_grad]
+        return GradNorm.last_shared_layer(model)[1]
+
+    @staticmethod
+    def last_shared_layer(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
+        """(module, weight) of the trunk's last layer with a weight matrix or kernel."""
+        layers = [(m, m.weight) for m in model.trunk.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
+        layers = [(m, w) for m, w in layers if w.dim() >= 2 and w.requires_grad]
         if not layers:
             raise ValueError("gradnorm: the trunk has no layer with a weight matrix; use combiner.grad_at=representation")
         return layers[-1]
+
+    def grad_norms(self, step: Step) -> torch.Tensor:
+        """||dL_i/dW|| for the T tasks (W as ``grad_at`` says), in the losses' dtype."""
+        losses = step.losses
+        if self.grad_at == "representation":
+            return self.rep_task_grads(step).sq_norms().clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
+        module, weight = self.last_shared_layer(step.model)
+        norms = self._factored_norms(step, module, weight)
+        if norms is None:
+            norms = self.task_grads_at(losses, weight).flatten(1).norm(dim=1)
+        return norms
+
+    def _factored_norms(self, step: Step, module: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+        """The norms through the layer's input and output gradients, or None (first step, or
+        not a layer where that is cheaper)."""
+        if not factored_layer(module) or self.__dict__.get("_plain_norms") is module:
+            return None
+        capture = self.__dict__.get("_capture")
+        if capture is None:
+            capture = self.__dict__["_capture"] = LayerCapture()
+        if not capture.watching(module):
+            capture.watch([module])  # from the next step on
+            return None
+        layers = captured_layers(step, capture, [module])
+        if not layers:
+            return None
+        _, x, out = layers[0]
+        xm = layer_input_matrix(module, x)
+        n, k = xm.shape
+        c, t = weight.shape[0], step.losses.shape[0]
+        if not 2 * (n * n * k + t * n * n * c + t * n * c) < t * n * c * k:
+            capture.unwatch(module)  # the plain batched gradients are cheaper here
+            self.__dict__["_plain_norms"] = module
+            return None
+        eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
+        (d,) = batched_grads(step.losses, [out], eye, retain_graph=True)
+        sq = factored_gram(xm, layer_output_matrix(module, d), diagonal=True)
+        return sq.clamp_min(0).sqrt().to(device=step.losses.device, dtype=step.losses.dtype)
 
     def task_weights(self, step: Step) -> torch.Tensor:
         """This step's weights (detached); updates w for the next step as a side effect."""
@@ -69,8 +130,7 @@ class GradNorm(Combiner):
         assert self.w is not None and self.optimizer is not None
         if self.initial_losses is None:
             self.initial_losses = losses.detach().clone()
-        at = step.rep if self.grad_at == "representation" else self.last_shared_weight(step.model)
-        norms = self.task_grads_at(losses, at).flatten(1).norm(dim=1)
+        norms = self.grad_norms(step)
         current = self.w.detach().clone()
 
         G = self.w.abs() * norms.detach()
@@ -81,13 +141,10 @@ class GradNorm(Combiner):
         self.optimizer.zero_grad(set_to_none=True)
         (self.w.grad,) = torch.autograd.grad(l_grad, self.w)
         self.optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # (no host synchronisation: torch.where instead of an if)
             self.w.clamp_(min=0)
             total = self.w.sum()
-            if total > 0:
-                self.w.mul_(self.num_tasks / total)
-            else:
-                self.w.fill_(1.0)
+            self.w.copy_(torch.where(total > 0, self.w * (self.num_tasks / total), torch.ones_like(self.w)))
         return current
 
     def backward(self, step: Step) -> None:

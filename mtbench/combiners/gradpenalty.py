@@ -44,4 +44,6 @@ class GradPenalty(Combiner):
         z = step.inputs if self.target == "input" else step.rep
         (g,) = torch.autograd.grad(total, z, create_graph=True)
         per_example = (g * g.shape[0]).flatten(1).pow(2).sum(1)
-        (total + self.lam * per_example.mean()).backward()
+        # only the parameters: the input's own gradient (target: input) is not needed
+        params = [p for p in step.model.parameters() if p.requires_grad]
+        torch.autograd.backward(total + self.lam * per_example.mean(), inputs=params)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from mtbench.combiners.base import Combiner, Step, check_choice
-from mtbench.combiners.functional import mgda_weights_from_gram
+from mtbench.combiners.functional import _gram64, mgda_weights_from_gram
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -33,10 +33,24 @@ class MGDA(Combiner):
       rescale (true): multiply the shared gradient by T.
       chunk_size (null): tasks per batched backward pass at the params level; null =
         1 on a CPU (a plain loop, faster there), 8 on a GPU.
+      memory_budget_mb (null): at the params level, memory for the rows of the per-task
+        gradient stack held at once (null: all T rows); fewer rows than tasks builds the
+        Gram matrix block by block with more backward passes (same result).
+
+    Implementation: only the float64 Gram matrix of the g_i enters the solver, and the
+    shared gradient is the combination sum_i (scale w_i) g_i, so the per-task gradients are
+    taken through :meth:`Combiner.rep_task_grads` / :meth:`Combiner.param_task_grads`, which
+    give both without more work than the math needs.
     """
 
     name = "mgda"
-    defaults: dict[str, Any] = {"level": "representation", "normalization": "none", "rescale": True, "chunk_size": None}
+    defaults: dict[str, Any] = {
+        "level": "representation",
+        "normalization": "none",
+        "rescale": True,
+        "chunk_size": None,
+        "memory_budget_mb": None,
+    }
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
@@ -44,13 +58,19 @@ class MGDA(Combiner):
         check_choice("normalization", self.normalization, NORMALIZATIONS, self.name)
         if self.chunk_size is not None:
             self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
+        if self.memory_budget_mb is not None:
+            self.memory_budget_mb = self.check_positive("memory_budget_mb", self.memory_budget_mb)
         self.last_weights: torch.Tensor | None = None
 
     def weights(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Simplex weights from flat per-task gradients [T, D] and the losses [T]."""
-        gram = grads.double() @ grads.double().T
+        return self.weights_from_gram(_gram64(grads.detach()), losses).to(grads.dtype)
+
+    def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """Simplex weights (float64) from the Gram matrix of the per-task gradients and the losses."""
+        gram = gram.detach().to(device="cpu", dtype=torch.float64)
         norms = gram.diagonal().clamp_min(0).sqrt()
-        loss = losses.detach().double()
+        loss = losses.detach().to(device="cpu", dtype=torch.float64)
         n = {
             "none": torch.ones_like(norms),
             "l2": norms,
@@ -62,18 +82,16 @@ class MGDA(Combiner):
         # the raw losses (they are not divided by n_i again)
         w = mgda_weights_from_gram(gram / (n[:, None] * n[None, :]))
         self.last_weights = w
-        return w.to(grads.dtype)
+        return w
 
     def backward(self, step: Step) -> None:
         scale = self.num_tasks if self.rescale else 1.0
-        rep_grads = self.task_grads_at(step.losses, step.rep)
+        rep_grads = self.rep_task_grads(step)
         self.backward_heads(step)
         if self.level == "representation":
-            w = self.weights(rep_grads.flatten(1), step.losses)
-            combined = torch.tensordot(w * scale, rep_grads, dims=1)
-            self.backward_trunk(step, combined)
+            w = self.weights_from_gram(rep_grads.gram(), step.losses).to(rep_grads.dtype)
+            self.backward_trunk(step, rep_grads.combine(w * scale))
         else:
-            params = step.model.shared_parameters()
-            flat = self.task_grads_at_params(step, rep_grads, params, self.default_chunk(self.chunk_size, step.rep.device))
-            w = self.weights(flat, step.losses)
-            self.add_flat_grad(params, (w * scale) @ flat)
+            per_task = self.param_task_grads(step, rep_grads, self.chunk_size, self.memory_budget_mb)
+            w = self.weights_from_gram(per_task.gram(), step.losses).to(rep_grads.dtype)
+            per_task.add_combination(w * scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbench.combiners.base import Combiner, Step, check_choice
-from mtbench.combiners.functional import pcgrad
+from mtbench.combiners.functional import pcgrad_weights_from_gram
 
 
 class PCGrad(Combiner):
@@ -25,24 +25,35 @@ class PCGrad(Combiner):
         batch and features, then one backward through the trunk.
       chunk_size (null): tasks per batched backward pass at the params level; null =
         1 on a CPU (a plain loop, faster there), 8 on a GPU.
+      memory_budget_mb (null): at the params level, memory for the rows of the per-task
+        gradient stack held at once (null: all T rows); fewer rows than tasks builds the
+        Gram matrix block by block with more backward passes (same result).
+
+    Implementation (same projections, same random orders as :func:`functional.pcgrad`): the
+    projections run on the T x T float64 Gram matrix of the g_i, which gives the summed
+    output as a combination sum_k c_k g_k (:func:`functional.pcgrad_weights_from_gram`);
+    the per-task gradients come from :meth:`Combiner.rep_task_grads` and
+    :meth:`Combiner.param_task_grads`.
     """
 
     name = "pcgrad"
-    defaults: dict[str, Any] = {"level": "params", "chunk_size": None}
+    defaults: dict[str, Any] = {"level": "params", "chunk_size": None, "memory_budget_mb": None}
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
         check_choice("level", self.level, ("params", "representation"), self.name)
         if self.chunk_size is not None:
             self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
+        if self.memory_budget_mb is not None:
+            self.memory_budget_mb = self.check_positive("memory_budget_mb", self.memory_budget_mb)
 
     def backward(self, step: Step) -> None:
-        rep_grads = self.task_grads_at(step.losses, step.rep)
+        rep_grads = self.rep_task_grads(step)
         self.backward_heads(step)
         if self.level == "representation":
-            combined = pcgrad(rep_grads.flatten(1), generator=step.cpu_generator)
-            self.backward_trunk(step, combined.view_as(step.rep))
+            weights = pcgrad_weights_from_gram(rep_grads.gram(), generator=step.cpu_generator)
+            self.backward_trunk(step, rep_grads.combine(weights))
         else:
-            params = step.model.shared_parameters()
-            flat = self.task_grads_at_params(step, rep_grads, params, self.default_chunk(self.chunk_size, step.rep.device))
-            self.add_flat_grad(params, pcgrad(flat, generator=step.cpu_generator))
+            per_task = self.param_task_grads(step, rep_grads, self.chunk_size, self.memory_budget_mb)
+            weights = pcgrad_weights_from_gram(per_task.gram(), generator=step.cpu_generator)
+            per_task.add_combination(weights)

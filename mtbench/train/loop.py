@@ -7,6 +7,7 @@ of the epoch with the best validation score: the test split never selects anythi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -74,10 +75,16 @@ class Preprocess:
         self.std = task.std.to(device).view(1, -1, 1, 1)
         self.pin = device.type == "cuda"
 
+    #: ``trainer.channels_last``: hand the batch over in channels-last memory format
+    channels_last = False
+
     def __call__(self, images: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
-        if self.pin:
+        if self.pin:  # pinned host memory: the copies below are truly asynchronous
             images = images.pin_memory()
+            labels = {k: v.pin_memory() for k, v in labels.items()} if isinstance(labels, dict) else labels.pin_memory()
         x = images.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x, labels_to(labels, self.device, non_blocking=self.pin)
 
 
@@ -100,6 +107,62 @@ def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess,
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepTimer:
+    """Training-step durations without a host synchronisation per step: on a GPU, CUDA events
+    recorded around each step (in the stream, so the time includes any wait for the host)
+    are read at the logging interval (``flush``); on a CPU, the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> list[float]:
+        """The step's duration in seconds, or nothing yet on a GPU (see ``flush``)."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pending.append((self._start, end))
+            return []
+        return [time.perf_counter() - self._start]
+
+    def flush(self) -> list[float]:
+        """Durations of the steps not reported yet (one synchronisation, on the last event)."""
+        if not self.pending:
+            return []
+        self.pending[-1][1].synchronize()
+        out = [a.elapsed_time(b) / 1000.0 for a, b in self.pending]
+        self.pending.clear()
+        return out
+
+
+#: ``trainer.amp`` values and their autocast dtypes (no float16: its loss scaling would change
+#: what clipping and the gradient penalty compute)
+AMP_DTYPES = {"false": None, "none": None, "true": torch.bfloat16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def amp_dtype(tcfg: Any) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.amp`` (false | bf16); a one-line error otherwise."""
+    value = str(tcfg.get("amp", False)).lower()
+    if value not in AMP_DTYPES:
+        raise MtbenchError(f"trainer.amp={tcfg.get('amp')!r} is not allowed; choose false or bf16")
+    return AMP_DTYPES[value]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast for the forward pass (model and losses) when ``trainer.amp`` asks for it."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Interrupted(Exception):
@@ -162,6 +225,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
     optimizer = build_optimizer(model.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
     prep = Preprocess(task, device)
+    if tcfg.get("channels_last", False):  # trainer.channels_last: NHWC activations and kernels
+        model = model.to(memory_format=torch.channels_last)
+        prep.channels_last = True
+    amp = amp_dtype(tcfg)  # trainer.amp: bf16 autocast of the forward pass
+    timer = StepTimer(device)
 
     data_gen = torch.Generator().manual_seed(seed)  # batch order
     comb_gen = torch.Generator(device=device).manual_seed(seed + 1)  # combiner randomness (device)
@@ -229,23 +297,25 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
                 x, y = task.extend_batch(task.augment(x), y)
                 if combiner.needs_input_grad:
                     x.requires_grad_(True)
-                _sync(device)
-                t0 = time.perf_counter()
+                timer.start()
                 optimizer.zero_grad(set_to_none=True)
-                rep, outputs = model(x)
-                losses = task.losses(outputs, y)
+                with autocast(device, amp):
+                    rep, outputs = model(x)
+                    losses = task.losses(outputs, y)
                 combiner.backward(Step(model, x, rep, outputs, losses, comb_gen, comb_cpu_gen))
                 optimizer.step()
-                _sync(device)
-                dt = time.perf_counter() - t0
-                state["step_times"].append(dt)
-                state["epoch_step_s"] += dt
+                for dt in timer.stop():  # on a GPU: read at the logging interval, no sync here
+                    state["step_times"].append(dt)
+                    state["epoch_step_s"] += dt
                 state["examples"] += int(x.shape[0])
                 state["step"] = i + 1
                 loss_sum += losses.detach().sum()
                 _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
                 last = i + 1 == steps_per_epoch
                 if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None:
+                    for dt in timer.flush():  # the GPU steps' times since the last interval
+                        state["step_times"].append(dt)
+                        state["epoch_step_s"] += dt
                     if int(first_bad) >= 0:
                         raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
                     state["loss_sum"] = float(loss_sum)

@@ -1,0 +1,623 @@
+#!/usr/bin/env python
+"""Time one full training step (forward, combiner, optimizer step) of every combiner against
+the sum-of-losses baseline, interleaved in one process.
+
+    python scripts/bench_step.py                                  # the CelebA-shaped problem, every row
+    python scripts/bench_step.py --combiners graddrop,pcgrad@params --steps 10
+    python scripts/bench_step.py model=small_cnn --num-tasks 40 --image-size 32
+    python scripts/bench_step.py task=shapes40 model=small_cnn    # a real task's batches
+    python scripts/bench_step.py trainer.device=cuda              # synchronised timing on a GPU
+
+Positional arguments are Hydra overrides of the mtbench config (``model=...``,
+``combiner.level=...``, ``trainer.device=...``, ``trainer.num_threads=...``, ``task=...``).
+
+The default problem is CelebA-shaped on random tensors: a ResNet-18 trunk (torchvision's
+stem, ``model.small_input=false``) on 64x64 RGB inputs, batch 64, 40 binary attributes read by
+40 linear heads, per-attribute binary cross-entropy (mean over the batch), Adam. With a
+``task=...`` override the task's own model heads, losses and training batches are used.
+
+Each row has its own copy of the same initial model, its own optimizer and combiner. Every
+round runs one step of each row (the order rotates each round); the first ``--warmup`` rounds
+are not timed. Rows at the parameter level (``@params``: T backward passes per step) run
+``--slow-steps`` timed steps in rounds spread over the run. A row's time is the median of its
+timed steps; its speed vs baseline is the baseline's median over the same rounds divided by
+it. Peak memory is measured apart, in one more step of each row after the timing: the
+step's peak growth above the memory held before it (CUDA's ``max_memory_allocated`` on a GPU;
+on a Linux CPU the peak resident set, VmHWM, with glibc's mmap threshold fixed at 64 KiB so
+that the resident set follows the live buffers).
+
+Rows: ``<combiner>[@<level>]`` for any mtbench combiner (``@representation`` or ``@params``
+sets ``combiner.level``), plus ``torchjd-pcgrad@params`` and ``torchjd-mgda@params``: torchjd's
+``mtl_backward`` + ``jac_to_grad`` with its PCGrad / MGDA aggregators, skipped (and said so)
+when torchjd is not installed. torchjd is not a dependency of mtbench; install it into the
+benchmark's environment only (``pip install torchjd``).
+
+Writes a JSON file (``--out``, default ``results/bench/<problem>-<device>.json``) and prints a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+#: every row, in the order of the table (the paper's order, then the torchjd references)
+DEFAULT_ROWS = (
+    "baseline",
+    "clip",
+    "gradpenalty",
+    "mgda@representation",
+    "mgda@params",
+    "pcgrad@representation",
+    "pcgrad@params",
+    "gradnorm",
+    "random_graddrop",
+    "graddrop",
+    "gradnorm_graddrop",
+    "torchjd-pcgrad@params",
+    "torchjd-mgda@params",
+)
+
+#: the issue's targets (speed vs baseline) on the CelebA-shaped problem
+TARGETS = {
+    "graddrop": 0.95,
+    "random_graddrop": 0.95,
+    "mgda@representation": 0.90,
+    "pcgrad@representation": 0.90,
+    "gradnorm": 0.80,
+    "clip": 0.97,
+    "gradpenalty": 0.40,
+}
+#: parameter-level rows that must be at least this many times as fast as torchjd's
+TORCHJD_FACTOR = 3.0
+TORCHJD_ROWS = {"torchjd-pcgrad": "pcgrad", "torchjd-mgda": "mgda"}
+
+#: mtbench config overrides of the default (CelebA-shaped) problem; the user's come after them
+PROBLEM_OVERRIDES = ["model=resnet18", "model.small_input=false", "model.weights=null"]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def compose(overrides: list[str]):
+    """The mtbench config (the ``mtbench.configs`` package) with ``overrides`` applied."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="mtbench.configs", version_base=None):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def parse_rows(text: str | None) -> list[str]:
+    if not text:
+        return list(DEFAULT_ROWS)
+    rows = [r.strip() for part in text.split(",") for r in part.split() if r.strip()]
+    if "baseline" not in rows:
+        rows.insert(0, "baseline")
+    return list(dict.fromkeys(rows))
+
+
+def split_row(row: str) -> tuple[str, str | None]:
+    name, _, level = row.partition("@")
+    return name, (level or None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the problem: model, batches, losses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    name: str
+    description: str
+    model: torch.nn.Module
+    num_tasks: int
+    batches: list[tuple[torch.Tensor, Any]]
+    losses: Callable[[Any, Any], torch.Tensor]
+    default_leak: list[float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def bce_losses(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-attribute binary cross-entropy with logits, each a mean over the batch (as
+    ``BinaryAttributeTask.losses``)."""
+    return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype), reduction="none").mean(0)
+
+
+def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
+    from mtbench.models import build_model
+
+    torch.manual_seed(int(cfg.seed))
+    bs = int(cfg.trainer.batch_size)
+    if user_task:
+        from mtbench.data import build_task
+        from mtbench.train.loop import Preprocess, batches
+
+        task = build_task(cfg.task)
+        model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
+        prep = Preprocess(task, device)
+        data: list[tuple[torch.Tensor, Any]] = []
+        for images, labels in batches(task.train, bs, torch.Generator().manual_seed(int(cfg.seed))):
+            if int(images.shape[0]) != bs:
+                break
+            x, y = prep(images, labels)
+            data.append((task.augment(x), y))
+            if len(data) == args.num_batches:
+                break
+        shape = tuple(data[0][0].shape)
+        return Problem(
+            name=task.name,
+            description=f"task {task.name}: {task.num_tasks} tasks, inputs {list(shape)}, model {cfg.model.name}",
+            model=model,
+            num_tasks=task.num_tasks,
+            batches=data,
+            losses=task.losses,
+            default_leak=task.default_leak,
+            info={"task": task.name, "input_shape": list(shape)},
+        )
+    T, C, S = args.num_tasks, args.channels, args.image_size
+    model = build_model(cfg.model, num_tasks=T, in_channels=C).to(device)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 7)
+    data = []
+    for _ in range(args.num_batches):
+        x = torch.randn(bs, C, S, S, generator=gen).to(device)
+        y = (torch.rand(bs, T, generator=gen) < 0.5).float().to(device)
+        data.append((x, y))
+    name = "celeba_shaped" if (T, C, S, bs) == (40, 3, 64, 64) and cfg.model.name == "resnet18" else "synthetic"
+    return Problem(
+        name=name,
+        description=(
+            f"random tensors: {T} binary attributes, inputs [{bs}, {C}, {S}, {S}], model {cfg.model.name}"
+            + (f" (small_input={cfg.model.small_input})" if "small_input" in cfg.model else "")
+        ),
+        model=model,
+        num_tasks=T,
+        batches=data,
+        losses=bce_losses,
+        info={"task": "random", "input_shape": [bs, C, S, S], "num_tasks": T},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    row: str
+    combiner: str
+    level: str | None
+    options: dict[str, Any]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[torch.Tensor, Any], None]
+    slow: bool
+    rounds: set[int] = field(default_factory=set)
+    times: dict[int, float] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)
+    peaks: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+def combiner_config(row: str, user_overrides: list[str], base: list[str]):
+    """The composed config of a row: ``combiner=<name>``, the user's ``combiner.*`` overrides
+    that this combiner has, then the row's level."""
+    name, level = split_row(row)
+    cfg = compose(base + [f"combiner={name}"])
+    own = []
+    for o in user_overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith("combiner.") and key.split(".")[1] in cfg.combiner:
+            if level is not None and key == "combiner.level":
+                continue  # the row's own level wins
+            own.append(o)
+    extra = [f"combiner.level={level}"] if level is not None else []
+    if level is not None and "level" not in cfg.combiner:
+        raise SystemExit(f"bench_step: combiner={name} has no level option (row {row!r})")
+    return compose(base + [f"combiner={name}"] + own + extra)
+
+
+def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gens, slow: bool) -> Row:
+    from mtbench.combiners import Step, build_combiner
+    from mtbench.train.optim import build_optimizer
+
+    from omegaconf import OmegaConf
+
+    model = copy.deepcopy(problem.model)
+    optimizer = build_optimizer(model.parameters(), cfg_row.trainer)
+    combiner = build_combiner(cfg_row.combiner, problem.num_tasks, default_leak=problem.default_leak)
+    gen, cpu_gen = comb_gens()
+    losses_fn = problem.losses
+    options = OmegaConf.to_container(cfg_row.combiner, resolve=True)
+    options.pop("_target_", None)
+    name = options.pop("name")
+    needs_input_grad = combiner.needs_input_grad
+
+    def step(x: torch.Tensor, y: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        rep, outputs = model(x)
+        losses = losses_fn(outputs, y)
+        combiner.backward(Step(model, x, rep, outputs, losses, gen, cpu_gen))
+        optimizer.step()
+
+    step.needs_input_grad = needs_input_grad  # type: ignore[attr-defined]
+    return Row(row, name, options.get("level"), options, model, optimizer, step, slow)
+
+
+def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
+    from mtbench.train.optim import build_optimizer
+
+    from torchjd.aggregation import MGDA, PCGrad
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    name, _ = split_row(row)
+    aggregator = {"torchjd-pcgrad": PCGrad, "torchjd-mgda": MGDA}[name]()
+    model = copy.deepcopy(problem.model)
+    optimizer = build_optimizer(model.parameters(), cfg.trainer)
+    shared = [p for p in model.trunk.parameters() if p.requires_grad]
+    losses_fn = problem.losses
+
+    def step(x: torch.Tensor, y: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        rep, outputs = model(x)
+        losses = losses_fn(outputs, y)
+        # the heads are one [T, D] matrix shared by the task graphs: keep the graph between tasks
+        mtl_backward(list(losses.unbind()), features=rep, retain_graph=True)
+        jac_to_grad(shared, aggregator)
+        optimizer.step()
+
+    step.needs_input_grad = False  # type: ignore[attr-defined]
+    opts = {"aggregator": type(aggregator).__name__, "torchjd": torchjd_mod.__version__ if hasattr(torchjd_mod, "__version__") else "?"}
+    return Row(row, name, "params", opts, model, optimizer, step, slow=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing and memory
+# ---------------------------------------------------------------------------------------------
+
+
+class Memory:
+    """Peak memory growth of one step above what was held before it: CUDA's allocator
+    statistics on a GPU; on a Linux CPU the peak resident set (VmHWM, reset through
+    /proc/self/clear_refs), with glibc's mmap threshold fixed at 64 KiB and free memory
+    trimmed before the step, so that large buffers are mapped and unmapped and the resident
+    set follows the live tensors (buffers under 64 KiB are not seen)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.kind = "CUDA max_memory_allocated growth" if self.cuda else "peak RSS growth (VmHWM)"
+        self.ok = True
+        self.libc = None
+        if not self.cuda:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self._status()
+                import ctypes
+
+                self.libc = ctypes.CDLL("libc.so.6")
+                self.libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
+            except (OSError, KeyError, AttributeError):
+                self.ok = False
+                self.kind = "unavailable"
+
+    @staticmethod
+    def _status() -> dict[str, int]:
+        out = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":")
+                    out[key + ":"] = int(value.split()[0]) * 1024
+        return out
+
+    def start(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        if not self.ok:
+            return 0
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return self._status()["VmRSS:"]
+
+    def peak(self, before: int) -> int | None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - before
+        if not self.ok:
+            return None
+        return self._status()["VmHWM:"] - before
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def spread(k: int, start: int, n: int) -> list[int]:
+    """``k`` round numbers spread evenly over rounds ``start .. start + n - 1``."""
+    k = max(0, min(k, n))
+    return sorted({start + int((i + 0.5) * n / k) for i in range(k)}) if k else []
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the mtbench config (model=..., trainer.device=..., combiner.level=...)")
+    parser.add_argument("--combiners", default=None, help=f"comma-separated rows <combiner>[@level] (default: {','.join(DEFAULT_ROWS)})")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per row (default 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    parser.add_argument("--slow-steps", type=int, default=3, help="timed steps of parameter-level rows (default 3)")
+    parser.add_argument("--slow-warmup", type=int, default=1, help="untimed steps of parameter-level rows (default 1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (trainer.batch_size; default 64)")
+    parser.add_argument("--num-tasks", type=int, default=40, help="tasks of the random problem (default 40)")
+    parser.add_argument("--image-size", type=int, default=64, help="input side of the random problem (default 64)")
+    parser.add_argument("--channels", type=int, default=3, help="input channels of the random problem (default 3)")
+    parser.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through (default 4)")
+    parser.add_argument("--out", default=None, help="JSON output (default results/bench/<problem>-<device>.json)")
+    parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
+    parser.add_argument("--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)")
+    args = parser.parse_args(argv)
+
+    user = list(args.overrides)
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in user]
+    if args.combiners is None and "combiner" in keys:  # combiner=a,b reads as --combiners a,b
+        args.combiners = user[keys.index("combiner")].split("=", 1)[1]
+    # the CelebA-shaped problem's model unless the user picks one
+    base = [] if "model" in keys else list(PROBLEM_OVERRIDES)
+    base += [o for o, k in zip(user, keys) if not (k == "combiner" or k.startswith("combiner."))]
+    if args.batch_size is not None:
+        base.append(f"trainer.batch_size={args.batch_size}")
+    user_task = "task" in keys
+    cfg = compose(base)
+
+    from mtbench.train.loop import resolve_device
+
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    device = resolve_device(cfg.trainer.device)
+    problem = build_problem(cfg, args, device, user_task)
+
+    try:
+        import torchjd
+    except ImportError:
+        torchjd = None
+
+    seed = int(cfg.seed)
+
+    def comb_gens():
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        cpu_gen = torch.Generator().manual_seed(seed + 2) if device.type != "cpu" else gen
+        return gen, cpu_gen
+
+    rows: list[Row] = []
+    skipped: list[dict[str, str]] = []
+    for spec in parse_rows(args.combiners):
+        name, level = split_row(spec)
+        if name in TORCHJD_ROWS:
+            if torchjd is None:
+                msg = "torchjd is not installed (pip install torchjd into the benchmark's environment): row skipped"
+                print(f"bench_step: {spec}: {msg}", file=sys.stderr)
+                skipped.append({"row": spec, "reason": msg})
+                continue
+            rows.append(make_torchjd_row(spec, cfg, problem, torchjd))
+            continue
+        cfg_row = combiner_config(spec, user, base)
+        rows.append(make_row(spec, cfg_row, problem, device, comb_gens, slow=cfg_row.combiner.get("level") == "params"))
+    del problem.model
+
+    total = args.warmup + args.steps
+    for r in rows:
+        if r.slow:
+            warm = list(range(min(args.slow_warmup, args.warmup)))
+            r.rounds = set(warm) | set(spread(args.slow_steps, args.warmup, args.steps))
+        else:
+            r.rounds = set(range(total))
+
+    print(f"bench_step: {problem.description}; device {device}, {torch.get_num_threads()} threads; "
+          f"{len(rows)} rows, {args.warmup} warm-up + {args.steps} timed rounds ({args.slow_steps} for @params rows)", file=sys.stderr)
+    started = time.perf_counter()
+    for rnd in range(total):
+        active = [r for r in rows if rnd in r.rounds]
+        shift = rnd % len(active) if active else 0
+        for r in active[shift:] + active[:shift]:
+            if r.error:
+                continue
+            x, y = problem.batches[rnd % len(problem.batches)]
+            if getattr(r.step, "needs_input_grad", False):
+                x = x.detach().clone().requires_grad_(True)
+            gc.collect()
+            sync(device)
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            try:
+                r.step(x, y)
+                sync(device)
+            except Exception as e:  # a row that cannot run is reported, the others go on
+                r.error = f"{type(e).__name__}: {e}"
+                print(f"bench_step: {r.row} failed: {r.error}", file=sys.stderr)
+                continue
+            dt = time.perf_counter() - t0
+            dc = time.process_time() - c0
+            if rnd >= args.warmup:
+                r.times[rnd] = dt
+                r.cpu[rnd] = dc
+        print(f"bench_step: round {rnd + 1}/{total} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+    # memory: one more step of each row, apart from the timing (the allocator setting it needs
+    # would change the timings)
+    memory = Memory(device) if not args.no_memory else None
+    if memory is not None and memory.ok:
+        for k in range(args.memory_steps):
+            for r in rows:
+                if r.error:
+                    continue
+                x, y = problem.batches[k % len(problem.batches)]
+                if getattr(r.step, "needs_input_grad", False):
+                    x = x.detach().clone().requires_grad_(True)
+                gc.collect()
+                before = memory.start()
+                try:
+                    r.step(x, y)
+                except Exception as e:
+                    r.error = f"{type(e).__name__}: {e}"
+                    continue
+                peak = memory.peak(before)
+                if peak is not None:
+                    r.peaks.append(peak)
+        print(f"bench_step: memory measured ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+    base_row = next(r for r in rows if r.row == "baseline")
+    results = []
+    for r in rows:
+        ms = statistics.median(r.times.values()) * 1000 if r.times else None
+        paired = [base_row.times[k] for k in r.times if k in base_row.times]
+        base_ms = statistics.median(paired) * 1000 if paired else None
+        speed = base_ms / ms if (ms and base_ms) else None
+        results.append(
+            {
+                "row": r.row,
+                "combiner": r.combiner,
+                "level": r.level,
+                "options": r.options,
+                "ms_per_step": ms,
+                "baseline_ms_same_rounds": base_ms,
+                "speed_vs_baseline": speed,
+                "steps": len(r.times),
+                "step_ms": [round(r.times[k] * 1000, 2) for k in sorted(r.times)],
+                "cpu_ms_per_step": statistics.median(r.cpu.values()) * 1000 if r.cpu else None,
+                "peak_memory_mib": (max(r.peaks) / 2**20) if r.peaks else None,
+                "error": r.error,
+            }
+        )
+    by_row = {x["row"]: x for x in results}
+    for x in results:
+        name, _ = split_row(x["row"])
+        key = name if name in ("graddrop", "random_graddrop", "gradnorm", "clip", "gradpenalty", "baseline", "gradnorm_graddrop") else f"{name}@{x['level']}"
+        x["target"] = TARGETS.get(key)
+        if x["target"] is not None and x["speed_vs_baseline"] is not None:
+            x["meets_target"] = x["speed_vs_baseline"] >= x["target"]
+        if x["level"] == "params" and name in ("pcgrad", "mgda"):
+            ref = by_row.get(f"torchjd-{name}@params")
+            if ref and ref["speed_vs_baseline"] and x["speed_vs_baseline"]:
+                x["vs_torchjd"] = x["speed_vs_baseline"] / ref["speed_vs_baseline"]
+                x["target_vs_torchjd"] = TORCHJD_FACTOR
+                x["meets_target"] = x["vs_torchjd"] >= TORCHJD_FACTOR
+
+    report = {
+        "problem": {"name": problem.name, "description": problem.description, **problem.info, "batch_size": int(cfg.trainer.batch_size), "model": dict(cfg.model), "optimizer": str(cfg.trainer.optimizer)},
+        "machine": machine_info(device),
+        "command": " ".join(["python", "scripts/bench_step.py"] + (sys.argv[1:] if argv is None else list(argv))),
+        "protocol": {
+            "warmup_rounds": args.warmup,
+            "timed_rounds": args.steps,
+            "slow_steps": args.slow_steps,
+            "slow_warmup": args.slow_warmup,
+            "time": "median of the timed steps (forward, combiner, optimizer step; synchronised on a GPU)",
+            "speed_vs_baseline": "baseline median over the rounds the row ran in / the row's median",
+            "peak_memory": (memory.kind if memory.ok else "unavailable") if memory is not None else "not measured",
+            "memory_steps": args.memory_steps if memory is not None else 0,
+        },
+        "torchjd": getattr(torchjd, "__version__", "installed") if torchjd is not None else None,
+        "skipped": skipped,
+        "rows": results,
+        "wall_s": time.perf_counter() - started,
+    }
+    out = Path(args.out) if args.out else Path("results/bench") / f"{problem.name}-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    table = markdown_table(report)
+    print(table)
+    print(f"bench_step: wrote {out}", file=sys.stderr)
+    return report
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = [
+        "| combiner | level | ms / step | speed vs baseline | target | peak memory (MiB) | steps |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for x in report["rows"]:
+        if x.get("target_vs_torchjd") is not None:
+            target = f"≥ {x['target_vs_torchjd']:.0f}× torchjd ({x['vs_torchjd']:.1f}×)"
+        elif x.get("target") is not None:
+            target = f"≥ {x['target']:.2f}"
+        else:
+            target = ""
+        if target and x.get("meets_target") is not None:
+            target += " ✓" if x["meets_target"] else " ✗"
+        if x.get("error"):
+            target = f"failed: {x['error'][:60]}"
+        lines.append(
+            f"| {x['combiner']} | {x['level'] or '—'} | {_fmt(x['ms_per_step'], '.0f')} | {_fmt(x['speed_vs_baseline'], '.2f')} "
+            f"| {target} | {_fmt(x['peak_memory_mib'], '.0f')} | {x['steps']} |"
+        )
+    for s in report["skipped"]:
+        lines.append(f"| {s['row']} | — | — | — | {s['reason']} | — | 0 |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
