@@ -242,11 +242,14 @@ def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gen
 
     from omegaconf import OmegaConf
 
+    from mtbench.train.loop import amp_dtype, autocast
+
     model = copy.deepcopy(problem.model)
     optimizer = build_optimizer(model.parameters(), cfg_row.trainer)
     combiner = build_combiner(cfg_row.combiner, problem.num_tasks, default_leak=problem.default_leak)
     gen, cpu_gen = comb_gens()
     losses_fn = problem.losses
+    amp = amp_dtype(cfg_row.trainer)
     options = OmegaConf.to_container(cfg_row.combiner, resolve=True)
     options.pop("_target_", None)
     name = options.pop("name")
@@ -254,8 +257,9 @@ def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gen
 
     def step(x: torch.Tensor, y: Any) -> None:
         optimizer.zero_grad(set_to_none=True)
-        rep, outputs = model(x)
-        losses = losses_fn(outputs, y)
+        with autocast(device, amp):
+            rep, outputs = model(x)
+            losses = losses_fn(outputs, y)
         combiner.backward(Step(model, x, rep, outputs, losses, gen, cpu_gen))
         optimizer.step()
 
@@ -276,10 +280,16 @@ def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
     shared = [p for p in model.trunk.parameters() if p.requires_grad]
     losses_fn = problem.losses
 
+    from mtbench.train.loop import amp_dtype, autocast
+
+    amp = amp_dtype(cfg.trainer)
+    device = next(model.parameters()).device
+
     def step(x: torch.Tensor, y: Any) -> None:
         optimizer.zero_grad(set_to_none=True)
-        rep, outputs = model(x)
-        losses = losses_fn(outputs, y)
+        with autocast(device, amp):
+            rep, outputs = model(x)
+            losses = losses_fn(outputs, y)
         # the heads are one [T, D] matrix shared by the task graphs: keep the graph between tasks
         mtl_backward(list(losses.unbind()), features=rep, retain_graph=True)
         jac_to_grad(shared, aggregator)
@@ -413,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="JSON output (default results/bench/<problem>-<device>.json)")
     parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     user = list(args.overrides)
     keys = [o.split("=", 1)[0].lstrip("+~") for o in user]
@@ -433,6 +443,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     problem = build_problem(cfg, args, device, user_task)
+    if cfg.trainer.get("channels_last", False):  # as the training loop: NHWC model and batches
+        problem.model = problem.model.to(memory_format=torch.channels_last)
+        problem.batches = [(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, y) for x, y in problem.batches]
 
     try:
         import torchjd
@@ -470,6 +483,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             r.rounds = set(range(total))
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if device.type == "cpu" and load > 0.5:
+        print(f"bench_step: warning: load average {load:.2f} before the run: other processes use the CPU, timings will be noisy", file=sys.stderr)
     print(f"bench_step: {problem.description}; device {device}, {torch.get_num_threads()} threads; "
           f"{len(rows)} rows, {args.warmup} warm-up + {args.steps} timed rounds ({args.slow_steps} for @params rows)", file=sys.stderr)
     started = time.perf_counter()
@@ -530,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paired = [base_row.times[k] for k in r.times if k in base_row.times]
         base_ms = statistics.median(paired) * 1000 if paired else None
         speed = base_ms / ms if (ms and base_ms) else None
+        ratios = [base_row.times[k] / r.times[k] for k in r.times if k in base_row.times]
         results.append(
             {
                 "row": r.row,
@@ -539,6 +556,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "ms_per_step": ms,
                 "baseline_ms_same_rounds": base_ms,
                 "speed_vs_baseline": speed,
+                "speed_paired_median": statistics.median(ratios) if ratios else None,
                 "steps": len(r.times),
                 "step_ms": [round(r.times[k] * 1000, 2) for k in sorted(r.times)],
                 "cpu_ms_per_step": statistics.median(r.cpu.values()) * 1000 if r.cpu else None,
@@ -561,7 +579,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 x["meets_target"] = x["vs_torchjd"] >= TORCHJD_FACTOR
 
     report = {
-        "problem": {"name": problem.name, "description": problem.description, **problem.info, "batch_size": int(cfg.trainer.batch_size), "model": dict(cfg.model), "optimizer": str(cfg.trainer.optimizer)},
+        "problem": {
+            "name": problem.name,
+            "description": problem.description,
+            **problem.info,
+            "batch_size": int(cfg.trainer.batch_size),
+            "model": dict(cfg.model),
+            "optimizer": str(cfg.trainer.optimizer),
+            "amp": str(cfg.trainer.get("amp", False)),
+            "channels_last": bool(cfg.trainer.get("channels_last", False)),
+        },
         "machine": machine_info(device),
         "command": " ".join(["python", "scripts/bench_step.py"] + (sys.argv[1:] if argv is None else list(argv))),
         "protocol": {
@@ -571,6 +598,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "slow_warmup": args.slow_warmup,
             "time": "median of the timed steps (forward, combiner, optimizer step; synchronised on a GPU)",
             "speed_vs_baseline": "baseline median over the rounds the row ran in / the row's median",
+            "speed_paired_median": "median over those rounds of baseline time / row time in the same round",
             "peak_memory": (memory.kind if memory.ok else "unavailable") if memory is not None else "not measured",
             "memory_steps": args.memory_steps if memory is not None else 0,
         },
@@ -578,6 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skipped": skipped,
         "rows": results,
         "wall_s": time.perf_counter() - started,
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     out = Path(args.out) if args.out else Path("results/bench") / f"{problem.name}-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -319,33 +320,35 @@ def _pcgrad_coefficients(gram: Tensor, generator: Optional[torch.Generator]) -> 
 
     Row ``i`` of the returned [T, T] float64 matrix holds the coefficients of task
     ``i``'s projected gradient in the basis of the original gradients. Also returns
-    whether any projection happened.
+    whether any projection happened. (The permutations come from torch's ``randperm``;
+    the small float64 iterations run in NumPy.)
     """
     n_tasks = gram.shape[0]
-    coeff = torch.eye(n_tasks, dtype=torch.float64)
     if n_tasks < 2:
-        return coeff, False
-    gram = 0.5 * (gram + gram.T)
+        return torch.eye(n_tasks, dtype=torch.float64), False
+    g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    g = 0.5 * (g + g.T)
     perm_device = generator.device if generator is not None else torch.device("cpu")
     perms = torch.stack(
         [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
-    ).cpu()
-    rows = torch.arange(n_tasks)
+    ).cpu().numpy()
+    rows = np.arange(n_tasks)
     # the other tasks of task i are (0..i-1, i+1..T-1): perm value p -> task p + (p >= i)
-    order = perms + (perms >= rows.unsqueeze(1)).to(perms.dtype)  # [T, T-1]
-    sq_norms = gram.diagonal()
+    order = perms + (perms >= rows[:, None])  # [T, T-1]
+    coeff = np.eye(n_tasks)
+    sq_norms = g.diagonal()
     projected = False
     # step s: every task i (independently) visits its s-th other task order[i, s]
     for step in range(n_tasks - 1):
         other = order[:, step]
-        dots = (coeff * gram[other]).sum(dim=1)  # (c_i . Gram[:, j_i]) = g_i' . g_{j_i}
+        dots = (coeff * g[other]).sum(axis=1)  # (c_i . Gram[:, j_i]) = g_i' . g_{j_i}
         norms = sq_norms[other]
         conflict = (dots < 0) & (norms > 0)
-        if bool(conflict.any()):
+        if conflict.any():
             projected = True
-            step_coeff = torch.where(conflict, dots / torch.where(norms > 0, norms, torch.ones_like(norms)), 0.0)
+            step_coeff = np.where(conflict, dots / np.where(norms > 0, norms, 1.0), 0.0)
             coeff[rows, other] -= step_coeff
-    return coeff, projected
+    return torch.from_numpy(coeff), projected
 
 
 def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -437,73 +440,85 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
-def _affine_minimizer(gram: Tensor, support: List[int]) -> Tensor:
+def _affine_minimizer_np(gram: "np.ndarray", support: List[int]) -> "np.ndarray":
     """Barycentric weights of the min-norm point of the affine hull of ``support``.
 
     Solves the KKT system ``[[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1]`` by LU, falling back
-    to SVD-based least squares if the system is numerically singular.
+    to SVD-based least squares (LAPACK gelsd) if the system is numerically singular.
+    (NumPy on the small float64 system: the per-call overhead is far below torch's.)
     """
     m = len(support)
-    idx = torch.tensor(support, dtype=torch.long)
-    kkt = torch.zeros(m + 1, m + 1, dtype=torch.float64)
-    kkt[:m, :m] = gram[idx][:, idx]
+    kkt = np.zeros((m + 1, m + 1))
+    kkt[:m, :m] = gram[np.ix_(support, support)]
     kkt[:m, m] = 1.0
     kkt[m, :m] = 1.0
-    rhs = torch.zeros(m + 1, 1, dtype=torch.float64)
-    rhs[m, 0] = 1.0
-    solution, info = torch.linalg.solve_ex(kkt, rhs)
-    if int(info) != 0 or not bool(torch.isfinite(solution).all()):
-        solution = torch.linalg.lstsq(kkt, rhs, driver="gelsd").solution
-    alpha = solution[:m, 0]
+    rhs = np.zeros(m + 1)
+    rhs[m] = 1.0
+    try:
+        solution = np.linalg.solve(kkt, rhs)
+        ok = bool(np.isfinite(solution).all())
+    except np.linalg.LinAlgError:
+        ok = False
+    if not ok:
+        solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    alpha = solution[:m]
     total = alpha.sum()
-    if torch.isfinite(total) and total != 0:
+    if np.isfinite(total) and total != 0:
         alpha = alpha / total
     return alpha
 
 
+def _affine_minimizer(gram: Tensor, support: List[int]) -> Tensor:
+    """:func:`_affine_minimizer_np` for a float64 CPU tensor."""
+    return torch.from_numpy(_affine_minimizer_np(gram.numpy(), support))
+
+
 def _min_norm_weights(gram: Tensor, tol: float, max_iter: int) -> Tensor:
-    """Minimise ``w^T G w`` over the simplex; ``gram`` is a float64 CPU [T, T] matrix."""
+    """Minimise ``w^T G w`` over the simplex; ``gram`` is a float64 CPU [T, T] matrix.
+
+    (Runs in NumPy: Wolfe's iterations are many operations on tiny arrays.)"""
     n_tasks = gram.shape[0]
-    gram = 0.5 * (gram + gram.T)
-    if not bool(torch.isfinite(gram).all()):
+    g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
+    g = 0.5 * (g + g.T)
+    if not bool(np.isfinite(g).all()):
         raise ValueError("mgda: the gradients (or their Gram matrix) contain NaN or infinite values")
-    scale = gram.diagonal().max().item()
+    scale = float(g.diagonal().max())
     if not scale > 0:  # every gradient is zero: every simplex point is optimal
         return torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)
     if n_tasks == 1:
         return torch.ones(1, dtype=torch.float64)
-    gram = gram / scale  # weights are scale invariant; now max_i G_ii = 1 and w^T G w <= 1
+    g = g / scale  # weights are scale invariant; now max_i G_ii = 1 and w^T G w <= 1
     if n_tasks == 2:
-        gamma = _two_task_gamma(gram[0, 0].item(), gram[0, 1].item(), gram[1, 1].item())
+        gamma = _two_task_gamma(float(g[0, 0]), float(g[0, 1]), float(g[1, 1]))
         return torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
 
     # Wolfe's algorithm (P. Wolfe, "Finding the nearest point in a polytope",
     # Math. Programming 11, 1976), written with the Gram matrix only.
-    start = int(torch.argmin(gram.diagonal()).item())
+    start = int(np.argmin(g.diagonal()))
     support = [start]
-    w_s = torch.ones(1, dtype=torch.float64)
+    w_s = np.ones(1)
     best_obj, best_support, best_w = math.inf, support, w_s
     prev_obj = math.inf
     iterations = 0
     while True:
-        g_w = gram[:, support] @ w_s  # (G w)_i = x . g_i for the current point x
+        g_w = g[:, support] @ w_s  # (G w)_i = x . g_i for the current point x
         obj = float(w_s @ g_w[support])  # ||x||^2
         if obj < best_obj:
-            best_obj, best_support, best_w = obj, list(support), w_s.clone()
+            best_obj, best_support, best_w = obj, list(support), w_s.copy()
         if not obj < prev_obj:  # no progress left at working precision
             break
         prev_obj = obj
-        j = int(torch.argmin(g_w).item())
-        gap = obj - g_w[j].item()  # duality (Frank-Wolfe) gap w^T G w - min_i (G w)_i
+        j = int(np.argmin(g_w))
+        gap = obj - float(g_w[j])  # duality (Frank-Wolfe) gap w^T G w - min_i (G w)_i
         if gap <= max(tol * obj, _GAP_FLOOR) or j in support or iterations >= max_iter:
             break
         support = support + [j]
-        w_s = torch.cat([w_s, torch.zeros(1, dtype=torch.float64)])
+        w_s = np.concatenate([w_s, np.zeros(1)])
         # minor cycles: move towards the affine minimiser, dropping points that leave the hull
         while True:
             iterations += 1
-            alpha = _affine_minimizer(gram, support)
-            if not bool(torch.isfinite(alpha).all()):
+            alpha = _affine_minimizer_np(g, support)
+            if not bool(np.isfinite(alpha).all()):
                 iterations = max_iter
                 break
             if bool((alpha > 0).all()):
@@ -511,12 +526,10 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int) -> Tensor:
                 break
             blocking = alpha <= 0
             step = w_s - alpha
-            ratios = torch.where(
-                blocking, w_s / torch.where(step > 0, step, torch.ones_like(step)), torch.full_like(w_s, math.inf)
-            )
-            ratios = torch.where(blocking & ~(step > 0), torch.zeros_like(ratios), ratios)
-            drop = int(torch.argmin(ratios).item())
-            theta = float(ratios[drop].clamp(0.0, 1.0))
+            ratios = np.where(blocking, w_s / np.where(step > 0, step, 1.0), math.inf)
+            ratios = np.where(blocking & ~(step > 0), 0.0, ratios)
+            drop = int(np.argmin(ratios))
+            theta = min(1.0, max(0.0, float(ratios[drop])))
             w_s = w_s + theta * (alpha - w_s)
             keep = w_s > 0
             keep[drop] = False
@@ -526,7 +539,7 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int) -> Tensor:
             if iterations >= max_iter:
                 break
     weights = torch.zeros(n_tasks, dtype=torch.float64)
-    weights[torch.tensor(best_support, dtype=torch.long)] = best_w
+    weights[torch.tensor(best_support, dtype=torch.long)] = torch.from_numpy(np.asarray(best_w, dtype=np.float64))
     return weights
 
 

@@ -76,6 +76,8 @@ def batched_grads(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor,
         except RuntimeError:
             pass  # vmap cannot run this backward: one at a time
     rows = [torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents[i], retain_graph=retain_graph or i < n - 1) for i in range(n)]
+    if n == 1:
+        return [g.unsqueeze(0) for g in rows[0]]
     return [torch.stack([r[k] for r in rows]) for k in range(len(inputs))]
 
 
@@ -455,12 +457,13 @@ class ParamTaskGrads:
         self._gram = self._build(width, like)
 
     # -- backward passes ---------------------------------------------------------------------
-    def _rows(self, start: int, stop: int, out: Tensor | None) -> None:
-        """Per-task gradients of tasks start..stop-1: direct ones into ``out`` rows, factored
-        layers' output gradients into their buffers (first time a task is seen)."""
+    def _rows(self, start: int, stop: int, out: Tensor | None, chunk: int) -> None:
+        """Backward passes of tasks start..stop-1 (``chunk`` per batched call): the direct
+        parameters' gradients into the rows of ``out``, the factored layers' output gradients
+        into their buffers."""
         inputs = self.direct + [f.out for f in self.factored]
-        for s in range(start, stop, self.chunk):
-            e = min(stop, s + self.chunk)
+        for s in range(start, stop, chunk):
+            e = min(stop, s + chunk)
             grads = batched_grads(self.step.rep, inputs, self.u[s:e], retain_graph=True)
             self.backward_passes += e - s
             nd = len(self.direct)
@@ -475,7 +478,7 @@ class ParamTaskGrads:
         gram = torch.zeros(T, T, dtype=torch.float64, device=like.device)
         if self.rows >= T:
             stack = torch.empty((T, width), dtype=like.dtype, device=like.device)
-            self._rows(0, T, stack)
+            self._rows(0, T, stack, self.chunk)
             if width:
                 gram += gram64(stack)
             self.stack = stack
@@ -484,21 +487,17 @@ class ParamTaskGrads:
             m = max(1, self.rows - 1)
             block = torch.empty((m, width), dtype=like.dtype, device=like.device)
             row = torch.empty((1, width), dtype=like.dtype, device=like.device)
-            saved_chunk = self.chunk
             for a in range(0, T, m):
                 b = min(T, a + m)
-                self.chunk = saved_chunk
-                self._rows(a, b, block[: b - a])
+                self._rows(a, b, block[: b - a], self.chunk)
                 if width:
                     gram[a:b, a:b] += gram64(block[: b - a])
-                self.chunk = 1
                 for j in range(b, T):
-                    self._rows(j, j + 1, row)
+                    self._rows(j, j + 1, row, 1)
                     if width:
                         cross = _cross64(block[: b - a], row[0])
                         gram[a:b, j] += cross
                         gram[j, a:b] += cross
-            self.chunk = saved_chunk
         for f in self.factored:
             gram += f.gram().to(gram.device)
         return gram

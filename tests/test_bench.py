@@ -1,0 +1,75 @@
+"""Smoke test of scripts/bench_step.py on a tiny problem: it runs, and the JSON has its fields."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "bench_step.py"
+
+
+def test_bench_step_tiny_problem(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "model=small_cnn",
+        "model.width=4",
+        "model.rep_dim=8",
+        "trainer.device=cpu",
+        "--num-tasks", "3",
+        "--image-size", "8",
+        "--batch-size", "4",
+        "--steps", "2",
+        "--warmup", "1",
+        "--slow-steps", "1",
+        "--combiners", "graddrop,pcgrad@params,pcgrad@representation,mgda@params,torchjd-pcgrad@params",
+        "--out", str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows)[0] == "baseline"  # always added, first
+    for name in ("baseline", "graddrop", "pcgrad@params", "pcgrad@representation", "mgda@params"):
+        row = rows[name]
+        for key in ("combiner", "level", "ms_per_step", "speed_vs_baseline", "peak_memory_mib", "steps"):
+            assert key in row, (name, key)
+        assert row["error"] is None and row["ms_per_step"] > 0 and row["speed_vs_baseline"] > 0
+    assert rows["pcgrad@params"]["level"] == "params" and rows["pcgrad@representation"]["level"] == "representation"
+    assert rows["pcgrad@params"]["steps"] == 1 and rows["graddrop"]["steps"] == 2
+    assert rows["baseline"]["speed_vs_baseline"] == 1.0
+    for key in ("problem", "machine", "command", "protocol", "torchjd", "skipped"):
+        assert key in report
+    assert report["problem"]["num_tasks"] == 3 and report["problem"]["input_shape"] == [4, 3, 8, 8]
+    # the markdown table is printed, one line per row (torchjd's row: measured, or said skipped)
+    assert "| combiner | level | ms / step | speed vs baseline |" in proc.stdout
+    if report["torchjd"] is None:
+        assert "torchjd is not installed" in proc.stderr
+        assert [s["row"] for s in report["skipped"]] == ["torchjd-pcgrad@params"]
+    else:
+        assert rows["torchjd-pcgrad@params"]["combiner"] == "torchjd-pcgrad"
+
+
+def test_bench_step_says_when_torchjd_is_absent(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "torchjd.py").write_text("raise ImportError('hidden for the test')\n")
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(SCRIPT), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu",
+            "--num-tasks", "2", "--image-size", "8", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--no-memory",
+            "--combiners", "baseline,torchjd-mgda@params", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "torchjd is not installed" in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["torchjd"] is None
+    assert [s["row"] for s in report["skipped"]] == ["torchjd-mgda@params"]
+    assert [r["row"] for r in report["rows"]] == ["baseline"]
+    assert "torchjd is not installed" in proc.stdout  # in the table too
