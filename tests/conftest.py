@@ -47,3 +47,11 @@ def run_cli(name: str, args: list[str], cwd: Path, env: dict | None = None, time
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+def run_dir(results: Path, combiner: str, seed: int = 0, variant: str = "default") -> Path:
+    """The folder of one run: ``<results>/runs/<combiner>/<variant>/seed=<seed>``
+    (``results`` is the sweep's folder, e.g. ``tmp_path / "results" / "shapes40"``)."""
+    new = Path(results) / "runs" / combiner / variant / f"seed={seed}"
+    old = Path(results) / "runs" / combiner / f"seed={seed}"
+    return new if new.exists() or not old.exists() else old
