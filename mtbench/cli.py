@@ -6,9 +6,13 @@
 
 Each run writes ``metrics.json`` (status ``running`` while it trains, then ``completed``,
 ``interrupted``, or ``failed`` with a ``reason``), ``history.csv``, ``per_attribute.csv`` and,
-until it completes, ``checkpoint.pt`` into ``results/<name>/runs/<combiner>/seed=<seed>/``.
+until it completes, ``checkpoint.pt`` into ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/``
+(``<variant>``: ``default``, or the settings the command line changed; ``mtbench/variant.py``).
 Re-running the same command skips completed runs with the same config, resumes the others
 from their checkpoint, and refuses to mix runs of different configs unless ``force=true``.
+
+In a sweep, a job with a bad input is refused in one line and the sweep goes on; the command
+exits 2 if any job was refused, 1 if any run failed or was interrupted (``report/sweep.py``).
 """
 
 from __future__ import annotations
@@ -25,19 +29,23 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtbench import MtbenchError
+from mtbench.report import sweep
 from mtbench.report.runs import METRICS, atomic_write_text, write_csv, write_json
+from mtbench.variant import applies, identity, is_identity_key, register_resolver, variant_name
+
+register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
 log = logging.getLogger("mtbench")
 
 #: runs of this process that failed (the basic launcher runs jobs in-process); main() exits 1 if any
 FAILED: list[str] = []
 
-#: config keys that do not change a run's numbers: ignored when deciding whether a finished run
-#: in the same folder is the same run
-IGNORED_KEYS = ("force", "results_dir", "trainer.progress")
+#: (combiner, option) pairs already reported as not applying, so the log says so once per process
+_DROPPED: set[tuple[str, str]] = set()
 
 
 def validate(cfg: DictConfig) -> None:
@@ -64,9 +72,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every key whose value differs (IGNORED_KEYS aside)."""
+    """``key: old -> new`` for every key whose value differs (keys outside a run's identity aside:
+    where files go, how fast it runs)."""
     a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS))
+    keys = sorted(k for k in set(a) | set(b) if is_identity_key(k))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
@@ -81,10 +90,13 @@ def _previous(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _base_record(cfg: DictConfig) -> dict[str, Any]:
+def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:
+    ident = dict(ident or {})
     return {
         "task": cfg.task.name,
         "combiner": cfg.combiner.name,
+        "variant": variant_name(ident),
+        "overrides": ident,
         "seed": int(cfg.seed),
         "model": cfg.model.name,
         "epochs": int(cfg.trainer.epochs),
@@ -92,8 +104,9 @@ def _base_record(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one configured run in ``run_dir`` (or skip / resume it); return metrics.json's content."""
+def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one configured run in ``run_dir`` (or skip / resume it); return metrics.json's content.
+    ``ident``: the run's identity overrides (``variant.identity``), recorded in metrics.json."""
     from mtbench.train import CHECKPOINT, Interrupted, TrainingFailed, train  # heavy imports after the checks
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -109,13 +122,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 f"{'; ...' if len(diff) > 6 else ''}); use force=true to replace it, or name=<other> to keep both"
             )
         if previous.get("status") == "completed":
-            log.info(f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
+            log.info(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
             return previous
     elif previous is not None:  # force=true: start this run again from scratch
         for name in (CHECKPOINT, METRICS, "history.csv", "per_attribute.csv", "error.log"):
             (run_dir / name).unlink(missing_ok=True)
 
-    record: dict[str, Any] = {**_base_record(cfg), "status": "running", "config": resolved}
+    record: dict[str, Any] = {**_base_record(cfg, ident), "status": "running", "config": resolved}
     record["started_at"] = (previous or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(run_dir / METRICS, record)
     t0 = time.time()
@@ -160,29 +173,66 @@ def _error(message: str, exc: BaseException | None = None, code: int = 2) -> Non
     sys.exit(code)
 
 
+def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
+    """Remove the ``++combiner.<option>`` keys that this job's combiner does not declare (an
+    option given to a sweep of several combiners applies to those that have it)."""
+    name = str(cfg.combiner.name)
+    for text in overrides:
+        key = text.split("=", 1)[0].lstrip("+")
+        if key.startswith("combiner.") and not applies(key, name):
+            option = key.split(".")[1]
+            with open_dict(cfg.combiner):
+                cfg.combiner.pop(option, None)
+            if (name, option) not in _DROPPED:
+                _DROPPED.add((name, option))
+                log.info(f"mtbench: {key} does not apply to combiner={name}; its runs go on without it")
+
+
+def _objective(record: dict[str, Any] | None) -> float:
+    """What a sweeper that optimises (Optuna) gets: the run's validation select metric."""
+    if not record or record.get("status") != "completed":
+        return float("nan")
+    try:
+        return float(record["val"][record["select_metric"]])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mtbench.configs", config_name="config")
-def _app(cfg: DictConfig) -> dict[str, Any] | None:
+def _app(cfg: DictConfig) -> float:
     from mtbench.train import Interrupted
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
     try:
+        _drop_inapplicable(cfg, overrides)
+        ident = identity(overrides, str(cfg.combiner.name))
         validate(cfg)
-        record = run(cfg, run_dir)
+        record = run(cfg, run_dir, ident)
     except MtbenchError as e:
-        _error(str(e), e)
+        if not multirun:
+            _error(str(e), e)
+        print(f"mtbench: error: {run_dir}: {e}", file=sys.stderr)  # this job only: the sweep goes on
+        sweep.record(run_dir, "refused", str(e))
+        return float("nan")
     except Interrupted as e:
+        sweep.record(run_dir, "interrupted", str(e))
         print(f"mtbench: {run_dir}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except OSError as e:
         hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
         _error(f"cannot write the results in {run_dir}: {e.strerror or e}; {hint} (or set results_dir=...) and re-run: the run resumes from its last checkpoint", e)
+    sweep.record(run_dir, str(record.get("status")), record.get("reason"))
     if record["status"] == "failed":
         FAILED.append(str(run_dir))
         log.error(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})")
     elif record.get("wall_s") is not None and record["status"] == "completed":
         shown = "  ".join(f"test {header} {record['test'][key]:.2f}" for key, header, _ in record["metric_columns"])
-        log.info(f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}")
-    return record
+        label = cfg.combiner.name if record.get("variant", "default") == "default" else f"{cfg.combiner.name} {record['variant']}"
+        log.info(f"[{cfg.name}] {label} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}")
+    return _objective(record)
 
 
 def _check_results_dir(argv: list[str]) -> None:
@@ -201,11 +251,47 @@ def _check_results_dir(argv: list[str]) -> None:
             break
 
 
+def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
+    """Check the command line's overrides (``overrides.check``); the argv Hydra should get and
+    whether it is a multirun."""
+    from hydra._internal.utils import get_args_parser
+
+    from mtbench.overrides import check
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return argv, False  # Hydra's parser prints its own usage error
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return argv, bool(args.multirun)
+    checked = check(list(args.overrides), bool(args.multirun))
+    if checked == list(args.overrides):
+        return argv, bool(args.multirun)
+    flags = [a for a in argv if a not in args.overrides]
+    return flags + checked, bool(args.multirun)
+
+
 def main() -> None:
-    """Console entry point: run the Hydra app, exit 1 if any run of this process failed."""
-    _check_results_dir(sys.argv[1:])
+    """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
+    command failed or was interrupted, 2 if any was refused (a bad input)."""
+    argv = sys.argv[1:]
+    _check_results_dir(argv)
+    try:
+        argv, multirun = _rewrite_argv(argv)
+    except MtbenchError as e:
+        _error(str(e), e)
+    sys.argv[1:] = argv
+    manifest = None
+    if multirun:
+        root = next((a.split("=", 1)[1] for a in argv if a.startswith("results_dir=")), "results")
+        manifest = sweep.start(root.split(",")[0])
     _app()
-    if FAILED:
+    if manifest is not None:
+        code, lines = sweep.finish(manifest)
+        if code:
+            print(f"mtbench: {len(lines)} run(s) did not complete: " + "; ".join(lines), file=sys.stderr)
+            sys.exit(code)
+    elif FAILED:
         print(f"mtbench: {len(FAILED)} run(s) failed: {', '.join(FAILED)}", file=sys.stderr)
         sys.exit(1)
 

@@ -49,9 +49,26 @@ def tiny() -> list[str]:
     return list(TINY)
 
 
-def run_dir(results: Path, combiner: str, seed: int = 0, variant: str = "default") -> Path:
-    """The folder of one run: ``<results>/runs/<combiner>/<variant>/seed=<seed>``
-    (``results`` is the sweep's folder, e.g. ``tmp_path / "results" / "shapes40"``)."""
-    new = Path(results) / "runs" / combiner / variant / f"seed={seed}"
-    old = Path(results) / "runs" / combiner / f"seed={seed}"
-    return new if new.exists() or not old.exists() else old
+def run_dir(results: Path, combiner: str, seed: int = 0, variant: str | None = None) -> Path:
+    """The folder of one run: ``<results>/runs/<combiner>/<variant>/seed=<seed>`` (``results`` is
+    the sweep's folder, e.g. ``tmp_path / "results" / "shapes40"``). Without ``variant``: the
+    combiner's only variant holding that seed (an error if there are several)."""
+    base = Path(results) / "runs" / combiner
+    if variant is not None:
+        return base / variant / f"seed={seed}"
+    found = sorted(p for p in base.glob(f"*/seed={seed}") if p.is_dir())
+    if len(found) > 1:
+        raise AssertionError(f"several variants of {combiner} seed={seed}: {[p.parent.name for p in found]}")
+    return found[0] if found else base / "default" / f"seed={seed}"
+
+
+def variant_of(overrides: list[str], combiner: str = "baseline") -> str:
+    """The variant folder name a command line's overrides give ``combiner``'s runs."""
+    from mtbench.variant import identity, variant_name
+
+    return variant_name(identity(overrides, combiner))
+
+
+def run_path(overrides: list[str], combiner: str = "baseline", seed: int = 0, name: str = "shapes40") -> str:
+    """``results/<name>/runs/<combiner>/<variant>/seed=<seed>`` of a command line, relative to its folder."""
+    return f"results/{name}/runs/{combiner}/{variant_of(overrides, combiner)}/seed={seed}"

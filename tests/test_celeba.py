@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_dir
 from mtbench import MtbenchError
 from mtbench.data import celeba
 
@@ -448,7 +448,7 @@ def test_sweep_end_to_end(pristine, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     folder = tmp_path / "results" / "celeba"
     for name in ("baseline", "graddrop"):
-        run = folder / "runs" / name / "seed=0"
+        run = run_dir(folder, name, 0)
         m = json.loads((run / "metrics.json").read_text())
         assert m["status"] == "completed", m.get("reason")
         assert (m["task"], m["combiner"], m["model"]) == ("celeba", name, "small_cnn")

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import run_cli, run_dir
 from mtbench import MtbenchError
 from mtbench.combiners import COMBINERS, build_combiner
 from mtbench.data import build_task
@@ -404,14 +404,14 @@ def sweep(tmp_path_factory, data_root, weights):
 def test_sweep_runs_every_combiner(sweep):
     folder, _ = sweep
     for name in COMBINERS:
-        m = json.loads((folder / "runs" / name / "seed=0" / "metrics.json").read_text())
+        m = json.loads((run_dir(folder, name, 0) / "metrics.json").read_text())
         assert m["status"] == "completed", m.get("reason")
         assert (m["task"], m["model"], m["select_metric"]) == ("cifar100_transfer", "resnet18", "top1_error")
         for split in ("val", "test"):
             assert set(m[split]) == {"top1_error", "top5_error", "source_agreement"}
             assert all(0 <= v <= 100 for v in m[split].values())
         assert m["steps"] == 2 and m["config"]["model"]["weights"] == m["config"]["task"]["weights"]
-        classes = pd.read_csv(folder / "runs" / name / "seed=0" / "per_attribute.csv")
+        classes = pd.read_csv(run_dir(folder, name, 0) / "per_attribute.csv")
         assert len(classes) == 100 and classes["count"].sum() == N_TEST
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_dir, run_path
 from mtbench.combiners import COMBINERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -42,7 +42,7 @@ def test_sweep_writes_every_run(sweep):
     assert not (cwd / "outputs").exists() and not (cwd / "multirun").exists()
     for name in COMBINERS:
         for seed in (0, 1):
-            run = cwd / "results" / "shapes40" / "runs" / name / f"seed={seed}"
+            run = run_dir(cwd / "results" / "shapes40", name, seed)
             m = json.loads((run / "metrics.json").read_text())
             assert m["status"] == "completed", m.get("reason")
             assert (m["task"], m["combiner"], m["seed"], m["epochs"]) == ("shapes40", name, seed, 2)
@@ -60,8 +60,7 @@ def test_sweep_writes_every_run(sweep):
 
 def test_sweep_seeds_differ_and_table_is_printed(sweep):
     cwd, proc = sweep
-    runs = cwd / "results" / "shapes40" / "runs" / "baseline"
-    a, b = (json.loads((runs / f"seed={s}" / "metrics.json").read_text()) for s in (0, 1))
+    a, b = (json.loads((run_dir(cwd / "results" / "shapes40", "baseline", s) / "metrics.json").read_text()) for s in (0, 1))
     assert a["val"] != b["val"], "two seeds gave identical results"
     assert "| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds |" in proc.stdout
     for name in COMBINERS:
@@ -77,7 +76,7 @@ def test_table_files(sweep):
     base = csv.set_index("combiner").loc["baseline"]
     assert base["speed_mean"] == pytest.approx(1.0, abs=0.5)
     # the table's means are the means of the runs' own numbers
-    errs = [json.loads((folder / "runs" / "baseline" / f"seed={s}" / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
+    errs = [json.loads((run_dir(folder, "baseline", s) / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
     assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
     md = (folder / "table.md").read_text()
     assert md.count("\n") == 2 + len(COMBINERS) and " ± " in md
@@ -110,7 +109,7 @@ def test_single_run_with_overrides(tmp_path, tiny):
     args = ["task=shapes40", "combiner=baseline", "seed=3", "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu"]
     proc = run_cli("mtbench", args + data, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads((tmp_path / "results/shapes40/runs/baseline/seed=3/metrics.json").read_text())
+    m = json.loads((tmp_path / run_path(args + data, "baseline", 3) / "metrics.json").read_text())
     assert m["status"] == "completed" and m["epochs"] == 1 and m["config"]["trainer"]["batch_size"] == 32
     assert m["steps"] == 192 // 32
 

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_dir
 from mtbench.combiners import COMBINERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,7 +38,7 @@ def test_preset_sweeps_every_combiner_over_three_seeds(preset, task):
     assert cfg.name == preset and cfg.task.name == task
     assert sweep_values(cfg, "combiner") == list(COMBINERS)
     assert sweep_values(cfg, "seed") == ["0", "1", "2"]
-    # the runs land in results/<preset>/runs/<combiner>/seed=<seed>/
+    # the runs land in results/<preset>/runs/<combiner>/<variant>/seed=<seed>/
     assert cfg.hydra.sweep.dir == f"results/{preset}"
 
 
@@ -73,7 +73,7 @@ def test_submitit_local_sweep_end_to_end(tmp_path):
     folder = tmp_path / "results" / "shapes40_compare"
     for name in ("baseline", "graddrop"):
         for seed in (0, 1):
-            m = json.loads((folder / "runs" / name / f"seed={seed}" / "metrics.json").read_text())
+            m = json.loads((run_dir(folder, name, seed) / "metrics.json").read_text())
             assert m["status"] == "completed" and (m["combiner"], m["seed"]) == (name, seed)
             assert m["config"]["name"] == "shapes40_compare"
     assert list((folder / ".submitit").glob("*/*_log.out")), "the runs did not go through submitit"

@@ -14,17 +14,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, command, run_cli
+from conftest import TINY, command, run_cli, run_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RUN = "results/shapes40/runs/baseline/seed=0"
-
 #: long enough (4 epochs x 100 steps) to be interrupted mid-run, still a few seconds
 LONGER = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs", "trainer.batch_size"))] + [
     "task.n_train=3200",
     "trainer.epochs=4",
     "trainer.batch_size=32",
 ]
+RUN = run_path(LONGER)  # the baseline's run folder, seed 0, of LONGER
+RUN_TINY = run_path(TINY)
 
 
 def numbers(run_dir: Path) -> dict:
@@ -93,17 +93,27 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
 def test_rerun_skips_completed_and_refuses_other_config(tmp_path):
     first = run_cli("mtbench", TINY, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    before = (tmp_path / RUN / "metrics.json").read_text()
+    before = (tmp_path / RUN_TINY / "metrics.json").read_text()
     again = run_cli("mtbench", TINY, cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stderr
-    assert (tmp_path / RUN / "metrics.json").read_text() == before
+    assert (tmp_path / RUN_TINY / "metrics.json").read_text() == before
+    # another setting is another variant: its own folder, the first run untouched
     other = run_cli("mtbench", TINY + ["trainer.lr=0.01"], cwd=tmp_path)
-    assert other.returncode == 2 and "Traceback" not in other.stderr
-    assert "trainer.lr: 0.003 -> 0.01" in other.stderr and "force=true" in other.stderr
-    assert (tmp_path / RUN / "metrics.json").read_text() == before
-    forced = run_cli("mtbench", TINY + ["trainer.lr=0.01", "force=true"], cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert (tmp_path / run_path(TINY + ["trainer.lr=0.01"]) / "metrics.json").is_file()
+    assert (tmp_path / RUN_TINY / "metrics.json").read_text() == before
+    # the same command line, but the folder's run had another resolved config (a changed default)
+    m = json.loads(before)
+    m["config"]["trainer"]["lr"] = 0.001
+    (tmp_path / RUN_TINY / "metrics.json").write_text(json.dumps(m))
+    changed = (tmp_path / RUN_TINY / "metrics.json").read_text()
+    refused = run_cli("mtbench", TINY, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "trainer.lr: 0.001 -> 0.003" in refused.stderr and "force=true" in refused.stderr
+    assert (tmp_path / RUN_TINY / "metrics.json").read_text() == changed
+    forced = run_cli("mtbench", TINY + ["force=true"], cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-3000:]
-    assert json.loads((tmp_path / RUN / "metrics.json").read_text())["config"]["trainer"]["lr"] == 0.01
+    assert json.loads((tmp_path / RUN_TINY / "metrics.json").read_text())["config"]["trainer"]["lr"] == 0.003
 
 
 def test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on(tmp_path):
@@ -111,10 +121,10 @@ def test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
     proc = run_cli("mtbench", args, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    bad = json.loads((tmp_path / "results/shapes40/runs/nan_head/seed=0/metrics.json").read_text())
+    bad = json.loads((tmp_path / run_path(TINY, "nan_head") / "metrics.json").read_text())
     assert bad["status"] == "failed"
     assert "non-finite loss at epoch 1, step 2" in bad["reason"] and "gradient_background" in bad["reason"]
-    good = json.loads((tmp_path / RUN / "metrics.json").read_text())
+    good = json.loads((tmp_path / RUN_TINY / "metrics.json").read_text())
     assert good["status"] == "completed"
     table = (tmp_path / "results/shapes40/table.md").read_text()
     assert "| nan_head |" in table and "1 failed" in table

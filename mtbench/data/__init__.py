@@ -54,3 +54,14 @@ def build_task(cfg: DictConfig) -> Task:
     except KeyError:
         raise MtbenchError(f"task.name={cfg.name!r} is unknown; the tasks are: {', '.join(TASKS)}") from None
     return builder(cfg)
+
+
+def metric_columns(name: str) -> tuple[MetricColumn, ...]:
+    """The metric columns of the task ``name`` (without building it); empty for an unknown task."""
+    if name in ("shapes40", "celeba"):
+        return BinaryAttributeTask.metric_columns
+    if name == "cifar100_transfer":
+        from mtbench.data.cifar100 import COLUMNS
+
+        return tuple(COLUMNS)
+    return ()

@@ -1,11 +1,12 @@
 """Hydra callback: rebuild and print the comparison tables (and draw the plots) when a run or a
 sweep ends.
 
-The tables are built from the files on disk (``results/<name>/runs/*/*/metrics.json``), not
-from the jobs' return values, so this works the same with every launcher: the basic one (jobs
+The tables are built from the files on disk (``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json``),
+not from the jobs' return values, so this works the same with every launcher: the basic one (jobs
 in this process), ``joblib`` (worker processes) and ``submitit_local`` / ``submitit_slurm``
 (other processes or machines; ``on_multirun_end`` runs in the submitting process once every
-job has returned).
+job has returned). A sweep whose jobs write into several folders (``-m name=a,b``) gets the
+tables of each: the folders are read from the command's manifest (``sweep.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mtbench.report import sweep
 from mtbench.report.table import NoRuns, report
 
 
@@ -36,7 +38,9 @@ class TableCallback(Callback):
             print(f"mtbench: could not write the tables in {folder}: {e}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._tables(Path(config.hydra.sweep.dir))
+        folders = sweep.folders() or [Path(config.hydra.sweep.dir)]
+        for folder in folders:
+            self._tables(folder)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._tables(Path(config.results_dir) / config.name)

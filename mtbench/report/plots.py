@@ -1,10 +1,11 @@
 """The comparison plots, PNG and PDF next to the tables in ``results/<name>/``:
 
-- ``error_vs_speed.{png,pdf}``: each combiner's test error (the runs' first metric) against its
+- ``error_vs_speed.{png,pdf}``: each row's test error (the runs' first metric) against its
   training speed relative to the baseline (log scale); one small marker per seed, a large one at
-  the mean over seeds; one colour and marker shape per combiner.
-- ``val_curves.{png,pdf}``: the validation error per epoch, one panel per combiner: the mean over
-  seeds and a band from the lowest to the highest seed, with the baseline's in grey for reference.
+  the mean over seeds; one colour per combiner, one marker shape per variant of it.
+- ``val_curves.{png,pdf}``: the validation error per epoch, one panel per row of the table
+  (combiner and variant): the mean over seeds and a band from the lowest to the highest seed,
+  with the baseline's in grey for reference.
 
 Drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no display needed).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtbench.report.table import completed_with_speed, load_runs, ordered
+from mtbench.report.table import completed_with_speed, load_runs, ordered, row_keys
 
 #: (colour, marker) of the paper's combiners; GradDrop red, the baseline dark grey
 _STYLES = {
@@ -41,6 +42,28 @@ def style(names: list[str]) -> dict[str, tuple[str, str]]:
     folders agree; the others take the remaining ones in alphabetical order."""
     extra = [n for n in ordered(names) if n not in _STYLES]
     return {n: _STYLES[n] if n in _STYLES else _EXTRA[extra.index(n) % len(_EXTRA)] for n in ordered(names)}
+
+
+def _rows(done: pd.DataFrame) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The labels of the table's rows in order, and (colour, marker) per label: the combiner's
+    colour; its marker for the first variant, other shapes for the next ones."""
+    if "label" not in done.columns:
+        done = done.assign(variant="default", label=done["combiner"], started_at="")
+    keys = row_keys(done)
+    labels = {(c, v): lab for c, v, lab in zip(done["combiner"], done["variant"], done["label"])}
+    colours = style([c for c, _ in keys])
+    shapes = [m for _, m in _STYLES.values()]
+    out: dict[str, tuple[str, str]] = {}
+    seen: dict[str, int] = {}
+    for c, v in keys:
+        colour, marker = colours[c]
+        i = seen.get(c, 0)
+        seen[c] = i + 1
+        if i:
+            others = [m for m in shapes if m != marker]
+            marker = others[(i - 1) % len(others)]
+        out[labels[(c, v)]] = (colour, marker)
+    return [labels[k] for k in keys], out
 
 
 def _save(fig, folder: Path, stem: str) -> list[Path]:
@@ -87,13 +110,14 @@ def plot_error_vs_speed(done: pd.DataFrame, columns, folder: Path) -> list[Path]
     done = done[done[col].notna() & (done["speed"] > 0)]
     if done.empty:
         return []
-    names = ordered(done["combiner"].unique())
-    styles = style(names)
-    seeds = done.groupby("combiner")["seed"].nunique()
+    if "label" not in done.columns:
+        done = done.assign(label=done["combiner"])
+    names, styles = _rows(done)
+    seeds = done.groupby("label")["seed"].nunique()
     fig, ax = _figure(7.6, 4.6)
     ax.axvline(1.0, color="0.6", lw=0.8, ls=":", zorder=0)
     for name in names:
-        sub = done[done["combiner"] == name]
+        sub = done[done["label"] == name]
         colour, marker = styles[name]
         big = 1.7 if marker == "*" else 1.0  # a star looks smaller than the other markers at the same size
         ax.scatter(sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2)
@@ -133,6 +157,9 @@ def load_histories(done: pd.DataFrame) -> pd.DataFrame:
             warnings.warn(f"skipping {path}: {type(e).__name__}: {e}", stacklevel=2)
             continue
         frame.insert(0, "seed", run["seed"])
+        frame.insert(0, "label", run.get("label", run["combiner"]))
+        frame.insert(0, "started_at", run.get("started_at", ""))
+        frame.insert(0, "variant", run.get("variant", "default"))
         frame.insert(0, "combiner", run["combiner"])
         parts.append(frame)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -140,7 +167,7 @@ def load_histories(done: pd.DataFrame) -> pd.DataFrame:
 
 def _epoch_stats(histories: pd.DataFrame, name: str, col: str) -> pd.DataFrame:
     """Per epoch: mean, lowest and highest over the combiner's seeds, and their number."""
-    sub = histories[histories["combiner"] == name].groupby("epoch")[col]
+    sub = histories[histories["label"] == name].groupby("epoch")[col]
     return pd.DataFrame({"mean": sub.mean(), "lo": sub.min(), "hi": sub.max(), "n": sub.count()}).dropna(subset=["mean"])
 
 
@@ -156,10 +183,14 @@ def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path
     col = f"val_{key}"
     if histories.empty or col not in histories.columns or "epoch" not in histories.columns:
         return []
-    names = ordered(histories["combiner"].unique())
-    styles = style(names)
+    names, styles = _rows(histories)
     stats = {name: _epoch_stats(histories, name, col) for name in names}
-    base = stats.get("baseline")
+    base_rows = histories[histories["combiner"] == "baseline"]
+    base_label = None
+    if len(base_rows):
+        default = base_rows[base_rows["variant"] == "default"]
+        base_label = str((default if len(default) else base_rows)["label"].iloc[0])
+    base = stats.get(base_label) if base_label else None
     ncols = min(3, len(names))
     nrows = -(-len(names) // ncols)
     fig = Figure(figsize=(3.1 * ncols + 0.6, 2.3 * nrows + 1.1), layout="constrained")
@@ -167,7 +198,7 @@ def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path
     for ax, name in zip(axes, names):
         st = stats[name]
         colour, marker = styles[name]
-        if base is not None and name != "baseline" and len(base):
+        if base is not None and name != base_label and len(base):
             ax.fill_between(base.index, base["lo"], base["hi"], color="0.5", alpha=0.12, linewidth=0)
             ax.plot(base.index, base["mean"], color="0.45", lw=1.2, ls="--")
         n = int(st["n"].max()) if len(st) else 0

@@ -2,20 +2,32 @@
 
     mtbench-table results/<name>
 
-reads every ``results/<name>/runs/<combiner>/seed=<seed>/metrics.json`` and writes, there:
+reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`` and writes, there:
 
-- ``table.md``, ``table.csv``, ``table.tex``: one row per combiner; each metric of the runs'
+- ``table.md``, ``table.csv``, ``table.tex``: one row per (combiner, variant), combiners in the
+  paper's order, the variants of each in the order they were first run (``default`` first); the
+  row label is the combiner and, unless ``default``, its settings. ``table.csv`` also has the
+  columns ``combiner``, ``variant`` and one per swept key. Each metric of the runs'
   ``metric_columns`` as mean +- std over seeds (sample std, n-1), the best mean of each column in
   bold (md, tex); the speed relative to the baseline; the number of seeds; and whether the
   combiner's first metric (the error rate) differs from the baseline's beyond the seed-to-seed
   spread (Welch's two-sided t-test, ``significance.py``). Speed vs baseline of a run is the mean
-  ``train_step_s`` of the baseline's runs in the same folder divided by the run's own
-  ``train_step_s``; the table gives its mean +- std over the combiner's seeds. When the paper's
+  ``train_step_s`` of its reference baseline runs divided by the run's own ``train_step_s``; the
+  table gives its mean +- std over the row's seeds. The reference of a row (for the speed and the
+  t-test) is the baseline variant with the same non-combiner settings (the same ``trainer.lr``,
+  say) when there is one, else the ``default`` baseline; a ``compared with`` column names it
+  whenever a table has more than one baseline variant. When the paper's
   numbers for the runs' task exist (``results/paper/<task>.csv``), they stand in a column beside
   each of ours.
 - ``per_attribute.{md,csv,tex}`` (tasks with a ``per_attribute.csv`` per run): for every
   attribute, each combiner's test error minus the baseline's (means over seeds, percentage points).
+- ``table_tuned.{md,csv,tex}`` (``--select val``, and whenever some combiner has more than one
+  variant): one row per combiner, the variant with the best mean validation score over seeds
+  (the runs' select metric; ties: the fewer changed keys, then the earlier variant) with its
+  test metrics, its settings and how many variants were tried. The test split never chooses.
 - the plots (``plots.py``), unless told not to.
+
+A folder whose runs all failed gets ``table.md`` listing each run's status instead (``NoRuns``).
 """
 
 from __future__ import annotations
@@ -73,6 +85,36 @@ class Tables:
     per_attribute: pd.DataFrame | None = None  # numeric, one row per attribute
     written: list[Path] = field(default_factory=list)  # every file written
     runs: pd.DataFrame | None = None  # one row per run (load_runs)
+    tuned: pd.DataFrame | None = None  # one row per combiner, tuned on validation (table_tuned.*)
+    tuned_markdown: str | None = None
+
+
+def run_files(folder: Path | str) -> list[Path]:
+    """Every run's ``metrics.json`` under ``folder``: ``runs/<combiner>/<variant>/seed=<seed>/``
+    (and the older ``runs/<combiner>/seed=<seed>/``, read as variant ``default``)."""
+    folder = Path(folder)
+    found = set(folder.glob(f"runs/*/*/seed=*/{METRICS}")) | set(folder.glob(f"runs/*/seed=*/{METRICS}"))
+    return sorted(found)
+
+
+def label(combiner: str, variant: str, overrides: dict[str, str] | None = None, common: dict[str, str] | None = None) -> str:
+    """A row's label: the combiner and, unless ``default``, its settings (``graddrop (leak=0.5)``),
+    leaving out the ``common`` ones (those every row of the table shares)."""
+    common = common or {}
+    if variant == "default" or overrides is None:
+        return combiner if variant == "default" else f"{combiner} ({variant})"
+    shown = [f"{k[len('combiner.'):] if k.startswith('combiner.') else k}={v}" for k, v in overrides.items() if common.get(k) != v]
+    return f"{combiner} ({', '.join(shown)})" if shown else combiner
+
+
+def common_settings(runs: pd.DataFrame) -> dict[str, str]:
+    """The settings every run of the frame shares (same key, same value): said once for the
+    whole table instead of in each row's label."""
+    if runs.empty or "overrides" not in runs:
+        return {}
+    all_overrides = [dict(o or {}) for o in runs["overrides"]]
+    first = all_overrides[0]
+    return {k: v for k, v in first.items() if all(o.get(k) == v for o in all_overrides[1:])}
 
 
 def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[str, str, bool], ...]]:
@@ -80,23 +122,32 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
 
     Returns the frame, the files skipped (corrupt), the number of runs in progress, and the
     metric columns (as the runs' ``metric_columns`` name them). The frame has the columns
-    ``combiner``, ``seed``, ``status``, ``task``, ``run_dir`` and, for completed runs,
-    ``test_<key>`` per metric and ``train_step_s``.
+    ``combiner``, ``variant``, ``overrides`` (a dict), ``label``, ``seed``, ``status``, ``reason``,
+    ``task``, ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
+    ``train_step_s``, ``val_select`` (the validation select metric), ``select_metric`` and
+    ``select_higher``.
     """
     records, skipped, in_progress = [], [], 0
     columns: tuple[tuple[str, str, bool], ...] | None = None
-    for path in sorted(Path(folder).glob(f"runs/*/*/{METRICS}")):
+    for path in run_files(folder):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
             status = m["status"]
-            record = {"combiner": str(m["combiner"]), "seed": m["seed"], "status": status}
-            record.update(task=str(m.get("task", "")), run_dir=str(path.parent))
+            overrides = {str(k): str(v) for k, v in dict(m.get("overrides") or {}).items()}
+            variant = str(m.get("variant") or "default")
+            record = {"combiner": str(m["combiner"]), "variant": variant, "overrides": overrides, "seed": m["seed"], "status": status}
+            record.update(label=label(record["combiner"], variant, overrides), reason=m.get("reason"))
+            record.update(task=str(m.get("task", "")), run_dir=str(path.parent), started_at=str(m.get("started_at") or ""))
             if status == "completed":
                 cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
                 record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
                 record["train_step_s"] = float(m["train_step_s"])
+                select = str(m.get("select_metric") or cols[0][0])
+                higher = {k: hi for k, _, hi in cols}.get(select, cols[0][2])
+                value = (m.get("val") or {}).get(select)
+                record.update(val_select=float(value) if value is not None else math.nan, select_metric=select, select_higher=bool(higher))
                 columns = columns or cols
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             warnings.warn(f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2)
             skipped.append(str(path))
             continue
@@ -104,7 +155,11 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             in_progress += 1
             continue
         records.append(record)
-    return pd.DataFrame.from_records(records), skipped, in_progress, columns or DEFAULT_COLUMNS
+    frame = pd.DataFrame.from_records(records)
+    if len(frame):
+        common = common_settings(frame)
+        frame["label"] = [label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])]
+    return frame, skipped, in_progress, columns or DEFAULT_COLUMNS
 
 
 def _order_key(name: str) -> tuple[int, str]:
@@ -116,12 +171,47 @@ def ordered(names) -> list[str]:
     return sorted(set(names), key=_order_key)
 
 
+def row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The table's rows, ``(combiner, variant)``: combiners in the paper's order, the variants of
+    each in the order they were first run (``default`` first)."""
+    if runs.empty:
+        return []
+    first = runs.groupby(["combiner", "variant"])["started_at"].min()
+    out = []
+    for name in ordered(runs["combiner"].unique()):
+        variants = first.loc[name]
+        out += [(name, v) for v in sorted(variants.index, key=lambda v: (v != "default", variants[v], v))]
+    return out
+
+
+def _settings(runs: pd.DataFrame, combiner: str, variant: str) -> dict[str, str]:
+    sub = runs[(runs["combiner"] == combiner) & (runs["variant"] == variant)]
+    return dict(sub["overrides"].iloc[0]) if len(sub) else {}
+
+
+def reference(runs: pd.DataFrame, combiner: str, variant: str) -> str | None:
+    """The baseline variant a row is compared with: the one with the same non-combiner settings,
+    else ``default``; None when the folder has neither."""
+    done = runs[(runs["status"] == "completed") & (runs["combiner"] == "baseline")]
+    if done.empty:
+        return None
+    own = {k: v for k, v in _settings(runs, combiner, variant).items() if not k.startswith("combiner.")}
+    for v in dict.fromkeys(done["variant"]):
+        if {k: x for k, x in _settings(runs, "baseline", v).items() if not k.startswith("combiner.")} == own:
+            return str(v)
+    return "default" if (done["variant"] == "default").any() else None
+
+
 def completed_with_speed(runs: pd.DataFrame) -> pd.DataFrame:
-    """The completed runs, with ``speed``: the baseline's mean step time over the run's own."""
+    """The completed runs, with ``speed`` (the mean step time of the row's reference baseline
+    runs over the run's own) and ``reference`` (that baseline's variant; empty without one)."""
     done = runs[runs["status"] == "completed"].copy()
-    base = done.loc[done["combiner"] == "baseline", "train_step_s"]
-    base_step = base.mean() if len(base) else math.nan
-    done["speed"] = base_step / done["train_step_s"]
+    if done.empty:
+        return done.assign(speed=pd.Series(dtype=float), reference=pd.Series(dtype=object))
+    refs = {key: reference(runs, *key) for key in row_keys(done)}
+    base = done[done["combiner"] == "baseline"].groupby("variant")["train_step_s"].mean()
+    done["reference"] = [refs.get((c, v)) or "" for c, v in zip(done["combiner"], done["variant"])]
+    done["speed"] = [base.get(r, math.nan) / t if r else math.nan for r, t in zip(done["reference"], done["train_step_s"])]
     return done
 
 
@@ -146,30 +236,46 @@ def find_paper(folder: Path | str, task: str) -> Path | None:
     return None
 
 
-def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Numeric table, one row per combiner, in the paper's order.
+def swept_keys(runs: pd.DataFrame) -> list[str]:
+    """Every key some row's variant sets, sorted."""
+    return sorted({k for o in runs["overrides"] for k in (o or {})}) if "overrides" in runs else []
 
-    Per metric ``k`` (and for ``speed``, ``train_step_s``): ``test_k_mean``, ``test_k_std``; then
-    ``seeds``, ``failed``; the Welch t-test of the first metric against the baseline's seeds
+
+def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Numeric table, one row per (combiner, variant), in the order of :func:`row_keys`.
+
+    Columns: ``combiner``, ``variant``, ``label``, one per swept key (the row's value, empty when
+    it does not set it), ``reference`` (the baseline variant it is compared with); per metric
+    ``k`` (and for ``speed``, ``train_step_s``): ``test_k_mean``, ``test_k_std``; then ``seeds``,
+    ``failed``; the Welch t-test of the first metric against the reference baseline's seeds
     (``diff_vs_baseline``, ``t_vs_baseline``, ``df_vs_baseline``, ``p_vs_baseline``,
     ``significant``: empty when either side has fewer than two seeds); and, given the paper's
-    numbers, ``paper_<k>`` and ``paper_speed``.
+    numbers, ``paper_<k>`` and ``paper_speed`` (the paper's number for the method, on each of
+    its rows).
     """
     done = completed_with_speed(runs)
     primary = f"test_{columns[0][0]}"
-    base_vals = done.loc[done["combiner"] == "baseline", primary].dropna().tolist() if primary in done else []
+    keys = swept_keys(runs)
     rows = []
-    for name in ordered(runs["combiner"].unique()):
-        sub = done[done["combiner"] == name]
-        row: dict[str, Any] = {"combiner": name, "seeds": len(sub)}
+    for name, variant in row_keys(runs):
+        sub = done[(done["combiner"] == name) & (done["variant"] == variant)]
+        settings = _settings(runs, name, variant)
+        mine = runs[(runs["combiner"] == name) & (runs["variant"] == variant)]
+        row: dict[str, Any] = {"combiner": name, "variant": variant, "label": str(mine["label"].iloc[0]) if "label" in mine else name}
+        row.update({k: settings.get(k, "") for k in keys})
+        ref = reference(runs, name, variant)
+        row["reference"] = ref or ""
+        row["seeds"] = len(sub)
         for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s"]:
             vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
             row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
-        row["failed"] = int((runs[runs["combiner"] == name]["status"] == "failed").sum())
+        row["failed"] = int((mine["status"] == "failed").sum())
         vals = sub[primary].dropna().tolist() if primary in sub else []
+        base = done[(done["combiner"] == "baseline") & (done["variant"] == ref)]
+        base_vals = base[primary].dropna().tolist() if primary in base else []
         row.update(diff_vs_baseline=math.nan, t_vs_baseline=math.nan, df_vs_baseline=math.nan, p_vs_baseline=math.nan, significant=None)
-        if name != "baseline" and len(vals) >= 2 and len(base_vals) >= 2:
+        if (name, variant) != ("baseline", ref) and len(vals) >= 2 and len(base_vals) >= 2:
             res = welch_t_test(vals, base_vals)
             row.update(diff_vs_baseline=res.diff, t_vs_baseline=res.t, df_vs_baseline=res.df, p_vs_baseline=res.p, significant=res.significant())
         if paper is not None:
@@ -179,6 +285,24 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
                     row[f"paper_{key}"] = float(value) if pd.notna(value) else math.nan
         rows.append(row)
     return pd.DataFrame.from_records(rows)
+
+
+def _shows_reference(table: pd.DataFrame) -> bool:
+    """Whether the table needs its ``compared with`` column (more than one baseline variant, or a
+    row compared with a non-default one)."""
+    if "reference" not in table.columns:
+        return False
+    baselines = table.loc[table["combiner"] == "baseline", "variant"]
+    return len(baselines) > 1 or bool((table["reference"].fillna("").isin(["", "default"]) == False).any())  # noqa: E712
+
+
+def _reference_cell(row: pd.Series, runs_label) -> str:
+    ref = row.get("reference") or ""
+    if not ref:
+        return "n/a"
+    if row["combiner"] == "baseline" and row["variant"] == ref:
+        return "itself"
+    return runs_label(ref)
 
 
 def _fmt(mean: float, std: float, digits: int = 2, pm: str = " ± ") -> str:
@@ -200,7 +324,7 @@ def _best(values: pd.Series, higher: bool, digits: int = 2) -> set[int]:
 
 
 def _sig_cell(row: pd.Series, higher: bool) -> str:
-    if row["combiner"] == "baseline":
+    if row["combiner"] == "baseline" and row.get("variant", "default") == (row.get("reference") or "default"):
         return "—"
     p = row.get("p_vs_baseline", math.nan)
     if p is None or pd.isna(p):
@@ -227,8 +351,10 @@ def _layout(table: pd.DataFrame, columns) -> list[tuple[str, str | None, bool | 
 
 
 def _headers(columns, table: pd.DataFrame | None = None) -> list[str]:
-    layout = _layout(table if table is not None else pd.DataFrame(), columns)
-    return ["combiner"] + [h for h, _, _ in layout] + ["seeds", SIG_HEADER]
+    table = table if table is not None else pd.DataFrame()
+    layout = _layout(table, columns)
+    extra = ["compared with"] if _shows_reference(table) else []
+    return ["combiner"] + [h for h, _, _ in layout] + ["seeds"] + extra + [SIG_HEADER]
 
 
 def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
@@ -238,8 +364,10 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
         best[col] = _best(values, bool(higher))
     rows = []
+    labels = {(r["combiner"], r["variant"]): r["label"] for _, r in table.iterrows()} if "label" in table.columns else {}
+    shows_reference = _shows_reference(table)
     for i, (_, row) in enumerate(table.iterrows()):
-        cells = [str(row["combiner"])]
+        cells = [str(row.get("label", row["combiner"]))]
         for _, col, _ in layout:
             if f"{col}_mean" in table.columns:
                 text = _fmt(row[f"{col}_mean"], row[f"{col}_std"], pm=pm)
@@ -250,6 +378,8 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
         if row["failed"]:
             seeds += f" (+{int(row['failed'])} failed)"
         cells.append(seeds)
+        if shows_reference:
+            cells.append(_reference_cell(row, lambda v: labels.get(("baseline", v), f"baseline ({v})")))
         cells.append(_sig_cell(row, columns[0][2]))
         rows.append(cells)
     return rows
@@ -257,7 +387,8 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
 
 def to_markdown(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     head = _headers(columns, table)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+    numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * numeric + ["---"] * (len(head) - 1 - numeric)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in _rows(table, columns, " ± ", lambda s: f"**{s}**")]
     return "\n".join(lines) + "\n"
 
@@ -274,9 +405,10 @@ def _tex_text(s: str) -> str:
 
 def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     head = [_tex_text(h) for h in _headers(columns, table)]
+    n_numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
     lines = [r"\begin{tabular}{l" + "r" * (len(head) - 2) + "l}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     for cells in _rows(table, columns, r" $\pm$ ", lambda s: r"\textbf{" + s + "}"):
-        cells = [_tex_text(cells[0])] + cells[1:-1] + [_tex_text(cells[-1])]
+        cells = [_tex_text(cells[0])] + [c if i < n_numeric else _tex_text(c) for i, c in enumerate(cells[1:-1])] + [_tex_text(cells[-1])]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -287,7 +419,7 @@ def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
 
 
 def load_per_attribute(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long frame (combiner, seed, attribute, base_rate, error) from the completed runs'
+    """Long frame (combiner, variant, seed, attribute, base_rate, error) from the completed runs'
     ``per_attribute.csv``; empty when no run has one."""
     parts = []
     for _, run in runs[runs["status"] == "completed"].iterrows():
@@ -301,28 +433,45 @@ def load_per_attribute(runs: pd.DataFrame) -> pd.DataFrame:
             warnings.warn(f"skipping {path}: {type(e).__name__}: {e}", stacklevel=2)
             continue
         frame.insert(0, "seed", run["seed"])
+        frame.insert(0, "variant", run.get("variant", "default"))
         frame.insert(0, "combiner", run["combiner"])
         parts.append(frame)
     if not parts:
-        return pd.DataFrame(columns=["combiner", "seed", "attribute", "base_rate", "error"])
+        return pd.DataFrame(columns=["combiner", "variant", "seed", "attribute", "base_rate", "error"])
     return pd.concat(parts, ignore_index=True)
 
 
-def per_attribute_table(long: pd.DataFrame) -> pd.DataFrame | None:
-    """One row per attribute (in the runs' order): ``base_rate`` (%), ``baseline`` (its test
-    error, %, mean over seeds) and, per other combiner, its mean error minus the baseline's
-    (percentage points; negative = the combiner helps that attribute). None without baseline runs."""
+def per_attribute_table(long: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """One row per attribute (in the runs' order): ``base_rate`` (%), ``baseline`` (the default
+    baseline's test error, %, mean over seeds; the first baseline variant without a default) and,
+    per other row of the main table (by its label), its mean error minus its reference
+    baseline's (percentage points; negative = the row helps that attribute). None without
+    baseline runs."""
     if long.empty or "baseline" not in set(long["combiner"]):
         return None
+    if "variant" not in long.columns:
+        long = long.assign(variant="default")
+    if runs is None:  # only the long frame: every row is a completed run without settings
+        runs = long.drop_duplicates(["combiner", "variant", "seed"])[["combiner", "variant", "seed"]].copy()
+        runs["status"], runs["started_at"] = "completed", ""
+        runs["overrides"] = [{} for _ in range(len(runs))]
     attributes = list(dict.fromkeys(long["attribute"]))
-    means = long.groupby(["combiner", "attribute"])["error"].mean().unstack("attribute")
-    base = means.loc["baseline"]
+    means = long.groupby(["combiner", "variant", "attribute"])["error"].mean()
+    base_variants = list(dict.fromkeys(long.loc[long["combiner"] == "baseline", "variant"]))
+    shown_base = "default" if "default" in base_variants else base_variants[0]
     out = pd.DataFrame({"attribute": attributes})
     out["base_rate"] = [100 * long.loc[long["attribute"] == a, "base_rate"].iloc[0] for a in attributes]
-    out["baseline"] = [base[a] for a in attributes]
-    for name in ordered(long["combiner"].unique()):
-        if name != "baseline":
-            out[name] = [means.loc[name, a] - base[a] for a in attributes]
+    out["baseline"] = [means[("baseline", shown_base, a)] for a in attributes]
+    present = set(zip(long["combiner"], long["variant"]))
+    for name, variant in row_keys(runs):
+        if (name, variant) not in present or (name, variant) == ("baseline", shown_base):
+            continue
+        ref = reference(runs, name, variant)
+        if ref is None or ("baseline", ref) not in present or (name, variant) == ("baseline", ref):
+            continue
+        mine = runs[(runs["combiner"] == name) & (runs["variant"] == variant)]
+        column = str(mine["label"].iloc[0]) if "label" in mine and len(mine) else label(name, variant)
+        out[column] = [means[(name, variant, a)] - means[("baseline", ref, a)] for a in attributes]
     return out
 
 
@@ -366,14 +515,128 @@ def per_attribute_latex(frame: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_tables(folder: Path | str, paper: Path | str | None = None) -> Tables:
+def status_table(runs: pd.DataFrame) -> str:
+    """Markdown: one line per run with its status (and reason), for a folder without a completed run."""
+    lines = ["| combiner | variant | seed | status | reason |", "|---|---|---:|---|---|"]
+    for _, r in runs.sort_values(["combiner", "variant", "seed"], key=lambda c: c.map(str)).iterrows():
+        reason = str(r.get("reason") or "").replace("|", "/").replace("\n", " ")
+        lines.append(f"| {r['combiner']} | {r['variant']} | {r['seed']} | {r['status']} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
+    """One row per combiner: its variant with the best mean validation score over seeds (the
+    runs' select metric; ties: the fewer changed keys, then the earlier variant), with that
+    variant's test metrics, ``settings``, ``variants_tried``, ``val_mean``; ``speed`` and the
+    Welch t-test (columns as in :func:`aggregate`) are against the tuned baseline. The test
+    split never chooses."""
+    done = runs[runs["status"] == "completed"]
+    keys = row_keys(done)
+    common = common_settings(runs)
+    chosen: dict[str, tuple[str, float, int, int]] = {}  # variant, score (lower is better), keys, rank
+    tried: dict[str, int] = {}
+    for rank, (name, variant) in enumerate(keys):
+        sub = done[(done["combiner"] == name) & (done["variant"] == variant)]
+        val = sub["val_select"].dropna()
+        if val.empty:
+            continue
+        tried[name] = tried.get(name, 0) + 1
+        higher = bool(sub["select_higher"].iloc[0])
+        score = -val.mean() if higher else val.mean()  # lower is better
+        n_keys = len(_settings(done, name, variant))
+        best = chosen.get(name)
+        if best is None or (score, n_keys, rank) < best[1:]:
+            chosen[name] = (variant, score, n_keys, rank)
+    primary = f"test_{columns[0][0]}"
+    base_variant = chosen.get("baseline", (None,))[0]
+    base = done[(done["combiner"] == "baseline") & (done["variant"] == base_variant)] if base_variant else done.iloc[0:0]
+    base_step = base["train_step_s"].mean() if len(base) else math.nan
+    base_vals = base[primary].dropna().tolist() if primary in base else []
+    rows = []
+    for name in ordered(chosen):
+        variant = chosen[name][0]
+        sub = done[(done["combiner"] == name) & (done["variant"] == variant)]
+        settings = _settings(done, name, variant)
+        row: dict[str, Any] = {"combiner": name, "variant": variant, "label": name, "reference": base_variant or ""}
+        row["settings"] = ", ".join(f"{k}={v}" for k, v in settings.items() if common.get(k) != v) or "default"
+        row.update({f"setting:{k}": v for k, v in settings.items()})
+        row["variants_tried"] = tried[name]
+        row["select_metric"] = str(sub["select_metric"].iloc[0])
+        row["val_mean"] = float(sub["val_select"].mean())
+        row["seeds"] = len(sub)
+        for col in [f"test_{k}" for k, _, _ in columns]:
+            vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
+            row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
+            row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
+        speed = base_step / sub["train_step_s"]
+        row["speed_mean"] = speed.mean() if len(speed) else math.nan
+        row["speed_std"] = speed.std(ddof=1) if len(speed) > 1 else math.nan
+        row["failed"] = 0
+        vals = sub[primary].dropna().tolist()
+        row.update(diff_vs_baseline=math.nan, t_vs_baseline=math.nan, df_vs_baseline=math.nan, p_vs_baseline=math.nan, significant=None)
+        if name != "baseline" and len(vals) >= 2 and len(base_vals) >= 2:
+            res = welch_t_test(vals, base_vals)
+            row.update(diff_vs_baseline=res.diff, t_vs_baseline=res.t, df_vs_baseline=res.df, p_vs_baseline=res.p, significant=res.significant())
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+def _tuned_markdown(frame: pd.DataFrame, columns) -> str:
+    body = to_markdown(frame.drop(columns="reference").assign(variant="default"), columns).splitlines()
+    head = body[0][:-1] + "| settings chosen on validation | variants tried |"
+    rule = body[1] + "---|---:|"
+    rows = [line[:-1] + f"| {r['settings']} | {int(r['variants_tried'])} |" for line, (_, r) in zip(body[2:], frame.iterrows())]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def _tuned_latex(frame: pd.DataFrame, columns) -> str:
+    lines = to_latex(frame.drop(columns="reference").assign(variant="default"), columns).splitlines()
+    lines[0] = lines[0][:-1] + "ll}"
+    lines[2] = lines[2][: -len(r" \\")] + r" & settings chosen on validation & variants tried \\"
+    body = [i for i, line in enumerate(lines) if line.endswith(r"\\")][1:]
+    for i, (_, r) in zip(body, frame.iterrows()):
+        lines[i] = lines[i][: -len(r" \\")] + f" & {_tex_escape(r['settings'])} & {int(r['variants_tried'])}" + r" \\"
+    return "\n".join(lines) + "\n"
+
+
+def write_tuned(folder: Path | str, runs: pd.DataFrame | None = None, columns=None) -> tuple[pd.DataFrame, str, list[Path]]:
+    """Write ``table_tuned.{md,csv,tex}`` in ``folder``; the frame, its markdown and the files."""
+    folder = Path(folder)
+    if runs is None or columns is None:
+        runs, _, _, columns = load_runs(folder)
+    frame = tuned(runs, columns)
+    if frame.empty:
+        raise NoRuns(f"no completed run with a validation score in {folder}: nothing to tune")
+    md, tex = _tuned_markdown(frame, columns), _tuned_latex(frame, columns)
+    written = [folder / "table_tuned.csv", folder / "table_tuned.md", folder / "table_tuned.tex"]
+    atomic_write_text(written[0], frame.to_csv(index=False))
+    atomic_write_text(written[1], md)
+    atomic_write_text(written[2], tex)
+    return frame, md, written
+
+
+def has_variants(runs: pd.DataFrame) -> bool:
+    """Whether some combiner has more than one variant among the completed runs."""
+    done = runs[runs["status"] == "completed"] if not runs.empty else runs
+    return bool(len(done)) and bool((done.groupby("combiner")["variant"].nunique() > 1).any())
+
+
+def build_tables(folder: Path | str, paper: Path | str | None = None, select: str | None = None) -> Tables:
     """Aggregate the runs under ``folder`` and write ``table.{md,csv,tex}`` there (and
-    ``per_attribute.{md,csv,tex}`` when the runs have per-attribute results). ``paper``: a CSV
-    of the paper's numbers; by default ``paper/<task>.csv`` is looked up (``find_paper``)."""
+    ``per_attribute.{md,csv,tex}`` when the runs have per-attribute results; and
+    ``table_tuned.{md,csv,tex}`` with ``select="val"`` or when some combiner has several
+    variants). ``paper``: a CSV of the paper's numbers; by default ``paper/<task>.csv`` is looked
+    up (``find_paper``). Without a completed run, ``table.md`` lists the runs' statuses and
+    :class:`NoRuns` is raised."""
     folder = Path(folder)
     runs, skipped, in_progress, columns = load_runs(folder)
     if runs.empty:
-        raise NoRuns(f"no finished runs in {folder} (expected {folder}/runs/<combiner>/seed=<seed>/{METRICS})")
+        raise NoRuns(f"no finished runs in {folder} (expected {folder}/runs/<combiner>/<variant>/seed=<seed>/{METRICS})")
+    if not (runs["status"] == "completed").any():
+        atomic_write_text(folder / "table.md", status_table(runs))
+        counts = runs["status"].value_counts()
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items())
+        raise NoRuns(f"no completed run in {folder} ({shown}); the runs' statuses are in {folder / 'table.md'}")
     tasks = sorted(set(runs["task"]) - {""})
     paper_file = Path(paper) if paper is not None else (find_paper(folder, tasks[0]) if len(tasks) == 1 else None)
     paper_frame = None
@@ -391,13 +654,17 @@ def build_tables(folder: Path | str, paper: Path | str | None = None) -> Tables:
     atomic_write_text(folder / "table.csv", table.to_csv(index=False))
     atomic_write_text(folder / "table.md", md)
     atomic_write_text(folder / "table.tex", tex)
-    per_attr = per_attribute_table(load_per_attribute(runs))
+    per_attr = per_attribute_table(load_per_attribute(runs), runs)
     if per_attr is not None:
         atomic_write_text(folder / "per_attribute.csv", per_attr.to_csv(index=False))
         atomic_write_text(folder / "per_attribute.md", per_attribute_markdown(per_attr))
         atomic_write_text(folder / "per_attribute.tex", per_attribute_latex(per_attr))
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
-    return Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
+    tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
+    if select == "val" or has_variants(runs):
+        tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns)
+        tables.written += files
+    return tables
 
 
 def significance_note(tables: Tables) -> str:
@@ -412,10 +679,21 @@ def significance_note(tables: Tables) -> str:
     )
 
 
-def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path | str | None = None) -> Tables:
+def tuned_note(tables: Tables) -> str:
+    frame = tables.tuned
+    assert frame is not None
+    metric = ", ".join(dict.fromkeys(frame["select_metric"]))
+    return (
+        f"Tuned on validation (table_tuned.*): per combiner, the variant with the best mean validation {metric} "
+        f"over its seeds (ties: fewer changed keys); its test metrics; speed and the t-test against the tuned baseline. "
+        f"The test split chose nothing."
+    )
+
+
+def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path | str | None = None, select: str | None = None) -> Tables:
     """Build and print the tables (and, with ``plots``, draw the plots) of ``folder``."""
     folder = Path(folder)
-    tables = build_tables(folder, paper=paper)
+    tables = build_tables(folder, paper=paper, select=select)
     runs = tables.runs
     print(f"\nResults in {folder} (test split, best-validation epoch):\n", file=out)
     print(tables.markdown, file=out)
@@ -426,9 +704,18 @@ def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path |
         notes.append(f"{len(tables.skipped)} unreadable metrics.json skipped")
     if notes:
         print("Note: " + "; ".join(notes) + ".", file=out)
+    common = common_settings(runs) if runs is not None else {}
+    if common:
+        print("Settings of every row: " + ", ".join(f"{k}={v}" for k, v in common.items()) + ".", file=out)
+    if _shows_reference(tables.frame):
+        print("Compared with: each row's speed and t-test are against the baseline run with the same non-combiner settings, else the default baseline.", file=out)
     print(significance_note(tables), file=out)
     if tables.paper_file is not None:
         print(f"Paper columns: the paper's reported numbers, from {tables.paper_file}.", file=out)
+    if tables.tuned is not None and tables.tuned_markdown is not None:
+        print(f"\nTuned on validation, {folder}:\n", file=out)
+        print(tables.tuned_markdown, file=out)
+        print(tuned_note(tables), file=out)
     if plots:
         try:
             from mtbench.report.plots import make_plots
@@ -449,6 +736,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="results folder(s), e.g. results/shapes40")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument(
+        "--select",
+        choices=["val"],
+        default=None,
+        help="also write table_tuned.{md,csv,tex}: per combiner, the variant best on validation (the test split never chooses)",
+    )
+    parser.add_argument(
         "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: results/paper/<task>.csv when it exists)"
     )
     args = parser.parse_args(argv)
@@ -462,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         try:
-            report(folder, plots=not args.no_plots, paper=args.paper)
+            report(folder, plots=not args.no_plots, paper=args.paper, select=args.select)
         except NoRuns as e:
             print(f"mtbench-table: {e}", file=sys.stderr)
             status = 1

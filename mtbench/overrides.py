@@ -1,0 +1,175 @@
+"""The command line's overrides, checked before Hydra composes anything.
+
+- A config-group choice that does not exist (``combiner=gradrop``, ``experiment=paper_celeb``)
+  and a key that no part of mtbench reads (``trainer.epocs=2``, ``+trainer.epocs=2``) are refused
+  in one line that names the closest valid name.
+- A combiner option given to a sweep of several combiners (``combiner=baseline,graddrop
+  combiner.leak=0.5``) applies to the combiners that have the option: it is passed on as
+  ``++combiner.<option>`` and each job of a combiner without it drops it (``cli``), so that
+  combiner runs unchanged. An option that none of the swept combiners has is refused.
+- With ``hydra/sweeper=optuna`` the sweeper's direction follows the selected validation metric
+  (error rates are minimised) unless ``hydra.sweeper.direction`` is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from importlib import resources
+from typing import Any
+
+from mtbench import MtbenchError
+from mtbench.variant import combiner_options
+
+#: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)
+GROUPS = ("combiner", "task", "model", "trainer", "experiment")
+
+
+def choices(group: str) -> list[str]:
+    """The config files of a group (``combiner`` -> ``baseline``, ``clip``, ...)."""
+    try:
+        folder = resources.files("mtbench.configs") / group
+        return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, OSError, ModuleNotFoundError):
+        return []
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def _values(o: Any) -> list[str]:
+    if o.is_sweep_override():
+        try:
+            return [str(v) for v in o.sweep_string_iterator()]
+        except Exception:  # noqa: BLE001 - a range/interval sweep of a group: nothing to check
+            return []
+    return [o.get_value_element_as_str()]
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    out = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            key = f"{prefix}{k}"
+            out.append(key)
+            try:
+                child = node._get_node(k)
+            except Exception:  # noqa: BLE001
+                continue
+            if isinstance(child, DictConfig):
+                out.extend(_keys(child, key + "."))
+    return out
+
+
+def _compose(group_choices: dict[str, list[str]]) -> list[Any]:
+    """The primary config composed with each combination of the task/experiment choices
+    (the other groups at their first choice); empty when composition fails (Hydra reports it)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    fixed = [f"{g}={v[0]}" for g, v in group_choices.items() if g not in ("task", "experiment") and v]
+    varying = [[f"{g}={x}" for x in group_choices[g]] for g in ("task", "experiment") if group_choices.get(g)]
+    configs = []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
+            for combo in itertools.product(*varying) if varying else [()]:
+                configs.append(compose(config_name="config", overrides=fixed + list(combo), return_hydra_config=True))
+    except Exception:  # noqa: BLE001 - let Hydra itself report what it cannot compose
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    return configs
+
+
+def check(overrides: list[str], multirun: bool) -> list[str]:
+    """Check the overrides (one-line ``MtbenchError`` naming the fix) and return them as Hydra
+    should get them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return overrides  # a syntax error: Hydra's own message says where
+    group_choices: dict[str, list[str]] = {}
+    keyed = []
+    for text, o in zip(overrides, parsed):
+        key = o.key_or_group
+        if key in GROUPS and o.package is None:
+            values = _values(o)
+            valid = choices(key)
+            for v in values:
+                if valid and v not in valid and not (key == "experiment" and v == "null"):
+                    raise MtbenchError(f"{key}={v} is not a {key} config; {_suggest(v, valid)}choose one of: {', '.join(valid)}")
+            group_choices[key] = values
+        elif not key.startswith("hydra") and not o.is_delete():
+            keyed.append((text, o))
+    out = list(overrides)
+    configs = _compose(group_choices) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
+    if keyed and configs:
+        known = sorted(set(itertools.chain.from_iterable(_keys(c) for c in configs)) - {"hydra"})
+        known = [k for k in known if not k.startswith("hydra.")]
+        combiners = group_choices.get("combiner") or _default_combiners(configs, multirun)
+        for text, o in keyed:
+            key = o.key_or_group
+            if key.startswith("combiner."):
+                out[out.index(text)] = _combiner_key(text, o, key, combiners)
+            elif key not in known:
+                hint = _suggest(key, known)
+                if o.input_line.startswith("+"):
+                    raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint or 'see mtbench --cfg job for the keys'}")
+                raise MtbenchError(f"{key} is not an option of mtbench; {hint or 'see mtbench --cfg job for the keys'}")
+    sweeper = next((o for o in parsed if o.key_or_group == "hydra/sweeper"), None)
+    if sweeper is not None and "optuna" in _values(sweeper) and not any(o.key_or_group == "hydra.sweeper.direction" for o in parsed):
+        out.append(f"hydra.sweeper.direction={_direction(configs, overrides, parsed)}")
+    return out
+
+
+def _default_combiners(configs: list[Any], multirun: bool) -> list[str]:
+    names: list[str] = []
+    for cfg in configs:
+        swept = cfg.hydra.sweeper.get("params", None) if multirun else None
+        if swept and swept.get("combiner"):
+            names += [c.strip() for c in str(swept["combiner"]).split(",")]
+        else:
+            names.append(str(cfg.combiner.name))
+    return list(dict.fromkeys(names))
+
+
+def _combiner_key(text: str, o: Any, key: str, combiners: list[str]) -> str:
+    option = key.split(".")[1]
+    declared = {c: combiner_options(c) for c in combiners}
+    having = [c for c, opts in declared.items() if opts is None or option in opts]
+    if not having:
+        everything = sorted(set().union(*[opts for opts in declared.values() if opts]))
+        names = [f"combiner.{x}" for x in everything]
+        hint = _suggest(f"combiner.{option}", names)
+        which = f"combiner={combiners[0]}" if len(combiners) == 1 else f"any of the combiners swept ({', '.join(combiners)})"
+        listed = f"its options are {', '.join(names)}" if names else "it has no options"
+        raise MtbenchError(f"{key} is not an option of {which}; {hint}{listed}")
+    if len(having) < len(combiners) and not text.startswith("+"):
+        return "++" + text
+    return text
+
+
+def _direction(configs: list[Any], overrides: list[str], parsed: list[Any]) -> str:
+    """``minimize`` unless the selected validation metric is one where higher is better."""
+    from mtbench.data import metric_columns
+
+    select = None
+    for o in parsed:
+        if o.key_or_group == "trainer.select_metric" and not o.is_sweep_override():
+            select = o.value()
+    task = str(configs[0].task.name) if configs else "shapes40"
+    if select is None and configs:
+        select = configs[0].trainer.get("select_metric")
+    columns = metric_columns(task)
+    if not columns:
+        return "minimize"
+    column = next((c for c in columns if c.key == select), columns[0])
+    return "maximize" if column.higher_is_better else "minimize"
