@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import itertools
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from mtbench import MtbenchError
@@ -25,13 +26,29 @@ from mtbench.variant import combiner_options
 GROUPS = ("combiner", "task", "model", "trainer", "experiment")
 
 
-def choices(group: str) -> list[str]:
-    """The config files of a group (``combiner`` -> ``baseline``, ``clip``, ...)."""
+def choices(group: str, searchpath: list[str] | None = None) -> list[str] | None:
+    """The config files of a group (``combiner`` -> ``baseline``, ``clip``, ...), mtbench's own
+    and those of the ``hydra.searchpath`` folders; None when a search path cannot be listed
+    here (a ``pkg://`` one of another package: Hydra checks the choice itself)."""
+    folders: list[Any] = []
     try:
-        folder = resources.files("mtbench.configs") / group
-        return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        folders.append(resources.files("mtbench.configs") / group)
     except (FileNotFoundError, OSError, ModuleNotFoundError):
-        return []
+        return None
+    for entry in searchpath or []:
+        if entry.startswith("file://"):
+            folders.append(Path(entry[len("file://") :]) / group)
+        elif entry.startswith("pkg://mtbench.configs"):
+            continue
+        else:
+            return None
+    found: set[str] = set()
+    for folder in folders:
+        try:
+            found.update(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            continue
+    return sorted(found)
 
 
 def _suggest(word: str, candidates: list[str]) -> str:
@@ -65,13 +82,13 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _compose(group_choices: dict[str, list[str]]) -> list[Any]:
+def _compose(group_choices: dict[str, list[str]], extra: list[str] | None = None) -> list[Any]:
     """The primary config composed with each combination of the task/experiment choices
     (the other groups at their first choice); empty when composition fails (Hydra reports it)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    fixed = [f"{g}={v[0]}" for g, v in group_choices.items() if g not in ("task", "experiment") and v]
+    fixed = list(extra or []) + [f"{g}={v[0]}" for g, v in group_choices.items() if g not in ("task", "experiment") and v]
     varying = [[f"{g}={x}" for x in group_choices[g]] for g in ("task", "experiment") if group_choices.get(g)]
     configs = []
     GlobalHydra.instance().clear()
@@ -98,19 +115,29 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
         return overrides  # a syntax error: Hydra's own message says where
     group_choices: dict[str, list[str]] = {}
     keyed = []
+    searchpath: list[str] = []
+    hydra_keep = []  # overrides that change how configs are found: composed with the rest
+    for o in parsed:
+        if o.key_or_group == "hydra.searchpath" and not o.is_sweep_override():
+            value = o.value()
+            searchpath = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            hydra_keep.append(o.input_line)
     for text, o in zip(overrides, parsed):
         key = o.key_or_group
         if key in GROUPS and o.package is None:
             values = _values(o)
-            valid = choices(key)
+            valid = choices(key, searchpath)
             for v in values:
                 if valid and v not in valid and not (key == "experiment" and v == "null"):
-                    raise MtbenchError(f"{key}={v} is not a {key} config; {_suggest(v, valid)}choose one of: {', '.join(valid)}")
+                    raise MtbenchError(
+                        f"{key}={v}: Could not find '{key}/{v}'; {_suggest(f'{key}={v}', [f'{key}={c}' for c in valid])}"
+                        f"Available options in '{key}': {', '.join(valid)}"
+                    )
             group_choices[key] = values
         elif not key.startswith("hydra") and not o.is_delete():
             keyed.append((text, o))
     out = list(overrides)
-    configs = _compose(group_choices) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
+    configs = _compose(group_choices, hydra_keep) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
     if keyed and configs:
         known = sorted(set(itertools.chain.from_iterable(_keys(c) for c in configs)) - {"hydra"})
         known = [k for k in known if not k.startswith("hydra.")]
@@ -122,8 +149,8 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
             elif key not in known:
                 hint = _suggest(key, known)
                 if o.input_line.startswith("+"):
-                    raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint or 'see mtbench --cfg job for the keys'}")
-                raise MtbenchError(f"{key} is not an option of mtbench; {hint or 'see mtbench --cfg job for the keys'}")
+                    raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint.strip() or 'see mtbench --cfg job for the keys'}")
+                raise MtbenchError(f"{key} is not an option of mtbench; {hint.strip() or 'see mtbench --cfg job for the keys'}")
     sweeper = next((o for o in parsed if o.key_or_group == "hydra/sweeper"), None)
     if sweeper is not None and "optuna" in _values(sweeper) and not any(o.key_or_group == "hydra.sweeper.direction" for o in parsed):
         out.append(f"hydra.sweeper.direction={_direction(configs, overrides, parsed)}")
@@ -148,7 +175,8 @@ def _combiner_key(text: str, o: Any, key: str, combiners: list[str]) -> str:
     if not having:
         everything = sorted(set().union(*[opts for opts in declared.values() if opts]))
         names = [f"combiner.{x}" for x in everything]
-        hint = _suggest(f"combiner.{option}", names)
+        close = difflib.get_close_matches(option, everything, n=1, cutoff=0.6)
+        hint = f"did you mean combiner.{close[0]}? " if close else ""
         which = f"combiner={combiners[0]}" if len(combiners) == 1 else f"any of the combiners swept ({', '.join(combiners)})"
         listed = f"its options are {', '.join(names)}" if names else "it has no options"
         raise MtbenchError(f"{key} is not an option of {which}; {hint}{listed}")
