@@ -41,17 +41,26 @@ IGNORED_KEYS = ("force", "results_dir", "trainer.progress")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject options that cannot work, naming the option (one line each)."""
-    t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        value = t.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise MtbenchError(f"trainer.{key} must be a positive integer (got {value!r})")
-    lr = t.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise MtbenchError(f"trainer.lr must be a positive number (got {lr!r})")
-    if not isinstance(cfg.get("seed"), int):
-        raise MtbenchError(f"seed must be an integer (got {cfg.get('seed')!r})")
+    """Reject options that cannot work before any run starts, naming the option, the value
+    and what is allowed (one line): the trainer's, the seed, the model's, the task's (checked
+    without building its data) and the combiner's (the combiner is constructed)."""
+    from mtbench.combiners import build_combiner
+    from mtbench.data import check_task
+    from mtbench.models import check_model
+    from mtbench.options import check_bool, check_int
+    from mtbench.train.options import check_trainer
+
+    check_trainer(cfg.trainer)
+    check_int("seed", cfg.get("seed"), minimum=0)
+    check_bool("force", cfg.get("force", False))
+    check_model(cfg.model)
+    spec = check_task(cfg.task)
+    if spec is None:
+        return
+    select = cfg.trainer.get("select_metric")
+    if select and select not in spec.metric_keys:
+        raise MtbenchError(f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}")
+    build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

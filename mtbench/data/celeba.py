@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from mtbench import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, Split
+from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec
+from mtbench.options import check_bool, check_int, check_str
 
 log = logging.getLogger("mtbench")
 
@@ -592,8 +593,20 @@ class CelebATask(BinaryAttributeTask):
         return x
 
 
+def check_options(cfg: Any) -> TaskSpec:
+    """Check the ``task=celeba`` options (no file is read); a one-line error names the option."""
+    check_str("data.root", cfg.get("root"), optional=True)
+    check_bool("data.download", cfg.get("download", False))
+    check_int("data.image_size", cfg.get("image_size", 64), minimum=8)
+    check_str("data.cache_dir", cfg.get("cache_dir"), optional=True)
+    check_int("data.workers", cfg.get("workers"), minimum=1, optional=True)
+    check_bool("task.hflip", cfg.get("hflip", True))
+    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in CelebATask.metric_columns))
+
+
 def build_celeba(cfg: Any) -> CelebATask:
     """The ``task=celeba`` builder (``cfg`` is the task node; see configs/task/celeba.yaml)."""
+    check_options(cfg)
     size = cfg.get("image_size", 64)
     data = load_celeba(
         cfg.get("root"),
