@@ -352,6 +352,17 @@ def test_bad_attribute_value(fake):
     assert str(attr) in msg and "line 5" in msg and "'0'" in msg
 
 
+@pytest.mark.parametrize("value", ["01", "+1", "-01", "1.0"])
+def test_attribute_value_that_only_reads_as_one(fake, value):
+    """Only "-1" and "1" are attribute values: a number that merely parses as +-1 is refused."""
+    attr = fake / "list_attr_celeba.txt"
+    _edit_line(attr, 4, lambda s: s[:-2].rstrip() + " " + value)
+    with pytest.raises(MtbenchError) as e:
+        load(fake)
+    msg = one_line_error(e)
+    assert str(attr) in msg and "line 5" in msg and repr(value) in msg
+
+
 def test_bad_partition_line(fake):
     part = fake / "list_eval_partition.txt"
     _edit_line(part, 6, lambda s: s.split()[0] + " 3")

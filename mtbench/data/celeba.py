@@ -193,6 +193,19 @@ def _check_file_name(path: Path, line_no: int, name: str) -> None:
         raise MtbenchError(f"{path}, line {line_no}: {name!r} is not a file name in {IMAGE_DIR}/")
 
 
+#: deletes the characters of "1", "-1" and whitespace: what is left is a bad value
+_SIGN_CHARS = str.maketrans("", "", "1- \t\r\x0b\x0c")
+
+
+def _only_signs(text: str) -> bool:
+    """Is ``text`` nothing but whitespace-separated "1" and "-1" (no "01", "+1", "1-1", ...)?"""
+    if text.translate(_SIGN_CHARS):
+        return False
+    if any(bad in text for bad in ("11", "--", "1-", "- ", "-\t", "-\r", "-\x0b", "-\x0c")):
+        return False
+    return not text.rstrip().endswith("-")
+
+
 def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes]:
     """Parse ``list_attr_celeba.txt``: (attribute names, file names, labels uint8 [N, 40] in {0, 1},
     raw bytes). Every malformed line is an error naming the file and the line."""
@@ -228,11 +241,12 @@ def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes
         files.append(parts[0])
         rows.append(parts[1])
     values = None
-    if fast:
+    text = " ".join(rows) if fast else ""
+    if fast and _only_signs(text):  # numpy alone would also read "01", "+1" or "1.0" as 1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
+                values = np.fromstring(text, dtype=np.int8, sep=" ")
         except (ValueError, DeprecationWarning):
             values = None
         if values is not None and (values.size != len(rows) * NUM_ATTRIBUTES or not np.isin(values, (-1, 1)).all()):
