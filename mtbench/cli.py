@@ -84,7 +84,10 @@ def _previous(run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        return data
     except (OSError, ValueError) as e:
         log.warning(f"mtbench: {path} is unreadable ({e}); the run starts again")
         return None
