@@ -93,6 +93,19 @@ def _previous(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _tidy(run_dir: Path, previous: dict[str, Any] | None) -> None:
+    """Remove what a run killed at the wrong moment leaves: temporary checkpoint files of a
+    process that is gone, and the checkpoint next to a metrics.json that says completed."""
+    from mtbench.train import CHECKPOINT
+    from mtbench.train.checkpoint import remove_stale_tmp
+
+    for path in remove_stale_tmp(run_dir, CHECKPOINT):
+        log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
+    if previous is not None and previous.get("status") == "completed" and (run_dir / CHECKPOINT).exists():
+        (run_dir / CHECKPOINT).unlink()
+        log.warning(f"mtbench: removed {run_dir / CHECKPOINT}: the run is completed and needs no checkpoint")
+
+
 def _base_record(cfg: DictConfig) -> dict[str, Any]:
     return {
         "task": cfg.task.name,
@@ -111,6 +124,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     previous = _previous(run_dir)
+    _tidy(run_dir, previous)
     if previous is not None and previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
         previous = None  # stopped before its first checkpoint: nothing to resume, start afresh
     if previous is not None and not cfg.get("force", False):
