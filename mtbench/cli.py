@@ -49,17 +49,26 @@ _DROPPED: set[tuple[str, str]] = set()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject options that cannot work, naming the option (one line each)."""
-    t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        value = t.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise MtbenchError(f"trainer.{key} must be a positive integer (got {value!r})")
-    lr = t.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise MtbenchError(f"trainer.lr must be a positive number (got {lr!r})")
-    if not isinstance(cfg.get("seed"), int):
-        raise MtbenchError(f"seed must be an integer (got {cfg.get('seed')!r})")
+    """Reject options that cannot work before any run starts, naming the option, the value
+    and what is allowed (one line): the trainer's, the seed, the model's, the task's (checked
+    without building its data) and the combiner's (the combiner is constructed)."""
+    from mtbench.combiners import build_combiner
+    from mtbench.data import check_task
+    from mtbench.models import check_model
+    from mtbench.options import check_bool, check_int
+    from mtbench.train.options import check_trainer
+
+    check_trainer(cfg.trainer)
+    check_int("seed", cfg.get("seed"), minimum=0)
+    check_bool("force", cfg.get("force", False))
+    check_model(cfg.model)
+    spec = check_task(cfg.task)
+    if spec is None:
+        return
+    select = cfg.trainer.get("select_metric")
+    if select and select not in spec.metric_keys:
+        raise MtbenchError(f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}")
+    build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -84,10 +93,26 @@ def _previous(run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        return data
     except (OSError, ValueError) as e:
         log.warning(f"mtbench: {path} is unreadable ({e}); the run starts again")
         return None
+
+
+def _tidy(run_dir: Path, previous: dict[str, Any] | None) -> None:
+    """Remove what a run killed at the wrong moment leaves: temporary checkpoint files of a
+    process that is gone, and the checkpoint next to a metrics.json that says completed."""
+    from mtbench.train import CHECKPOINT
+    from mtbench.train.checkpoint import remove_stale_tmp
+
+    for path in remove_stale_tmp(run_dir, CHECKPOINT):
+        log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
+    if previous is not None and previous.get("status") == "completed" and (run_dir / CHECKPOINT).exists():
+        (run_dir / CHECKPOINT).unlink()
+        log.warning(f"mtbench: removed {run_dir / CHECKPOINT}: the run is completed and needs no checkpoint")
 
 
 def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:
@@ -112,6 +137,7 @@ def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     previous = _previous(run_dir)
+    _tidy(run_dir, previous)
     if previous is not None and previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
         previous = None  # stopped before its first checkpoint: nothing to resume, start afresh
     if previous is not None and not cfg.get("force", False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import re
@@ -281,6 +282,59 @@ def test_interrupted_build_leaves_nothing(fake, monkeypatch):
     assert len(load(fake).splits["test"]) == 4
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [lambda m: m.pop("mean"), lambda m: m.pop("std"), lambda m: m.update(std=[0.2, 0.0, 0.2]), lambda m: m.update(mean=[0.5, "x", 0.5]),
+     lambda m: m.update(mean=[0.5, 0.5])],
+    ids=["no mean", "no std", "zero std", "text in mean", "two channels"],
+)
+def test_cache_without_usable_statistics_is_rebuilt(fake, decodes, damage):
+    entry = load(fake).cache
+    meta_path = entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    good = {"mean": meta["mean"], "std": meta["std"]}
+    damage(meta)
+    meta_path.write_text(json.dumps(meta))
+    data = load(fake)
+    assert len(decodes) == 2 * N, "the cache was not rebuilt"
+    rebuilt = json.loads(meta_path.read_text())
+    assert {"mean": rebuilt["mean"], "std": rebuilt["std"]} == good
+    assert data.std.tolist() == pytest.approx(good["std"])
+
+
+def test_cache_paths_that_are_files(fake, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MtbenchError) as e:
+        load(fake, cache_dir=blocker)
+    msg = one_line_error(e)
+    assert str(blocker) in msg and "data.cache_dir" in msg and "is a file" in msg
+    # the cache's own folder name taken by a file
+    entry = load(fake, cache_dir=tmp_path / "c").cache
+    shutil.rmtree(entry)
+    entry.write_text("not a folder")
+    with pytest.raises(MtbenchError) as e:
+        load(fake, cache_dir=tmp_path / "c")
+    msg = one_line_error(e)
+    assert str(entry) in msg and "data.cache_dir" in msg and "is a file" in msg
+    # the default cache folder a file: the cache goes to the user's cache folder
+    (fake / ".mtbench_cache").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert load(fake).cache.parent == tmp_path / "xdg" / "mtbench" / "celeba"
+
+
+def test_cache_write_error_names_the_cache(fake, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c" / "x.npy"))
+
+    monkeypatch.setattr(celeba.np.lib.format, "open_memmap", no_space)
+    with pytest.raises(MtbenchError) as e:
+        load(fake, cache_dir=tmp_path / "c")
+    msg = one_line_error(e)
+    assert "CelebA cache" in msg and str(tmp_path / "c") in msg and "data.cache_dir" in msg and "disk space" in msg
+    assert list((tmp_path / "c").iterdir()) == [], "a half-written cache was left behind"
+
+
 def test_user_cache_dir(fake, tmp_path):
     data = load(fake, cache_dir=tmp_path / "elsewhere")
     assert data.cache.parent == tmp_path / "elsewhere" and cache_entries(fake) == []
@@ -350,6 +404,17 @@ def test_bad_attribute_value(fake):
         load(fake)
     msg = one_line_error(e)
     assert str(attr) in msg and "line 5" in msg and "'0'" in msg
+
+
+@pytest.mark.parametrize("value", ["01", "+1", "-01", "1.0"])
+def test_attribute_value_that_only_reads_as_one(fake, value):
+    """Only "-1" and "1" are attribute values: a number that merely parses as +-1 is refused."""
+    attr = fake / "list_attr_celeba.txt"
+    _edit_line(attr, 4, lambda s: s[:-2].rstrip() + " " + value)
+    with pytest.raises(MtbenchError) as e:
+        load(fake)
+    msg = one_line_error(e)
+    assert str(attr) in msg and "line 5" in msg and repr(value) in msg
 
 
 def test_bad_partition_line(fake):

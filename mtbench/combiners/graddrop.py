@@ -7,6 +7,7 @@ from typing import Any
 from mtbench import MtbenchError
 from mtbench.combiners.base import Combiner, Step, check_choice
 from mtbench.combiners.functional import GRADDROP_F, graddrop
+from mtbench.options import check_bool, check_number
 
 
 class GradDrop(Combiner):
@@ -46,8 +47,10 @@ class GradDrop(Combiner):
         self.leak = check_leak(self.leak, num_tasks, self.name)
         if "f" in self.opts:  # random_graddrop has no f
             check_choice("f", self.f, GRADDROP_F, self.name)
-            self.k = float(self.k)
+            self.k = check_number("combiner.k", self.k, minimum=0, min_open=True)
         self.eps = self.check_positive("eps", self.eps)
+        check_bool("combiner.batch_separated", self.batch_separated)
+        check_bool("combiner.renormalize", self.renormalize)
 
     def drop(self, grads, activation, step: Step):
         return graddrop(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.options import check_number
 from mtbench.combiners.taskgrads import (
     LayerCapture,
     batched_grads,
@@ -56,7 +57,7 @@ class GradNorm(Combiner):
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
-        self.alpha = float(self.alpha)
+        self.alpha = check_number("combiner.alpha", self.alpha, minimum=0)
         self.weight_lr = self.check_positive("weight_lr", self.weight_lr)
         check_choice("grad_at", self.grad_at, ("last_shared", "representation"), self.name)
         self.w: torch.Tensor | None = None

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.options import check_number
 
 
 class GradPenalty(Combiner):
@@ -31,12 +32,7 @@ class GradPenalty(Combiner):
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
         check_choice("target", self.target, ("input", "representation"), self.name)
-        lam = self.opts["lambda"]
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            from mtbench import MtbenchError
-
-            raise MtbenchError(f"combiner.lambda must be a number >= 0 for combiner={self.name} (got {lam!r})")
-        self.lam = float(lam)
+        self.lam = check_number("combiner.lambda", self.opts["lambda"], minimum=0)
         self.needs_input_grad = self.target == "input"
 
     def backward(self, step: Step) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.options import check_bool, check_int
 from mtbench.combiners.functional import _gram64, mgda_weights_from_gram
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -56,8 +57,8 @@ class MGDA(Combiner):
         super().__init__(num_tasks, **options)
         check_choice("level", self.level, ("representation", "params"), self.name)
         check_choice("normalization", self.normalization, NORMALIZATIONS, self.name)
-        if self.chunk_size is not None:
-            self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
+        self.chunk_size = check_int("combiner.chunk_size", self.chunk_size, minimum=1, optional=True)
+        check_bool("combiner.rescale", self.rescale)
         if self.memory_budget_mb is not None:
             self.memory_budget_mb = self.check_positive("memory_budget_mb", self.memory_budget_mb)
         self.last_weights: torch.Tensor | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.options import check_int
 from mtbench.combiners.functional import pcgrad_weights_from_gram
 
 
@@ -42,8 +43,7 @@ class PCGrad(Combiner):
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
         check_choice("level", self.level, ("params", "representation"), self.name)
-        if self.chunk_size is not None:
-            self.chunk_size = int(self.check_positive("chunk_size", self.chunk_size))
+        self.chunk_size = check_int("combiner.chunk_size", self.chunk_size, minimum=1, optional=True)
         if self.memory_budget_mb is not None:
             self.memory_budget_mb = self.check_positive("memory_budget_mb", self.memory_budget_mb)
 

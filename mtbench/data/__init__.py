@@ -11,14 +11,15 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from mtbench import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, channel_stats
+from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, TaskSpec, channel_stats
 
-__all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "build_task", "TASKS"]
+__all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "TaskSpec", "build_task", "check_task", "TASKS"]
 
 
 def _shapes40(cfg: DictConfig) -> Task:
-    from mtbench.data.shapes40 import make_shapes40
+    from mtbench.data.shapes40 import check_options, make_shapes40
 
+    check_options(cfg)
     ds = make_shapes40(
         seed=int(cfg.data_seed),
         n_train=int(cfg.n_train),
@@ -45,6 +46,41 @@ def _celeba(cfg: DictConfig) -> Task:
 
 #: task builders by ``task.name``
 TASKS: dict[str, Callable[[DictConfig], Task]] = {"shapes40": _shapes40, "cifar100_transfer": _cifar100_transfer, "celeba": _celeba}
+
+
+def _check_shapes40(cfg: DictConfig) -> TaskSpec:
+    from mtbench.data.shapes40 import check_options
+
+    return check_options(cfg)
+
+
+def _check_cifar100_transfer(cfg: DictConfig) -> TaskSpec:
+    from mtbench.data.cifar100 import check_options
+
+    return check_options(cfg)
+
+
+def _check_celeba(cfg: DictConfig) -> TaskSpec:
+    from mtbench.data.celeba import check_options
+
+    return check_options(cfg)
+
+
+#: cheap option checks by ``task.name`` (no data built): what ``mtbench`` runs before a run starts
+CHECKS: dict[str, Callable[[DictConfig], TaskSpec]] = {
+    "shapes40": _check_shapes40,
+    "cifar100_transfer": _check_cifar100_transfer,
+    "celeba": _check_celeba,
+}
+
+
+def check_task(cfg: DictConfig) -> TaskSpec | None:
+    """Check the task's options without building its data: the task's :class:`TaskSpec`, or
+    None for a task registered in :data:`TASKS` without a check."""
+    if cfg.get("name") not in TASKS:
+        raise MtbenchError(f"task.name={cfg.get('name')!r} is unknown; the tasks are: {', '.join(TASKS)}")
+    check = CHECKS.get(cfg.name)
+    return check(cfg) if check is not None else None
 
 
 def build_task(cfg: DictConfig) -> Task:

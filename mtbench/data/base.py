@@ -141,3 +141,14 @@ def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[torch.
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return mean, std
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task's options say about it without building any data (``check_options``):
+    enough to check the combiner and ``trainer.select_metric`` before a run starts."""
+
+    num_tasks: int
+    metric_keys: tuple[str, ...]
+    #: GradDrop's per-task leak where the combiner's ``leak`` is null
+    default_leak: list[float] | None = None

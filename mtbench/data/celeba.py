@@ -31,6 +31,7 @@ else (that folder not writable) ``$XDG_CACHE_HOME/mtbench/celeba`` (``~/.cache/.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -51,7 +52,8 @@ import numpy as np
 import torch
 
 from mtbench import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, Split
+from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec
+from mtbench.options import check_bool, check_int, check_str
 
 log = logging.getLogger("mtbench")
 
@@ -192,6 +194,19 @@ def _check_file_name(path: Path, line_no: int, name: str) -> None:
         raise MtbenchError(f"{path}, line {line_no}: {name!r} is not a file name in {IMAGE_DIR}/")
 
 
+#: deletes the characters of "1", "-1" and whitespace: what is left is a bad value
+_SIGN_CHARS = str.maketrans("", "", "1- \t\r\x0b\x0c")
+
+
+def _only_signs(text: str) -> bool:
+    """Is ``text`` nothing but whitespace-separated "1" and "-1" (no "01", "+1", "1-1", ...)?"""
+    if text.translate(_SIGN_CHARS):
+        return False
+    if any(bad in text for bad in ("11", "--", "1-", "- ", "-\t", "-\r", "-\x0b", "-\x0c")):
+        return False
+    return not text.rstrip().endswith("-")
+
+
 def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes]:
     """Parse ``list_attr_celeba.txt``: (attribute names, file names, labels uint8 [N, 40] in {0, 1},
     raw bytes). Every malformed line is an error naming the file and the line."""
@@ -227,11 +242,12 @@ def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes
         files.append(parts[0])
         rows.append(parts[1])
     values = None
-    if fast:
+    text = " ".join(rows) if fast else ""
+    if fast and _only_signs(text):  # numpy alone would also read "01", "+1" or "1.0" as 1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
+                values = np.fromstring(text, dtype=np.int8, sep=" ")
         except (ValueError, DeprecationWarning):
             values = None
         if values is not None and (values.size != len(rows) * NUM_ATTRIBUTES or not np.isin(values, (-1, 1)).all()):
@@ -309,6 +325,8 @@ def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -
     """``cache_dir`` if given, else ``<base>/.mtbench_cache`` if writable, else the user cache."""
     if cache_dir:
         root = Path(str(cache_dir)).expanduser().absolute()
+        if root.exists() and not root.is_dir():
+            raise MtbenchError(f"data.cache_dir={root} is a file, not a folder; remove it or choose another data.cache_dir")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -324,8 +342,12 @@ def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -
     except OSError:
         pass
     user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mtbench" / "celeba"
-    log.info(f"celeba: {files.base} is not writable; the cache goes to {user} (data.cache_dir= moves it)")
-    user.mkdir(parents=True, exist_ok=True)
+    why = f"{local} is a file, not a folder" if local.is_file() else f"{files.base} is not writable"
+    log.info(f"celeba: {why}; the cache goes to {user} (data.cache_dir= moves it)")
+    try:
+        user.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MtbenchError(f"the CelebA cache folder {user} cannot be created ({e.strerror or e}); set data.cache_dir=<a writable folder>") from None
     return user
 
 
@@ -340,11 +362,27 @@ def _expected_bytes(path: Path, shape: tuple[int, ...]) -> bool:
         return False
 
 
+def _usable_stats(meta: dict[str, Any]) -> bool:
+    """Does ``meta`` hold a per-channel ``mean`` (3 finite numbers) and ``std`` (3 finite numbers > 0)?"""
+    def numbers(key: str) -> list[float] | None:
+        value = meta.get(key)
+        if not isinstance(value, list) or len(value) != 3:
+            return None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            return None
+        return [float(v) for v in value]
+
+    mean, std = numbers("mean"), numbers("std")
+    return mean is not None and std is not None and all(v > 0 for v in std)
+
+
 def _valid_cache(folder: Path, fp: str, image_size: int, counts: dict[str, int]) -> dict[str, Any] | None:
     """The cache's meta.json if ``folder`` is a complete cache for these inputs, else None."""
     try:
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not _usable_stats(meta):
         return None
     if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fp or meta.get("image_size") != image_size:
         return None
@@ -445,6 +483,8 @@ def build_cache(
     counts = {split: int((partition == s).sum()) for s, split in enumerate(SPLITS)}
     if _valid_cache(final, fp, image_size, counts) is not None:
         return final
+    if final.exists() and not final.is_dir():
+        raise MtbenchError(f"the CelebA cache path {final} is a file, not a folder; remove it or set data.cache_dir=<another folder>")
     if final.exists():
         log.warning(f"celeba: {final} is incomplete or outdated (an interrupted build?); rebuilding it")
         shutil.rmtree(final, ignore_errors=True)
@@ -459,7 +499,10 @@ def build_cache(
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
     tmp = root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise _cache_error(root, e) from None
     log.info(f"celeba: decoding {n} images into a {image_size}x{image_size} uint8 cache ({need / 1e9:.2f} GB) in {final}, {workers} thread(s); only the first run does this")
     t0 = time.perf_counter()
     try:
@@ -512,12 +555,21 @@ def build_cache(
     except _Unreadable as e:
         line = names.index(e.path.name) + 3
         raise MtbenchError(f"{e.path}: unreadable image ({e.reason}); replace the file (listed in {files.attr}, line {line})") from None
+    except OSError as e:  # writing the cache (reading an image is _Unreadable)
+        raise _cache_error(root, e) from None
     finally:
         if tmp.exists():  # an error or an interruption: nothing half-written is left behind
             shutil.rmtree(tmp, ignore_errors=True)
     log.info(f"celeba: cache built in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.0f} images/s)")
     _remove_outdated(root, prefix, final, files.base)
     return final
+
+
+def _cache_error(root: Path, e: OSError) -> MtbenchError:
+    """The one-line error of a cache that cannot be written: it names the cache folder."""
+    hint = "free some disk space or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    where = f" ({e.filename})" if e.filename else ""
+    return MtbenchError(f"cannot write the CelebA cache in {root}{where}: {e.strerror or e}; {hint}set data.cache_dir=<a writable folder>")
 
 
 def _remove_outdated(root: Path, prefix: str, keep: Path, source: Path) -> None:
@@ -592,8 +644,20 @@ class CelebATask(BinaryAttributeTask):
         return x
 
 
+def check_options(cfg: Any) -> TaskSpec:
+    """Check the ``task=celeba`` options (no file is read); a one-line error names the option."""
+    check_str("data.root", cfg.get("root"), optional=True)
+    check_bool("data.download", cfg.get("download", False))
+    check_int("data.image_size", cfg.get("image_size", 64), minimum=8)
+    check_str("data.cache_dir", cfg.get("cache_dir"), optional=True)
+    check_int("data.workers", cfg.get("workers"), minimum=1, optional=True)
+    check_bool("task.hflip", cfg.get("hflip", True))
+    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in CelebATask.metric_columns))
+
+
 def build_celeba(cfg: Any) -> CelebATask:
     """The ``task=celeba`` builder (``cfg`` is the task node; see configs/task/celeba.yaml)."""
+    check_options(cfg)
     size = cfg.get("image_size", 64)
     data = load_celeba(
         cfg.get("root"),

@@ -37,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mtbench import MtbenchError
-from mtbench.data.base import MetricColumn, Split, Task
+from mtbench.data.base import MetricColumn, Split, Task, TaskSpec
+from mtbench.options import check_bool, check_int, check_number, check_str
 
 log = logging.getLogger("mtbench")
 
@@ -432,25 +433,45 @@ def _leaks(cfg: DictConfig, names: list[str]) -> list[float]:
     unknown = sorted(set(leak) - {"target", "source", "coarse"})
     if unknown:
         raise MtbenchError(f"task.leak.{unknown[0]}: not a task of cifar100_transfer; its tasks are target, source, coarse")
+    for key, value in leak.items():
+        check_number(f"task.leak.{key}", value, minimum=0, maximum=1)
     return [float(leak.get(n, 0.0)) for n in names]
+
+
+def check_options(cfg: DictConfig) -> TaskSpec:
+    """Check the ``task=cifar100_transfer`` options (no file is read, no network built); a
+    one-line error names the option, the value and what is allowed."""
+    arch = str(cfg.get("arch"))
+    if arch not in ("resnet18", "resnet50"):
+        raise MtbenchError(f"task=cifar100_transfer needs an ImageNet ResNet trunk: model=resnet18 or model=resnet50 (got model={arch})")
+    if not cfg.get("weights"):
+        raise MtbenchError("task=cifar100_transfer needs pretrained weights: model.weights=IMAGENET1K_V1 (torchvision's, downloaded once) or model.weights=/path/to/state_dict.pth")
+    check_str("data.root", cfg.get("root"), optional=True)
+    check_bool("data.download", cfg.get("download", False))
+    check_str("data.source_root", cfg.get("source_root"), optional=True)
+    check_int("data.image_size", cfg.get("image_size"), minimum=32)
+    check_str("model.weights", cfg.get("weights"))
+    check_int("task.val_size", cfg.get("val_size"), minimum=1)
+    check_int("task.val_seed", cfg.get("val_seed"), minimum=0)
+    check_number("task.temperature", cfg.get("temperature"), minimum=0, min_open=True)
+    coarse = check_bool("task.coarse", cfg.get("coarse", False))
+    check_int("task.teacher_batch_size", cfg.get("teacher_batch_size"), minimum=1)
+    check_int("task.source_batch_size", cfg.get("source_batch_size"), minimum=1)
+    check_int("task.source_workers", cfg.get("source_workers", 0), minimum=0)
+    check_int("task.seed", cfg.get("seed", 0), minimum=0)
+    names = ["target", "source"] + (["coarse"] if coarse else [])
+    leak = _leaks(cfg, names)
+    columns = COLUMNS + ((COARSE_COLUMN,) if coarse else ())
+    return TaskSpec(len(names), tuple(c.key for c in columns), default_leak=leak)
 
 
 def build_cifar100_transfer(cfg: DictConfig) -> Cifar100Transfer:
     """The ``cifar100_transfer`` task from its config (``configs/task/cifar100_transfer.yaml``)."""
     from mtbench.train.loop import resolve_device
 
-    arch = str(cfg.arch)
-    if arch not in ("resnet18", "resnet50"):
-        raise MtbenchError(f"task=cifar100_transfer needs an ImageNet ResNet trunk: model=resnet18 or model=resnet50 (got model={arch})")
-    weights = cfg.get("weights")
-    if not weights:
-        raise MtbenchError("task=cifar100_transfer needs pretrained weights: model.weights=IMAGENET1K_V1 (torchvision's, downloaded once) or model.weights=/path/to/state_dict.pth")
-    size = int(cfg.image_size)
-    if size < 32:
-        raise MtbenchError(f"data.image_size={size} must be at least 32 (CIFAR's native size)")
-    temperature = float(cfg.temperature)
-    if not temperature > 0:
-        raise MtbenchError(f"task.temperature must be a positive number (got {cfg.temperature!r})")
+    check_options(cfg)
+    arch, weights = str(cfg.arch), cfg.get("weights")
+    size, temperature = int(cfg.image_size), float(cfg.temperature)
     names = ["target", "source"] + (["coarse"] if bool(cfg.coarse) else [])
     leak = _leaks(cfg, names)
     source_root = cfg.get("source_root")

@@ -10,7 +10,7 @@ from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
-__all__ = ["LinearHeads", "MultiTaskModel", "build_model", "build_trunk"]
+__all__ = ["LinearHeads", "MultiTaskModel", "build_model", "build_trunk", "check_model"]
 
 
 def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
@@ -24,6 +24,22 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
             name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"), input_size=cfg.get("input_size")
         )
     raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Check the ``model/`` options without building anything (a one-line error names the option)."""
+    from mtbench.options import check_bool, check_int, check_str
+
+    name = cfg.get("name")
+    if name == "small_cnn":
+        check_int("model.width", cfg.get("width"), minimum=1)
+        check_int("model.rep_dim", cfg.get("rep_dim"), minimum=1)
+    elif name in ("resnet18", "resnet50"):
+        check_bool("model.small_input", cfg.get("small_input", True))
+        check_str("model.weights", cfg.get("weights"), optional=True)
+        check_int("model.input_size", cfg.get("input_size"), minimum=1, optional=True)
+    else:
+        raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
 
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:

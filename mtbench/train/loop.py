@@ -28,6 +28,7 @@ from mtbench.combiners import Step, build_combiner
 from mtbench.data import Split, Task, build_task
 from mtbench.data.base import Labels, index_labels, labels_to
 from mtbench.models import build_model
+from mtbench.train import checkpoint as checkpoint_file
 from mtbench.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("mtbench")
@@ -398,20 +399,14 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """torch.save with a SHA-256 to a temporary file in the same folder, then rename: never
+    half a checkpoint (see :mod:`mtbench.train.checkpoint`)."""
+    checkpoint_file.save(obj, path)
 
 
 def _resume(path: Path, model, optimizer, scheduler, combiner, gens, device) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = checkpoint_file.load(path)  # a checksum mismatch: its own one-line error
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt["scheduler"] is not None:
@@ -420,6 +415,8 @@ def _resume(path: Path, model, optimizer, scheduler, combiner, gens, device) -> 
         for name, g in gens.items():
             g.set_state(ckpt["rng"][name])
         torch.set_rng_state(ckpt["torch_rng"])
+    except MtbenchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
         raise MtbenchError(f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e}); delete it to start the run again, or use force=true") from None
     return ckpt["state"]

@@ -1,0 +1,93 @@
+"""Checkpoint files: a checksummed ``torch.save`` payload, written atomically.
+
+A checkpoint file is one header line, ``mtbench-checkpoint sha256=<64 hex digits>\\n``,
+followed by the bytes of ``torch.save(payload)``; the digest is the SHA-256 of those bytes.
+Loading checks the digest first, so a file whose bytes changed on disk (a bad sector, a
+partial copy) is refused with a one-line error naming it instead of being resumed silently.
+Files without the header (written by earlier versions) load without the check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtbench import MtbenchError
+
+MAGIC = b"mtbench-checkpoint sha256="
+_HEADER = re.compile(rb"mtbench-checkpoint sha256=([0-9a-f]{64})\n")
+#: temporary files of :func:`save`: ``.<name>.<pid>.tmp`` next to the checkpoint
+_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+
+
+def save(payload: Any, path: Path) -> None:
+    """Serialize ``payload`` with its SHA-256 into a temporary file in the same folder, then
+    rename it onto ``path``: never half a checkpoint."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getbuffer()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> Any:
+    """The payload of a checkpoint file (on the CPU), its checksum verified.
+
+    Raises ``MtbenchError`` naming the file when the bytes do not match the stored SHA-256.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw.startswith(MAGIC):
+        header = _HEADER.match(raw)
+        if header is None:
+            raise MtbenchError(f"checkpoint {path} is corrupt (its header is damaged); delete it to start the run again, or use force=true")
+        body = memoryview(raw)[header.end() :]
+        if hashlib.sha256(body).hexdigest() != header.group(1).decode():
+            raise MtbenchError(
+                f"checkpoint {path} is corrupt (its SHA-256 differs from the one stored when it was written); "
+                "delete it to start the run again, or use force=true"
+            )
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path, name: str) -> list[Path]:
+    """Delete the temporary files ``.<name>.<pid>.tmp`` in ``folder`` left by a process that
+    is gone (killed while saving); return them."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        m = _TMP.fullmatch(p.name)
+        if m is None or m.group("name") != name:
+            continue
+        pid = int(m.group("pid"))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # another process is writing it now
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

@@ -1,0 +1,61 @@
+"""The ``trainer/`` options (configs/trainer/default.yaml), each with its type and range.
+
+:func:`check_trainer` checks them all before a run starts; a bad value is a one-line error
+naming ``trainer.<option>``, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from mtbench import MtbenchError
+from mtbench.options import check_bool, check_choice, check_int, check_number, check_str
+from mtbench.train.optim import OPTIMIZERS, SCHEDULERS
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise MtbenchError(f"{key}={value!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    from mtbench.train.loop import resolve_device
+
+    resolve_device(value)  # cuda without a visible GPU: its own one-line error
+    return value
+
+
+def _amp(key: str, value: Any) -> Any:
+    from mtbench.train.loop import AMP_DTYPES
+
+    if str(value).lower() not in AMP_DTYPES:
+        raise MtbenchError(f"{key}={value!r} is not allowed; choose false or bf16")
+    return value
+
+
+#: trainer option -> its check (``check(key, value)``); options not listed are not checked
+TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "epochs": lambda k, v: check_int(k, v, minimum=1),
+    "batch_size": lambda k, v: check_int(k, v, minimum=1),
+    "eval_batch_size": lambda k, v: check_int(k, v, minimum=1),
+    "optimizer": lambda k, v: check_choice(k, v, OPTIMIZERS, lower=True),
+    "lr": lambda k, v: check_number(k, v, minimum=0, min_open=True),
+    "weight_decay": lambda k, v: check_number(k, v, minimum=0),
+    "momentum": lambda k, v: check_number(k, v, minimum=0, maximum=1, max_open=True),
+    "scheduler": lambda k, v: check_choice(k, v, SCHEDULERS, lower=True),
+    "step_size": lambda k, v: check_int(k, v, minimum=1),
+    "gamma": lambda k, v: check_number(k, v, minimum=0, maximum=1, min_open=True),
+    "device": _device,
+    "num_threads": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "progress": check_bool,
+    "amp": _amp,
+    "channels_last": check_bool,
+    "select_metric": lambda k, v: check_str(k, v, optional=True),
+}
+
+
+def check_trainer(tcfg: Any) -> None:
+    """Check every declared trainer option present in ``tcfg`` (the ``trainer`` node)."""
+    for key, check in TRAINER_OPTIONS.items():
+        if key in tcfg:
+            check(f"trainer.{key}", tcfg.get(key))
