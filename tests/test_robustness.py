@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, command, run_cli, run_path
+from conftest import TINY, command, run_cli, run_dir, run_path
+from mtbench.combiners import COMBINERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: long enough (4 epochs x 100 steps) to be interrupted mid-run, still a few seconds
@@ -88,6 +89,71 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
     again = run_cli("mtbench", LONGER, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert numbers(tmp_path / RUN) == numbers(reference)
+
+
+#: 3 epochs of 2 steps: 64 examples, then 8 (a last batch of another shape)
+SHORT = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs"))] + ["task.n_train=72", "trainer.epochs=3"]
+
+
+def interrupt_at(step: int, sig: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`mtbench args` in a subprocess that gets ``sig`` right after its ``step``-th training step."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, str(FIXTURES / "interrupt_at.py"), str(step), sig, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(tmp_path_factory) -> Path:
+    """Every combiner, uninterrupted, in one sweep: each run but the first follows others in its process."""
+    cwd = tmp_path_factory.mktemp("sweep_reference")
+    proc = run_cli("mtbench", ["-m", f"combiner={','.join(COMBINERS)}", *SHORT], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "results" / "shapes40"
+
+
+@pytest.mark.parametrize("combiner", list(COMBINERS))
+def test_every_combiner_resumes_mid_epoch_to_the_same_numbers(tmp_path, sweep_reference, combiner):
+    """SIGTERM after the first step: the run checkpoints mid-epoch; a new process resumes it (its
+    first step is the smaller last batch) and ends with the uninterrupted run's exact numbers."""
+    args = [*SHORT, f"combiner={combiner}"]
+    first = interrupt_at(1, "SIGTERM", args, tmp_path)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    run = run_dir(tmp_path / "results" / "shapes40", combiner)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and "at epoch 1, step 1" in m["reason"], m.get("reason")
+    again = run_cli("mtbench", args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr and "(epoch 1, step 1)" in again.stderr
+    assert numbers(run) == numbers(run_dir(sweep_reference, combiner))
+
+
+def test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep(tmp_path, sweep_reference):
+    proc = run_cli("mtbench", [*SHORT, "combiner=gradnorm_graddrop"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = numbers(run_dir(tmp_path / "results" / "shapes40", "gradnorm_graddrop"))
+    assert alone == numbers(run_dir(sweep_reference, "gradnorm_graddrop"))  # the sweep's 9th run
+
+
+def test_num_threads_is_set_at_every_run_start(tmp_path, monkeypatch):
+    """A run with trainer.num_threads=1 followed, in the same process, by one with null: the second
+    runs with the process's default thread count, not the first run's setting."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from mtbench.train import loop, rng
+
+    monkeypatch.setattr(rng, "_default_threads", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    try:
+        with initialize_config_module("mtbench.configs", version_base="1.3"):
+            for threads in ("1", "null"):
+                cfg = compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.num_threads={threads}"])
+                loop.train(cfg, on_epoch=lambda history: seen.append(torch.get_num_threads()))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
 
 
 def test_rerun_skips_completed_and_refuses_other_config(tmp_path):

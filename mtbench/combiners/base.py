@@ -79,6 +79,12 @@ class Combiner:
         """Accumulate this step's gradients into ``.grad`` of every trainable parameter."""
         raise NotImplementedError
 
+    def prepare(self, model: nn.Module) -> None:
+        """Called by the trainer once the model is built, before its first forward pass
+        (default: nothing). A combiner with a per-layer fast path arms its forward hooks here,
+        so every step, the first of a process (a resumed run's) included, takes the path that
+        the step's own shapes call for."""
+
     # -- state carried across steps (e.g. GradNorm's weights); saved in checkpoints ------
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -158,6 +164,23 @@ class Combiner:
                 torch.cat([g[r].reshape(-1) for g in grads], out=out[start + r])
         return out
 
+    def factored_candidates(self, model: nn.Module) -> tuple[LayerCapture, list[nn.Module]]:
+        """The forward-hook capture and the trunk's layers that may take the factored form at
+        the params level (stock convolution and linear layers with shared weights); the hooks
+        are armed at the first call (by :meth:`prepare`, or at the first step without it)."""
+        capture = self.__dict__.get("_capture")
+        if capture is None:
+            capture = self.__dict__["_capture"] = LayerCapture()
+        trunk = getattr(model, "trunk", model)
+        candidates = self.__dict__.get("_factored_candidates")
+        if candidates is None or candidates[0] is not trunk:
+            params = model.shared_parameters() if hasattr(model, "shared_parameters") else [p for p in model.parameters() if p.requires_grad]
+            shared = {id(p) for p in params}
+            mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
+            candidates = self.__dict__["_factored_candidates"] = (trunk, mods)
+            capture.watch(mods)
+        return capture, candidates[1]
+
     def param_task_grads(
         self, step: Step, rep_grads: RepGrads, chunk_size: Any = None, memory_budget_mb: Any = None
     ) -> ParamTaskGrads:
@@ -166,36 +189,29 @@ class Combiner:
 
         ``chunk_size`` tasks per batched backward call (null: :meth:`default_chunk`);
         ``memory_budget_mb`` bounds the rows of the per-task gradient stack held at once
-        (null: all T). From the second step on, the trunk's convolution and linear layers
-        whose weight gradient is cheaper through their input and output than explicitly
-        (few positions, wide weights: ResNet's last stage) enter the Gram matrix in that
-        factored form (see :mod:`mtbench.combiners.taskgrads`): same numbers up to rounding.
+        (null: all T). The trunk's convolution and linear layers whose weight gradient is
+        cheaper through their input and output than explicitly (few positions, wide weights:
+        ResNet's last stage; or a small batch) enter the Gram matrix in that factored form (see
+        :mod:`mtbench.combiners.taskgrads`): same numbers up to rounding. Which layers do is
+        decided at every call from that call's shapes alone (a smaller last batch may choose
+        differently), never from earlier calls, so a resumed run takes the same path as an
+        uninterrupted one. The layers' forward hooks are armed by :meth:`prepare` (the
+        trainer calls it before the first forward pass); without it, at the first call,
+        which then takes the plain path.
         """
         model = step.model
         params = model.shared_parameters() if hasattr(model, "shared_parameters") else [p for p in model.parameters() if p.requires_grad]
-        capture = self.__dict__.get("_capture")
-        if capture is None:
-            capture = self.__dict__["_capture"] = LayerCapture()
-        trunk = getattr(model, "trunk", model)
-        shared = {id(p) for p in params}
-        candidates = self.__dict__.get("_factored_candidates")
-        if candidates is None or candidates[0] is not trunk:
-            mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
-            candidates = self.__dict__["_factored_candidates"] = (trunk, mods)
-            capture.watch(mods)
+        capture, candidates = self.factored_candidates(model)
         T = rep_grads.num_tasks
-        layers, rejected = [], []
-        for m, x, out in captured_layers(step, capture, candidates[1]):
+
+        def pays(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> bool:
             c = m.weight.shape[0]
             n = out.numel() // (out.shape[1] if isinstance(m, nn.Conv2d) else out.shape[-1])
             k = m.weight[0].numel()
             fac, plain = factored_cost(n, k, c, T)
-            (layers if fac < plain else rejected).append((m, x, out))
-        if rejected:  # shapes do not change between steps: stop watching layers that do not pay
-            for m, _, _ in rejected:
-                capture.unwatch(m)
-            keep = [m for m in candidates[1] if all(m is not r for r, _, _ in rejected)]
-            self.__dict__["_factored_candidates"] = (trunk, keep)
+            return fac < plain
+
+        layers = captured_layers(step, capture, candidates, select=pays)
         self.__dict__["last_factored_layers"] = [m for m, _, _ in layers]  # (diagnostics, tests)
         chunk = self.default_chunk(chunk_size, step.rep.device)
         return ParamTaskGrads(step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(memory_budget_mb), layers=layers)

@@ -34,6 +34,10 @@ class Reweighted(Combiner):
         except MtbenchError as e:
             raise MtbenchError(str(e).replace("combiner.", f"combiner.{cls.name}.", 1)) from None
 
+    def prepare(self, model) -> None:
+        self.weighting.prepare(model)
+        self.combine.prepare(model)
+
     def backward(self, step: Step) -> None:
         w = self.weighting.task_weights(step)  # type: ignore[attr-defined]
         self.combine.backward(dataclasses.replace(step, losses=step.losses * w))

@@ -48,8 +48,10 @@ class GradNorm(Combiner):
     positions x K) and per-task output gradients D_i (N x C_out), dL_i/dW = D_i^T X, so
     ||dL_i/dW||^2 = <D_i, (X X^T) D_i>; when that is cheaper than forming the T weight
     gradients (N^2 (K + T C_out) < T N C_out K, e.g. ResNet's last 3x3 convolution) it is
-    used from the second step on (a forward hook keeps the layer's input and output);
-    otherwise one batched autograd call gives the T gradients of W.
+    used (a forward hook, armed before the first step, keeps the layer's input and output);
+    otherwise one batched autograd call gives the T gradients of W. The choice is made at
+    every step from that step's shapes alone (a smaller last batch may choose differently),
+    so a resumed run takes the same path as an uninterrupted one.
     """
 
     name = "gradnorm"
@@ -96,28 +98,45 @@ class GradNorm(Combiner):
             norms = self.task_grads_at(losses, weight).flatten(1).norm(dim=1)
         return norms
 
-    def _factored_norms(self, step: Step, module: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
-        """The norms through the layer's input and output gradients, or None (first step, or
-        not a layer where that is cheaper)."""
-        if not factored_layer(module) or self.__dict__.get("_plain_norms") is module:
-            return None
+    def prepare(self, model: torch.nn.Module) -> None:
+        if self.grad_at == "last_shared":  # arm the layer's hook before the first step
+            try:
+                module, _ = self.last_shared_layer(model)
+            except (ValueError, AttributeError):
+                return  # (the first step names the problem)
+            if factored_layer(module):
+                self._watch(module)
+
+    def _watch(self, module: torch.nn.Module) -> LayerCapture:
         capture = self.__dict__.get("_capture")
         if capture is None:
             capture = self.__dict__["_capture"] = LayerCapture()
-        if not capture.watching(module):
-            capture.watch([module])  # from the next step on
+        capture.watch([module])
+        return capture
+
+    @staticmethod
+    def _factored_pays(module: torch.nn.Module, out: torch.Tensor, t: int) -> bool:
+        """Are the norms cheaper through X X^T than through the T weight gradients, for this
+        call's shapes (N positions, K weight columns, C output channels)?"""
+        n = out.numel() // (out.shape[1] if isinstance(module, torch.nn.Conv2d) else out.shape[-1])
+        k, c = module.weight[0].numel(), module.weight.shape[0]
+        return 2 * (n * n * k + t * n * n * c + t * n * c) < t * n * c * k
+
+    def _factored_norms(self, step: Step, module: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+        """The norms through the layer's input and output gradients, or None (hook not armed
+        yet, or not cheaper for this step's shapes)."""
+        if not factored_layer(module):
             return None
-        layers = captured_layers(step, capture, [module])
+        capture = self.__dict__.get("_capture")
+        if capture is None or not capture.watching(module):
+            self._watch(module)  # (without prepare) from the next step on
+            return None
+        t = step.losses.shape[0]
+        layers = captured_layers(step, capture, [module], select=lambda m, x, out: self._factored_pays(m, out, t))
         if not layers:
             return None
         _, x, out = layers[0]
         xm = layer_input_matrix(module, x)
-        n, k = xm.shape
-        c, t = weight.shape[0], step.losses.shape[0]
-        if not 2 * (n * n * k + t * n * n * c + t * n * c) < t * n * c * k:
-            capture.unwatch(module)  # the plain batched gradients are cheaper here
-            self.__dict__["_plain_norms"] = module
-            return None
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
         (d,) = batched_grads(step.losses, [out], eye, retain_graph=True)
         sq = factored_gram(xm, layer_output_matrix(module, d), diagonal=True)

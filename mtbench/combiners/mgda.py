@@ -85,6 +85,10 @@ class MGDA(Combiner):
         self.last_weights = w
         return w
 
+    def prepare(self, model) -> None:
+        if self.level == "params":  # arm the factored layers' hooks before the first step
+            self.factored_candidates(model)
+
     def backward(self, step: Step) -> None:
         scale = self.num_tasks if self.rescale else 1.0
         rep_grads = self.rep_task_grads(step)

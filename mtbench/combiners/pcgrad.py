@@ -47,6 +47,10 @@ class PCGrad(Combiner):
         if self.memory_budget_mb is not None:
             self.memory_budget_mb = self.check_positive("memory_budget_mb", self.memory_budget_mb)
 
+    def prepare(self, model) -> None:
+        if self.level == "params":  # arm the factored layers' hooks before the first step
+            self.factored_candidates(model)
+
     def backward(self, step: Step) -> None:
         rep_grads = self.rep_task_grads(step)
         self.backward_heads(step)

@@ -23,8 +23,9 @@ Two places need the T per-task gradients g_i of the losses L_i:
   layer's output, N x C_out; X the layer's unfolded input, N x K) are never formed: their
   Gram entries are ``<dW_i, dW_j> = <D_i, (X X^T) D_j>`` and a combination is
   ``(sum_i w_i D_i)^T X``; the backward passes skip those weight gradients. This needs the
-  layers' inputs and outputs, which forward hooks (:class:`LayerCapture`) keep from the
-  second training step on; the first step takes the plain path.
+  layers' inputs and outputs, which forward hooks (:class:`LayerCapture`) keep; the combiner
+  arms them before the first forward pass (``Combiner.prepare``), and decides at every step,
+  from that step's shapes alone, which layers take the factored form.
 
 Every result here equals the plain computation up to floating-point rounding.
 """
@@ -339,13 +340,15 @@ def _uses(root: Any, targets: set) -> dict:
     return counts
 
 
-def captured_layers(step: Any, capture: LayerCapture, modules: Sequence[nn.Module]) -> list[tuple[nn.Module, Tensor, Tensor]]:
+def captured_layers(step: Any, capture: LayerCapture, modules: Sequence[nn.Module], select: Any = None) -> list[tuple[nn.Module, Tensor, Tensor]]:
     """The (module, input, output) of ``modules`` captured for this step whose weight enters the
-    graph of ``step.rep`` exactly once (through that call)."""
+    graph of ``step.rep`` exactly once (through that call); with ``select(module, input,
+    output)``, only those it accepts (checked first: the graph is walked for them only). Every
+    module's capture is taken (forgotten), selected or not."""
     found = []
     for m in modules:
         got = capture.take(m)
-        if got is not None:
+        if got is not None and (select is None or select(m, got[0], got[1])):
             found.append((m, got[0], got[1]))
     if not found or step.rep.grad_fn is None:
         return []

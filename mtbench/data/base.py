@@ -74,6 +74,11 @@ class Task:
 
     metric_columns: ClassVar[tuple[MetricColumn, ...]] = ()
 
+    #: the host ``torch.Generator`` that ``augment`` draws from: the trainer sets it for each
+    #: run (seeded from the run's seed for augmentation only, saved in checkpoints); None
+    #: (outside the trainer) draws from torch's global generator
+    augment_generator = None
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
@@ -88,7 +93,8 @@ class Task:
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation of a normalised float batch on the training device
-        (identity by default); not timed as part of the training step."""
+        (identity by default); not timed as part of the training step. Random draws come
+        from ``self.augment_generator`` only."""
         return x
 
     def extend_batch(self, x: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:

@@ -18,7 +18,7 @@ resizing the full-size decode at 64 px). The result is decoded once into a uint8
 split, ``<cache>/celeba-<S>px-<fingerprint>/{train,val,test}.npy`` ([N, 3, S, S], memory-mapped
 by the trainer), so later runs and epochs never decode a JPEG. Normalisation (the per-channel
 mean / std of up to 20,000 train images, stored with the cache) and the random left-right flip
-run on tensors on the training device. The fingerprint covers the two text files' contents, the size and modification time of
+(drawn from the run's augmentation generator) run on tensors on the training device. The fingerprint covers the two text files' contents, the size and modification time of
 every listed image, ``S`` and the crop policy: when any of them changes, a new cache is built
 (and the outdated one of the same source and size removed). A build writes into a temporary
 folder and renames it into place after ``meta.json`` (the "complete" marker) is written, so a
@@ -632,13 +632,14 @@ class CelebATask(BinaryAttributeTask):
         Training batches come in a random order (a fresh permutation of the split each epoch),
         so flipping the first k ~ Binomial(B, 1/2) images flips each image independently with
         probability 1/2, as one coin per image would; it is one contiguous in-place flip (no
-        gather, no select), and k is drawn on the host, so a GPU is never synchronised.
+        gather, no select), and k is drawn on the host (from ``augment_generator``, the run's
+        augmentation generator), so a GPU is never synchronised.
         """
         if not self.hflip:
             return x
         from torchvision.transforms.v2 import functional as TF
 
-        k = int((torch.rand(x.shape[0]) < 0.5).sum())
+        k = int((torch.rand(x.shape[0], generator=self.augment_generator) < 0.5).sum())
         if k:
             x[:k] = TF.horizontal_flip(x[:k])
         return x

@@ -30,6 +30,7 @@ from mtbench.data.base import Labels, index_labels, labels_to
 from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
 from mtbench.train.optim import build_optimizer, build_scheduler
+from mtbench.train.rng import derive_seed, forked_global_rng, run_generators, set_num_threads
 
 log = logging.getLogger("mtbench")
 
@@ -214,15 +215,18 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
     loss or gradient) and ``Interrupted``.
     """
     tcfg = cfg.trainer
-    if tcfg.num_threads:
-        torch.set_num_threads(int(tcfg.num_threads))
+    set_num_threads(tcfg.num_threads)  # every run: a sweep's earlier run never leaks its setting
     device = resolve_device(tcfg.device)
     seed = int(cfg.seed)
-    torch.manual_seed(seed)
 
-    task = build_task(cfg.task)
-    model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
+    # one generator per purpose (mtbench/train/rng.py): what the task's builder draws (only on
+    # a cache miss, say) cannot shift the model's initialisation or anything after it
+    with forked_global_rng(0, "task build"):
+        task = build_task(cfg.task)
+    with forked_global_rng(seed, "model init"):
+        model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
     combiner = build_combiner(cfg.combiner, task.num_tasks, default_leak=task.default_leak)
+    combiner.prepare(model)  # before the first forward pass: fast paths armed for every step
     optimizer = build_optimizer(model.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
     prep = Preprocess(task, device)
@@ -232,9 +236,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
     amp = amp_dtype(tcfg)  # trainer.amp: bf16 autocast of the forward pass
     timer = StepTimer(device)
 
-    data_gen = torch.Generator().manual_seed(seed)  # batch order
-    comb_gen = torch.Generator(device=device).manual_seed(seed + 1)  # combiner randomness (device)
-    comb_cpu_gen = torch.Generator().manual_seed(seed + 2) if device.type != "cpu" else comb_gen  # (host)
+    gens = run_generators(seed, device)  # saved in checkpoints
+    data_gen, comb_gen, comb_cpu_gen = gens["batch order"], gens["combiner"], gens["combiner cpu"]
+    task.augment_generator = gens["augmentation"]
+    torch.manual_seed(derive_seed(seed, "training"))  # anything else drawn while training (dropout)
     columns = {c.key: c for c in task.metric_columns}
     select = str(tcfg.select_metric) if tcfg.get("select_metric") else task.metric_columns[0].key
     if select not in columns:
@@ -245,7 +250,6 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
     epochs, bs = int(tcfg.epochs), int(tcfg.batch_size)
     steps_per_epoch = math.ceil(len(task.train) / bs)
     show = bool(tcfg.progress) and sys.stderr.isatty()
-    gens = {"data": data_gen, "combiner": comb_gen, "combiner_cpu": comb_cpu_gen}
 
     # -- state (saved in checkpoints) ------------------------------------------------------
     state: dict[str, Any] = {
