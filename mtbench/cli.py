@@ -93,8 +93,31 @@ def _base_record(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one configured run in ``run_dir`` (or skip / resume it); return metrics.json's content."""
-    from mtbench.train import CHECKPOINT, Interrupted, TrainingFailed, train  # heavy imports after the checks
+    """Train one configured run in ``run_dir`` (or skip / resume it); return metrics.json's content.
+
+    The whole run holds the run folder's lock (``mtbench.report.lock``: a run another live
+    process holds is skipped, status ``skipped``, and nothing is written into its folder) and
+    handles SIGTERM/SIGINT (``mtbench.train.StopFlag``): a signal at any point leaves the run
+    ``interrupted`` and resumable, and raises ``Interrupted`` or ``StopNow``.
+    """
+    from mtbench.report.lock import Locked, RunLock
+    from mtbench.train import Interrupted, StopFlag
+
+    with StopFlag() as stop:
+        try:
+            with RunLock(run_dir):
+                record = _run_owned(cfg, run_dir, stop)
+        except Locked as e:
+            log.warning(f"[{cfg.name}] {cfg.combiner.name} seed={cfg.seed}: {e}, skipped")
+            record = {**_base_record(cfg), "status": "skipped", "reason": str(e)}
+    if stop.signum is not None:  # came while the final files were written: the sweep stops here
+        raise Interrupted(stop.signum, f"after this run ended ({record['status']})")
+    return record
+
+
+def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any) -> dict[str, Any]:
+    """``run``'s work, with the run folder's lock held and the signal handler ``stop`` installed."""
+    from mtbench.train import CHECKPOINT, Interrupted, StopNow, TrainingFailed, train  # heavy imports after the checks
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
@@ -124,12 +147,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_csv(run_dir / "history.csv", history)
 
     try:
-        result = train(cfg, run_dir=run_dir, on_epoch=on_epoch)
+        result = train(cfg, run_dir=run_dir, on_epoch=on_epoch, stop=stop)
     except (MtbenchError, OSError):
         if previous is None and not (run_dir / CHECKPOINT).exists():
             (run_dir / METRICS).unlink(missing_ok=True)  # bad input: leave no run behind
         raise
-    except Interrupted as e:
+    except (Interrupted, StopNow) as e:
         record.update(status="interrupted", reason=str(e), wall_s=time.time() - t0)
         write_json(run_dir / METRICS, record)
         raise
@@ -162,7 +185,7 @@ def _error(message: str, exc: BaseException | None = None, code: int = 2) -> Non
 
 @hydra.main(version_base="1.3", config_path="pkg://mtbench.configs", config_name="config")
 def _app(cfg: DictConfig) -> dict[str, Any] | None:
-    from mtbench.train import Interrupted
+    from mtbench.train import AGAIN, Interrupted, StopNow
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -170,8 +193,8 @@ def _app(cfg: DictConfig) -> dict[str, Any] | None:
         record = run(cfg, run_dir)
     except MtbenchError as e:
         _error(str(e), e)
-    except Interrupted as e:
-        print(f"mtbench: {run_dir}: {e}", file=sys.stderr)
+    except (Interrupted, StopNow) as e:
+        print(AGAIN if getattr(e, "again", False) else f"mtbench: {run_dir}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except OSError as e:
         hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
