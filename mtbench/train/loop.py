@@ -247,6 +247,19 @@ class StopFlag:
         self._old.clear()
 
 
+def pause_point(name: str) -> None:
+    """A place where the fault-injection tests stop a run: with ``MTBENCH_PAUSE_AT=name`` the
+    process creates the file ``MTBENCH_PAUSE_MARKER`` and waits, up to ``MTBENCH_PAUSE_S``
+    seconds (default 60), until that file is removed. Does nothing otherwise."""
+    if os.environ.get("MTBENCH_PAUSE_AT") != name:
+        return
+    marker = Path(os.environ.get("MTBENCH_PAUSE_MARKER", "mtbench.paused"))
+    marker.write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + float(os.environ.get("MTBENCH_PAUSE_S", "60"))
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: StopFlag | None = None) -> dict[str, Any]:
     """Train one run as configured; return the results that go into ``metrics.json``
     (``history`` holds one row per epoch).
@@ -263,6 +276,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     """
     if stop is not None:
         stop.now("before the first step")
+    pause_point("setup")
     tcfg = cfg.trainer
     if tcfg.num_threads:
         torch.set_num_threads(int(tcfg.num_threads))
@@ -332,6 +346,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
 
     with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         stop.defer()
+        pause_point("steps")
         while state["epoch"] <= epochs:
             epoch = state["epoch"]
             model.train()
@@ -407,6 +422,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     best = state["best"]
     assert best is not None and state["best_model"] is not None
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
+    pause_point("test")
     model.load_state_dict(state["best_model"])
     test = evaluate(model, task, task.test, prep, int(tcfg.eval_batch_size))
     stop.defer()
