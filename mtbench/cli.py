@@ -131,8 +131,31 @@ def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[s
 
 def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one configured run in ``run_dir`` (or skip / resume it); return metrics.json's content.
-    ``ident``: the run's identity overrides (``variant.identity``), recorded in metrics.json."""
-    from mtbench.train import CHECKPOINT, Interrupted, TrainingFailed, train  # heavy imports after the checks
+    ``ident``: the run's identity overrides (``variant.identity``), recorded in metrics.json.
+
+    The whole run holds the run folder's lock (``mtbench.report.lock``: a run another live
+    process holds is skipped, status ``skipped``, and nothing is written into its folder) and
+    handles SIGTERM/SIGINT (``mtbench.train.StopFlag``): a signal at any point leaves the run
+    ``interrupted`` and resumable, and raises ``Interrupted`` or ``StopNow``.
+    """
+    from mtbench.report.lock import Locked, RunLock
+    from mtbench.train import Interrupted, StopFlag
+
+    with StopFlag() as stop:
+        try:
+            with RunLock(run_dir):
+                record = _run_owned(cfg, run_dir, stop, ident)
+        except Locked as e:
+            log.warning(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: {e}, skipped")
+            record = {**_base_record(cfg, ident), "status": "skipped", "reason": str(e)}
+    if stop.signum is not None:  # came while the final files were written: the sweep stops here
+        raise Interrupted(stop.signum, f"after this run ended ({record['status']})")
+    return record
+
+
+def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any, ident: dict[str, str] | None = None) -> dict[str, Any]:
+    """``run``'s work, with the run folder's lock held and the signal handler ``stop`` installed."""
+    from mtbench.train import CHECKPOINT, Interrupted, StopNow, TrainingFailed, train  # heavy imports after the checks
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
@@ -163,12 +186,12 @@ def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> 
         write_csv(run_dir / "history.csv", history)
 
     try:
-        result = train(cfg, run_dir=run_dir, on_epoch=on_epoch)
+        result = train(cfg, run_dir=run_dir, on_epoch=on_epoch, stop=stop)
     except (MtbenchError, OSError):
         if previous is None and not (run_dir / CHECKPOINT).exists():
             (run_dir / METRICS).unlink(missing_ok=True)  # bad input: leave no run behind
         raise
-    except Interrupted as e:
+    except (Interrupted, StopNow) as e:
         record.update(status="interrupted", reason=str(e), wall_s=time.time() - t0)
         write_json(run_dir / METRICS, record)
         raise
@@ -226,7 +249,7 @@ def _objective(record: dict[str, Any] | None) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://mtbench.configs", config_name="config")
 def _app(cfg: DictConfig) -> float:
-    from mtbench.train import Interrupted
+    from mtbench.train import AGAIN, Interrupted, StopNow
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -243,9 +266,9 @@ def _app(cfg: DictConfig) -> float:
         print(f"mtbench: error: {run_dir}: {e}", file=sys.stderr)  # this job only: the sweep goes on
         sweep.record(run_dir, "refused", str(e))
         return float("nan")
-    except Interrupted as e:
+    except (Interrupted, StopNow) as e:
         sweep.record(run_dir, "interrupted", str(e))
-        print(f"mtbench: {run_dir}: {e}", file=sys.stderr)
+        print(AGAIN if getattr(e, "again", False) else f"mtbench: {run_dir}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except OSError as e:
         hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"

@@ -1,5 +1,5 @@
 """Training: optimizer, schedule, the loop and evaluation."""
 
-from mtbench.train.loop import CHECKPOINT, Interrupted, TrainingFailed, train
+from mtbench.train.loop import AGAIN, CHECKPOINT, Interrupted, StopFlag, StopNow, TrainingFailed, train
 
-__all__ = ["CHECKPOINT", "Interrupted", "TrainingFailed", "train"]
+__all__ = ["AGAIN", "CHECKPOINT", "Interrupted", "StopFlag", "StopNow", "TrainingFailed", "train"]

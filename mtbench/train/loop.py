@@ -175,22 +175,67 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only).
+class StopNow(KeyboardInterrupt):
+    """Raised by the signal handler itself: at a second signal (``again``), or at a first one
+    where there is no step to finish (setup, the final test evaluation). A ``KeyboardInterrupt``,
+    so that code cleaning up after Ctrl-C cleans up after it too."""
 
-    Not installed under submitit (it owns the signals there and requeues preempted jobs;
-    the per-epoch checkpoints make the requeued job resume).
+    def __init__(self, signum: int, where: str, again: bool = False):
+        name = signal.Signals(signum).name
+        text = f"stopped by a second {name}" if again else f"interrupted by {name} {where}; re-run the same command to resume"
+        super().__init__(text)
+        self.signum = signum
+        self.again = again
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+#: the line printed when a second signal stops a run at once
+AGAIN = "mtbench: interrupted again, stopping now"
+
+
+class StopFlag:
+    """SIGTERM/SIGINT handling for a whole run (main thread only).
+
+    During the training steps (``defer()``, the default) a first signal sets ``signum``, which
+    the loop checks after each step (it then checkpoints and raises ``Interrupted``); where
+    there is nothing to finish (``now(where)``: setup, final test evaluation) a first signal
+    raises ``StopNow`` at once. A second signal raises ``StopNow(again=True)``; a third one
+    (while that unwinds) ends the process with ``os._exit``. Not installed under submitit (it
+    owns the signals there and requeues preempted jobs; the per-epoch checkpoints make the
+    requeued job resume).
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0
+        self.immediate = False
+        self.where = ""
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+        self.count += 1
+        if self.count > 2:  # still unwinding after the second one
+            print(AGAIN, file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        if self.count == 2:
+            raise StopNow(signum, "", again=True)
         self.signum = signum
+        if self.immediate:
+            log.warning(f"mtbench: {signal.Signals(signum).name} received {self.where}: stopping")
+            raise StopNow(signum, self.where)
         log.warning(f"mtbench: {signal.Signals(signum).name} received: finishing this step, then checkpointing")
+
+    def now(self, where: str) -> None:
+        """From here on a first signal stops at once; raises ``Interrupted`` if one came already."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, where)
+        self.where, self.immediate = where, True
+
+    def defer(self) -> None:
+        """From here on a first signal only sets ``signum`` (checked after each step)."""
+        self.immediate = False
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ:
@@ -201,9 +246,23 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
 
 
-def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[str, Any]:
+def pause_point(name: str) -> None:
+    """A place where the fault-injection tests stop a run: with ``MTBENCH_PAUSE_AT=name`` the
+    process creates the file ``MTBENCH_PAUSE_MARKER`` and waits, up to ``MTBENCH_PAUSE_S``
+    seconds (default 60), until that file is removed. Does nothing otherwise."""
+    if os.environ.get("MTBENCH_PAUSE_AT") != name:
+        return
+    marker = Path(os.environ.get("MTBENCH_PAUSE_MARKER", "mtbench.paused"))
+    marker.write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + float(os.environ.get("MTBENCH_PAUSE_S", "60"))
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: StopFlag | None = None) -> dict[str, Any]:
     """Train one run as configured; return the results that go into ``metrics.json``
     (``history`` holds one row per epoch).
 
@@ -212,8 +271,14 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
     and on SIGTERM/SIGINT (after the current step), and an existing checkpoint is resumed:
     the resumed run ends with the same numbers as an uninterrupted one (on a CPU).
     ``on_epoch(history)`` is called after each epoch. Raises ``TrainingFailed`` (non-finite
-    loss or gradient) and ``Interrupted``.
+    loss or gradient) and ``Interrupted``. ``stop``: the caller's installed ``StopFlag``
+    (``mtbench.cli.run`` holds one over the whole run; without it the signals are handled
+    during the epochs only); with it a signal during setup or the final test evaluation
+    raises ``StopNow``.
     """
+    if stop is not None:
+        stop.now("before the first step")
+    pause_point("setup")
     tcfg = cfg.trainer
     set_num_threads(tcfg.num_threads)  # every run: a sweep's earlier run never leaks its setting
     device = resolve_device(tcfg.device)
@@ -284,7 +349,9 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
         }
         atomic_save(payload, ckpt_path)
 
-    with StopFlag() as stop:
+    with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
+        stop.defer()
+        pause_point("steps")
         while state["epoch"] <= epochs:
             epoch = state["epoch"]
             model.train()
@@ -359,8 +426,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None) -> dict[s
 
     best = state["best"]
     assert best is not None and state["best_model"] is not None
+    stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
+    pause_point("test")
     model.load_state_dict(state["best_model"])
     test = evaluate(model, task, task.test, prep, int(tcfg.eval_batch_size))
+    stop.defer()
     step_times = state["step_times"]
     total_step_s = sum(step_times)
     return {
