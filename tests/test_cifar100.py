@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,7 @@ from mtbench.train.loop import Preprocess, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_fake_cifar100.py"
+FIXTURES = Path(__file__).parent / "fixtures"
 N_TRAIN, N_TEST, VAL = 96, 32, 32
 COLUMNS = ["target top-1 error (%) ↓", "target top-5 error (%) ↓", "source agreement (%) ↑"]
 
@@ -423,3 +426,62 @@ def test_sweep_table_has_the_transfer_columns(sweep):
     table = pd.read_csv(folder / "table.csv")
     assert list(table["combiner"]) == list(COMBINERS)
     assert {"test_top1_error_mean", "test_top5_error_mean", "test_source_agreement_mean"} <= set(table.columns)
+
+
+# -- the same numbers alone, late in a sweep, and after a kill ---------------------------------------
+
+#: pcgrad and mgda at level=params and gradnorm take the factored path at ResNet's last stage
+RESUMED = ["baseline", "pcgrad", "mgda_params", "gradnorm", "graddrop"]
+
+
+def short_args(data_root, weights) -> list[str]:
+    """3 epochs of 2 steps (48 images, then 16) on the fake CIFAR-100."""
+    return ["task=cifar100_transfer", f"data.root={data_root}", f"model.weights={weights}", f"task.val_size={VAL}",
+            "trainer.epochs=3", "trainer.batch_size=48", "trainer.eval_batch_size=64", "trainer.device=cpu",
+            "trainer.num_threads=1", f"hydra.searchpath=[file://{FIXTURES / 'configs'}]"]
+
+
+def numbers(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    history = pd.read_csv(run / "history.csv").drop(columns=["train_step_s"])
+    return {"test": m["test"], "val": m["val"], "best_epoch": m["best_epoch"], "history": history.to_dict("list")}
+
+
+def combiner_name(choice: str) -> str:
+    return "mgda" if choice == "mgda_params" else choice
+
+
+@pytest.fixture(scope="module")
+def short_sweep(tmp_path_factory, data_root, weights) -> Path:
+    """The combiners of RESUMED, uninterrupted, in one process (the teacher's predictions are
+    computed by the first run and reused by the others)."""
+    cwd = tmp_path_factory.mktemp("short_sweep")
+    proc = run_cli("mtbench", ["-m", f"combiner={','.join(RESUMED)}", *short_args(data_root, weights)], cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return cwd / "results" / "cifar100_transfer"
+
+
+def test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep(tmp_path, data_root, weights, short_sweep):
+    """Alone, the run builds the teacher itself (a cache miss): the new heads' initialisation
+    must not depend on it."""
+    proc = run_cli("mtbench", [*short_args(data_root, weights), "combiner=graddrop", "~hydra.callbacks.tables"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    alone = numbers(run_dir(tmp_path / "results" / "cifar100_transfer", "graddrop"))
+    assert alone == numbers(run_dir(short_sweep, "graddrop"))
+
+
+@pytest.mark.parametrize("choice", [c for c in RESUMED if c != "baseline"])
+def test_killed_run_resumes_to_the_same_numbers(tmp_path, data_root, weights, short_sweep, choice):
+    """SIGKILL right after the first step of epoch 2: a new process resumes from epoch 1's
+    checkpoint and ends with the uninterrupted run's exact numbers."""
+    args = [*short_args(data_root, weights), f"combiner={choice}", "~hydra.callbacks.tables"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    first = subprocess.run([sys.executable, str(FIXTURES / "interrupt_at.py"), "3", "SIGKILL", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    run = run_dir(tmp_path / "results" / "cifar100_transfer", combiner_name(choice))
+    assert json.loads((run / "metrics.json").read_text())["status"] == "running"
+    again = run_cli("mtbench", args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming from" in again.stderr and "(epoch 2, step 0)" in again.stderr
+    assert numbers(run) == numbers(run_dir(short_sweep, combiner_name(choice)))

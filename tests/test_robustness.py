@@ -93,6 +93,8 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
 
 #: 3 epochs of 2 steps: 64 examples, then 8 (a last batch of another shape)
 SHORT = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs"))] + ["task.n_train=72", "trainer.epochs=3"]
+#: single runs below skip the results table and plots (a second or so per process)
+NO_TABLE = "~hydra.callbacks.tables"
 
 
 def interrupt_at(step: int, sig: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -115,7 +117,7 @@ def sweep_reference(tmp_path_factory) -> Path:
 def test_every_combiner_resumes_mid_epoch_to_the_same_numbers(tmp_path, sweep_reference, combiner):
     """SIGTERM after the first step: the run checkpoints mid-epoch; a new process resumes it (its
     first step is the smaller last batch) and ends with the uninterrupted run's exact numbers."""
-    args = [*SHORT, f"combiner={combiner}"]
+    args = [*SHORT, f"combiner={combiner}", NO_TABLE]
     first = interrupt_at(1, "SIGTERM", args, tmp_path)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     run = run_dir(tmp_path / "results" / "shapes40", combiner)
@@ -128,7 +130,7 @@ def test_every_combiner_resumes_mid_epoch_to_the_same_numbers(tmp_path, sweep_re
 
 
 def test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep(tmp_path, sweep_reference):
-    proc = run_cli("mtbench", [*SHORT, "combiner=gradnorm_graddrop"], cwd=tmp_path)
+    proc = run_cli("mtbench", [*SHORT, "combiner=gradnorm_graddrop", NO_TABLE], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     alone = numbers(run_dir(tmp_path / "results" / "shapes40", "gradnorm_graddrop"))
     assert alone == numbers(run_dir(sweep_reference, "gradnorm_graddrop"))  # the sweep's 9th run
