@@ -117,9 +117,10 @@ def run(cwd: Path, args: list[str], timeout: float = 600) -> subprocess.Complete
 
 def run_folder(cwd: Path, combiner: str = "baseline", seed: int = 0) -> Path:
     """The run's folder, in either layout (``runs/<c>/<variant>/seed=N`` or ``runs/<c>/seed=N``)."""
-    new = cwd / SWEEP / "runs" / combiner / "default" / f"seed={seed}"
-    old = cwd / SWEEP / "runs" / combiner / f"seed={seed}"
-    return new if new.exists() or not old.exists() else old
+    base = cwd / SWEEP / "runs" / combiner
+    found = sorted(p for p in base.glob(f"*/seed={seed}") if p.is_dir())  # one command line: one variant
+    old = base / f"seed={seed}"
+    return found[0] if found else (old if old.exists() else base / "default" / f"seed={seed}")
 
 
 def numbers(folder: Path) -> dict[str, Any]:
