@@ -29,6 +29,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -318,6 +319,67 @@ def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
         return argv, bool(args.multirun)
     flags = [a for a in argv if a not in args.overrides]
     return flags + checked, bool(args.multirun)
+
+
+def _check_run_folder(path: Path) -> None:
+    """One line and exit 2 when the run folder ``path``, or its first existing parent, is a file
+    or not writable, or a file Hydra and the log write into it is not writable."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                _error(f"{parent} is a file, not a folder; move it away (or set name=... or results_dir=...)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                _error(f"{parent} is not writable; make it writable (chmod u+w) or set name=... or results_dir=...")
+            break
+    inner = [path / ".hydra", path / "mtbench.log", *(path / ".hydra").glob("*.yaml")]
+    for p in inner:
+        if p.exists() and not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
+            _error(f"{p} is not writable; make it writable (chmod u+w) or set name=... or results_dir=...")
+
+
+def _check_sweep_folder(sweep: Path, combiners: list[str] | None = None) -> None:
+    """The sweep's folder checked like a run folder; under its ``runs/`` (the folders of
+    ``combiners``, all when None), a file where a combiner, variant or seed folder belongs,
+    and a run folder that is not writable, are errors."""
+    _check_run_folder(sweep)
+    runs = sweep / "runs"
+    if not runs.is_dir():
+        return
+    names = combiners or ["*"]
+    entries = [e for n in names for e in (*runs.glob(n), *runs.glob(f"{n}/*"), *runs.glob(f"{n}/*/seed=*"))]
+    for entry in sorted(set(entries)):
+        if not entry.is_dir():
+            _error(f"{entry} is a file, not a folder: it stands where a run's folder belongs; move it away")
+        if entry.name.startswith("seed="):
+            _check_run_folder(entry)
+
+
+class FolderCheck(Callback):
+    """Hydra callback: before Hydra creates any run folder, the folders the runs write to are
+    checked (one line, exit 2, instead of a traceback from Hydra)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_run_folder(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_sweep_folder(Path(str(config.hydra.sweep.dir)), _swept_combiners(config))
+
+
+def _swept_combiners(config: DictConfig) -> list[str] | None:
+    """The combiner names a sweep's ``combiner=a,b`` lists (command line first, then the
+    sweeper's params); None when that is not a plain list of names."""
+    value = None
+    for override in config.hydra.overrides.task:
+        key, _, rest = str(override).partition("=")
+        if key.lstrip("+~") == "combiner":
+            value = rest
+    params = config.hydra.sweeper.get("params") or {}
+    if value is None and "combiner" in params:
+        value = str(params["combiner"])
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",")]
+    return names if all(n and all(c.isalnum() or c in "_-." for c in n) for n in names) else None
 
 
 def main() -> None:

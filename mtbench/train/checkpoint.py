@@ -56,7 +56,7 @@ def load(path: Path) -> Any:
     if raw.startswith(MAGIC):
         header = _HEADER.match(raw)
         if header is None:
-            raise MtbenchError(f"checkpoint {path} is corrupt (its header is damaged); delete it to start the run again, or use force=true")
+            raise MtbenchError(f"checkpoint {path} is corrupt (its SHA-256 header is damaged); delete it to start the run again, or use force=true")
         body = memoryview(raw)[header.end() :]
         if hashlib.sha256(body).hexdigest() != header.group(1).decode():
             raise MtbenchError(
