@@ -524,3 +524,19 @@ def test_sweep_end_to_end(pristine, tmp_path):
     table = (folder / "table.md").read_text()
     assert "| baseline |" in table and "| graddrop |" in table
     assert len([p for p in (tv / "celeba" / ".mtbench_cache").iterdir()]) == 1  # built once, shared by both runs
+
+    # graddrop alone, first in its process and building its own cache (another copy of the
+    # files), has exactly the numbers it had second in the sweep (random flips included)
+    other = tmp_path / "other"
+    shutil.copytree(pristine, other)
+    alone = run_cli("mtbench", [a.replace(f"data.root={tv}", f"data.root={other}") for a in args[1:] if not a.startswith("combiner=")]
+                    + ["combiner=graddrop", "results_dir=alone"], cwd=tmp_path)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    assert (other / ".mtbench_cache").is_dir()
+
+    def numbers(run: Path) -> dict:
+        m = json.loads((run / "metrics.json").read_text())
+        history = pd.read_csv(run / "history.csv").drop(columns=["train_step_s"])
+        return {"test": m["test"], "val": m["val"], "history": history.to_dict("list"), "per_attribute": (run / "per_attribute.csv").read_text()}
+
+    assert numbers(run_dir(tmp_path / "alone" / "celeba", "graddrop", 0)) == numbers(run_dir(folder, "graddrop", 0))
