@@ -150,3 +150,25 @@ def test_mtbench_table_on_a_folder_where_every_run_failed(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "no completed run" in proc.stderr
     assert "| baseline | default | 0 | failed | non-finite loss |" in (tmp_path / "r" / "table.md").read_text()
+
+
+def test_tuned_and_compare_presets_share_the_budget_and_sweep_a_learning_rate_grid():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="mtbench.configs", version_base=None):
+        tuned = compose("config", ["experiment=shapes40_tuned"], return_hydra_config=True)
+        compare = compose("config", ["experiment=shapes40_compare"], return_hydra_config=True)
+    assert tuned.name == "shapes40_tuned" and compare.name == "shapes40_compare"
+    assert tuned.trainer.epochs == compare.trainer.epochs == 32  # the learning curve's choice
+    params = tuned.hydra.sweeper.params
+    assert params["seed"] == "0,1,2" and params["trainer.lr"] == "0.001,0.003,0.01"
+    assert params["combiner"] == compare.hydra.sweeper.params["combiner"]  # every combiner
+
+
+def test_tuned_preset_writes_the_tuned_table(tmp_path):
+    args = ["-m", "experiment=shapes40_tuned", "combiner=baseline,graddrop", "seed=0", *SMALL]
+    proc = run_cli("mtbench", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuned = pd.read_csv(tmp_path / "results" / "shapes40_tuned" / "table_tuned.csv")
+    assert list(tuned["combiner"]) == ["baseline", "graddrop"] and set(tuned["variants_tried"]) == {3}
+    assert all("trainer.lr=" in s for s in tuned["settings"])
