@@ -61,7 +61,7 @@ def _resolve(page: Path, target: str) -> Path | None:
     return path
 
 
-@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md", ROOT / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_link_and_named_file_exists(page):
     text = page.read_text(encoding="utf-8")
     missing = []
