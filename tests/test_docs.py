@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ def test_example_combiner_runs_through_the_cli(tmp_path):
 
 def _prose(text: str) -> str:
     """The page without its fenced code blocks (commands there may name files yet to be written)."""
-    return re.sub(r"^ *```.*?^ *```", "", text, flags=re.S | re.M)
+    return re.sub(r"^ *```.*?^ *```", "", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def _links(text: str) -> list[str]:
@@ -77,7 +76,7 @@ def test_every_link_and_named_file_exists(page):
         if span.startswith(REPO_PREFIXES) and not re.search(r"[<>*{}\[\]=]|\.\.\.", span):
             if not (ROOT / span).exists():
                 missing.append(f"file {span}")
-    for target in re.findall(r"^::: ([\w.]+)", text, flags=re.M):
+    for target in re.findall(r"^::: ([\w.]+)", text, flags=re.MULTILINE):
         module = target
         while module and not _module_file(module):
             module = module.rpartition(".")[0]
@@ -93,16 +92,21 @@ def _module_file(dotted: str) -> bool:
 
 def test_every_page_is_in_the_nav():
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    listed = set(re.findall(r":\s*([\w/.-]+\.md)\s*$", config, flags=re.M))
+    listed = set(re.findall(r":\s*([\w/.-]+\.md)\s*$", config, flags=re.MULTILINE))
     pages = {p.relative_to(DOCS).as_posix() for p in PAGES}
     assert pages == listed, f"not in the nav: {sorted(pages - listed)}; in the nav, no page: {sorted(listed - pages)}"
 
 
-@pytest.mark.skipif(shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists(), reason="mkdocs is not installed (pip install -e '.[docs]')")
+@pytest.mark.skipif(
+    shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists(),
+    reason="mkdocs is not installed (pip install -e '.[docs]')",
+)
 def test_mkdocs_build_strict(tmp_path):
     mkdocs = Path(sys.executable).parent / "mkdocs"
     cmd = [str(mkdocs) if mkdocs.exists() else "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (tmp_path / "site" / "results" / "shapes40_compare" / "error_vs_speed.png").is_file()
     assert "GradDrop" in (tmp_path / "site" / "combiners" / "graddrop" / "index.html").read_text(encoding="utf-8")
