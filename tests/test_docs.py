@@ -1,0 +1,112 @@
+"""The documentation: its example combiner runs through the real CLI, and everything it points
+at exists (links between pages, snippet includes, repository files named in code spans)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+EXAMPLES = ROOT / "examples"
+PAGES = sorted(DOCS.rglob("*.md"))
+#: the folders of repository files that a page may name in a code span
+REPO_PREFIXES = ("mtbench/", "configs/", "scripts/", "tests/", "examples/", "docs/", ".ci/")
+
+
+def test_example_combiner_runs_through_the_cli(tmp_path):
+    """examples/my_combiner.py, included verbatim in docs/extending/combiner.md, trains a run."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH", "")) if p)}
+    args = ["combiner=mean", f"hydra.searchpath=[file://{EXAMPLES / 'configs'}]", *TINY]
+    proc = run_cli("mtbench", args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = list((tmp_path / "results" / "shapes40" / "runs" / "mean").glob("*/seed=0/metrics.json"))
+    assert len(found) == 1, found
+    metrics = json.loads(found[0].read_text())
+    assert metrics["status"] == "completed" and metrics["combiner"] == "mean"
+    assert metrics["config"]["combiner"]["_target_"] == "my_combiner.Mean"
+    numbers = [*metrics["test"].values(), *metrics["val"].values(), metrics["train_step_s"]]
+    assert numbers and all(isinstance(v, float) and math.isfinite(v) for v in numbers), metrics
+    assert "| mean |" in (tmp_path / "results" / "shapes40" / "table.md").read_text()
+
+
+def _prose(text: str) -> str:
+    """The page without its fenced code blocks (commands there may name files yet to be written)."""
+    return re.sub(r"^ *```.*?^ *```", "", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def _links(text: str) -> list[str]:
+    return re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", _prose(text))
+
+
+def _resolve(page: Path, target: str) -> Path | None:
+    """The file a relative link of ``page`` points at; None for external links and anchors."""
+    target = target.split("#", 1)[0]
+    if not target or re.match(r"^[a-z]+:", target):
+        return None
+    path = (page.parent / target).resolve()
+    if page.is_relative_to(DOCS) and not path.exists() and path.is_relative_to(DOCS / "results"):
+        # docs/hooks/results_files.py serves results/**/*.png as <site>/results/...
+        path = ROOT / path.relative_to(DOCS)
+    return path
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md", ROOT / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_and_named_file_exists(page):
+    text = page.read_text(encoding="utf-8")
+    missing = []
+    for target in _links(text):
+        path = _resolve(page, target)
+        if path is not None and not path.exists():
+            missing.append(f"link {target}")
+    for snippet in re.findall(r'--8<-- "([^"]+)"', text):
+        if not (ROOT / snippet.split(":", 1)[0]).is_file():
+            missing.append(f"snippet {snippet}")
+    for span in re.findall(r"`([^`\s]+)`", _prose(text)):
+        span = span.split("::", 1)[0].rstrip(".,;:")
+        if span.startswith(REPO_PREFIXES) and not re.search(r"[<>*{}\[\]=]|\.\.\.", span):
+            if not (ROOT / span).exists():
+                missing.append(f"file {span}")
+    for target in re.findall(r"^::: ([\w.]+)", text, flags=re.MULTILINE):
+        module = target
+        while module and not _module_file(module):
+            module = module.rpartition(".")[0]
+        if not module:
+            missing.append(f"API {target}")
+    assert not missing, f"{page.relative_to(ROOT)} points at what does not exist: {missing}"
+
+
+def _module_file(dotted: str) -> bool:
+    base = ROOT.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def test_every_page_is_in_the_nav():
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r":\s*([\w/.-]+\.md)\s*$", config, flags=re.MULTILINE))
+    pages = {p.relative_to(DOCS).as_posix() for p in PAGES}
+    assert pages == listed, f"not in the nav: {sorted(pages - listed)}; in the nav, no page: {sorted(listed - pages)}"
+
+
+@pytest.mark.skipif(
+    shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists(),
+    reason="mkdocs is not installed (pip install -e '.[docs]')",
+)
+def test_mkdocs_build_strict(tmp_path):
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    cmd = [str(mkdocs) if mkdocs.exists() else "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert (tmp_path / "site" / "results" / "shapes40_compare" / "error_vs_speed.png").is_file()
+    assert "GradDrop" in (tmp_path / "site" / "combiners" / "graddrop" / "index.html").read_text(encoding="utf-8")
