@@ -227,6 +227,8 @@ def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
     """Remove the ``++combiner.<option>`` keys that this job's combiner does not declare (an
     option given to a sweep of several combiners applies to those that have it)."""
     name = str(cfg.combiner.name)
+    if any(text.split("=", 1)[0].lstrip("+") == "combiner._target_" for text in overrides):
+        return  # a class given on the command line decides its own options
     for text in overrides:
         key = text.split("=", 1)[0].lstrip("+")
         if key.startswith("combiner.") and not applies(key, name):

@@ -7,6 +7,8 @@
   combiner.leak=0.5``) applies to the combiners that have the option: it is passed on as
   ``++combiner.<option>`` and each job of a combiner without it drops it (``cli``), so that
   combiner runs unchanged. An option that none of the swept combiners has is refused.
+- ``combiner._target_=my.module.MyCombiner`` (with or without ``+``) swaps in your class: the
+  other ``combiner.<option>`` keys then pass to it unchecked (its constructor checks them).
 - With ``hydra/sweeper=optuna`` the sweeper's direction follows the selected validation metric
   (error rates are minimised) unless ``hydra.sweeper.direction`` is given.
 """
@@ -142,9 +144,12 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
         known = sorted(set(itertools.chain.from_iterable(_keys(c) for c in configs)) - {"hydra"})
         known = [k for k in known if not k.startswith("hydra.")]
         combiners = group_choices.get("combiner") or _default_combiners(configs, multirun)
+        custom = any(o.key_or_group == "combiner._target_" for _, o in keyed)
         for text, o in keyed:
             key = o.key_or_group
-            if key.startswith("combiner."):
+            if key.startswith("combiner.") and custom:
+                out[out.index(text)] = "++" + text.lstrip("+")  # the class checks its own options
+            elif key.startswith("combiner."):
                 out[out.index(text)] = _combiner_key(text, o, key, combiners)
             elif key not in known:
                 hint = _suggest(key, known)

@@ -124,9 +124,12 @@ def parse(overrides: Iterable[str]) -> list[tuple[str, str]]:
 def identity(overrides: Iterable[str], combiner: str) -> dict[str, str]:
     """The identity overrides of a job, sorted by key: ``{key: canonical value}``."""
     out = {}
-    for key, value in parse(overrides):
+    pairs = parse(overrides)
+    # a class given on the command line (combiner._target_) decides its own options
+    custom = any(key.lstrip("+") == "combiner._target_" for key, _ in pairs)
+    for key, value in pairs:
         bare = key.lstrip("+")
-        if is_identity_key(bare) and applies(bare, combiner):
+        if is_identity_key(bare) and (custom or applies(bare, combiner)):
             out[bare] = value
     return dict(sorted(out.items()))
 

@@ -39,6 +39,22 @@ def test_example_combiner_runs_through_the_cli(tmp_path):
     assert "| mean |" in (tmp_path / "results" / "shapes40" / "table.md").read_text()
 
 
+def test_example_combiner_from_the_command_line_alone(tmp_path):
+    """No config file: ``+combiner._target_`` names the class, its options pass to it (and a
+    misspelt one is refused by the class itself, in one line)."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH", "")) if p)}
+    args = ["+combiner._target_=my_combiner.Mean", "combiner.name=mean", "+combiner.scale=2", *TINY]
+    proc = run_cli("mtbench", args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = (tmp_path / "results" / "shapes40" / "runs" / "mean").glob("*/seed=0/metrics.json")
+    metrics = json.loads(found.read_text())
+    assert metrics["status"] == "completed" and metrics["config"]["combiner"]["scale"] == 2
+    assert metrics["overrides"]["combiner.scale"] == "2" and "combiner._target_" in metrics["overrides"]
+    bad = run_cli("mtbench", [*args[:2], "+combiner.scal=2", *TINY], cwd=tmp_path, env=env)
+    errors = [x for x in bad.stderr.splitlines() if x.startswith("mtbench: error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "combiner.scal is not an option" in errors[0]
+
+
 def _prose(text: str) -> str:
     """The page without its fenced code blocks (commands there may name files yet to be written)."""
     return re.sub(r"^ *```.*?^ *```", "", text, flags=re.DOTALL | re.MULTILINE)
