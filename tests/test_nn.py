@@ -182,3 +182,15 @@ def test_bad_input_names_the_argument(make, words):
         make()
     message = str(excinfo.value)
     assert words in message and "\n" not in message
+
+
+def test_the_resnet_example_trains(tmp_path):
+    """examples/resnet_graddrop.py (shown on the docs page) runs as written, a few steps."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "resnet_graddrop.py"
+    proc = subprocess.run([sys.executable, str(script), "--steps", "2", "--image-size", "32", "--batch-size", "4", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("step ")]
+    assert len(lines) == 2 and "step 2/2: mean task loss" in lines[-1]
