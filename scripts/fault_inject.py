@@ -25,12 +25,13 @@ Each case disturbs one run (or sweep) in a fresh folder and checks what must hol
 - ``duplicate_sweep_x2`` / ``duplicate_sweep_x3``: the same sweep started 2 or 3 times at
   once: every process exits 0, every run is trained once, ends with the undisturbed numbers
   and is consistent.
-- ``corrupt_*``: a truncated or garbage ``metrics.json``, a truncated checkpoint, flipped
-  bytes inside a checkpoint, a garbage lock, stale temporary files: the re-run either ends
-  with the undisturbed numbers or stops with exit 2 and one ``mtbench: error:`` line (never
-  other numbers, never a traceback).
+- ``corrupt_*``: a truncated, garbage or non-object ``metrics.json``, a truncated checkpoint,
+  flipped bytes inside a checkpoint, a garbage lock, stale temporary files: the re-run either
+  ends with the undisturbed numbers or stops with exit 2 and one ``mtbench: error:`` line
+  (never other numbers, never a traceback); a file where the results folder or a combiner's
+  folder belongs: exit 2 with one line, the file untouched.
 - ``order_*``: a run's numbers do not depend on the runs before it in the same process.
-- ``badopt_*``: a bad option value: exit 2, exactly one ``mtbench: error:`` line, no
+- ``badopt_*``: a bad option value or a typo in a name: exit 2, exactly one ``mtbench: error:`` line, no
   traceback, no ``metrics.json`` left.
 
 Prints a table (case, held, details) and writes the results as JSON (``--out``). Exits 1 when
@@ -88,6 +89,35 @@ BAD_OPTIONS = [
     ("model_width_negative", ["model.width=-3"]),
     ("n_train_zero", ["task.n_train=0"]),
     ("combiner_unknown", ["combiner=nosuch"]),
+    # values that once became a failed run (exit 1) or were accepted silently
+    ("weight_decay_negative", ["trainer.weight_decay=-1"]),
+    ("weight_decay_text", ["trainer.weight_decay=abc"]),
+    ("weight_decay_nan", ["trainer.weight_decay=nan"]),
+    ("momentum_negative", ["trainer.optimizer=sgd", "trainer.momentum=-0.5"]),
+    ("step_size_zero", ["trainer.scheduler=step", "trainer.step_size=0"]),
+    ("step_size_negative", ["trainer.scheduler=step", "trainer.step_size=-1"]),
+    ("gamma_nan", ["trainer.gamma=nan"]),
+    ("gamma_negative", ["trainer.gamma=-1"]),
+    ("num_threads_negative", ["trainer.num_threads=-1"]),
+    ("num_threads_zero", ["trainer.num_threads=0"]),
+    ("device_mps", ["trainer.device=mps"]),
+    ("lr_inf", ["trainer.lr=inf"]),
+    ("seed_bool", ["seed=true"]),
+    ("lambda_inf", ["combiner=gradpenalty", "combiner.lambda=inf"]),
+    ("alpha_text", ["combiner=gradnorm", "combiner.alpha=abc"]),
+    ("alpha_nan", ["combiner=gradnorm", "combiner.alpha=nan"]),
+    ("k_nan", ["combiner=graddrop", "combiner.f=linear", "combiner.k=nan"]),
+    ("k_inf", ["combiner=graddrop", "combiner.f=sigmoid", "combiner.k=inf"]),
+    ("chunk_size_fraction", ["combiner=mgda", "combiner.level=params", "combiner.chunk_size=0.5"]),
+    ("n_train_text", ["task.n_train=abc"]),
+    ("image_size_small", ["task.image_size=8"]),
+    # typos: the closest valid name, exit 2
+    ("typo_combiner", ["combiner=gradrop"]),
+    ("typo_model", ["model=resnet"]),
+    ("typo_experiment", ["experiment=paper_celeb"]),
+    ("typo_combiner_key", ["combiner=graddrop", "combiner.lek=0.5"]),
+    ("typo_trainer_key", ["trainer.epocs=2"]),
+    ("typo_plus_key", ["+trainer.epocs=2"]),
 ]
 
 
@@ -329,12 +359,26 @@ class Injector:
 
     def corrupt(self, case: Case, what: str) -> None:
         cwd = self.fresh(case.name)
-        if what == "metrics_truncated_completed":
+        if what in ("metrics_truncated_completed", "metrics_not_an_object"):
             proc = run(cwd, CONFIG)
             if not case.check(proc.returncode == 0, "the first run failed"):
                 return
             path = run_folder(cwd) / "metrics.json"
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            if what == "metrics_not_an_object":
+                path.write_text("[1, 2, 3]")
+            else:
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif what in ("results_folder_is_a_file", "combiner_folder_is_a_file"):
+            blocked = cwd / SWEEP / ("runs/baseline" if what == "combiner_folder_is_a_file" else "")
+            blocked.parent.mkdir(parents=True, exist_ok=True)
+            blocked.write_text("not a folder")
+            again = run(cwd, CONFIG)
+            errors = [x for x in again.stderr.splitlines() if x.startswith("mtbench: error:")]
+            case.details.update(exit=again.returncode, error=errors[0] if errors else last_line(again.stderr))
+            case.check(again.returncode == 2, f"exit {again.returncode}")
+            case.check(len(errors) == 1 and "Traceback" not in again.stderr, "no single clean error line")
+            case.check(blocked.read_text() == "not a folder", "the file was changed")
+            return
         else:
             if not case.check(self._killed_mid_run(cwd), "the run never checkpointed"):
                 return
@@ -413,7 +457,8 @@ def all_cases(inj: Injector, n_random: int) -> list[tuple[str, str, Callable[[Ca
         cases.append((f"random{k}", "signal (random)", inj.signal_random))
     cases.append(("duplicate_sweep_x2", "duplicate sweeps", lambda c: inj.duplicate_sweep(c, 2)))
     cases.append(("duplicate_sweep_x3", "duplicate sweeps", lambda c: inj.duplicate_sweep(c, 3)))
-    for what in ("metrics_truncated_completed", "metrics_garbage_running", "checkpoint_truncated", "checkpoint_flipped_bytes", "lock_garbage_old", "lock_other_host_old", "stale_tmp_files"):
+    for what in ("metrics_truncated_completed", "metrics_not_an_object", "metrics_garbage_running", "checkpoint_truncated", "checkpoint_flipped_bytes", "lock_garbage_old", "lock_other_host_old", "stale_tmp_files",
+                 "results_folder_is_a_file", "combiner_folder_is_a_file"):  # fmt: skip
         cases.append((f"corrupt_{what}", "corrupted files", lambda c, w=what: inj.corrupt(c, w)))
     cases.append(("order_sweep_vs_single", "order", inj.order))
     for name, overrides in BAD_OPTIONS:
@@ -429,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/reliability/fault_inject.json", help="JSON results (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--cases", help="comma-separated case names (see --list)")
-    ap.add_argument("--random", type=int, default=8, help="signals at random moments (default: %(default)s)")
+    ap.add_argument("--random", type=int, default=24, help="signals at random moments (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random moments and bytes (default: %(default)s)")
     ap.add_argument("--workdir", help="where the cases run (default: a temporary folder, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
