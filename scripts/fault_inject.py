@@ -89,7 +89,7 @@ BAD_OPTIONS = [
     ("model_width_negative", ["model.width=-3"]),
     ("n_train_zero", ["task.n_train=0"]),
     ("combiner_unknown", ["combiner=nosuch"]),
-    # values that once became a failed run (exit 1) or were accepted silently
+    # values a looser check would let through to a failed run (exit 1) or accept silently
     ("weight_decay_negative", ["trainer.weight_decay=-1"]),
     ("weight_decay_text", ["trainer.weight_decay=abc"]),
     ("weight_decay_nan", ["trainer.weight_decay=nan"]),
