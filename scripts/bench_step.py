@@ -609,10 +609,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     out = Path(args.out) if args.out else Path("results/bench") / f"{problem.name}-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    from mtbench.files import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
     table = markdown_table(report)
     print(table)
     print(f"bench_step: wrote {out}", file=sys.stderr)

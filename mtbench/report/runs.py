@@ -1,7 +1,7 @@
 """One run's results on disk: ``metrics.json``, ``history.csv``, ``per_attribute.csv``.
 
-Every file is written atomically (a temporary file in the same folder, then a rename), so a
-reader never sees half a file, whatever happens to the writer.
+Every file is written atomically (:mod:`mtbench.files`: a temporary file in the same folder,
+then a rename), so a reader never sees half a file, whatever happens to the writer.
 """
 
 from __future__ import annotations
@@ -10,37 +10,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from mtbench.files import atomic_write_text
+
 METRICS = "metrics.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _clean(value: Any) -> Any:
@@ -66,8 +41,3 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    with open(Path(run_dir) / METRICS, encoding="utf-8") as f:
-        return json.load(f)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mtbench import MtbenchError
+from mtbench.files import atomic_write
 
 MAGIC = b"mtbench-checkpoint sha256="
 _HEADER = re.compile(rb"mtbench-checkpoint sha256=([0-9a-f]{64})\n")
@@ -33,17 +34,14 @@ def save(payload: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getbuffer()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the name remove_stale_tmp knows
+    header = MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+    def write(f) -> None:
+        f.write(header)
+        f.write(data)
+
+    atomic_write(path, write, binary=True, tmp=tmp)
 
 
 def load(path: Path) -> Any:

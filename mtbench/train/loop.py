@@ -106,11 +106,6 @@ def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess,
     return task.evaluate(scores, split.labels)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class StepTimer:
     """Training-step durations without a host synchronisation per step: on a GPU, CUDA events
     recorded around each step (in the stream, so the time includes any wait for the host)
