@@ -81,11 +81,15 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+#: config keys the configs no longer have: a saved run's config that holds them is not another config
+RETIRED_KEYS = ("task.kind",)
+
+
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every key whose value differs (keys outside a run's identity aside:
-    where files go, how fast it runs)."""
+    where files go, how fast it runs; and ``RETIRED_KEYS``)."""
     a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if is_identity_key(k))
+    keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 

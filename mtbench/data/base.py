@@ -87,6 +87,11 @@ class Task:
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
 
+    def setup(self, device: Any) -> None:
+        """Work that needs the training device (a ``torch.device``), done once per run after the
+        task is built and before the model is (e.g. a frozen network's predictions); nothing by
+        default. The trainer calls it on the same fork of the global generator as the build."""
+
     def make_heads(self, rep_dim: int) -> nn.Module:
         """The task heads reading the shared representation [B, rep_dim]."""
         raise NotImplementedError

@@ -19,14 +19,14 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def _device(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _DEVICE.fullmatch(value):
         raise MtbenchError(f"{key}={value!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-    from mtbench.train.loop import resolve_device
+    from mtbench.train.device import resolve_device
 
     resolve_device(value)  # cuda without a visible GPU: its own one-line error
     return value
 
 
 def _amp(key: str, value: Any) -> Any:
-    from mtbench.train.loop import AMP_DTYPES
+    from mtbench.train.device import AMP_DTYPES
 
     if str(value).lower() not in AMP_DTYPES:
         raise MtbenchError(f"{key}={value!r} is not allowed; choose false or bf16")
