@@ -1,4 +1,4 @@
-"""Models: shared trunk -> shared representation -> task heads (the heads come from the task)."""
+"""Models: shared trunk -> shared representation -> task heads (built from the task's ``head_spec``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mtbench import MtbenchError
+from mtbench.models.heads import NamedHeads, build_heads
 from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
-__all__ = ["LinearHeads", "MultiTaskModel", "build_model", "build_trunk", "check_model"]
+__all__ = ["LinearHeads", "MultiTaskModel", "NamedHeads", "build_heads", "build_model", "build_trunk", "check_model"]
 
 
 def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
@@ -43,10 +44,13 @@ def check_model(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:
-    """Trunk from ``cfg``; heads from ``task.make_heads`` (or ``num_tasks`` linear heads)."""
+    """Trunk from ``cfg``; heads from the task (``task.make_heads``, else built from
+    ``task.head_spec()``), or ``num_tasks`` linear heads."""
     trunk, dim = build_trunk(cfg, in_channels)
     if task is not None:
         heads = task.make_heads(dim)
+        if heads is None:
+            heads = build_heads(task.head_spec(), dim)
     elif num_tasks is not None:
         heads = LinearHeads(dim, num_tasks)
     else:
