@@ -242,7 +242,7 @@ def _load(root, download: bool, val_size: int, val_seed: int) -> _Loaded:
 
 def _teacher(loaded: _Loaded, key: tuple, arch: str, weights: str, size: int, device: torch.device, batch_size: int, distill: bool) -> _Teacher:
     """The pretrained network's classifier and its predictions on the three splits (cached by ``key``)."""
-    from mtbench.models.resnet import load_resnet
+    from mtbench.pretrained import load_resnet
 
     key = (*key, arch, _weights_key(weights), size, str(device), distill)
     if key in _TEACHER_CACHE:

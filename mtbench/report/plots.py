@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtbench.files import atomic_write
-from mtbench.report.table import completed_with_speed, load_runs, ordered, row_keys
+from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys
 
 #: (colour, marker) of the paper's combiners; GradDrop red, the baseline dark grey
 _STYLES = {
