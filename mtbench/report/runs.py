@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os  # noqa: F401 - runs.os: the module whose fsync the disk-full test replaces
 import time
 from pathlib import Path
 from typing import Any
