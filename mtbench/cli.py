@@ -18,11 +18,9 @@ exits 2 if any job was refused, 1 if any run failed or was interrupted (``report
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtbench import MtbenchError
 from mtbench.report import sweep
-from mtbench.report.runs import METRICS, atomic_write_text, write_csv, write_json
-from mtbench.variant import applies, identity, is_identity_key, register_resolver, variant_name
+from mtbench.report.runs import METRICS, RETIRED_KEYS, RunDir, atomic_write_text, config_diff, write_csv, write_json  # noqa: F401 - re-exported
+from mtbench.variant import applies, identity, register_resolver, variant_name
 
 register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
@@ -72,50 +70,6 @@ def validate(cfg: DictConfig) -> None:
     build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every key whose value differs (keys outside a run's identity aside:
-    where files go, how fast it runs)."""
-    a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if is_identity_key(k))
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
-
-
-def _previous(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / METRICS
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"a JSON {type(data).__name__}, not an object")
-        return data
-    except (OSError, ValueError) as e:
-        log.warning(f"mtbench: {path} is unreadable ({e}); the run starts again")
-        return None
-
-
-def _tidy(run_dir: Path, previous: dict[str, Any] | None) -> None:
-    """Remove what a run killed at the wrong moment leaves: temporary checkpoint files of a
-    process that is gone, and the checkpoint next to a metrics.json that says completed."""
-    from mtbench.train import CHECKPOINT
-    from mtbench.train.checkpoint import remove_stale_tmp
-
-    for path in remove_stale_tmp(run_dir, CHECKPOINT):
-        log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
-    if previous is not None and previous.get("status") == "completed" and (run_dir / CHECKPOINT).exists():
-        (run_dir / CHECKPOINT).unlink()
-        log.warning(f"mtbench: removed {run_dir / CHECKPOINT}: the run is completed and needs no checkpoint")
-
-
 def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:
     ident = dict(ident or {})
     return {
@@ -139,12 +93,12 @@ def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> 
     handles SIGTERM/SIGINT (``mtbench.train.StopFlag``): a signal at any point leaves the run
     ``interrupted`` and resumable, and raises ``Interrupted`` or ``StopNow``.
     """
-    from mtbench.report.lock import Locked, RunLock
+    from mtbench.report.lock import Locked
     from mtbench.train import Interrupted, StopFlag
 
     with StopFlag() as stop:
         try:
-            with RunLock(run_dir):
+            with RunDir(run_dir).lock():
                 record = _run_owned(cfg, run_dir, stop, ident)
         except Locked as e:
             log.warning(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: {e}, skipped")
@@ -156,63 +110,28 @@ def run(cfg: DictConfig, run_dir: Path, ident: dict[str, str] | None = None) -> 
 
 def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any, ident: dict[str, str] | None = None) -> dict[str, Any]:
     """``run``'s work, with the run folder's lock held and the signal handler ``stop`` installed."""
-    from mtbench.train import CHECKPOINT, Interrupted, StopNow, TrainingFailed, train  # heavy imports after the checks
+    from mtbench.train import Interrupted, StopNow, TrainingFailed, train  # heavy imports after the checks
 
+    folder = RunDir(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    previous = _previous(run_dir)
-    _tidy(run_dir, previous)
-    if previous is not None and previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
-        previous = None  # stopped before its first checkpoint: nothing to resume, start afresh
-    if previous is not None and not cfg.get("force", False):
-        diff = config_diff(previous.get("config", {}), resolved)
-        if diff:
-            raise MtbenchError(
-                f"{run_dir} holds a {previous.get('status')} run with another config ({'; '.join(diff[:6])}"
-                f"{'; ...' if len(diff) > 6 else ''}); use force=true to replace it, or name=<other> to keep both"
-            )
-        if previous.get("status") == "completed":
-            log.info(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
-            return previous
-    elif previous is not None:  # force=true: start this run again from scratch
-        for name in (CHECKPOINT, METRICS, "history.csv", "per_attribute.csv", "error.log"):
-            (run_dir / name).unlink(missing_ok=True)
-
-    record: dict[str, Any] = {**_base_record(cfg, ident), "status": "running", "config": resolved}
-    record["started_at"] = (previous or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(run_dir / METRICS, record)
-    t0 = time.time()
-
-    def on_epoch(history: list[dict[str, Any]]) -> None:
-        write_csv(run_dir / "history.csv", history)
-
+    if folder.begin(resolved, force=bool(cfg.get("force", False))):
+        log.info(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
+        assert folder.previous is not None
+        return folder.previous
+    record = folder.start(_base_record(cfg, ident), resolved)
     try:
-        result = train(cfg, run_dir=run_dir, on_epoch=on_epoch, stop=stop)
+        result = train(cfg, run_dir=run_dir, on_epoch=folder.write_history, stop=stop)
     except (MtbenchError, OSError):
-        if previous is None and not (run_dir / CHECKPOINT).exists():
-            (run_dir / METRICS).unlink(missing_ok=True)  # bad input: leave no run behind
+        folder.abandon()  # bad input: leave no run behind
         raise
     except (Interrupted, StopNow) as e:
-        record.update(status="interrupted", reason=str(e), wall_s=time.time() - t0)
-        write_json(run_dir / METRICS, record)
+        folder.interrupted(record, str(e))
         raise
     except (TrainingFailed, Exception) as e:  # noqa: B014 - the run fails, the sweep goes on
         reason = str(e) if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
-        atomic_write_text(run_dir / "error.log", traceback.format_exc())
-        record.update(status="failed", reason=reason, wall_s=time.time() - t0)
-        write_json(run_dir / METRICS, record)
-        return record
-    history = result.pop("history")
-    per_attribute = result.pop("test_per_attribute")
-    write_csv(run_dir / "history.csv", history)
-    if per_attribute:
-        write_csv(run_dir / "per_attribute.csv", per_attribute)
-    record.update(result)
-    record.update(status="completed", wall_s=time.time() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    record["config"] = record.pop("config")  # the numbers first for a human reader
-    write_json(run_dir / METRICS, record)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a completed run needs no checkpoint
-    return record
+        return folder.failed(record, reason, traceback.format_exc())
+    return folder.complete(record, result)
 
 
 def _error(message: str, exc: BaseException | None = None, code: int = 2) -> None:
@@ -287,20 +206,25 @@ def _app(cfg: DictConfig) -> float:
     return _objective(record)
 
 
+def _check_folder(path: Path, prefix: str = "", file_fix: str = "", write_fix: str = "") -> None:
+    """One line and exit 2 when ``path``, or its first existing parent, is a file or is not
+    writable: ``<prefix><parent> is a file, not a folder; <file_fix>`` (or ``is not writable``)."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                _error(f"{prefix}{parent} is a file, not a folder; {file_fix}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                _error(f"{prefix}{parent} is not writable; {write_fix}")
+            break
+
+
 def _check_results_dir(argv: list[str]) -> None:
     """Fail early, in one line, when the results folder cannot be created (Hydra would give a traceback)."""
     root = "results"
     for arg in argv:
         if arg.startswith("results_dir="):
             root = arg.split("=", 1)[1]
-    path = Path(root)
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                _error(f"results_dir={root}: {parent} is a file, not a folder; choose another results_dir")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                _error(f"results_dir={root}: {parent} is not writable; choose another results_dir")
-            break
+    _check_folder(Path(root), f"results_dir={root}: ", "choose another results_dir", "choose another results_dir")
 
 
 def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
@@ -326,13 +250,7 @@ def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
 def _check_run_folder(path: Path) -> None:
     """One line and exit 2 when the run folder ``path``, or its first existing parent, is a file
     or not writable, or a file Hydra and the log write into it is not writable."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                _error(f"{parent} is a file, not a folder; move it away (or set name=... or results_dir=...)")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                _error(f"{parent} is not writable; make it writable (chmod u+w) or set name=... or results_dir=...")
-            break
+    _check_folder(path, "", "move it away (or set name=... or results_dir=...)", "make it writable (chmod u+w) or set name=... or results_dir=...")
     inner = [path / ".hydra", path / "mtbench.log", *(path / ".hydra").glob("*.yaml")]
     for p in inner:
         if p.exists() and not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):

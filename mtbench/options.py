@@ -90,3 +90,18 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...], lower: bool = F
     if not isinstance(text, str) or text not in allowed:
         raise MtbenchError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
     return text
+
+
+def import_target(key: str, path: Any) -> Any:
+    """The object a dotted path names (``my.module.build``, ``torch.optim.AdamW``): the module
+    is imported and the last part read from it; a one-line error naming ``key`` otherwise."""
+    import importlib
+
+    text = str(path)
+    module, _, attr = text.rpartition(".")
+    if not module or not attr:
+        raise MtbenchError(f"{key}={text!r} is not a dotted path to an importable object (e.g. my_package.my_module.name)")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise MtbenchError(f"{key}={text!r} cannot be imported ({type(e).__name__}: {e}); check the module is on PYTHONPATH and spells the name") from None

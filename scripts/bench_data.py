@@ -13,7 +13,7 @@ Reports:
    cache (seconds);
 3. the throughput of training-ready batches from the cache (images/s): the trainer's own code
    path, i.e. a random batch gathered from the memory-mapped cache, converted to float and
-   normalised (``mtbench.train.loop.Preprocess``) and flipped (``CelebATask.augment``), on
+   normalised (``mtbench.train.batches.Preprocess``) and flipped (``CelebATask.augment``), on
    ``--device``, with 1 torch thread and with torch's default. When the dataset's train split is
    smaller than the real one (162,770 images), it is measured on a cache of the real size (the
    decoded images repeated), so the random gathers touch as much memory as on the real data.
@@ -38,7 +38,7 @@ REAL_TRAIN = 162770
 
 def throughput(task, device: torch.device, batch_size: int, seconds: float, augment: bool = True, prepare: bool = True) -> float:
     """Images/s of training-ready batches (random batches of the train split for ``seconds``)."""
-    from mtbench.train.loop import Preprocess, batches
+    from mtbench.train.batches import Preprocess, batches
 
     prep = Preprocess(task, device)
     gen = torch.Generator().manual_seed(0)

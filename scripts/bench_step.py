@@ -149,9 +149,10 @@ def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
     bs = int(cfg.trainer.batch_size)
     if user_task:
         from mtbench.data import build_task
-        from mtbench.train.loop import Preprocess, batches
+        from mtbench.train.batches import Preprocess, batches
 
         task = build_task(cfg.task)
+        task.setup(device)
         model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
         prep = Preprocess(task, device)
         data: list[tuple[torch.Tensor, Any]] = []
@@ -237,33 +238,22 @@ def combiner_config(row: str, user_overrides: list[str], base: list[str]):
 
 
 def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gens, slow: bool) -> Row:
-    from mtbench.combiners import Step, build_combiner
-    from mtbench.train.optim import build_optimizer
-
     from omegaconf import OmegaConf
 
-    from mtbench.train.loop import amp_dtype, autocast
+    from mtbench.combiners import build_combiner
+    from mtbench.train.device import amp_dtype
+    from mtbench.train.optim import build_optimizer
+    from mtbench.train.step import TrainStep
 
     model = copy.deepcopy(problem.model)
     optimizer = build_optimizer(model.parameters(), cfg_row.trainer)
     combiner = build_combiner(cfg_row.combiner, problem.num_tasks, default_leak=problem.default_leak)
     gen, cpu_gen = comb_gens()
-    losses_fn = problem.losses
-    amp = amp_dtype(cfg_row.trainer)
     options = OmegaConf.to_container(cfg_row.combiner, resolve=True)
     options.pop("_target_", None)
     name = options.pop("name")
-    needs_input_grad = combiner.needs_input_grad
-
-    def step(x: torch.Tensor, y: Any) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            rep, outputs = model(x)
-            losses = losses_fn(outputs, y)
-        combiner.backward(Step(model, x, rep, outputs, losses, gen, cpu_gen))
-        optimizer.step()
-
-    step.needs_input_grad = needs_input_grad  # type: ignore[attr-defined]
+    # the trainer's own step: forward (autocast under trainer.amp), combiner.backward, optimizer step
+    step = TrainStep(model, combiner, optimizer, problem.losses, device, amp_dtype(cfg_row.trainer), gen, cpu_gen)
     return Row(row, name, options.get("level"), options, model, optimizer, step, slow)
 
 
@@ -280,7 +270,7 @@ def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
     shared = [p for p in model.trunk.parameters() if p.requires_grad]
     losses_fn = problem.losses
 
-    from mtbench.train.loop import amp_dtype, autocast
+    from mtbench.train.device import amp_dtype, autocast
 
     amp = amp_dtype(cfg.trainer)
     device = next(model.parameters()).device
@@ -437,15 +427,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     user_task = "task" in keys
     cfg = compose(base)
 
-    from mtbench.train.loop import resolve_device
+    from mtbench.train.device import channels_last, resolve_device
 
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     problem = build_problem(cfg, args, device, user_task)
     if cfg.trainer.get("channels_last", False):  # as the training loop: NHWC model and batches
-        problem.model = problem.model.to(memory_format=torch.channels_last)
-        problem.batches = [(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, y) for x, y in problem.batches]
+        problem.model = channels_last(problem.model)
+        problem.batches = [(channels_last(x), y) for x, y in problem.batches]
 
     try:
         import torchjd
@@ -609,10 +599,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     out = Path(args.out) if args.out else Path("results/bench") / f"{problem.name}-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    from mtbench.files import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
     table = markdown_table(report)
     print(table)
     print(f"bench_step: wrote {out}", file=sys.stderr)

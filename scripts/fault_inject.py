@@ -536,9 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         "total": total,
         "cases": done,
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    from mtbench.files import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {out}", file=sys.stderr)
     if not args.keep and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,7 +25,7 @@ from mtbench import MtbenchError
 from mtbench.combiners import COMBINERS, build_combiner
 from mtbench.data import build_task
 from mtbench.data import cifar100 as c100
-from mtbench.models import build_model
+from mtbench.models import build_heads, build_model
 from mtbench.models.resnet import InputResize, load_resnet
 from mtbench.train.loop import Preprocess, evaluate
 
@@ -70,6 +70,13 @@ def task_cfg(root, weights, **over):
     }
     cfg.update(over)
     return OmegaConf.create(cfg)
+
+
+def built(cfg):
+    """The task built and set up (``Task.setup``: the frozen network's predictions) on the CPU."""
+    task = build_task(cfg)
+    task.setup(torch.device("cpu"))
+    return task
 
 
 def model_cfg(weights, size=32):
@@ -136,7 +143,7 @@ def test_validation_split_is_held_out_from_train_and_seeded():
 
 
 def test_task_loads_weights_file_into_trunk_teacher_and_source_head(data_root, weights):
-    task = build_task(task_cfg(data_root, weights))
+    task = built(task_cfg(data_root, weights))
     state = torch.load(weights, weights_only=True)
     assert task.task_names == ["target", "source"] and task.default_leak == [1.0, 0.0]
     assert [len(task.train), len(task.val), len(task.test)] == [N_TRAIN - VAL, VAL, N_TEST]
@@ -161,7 +168,7 @@ def test_task_loads_weights_file_into_trunk_teacher_and_source_head(data_root, w
 
 
 def test_upsampled_input_is_seen_by_trunk_and_teacher_alike(data_root, weights):
-    task = build_task(task_cfg(data_root, weights, image_size=48))
+    task = built(task_cfg(data_root, weights, image_size=48))
     model = build_model(model_cfg(weights, size=48), task=task)
     assert isinstance(model.trunk, InputResize) and model.trunk.size == 48
     result = evaluate(model, task, task.test, Preprocess(task, torch.device("cpu")), 64)
@@ -169,10 +176,10 @@ def test_upsampled_input_is_seen_by_trunk_and_teacher_alike(data_root, weights):
 
 
 def test_coarse_head_is_a_third_task_with_its_column(data_root, weights):
-    task = build_task(task_cfg(data_root, weights, coarse=True, leak={"target": 1.0, "coarse": 0.5}))
+    task = built(task_cfg(data_root, weights, coarse=True, leak={"target": 1.0, "coarse": 0.5}))
     assert task.task_names == ["target", "source", "coarse"] and task.default_leak == [1.0, 0.0, 0.5]
     assert [c.key for c in task.metric_columns][-1] == "coarse_error"
-    heads = task.make_heads(512)
+    heads = build_heads(task.head_spec(), 512)
     out = heads(torch.randn(4, 512))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"target": (4, 100), "source": (4, 1000), "coarse": (4, 20)}
     labels = {k: v[:4] for k, v in task.train.labels.items()}
@@ -182,7 +189,7 @@ def test_coarse_head_is_a_third_task_with_its_column(data_root, weights):
 
 
 def test_graddrop_gets_the_task_leak(data_root, weights):
-    task = build_task(task_cfg(data_root, weights))
+    task = built(task_cfg(data_root, weights))
     for name in ("graddrop", "random_graddrop"):
         cfg = OmegaConf.load(ROOT / "configs" / "combiner" / f"{name}.yaml")
         assert build_combiner(cfg, task.num_tasks, default_leak=task.default_leak).leak == [1.0, 0.0]
@@ -191,7 +198,7 @@ def test_graddrop_gets_the_task_leak(data_root, weights):
 
 
 def test_distillation_loss_is_temperature_scaled_kl(data_root, weights):
-    task = build_task(task_cfg(data_root, weights, temperature=3.0))
+    task = built(task_cfg(data_root, weights, temperature=3.0))
     teacher = torch.randn(5, 1000)
     student = torch.randn(5, 1000)
     p = torch.softmax(teacher / 3, 1)
@@ -201,7 +208,7 @@ def test_distillation_loss_is_temperature_scaled_kl(data_root, weights):
 
 
 def test_metrics_count_top1_top5_and_agreement(data_root, weights):
-    task = build_task(task_cfg(data_root, weights))
+    task = built(task_cfg(data_root, weights))
     fine = torch.tensor([3, 4, 5, 6])
     top5 = torch.tensor([[3, 0, 1, 2, 7], [0, 4, 1, 2, 7], [0, 1, 2, 7, 8], [6, 0, 1, 2, 7]])
     scores = {"target_top5": top5, "source_top1": torch.tensor([1, 2, 3, 9])}
@@ -231,7 +238,7 @@ def imagenet_root(tmp_path_factory) -> Path:
 
 
 def test_imagenet_batches_are_appended_and_trained_with_cross_entropy(data_root, weights, imagenet_root):
-    task = build_task(task_cfg(data_root, weights, source_root=str(imagenet_root)))
+    task = built(task_cfg(data_root, weights, source_root=str(imagenet_root)))
     assert "teacher" not in task.train.labels  # no distillation targets needed
     x = torch.randn(6, 3, 32, 32)
     labels = {k: v[:6] for k, v in task.train.labels.items()}
@@ -265,7 +272,7 @@ def test_imagenet_source_runs_through_the_training_loop(data_root, weights, imag
 def test_imagenet_folder_with_wrong_class_count_is_rejected(data_root, weights, tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(MtbenchError, match="1 class folders; the pretrained classifier has 1000"):
-        build_task(task_cfg(data_root, weights, source_root=str(tmp_path)))
+        built(task_cfg(data_root, weights, source_root=str(tmp_path)))
 
 
 # -- bad input ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What every task gives the trainer: splits, the heads, per-task losses, metrics.
+"""What every task gives the trainer: splits, what its heads produce, per-task losses, metrics.
 
 A task is a subclass of :class:`Task`. The trainer only ever calls the methods below, so a new
 dataset (CelebA, CIFAR-100 transfer, yours) is one module under ``mtbench/data/`` plus one
@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mtbench.metrics import binary_attribute_metrics
 
@@ -30,6 +29,21 @@ def labels_to(labels: Labels, device: torch.device, non_blocking: bool = False) 
     if isinstance(labels, dict):
         return {k: v.to(device, non_blocking=non_blocking) for k, v in labels.items()}
     return labels.to(device, non_blocking=non_blocking)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The task heads, described for ``mtbench.models.heads.build_heads``.
+
+    ``outputs``: an int T, T logits stacked [B, T] (one linear head per task, stored as one
+    [T, D] matrix); or a dict name -> width, one linear head per name whose outputs come as a
+    dict of logits by name. ``init``: name -> (weight, bias) copied into that head (e.g. a
+    pretrained classifier kept as a head). ``absent``: optional heads that are not there.
+    """
+
+    outputs: int | dict[str, int]
+    init: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    absent: tuple[str, ...] = ()
 
 
 @dataclass
@@ -57,8 +71,8 @@ class Task:
     """Base class of every task.
 
     Subclasses set ``metric_columns`` (the first one selects the reported epoch unless
-    ``trainer.select_metric`` names another) and implement ``make_heads``, ``losses``,
-    ``scores`` and ``evaluate``.
+    ``trainer.select_metric`` names another) and implement ``head_spec`` (or ``make_heads``),
+    ``losses``, ``scores`` and ``evaluate``; ``setup`` is optional.
     """
 
     name: str
@@ -87,9 +101,19 @@ class Task:
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
 
-    def make_heads(self, rep_dim: int) -> nn.Module:
-        """The task heads reading the shared representation [B, rep_dim]."""
+    def setup(self, device: Any) -> None:
+        """Work that needs the training device (a ``torch.device``), done once per run after the
+        task is built and before the model is (e.g. a frozen network's predictions); nothing by
+        default. The trainer calls it on the same fork of the global generator as the build."""
+
+    def head_spec(self) -> "HeadSpec":
+        """What the task heads produce (``mtbench.models.heads.build_heads`` builds them)."""
         raise NotImplementedError
+
+    def make_heads(self, rep_dim: int) -> Any:
+        """A task's own heads module reading the shared representation [B, rep_dim], for heads
+        a :class:`HeadSpec` cannot describe; None (the default): the heads of ``head_spec()``."""
+        return None
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time augmentation of a normalised float batch on the training device
@@ -126,10 +150,8 @@ class BinaryAttributeTask(Task):
         MetricColumn("max_f1", "max F1", True),
     )
 
-    def make_heads(self, rep_dim: int) -> nn.Module:
-        from mtbench.models.multitask import LinearHeads
-
-        return LinearHeads(rep_dim, self.num_tasks)
+    def head_spec(self) -> "HeadSpec":
+        return HeadSpec(self.num_tasks)  # one logit per attribute: T linear heads, stacked
 
     def losses(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype), reduction="none").mean(0)

@@ -10,8 +10,9 @@ One pretrained trunk, several losses, each a task for the combiner:
   ImageNet batches appended to every training batch instead (:meth:`extend_batch`);
 - ``coarse`` (``task.coarse: true``): cross-entropy of a 20-way head on the coarse labels.
 
-The frozen network's predictions are computed once when the task is built (no augmentation,
-so they are fixed) and kept in memory with the labels: float16 logits for the training split
+The frozen network's predictions are computed once, on the training device, when the trainer
+sets the task up (``Task.setup(device)``; no augmentation, so they are fixed) and kept in memory
+with the labels: float16 logits for the training split
 (distillation targets), the top-1 class for validation and test (the source-agreement metric).
 A sweep run in one process computes them once (in-process cache).
 
@@ -37,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mtbench import MtbenchError
-from mtbench.data.base import MetricColumn, Split, Task, TaskSpec
+from mtbench.data.base import HeadSpec, MetricColumn, Split, Task, TaskSpec
 from mtbench.options import check_bool, check_int, check_number, check_str
 
 log = logging.getLogger("mtbench")
@@ -200,10 +201,14 @@ def teacher_logits(net: nn.Module, images: torch.Tensor, size: int, device: torc
 
 
 @dataclass
-class _Prepared:
+class _Loaded:
     data: Cifar100
     train_idx: torch.Tensor
     val_idx: torch.Tensor
+
+
+@dataclass
+class _Teacher:
     fc_weight: torch.Tensor
     fc_bias: torch.Tensor
     train_teacher: torch.Tensor | None  # float16 logits [N_train, 1000] (distillation only)
@@ -211,8 +216,10 @@ class _Prepared:
     test_teacher_top1: torch.Tensor
 
 
-#: one prepared dataset, reused by the runs of a sweep in the same process
-_CACHE: dict[tuple, _Prepared] = {}
+#: the loaded dataset and the frozen network's predictions, reused by the runs of a sweep in
+#: the same process (one entry each)
+_DATA_CACHE: dict[tuple, _Loaded] = {}
+_TEACHER_CACHE: dict[tuple, _Teacher] = {}
 
 
 def _weights_key(weights: str) -> tuple:
@@ -223,16 +230,25 @@ def _weights_key(weights: str) -> tuple:
     return (weights,)
 
 
-def _prepare(root, download: bool, arch: str, weights: str, size: int, val_size: int, val_seed: int,
-             device: torch.device, batch_size: int, distill: bool) -> _Prepared:
-    from mtbench.models.resnet import load_resnet
+def _load(root, download: bool, val_size: int, val_seed: int) -> _Loaded:
+    key = (str(root), val_size, val_seed)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        data = load_cifar100(root, download)
+        train_idx, val_idx = split_train_val(len(data.train_images), val_size, val_seed)
+        _DATA_CACHE[key] = _Loaded(data, train_idx, val_idx)
+    return _DATA_CACHE[key]
 
-    key = (str(root), arch, _weights_key(weights), size, val_size, val_seed, str(device), distill)
-    if key in _CACHE:
-        return _CACHE[key]
-    _CACHE.clear()
-    data = load_cifar100(root, download)
-    train_idx, val_idx = split_train_val(len(data.train_images), val_size, val_seed)
+
+def _teacher(loaded: _Loaded, key: tuple, arch: str, weights: str, size: int, device: torch.device, batch_size: int, distill: bool) -> _Teacher:
+    """The pretrained network's classifier and its predictions on the three splits (cached by ``key``)."""
+    from mtbench.pretrained import load_resnet
+
+    key = (*key, arch, _weights_key(weights), size, str(device), distill)
+    if key in _TEACHER_CACHE:
+        return _TEACHER_CACHE[key]
+    _TEACHER_CACHE.clear()
+    data, train_idx, val_idx = loaded.data, loaded.train_idx, loaded.val_idx
     net = load_resnet(arch, weights)
     fc = net.fc
     if not isinstance(fc, nn.Linear):
@@ -246,9 +262,9 @@ def _prepare(root, download: bool, arch: str, weights: str, size: int, val_size:
     n = (len(train_idx) if distill else 0) + len(val_idx) + len(data.test_images)
     log.info(f"cifar100_transfer: pretrained {arch} predictions for {n} images at {size}x{size} in {time.perf_counter() - t0:.1f} s ({device})")
     del net
-    prepared = _Prepared(data, train_idx, val_idx, fc_weight, fc_bias, train_teacher, val_top1, test_top1)
-    _CACHE[key] = prepared
-    return prepared
+    teacher = _Teacher(fc_weight, fc_bias, train_teacher, val_top1, test_top1)
+    _TEACHER_CACHE[key] = teacher
+    return teacher
 
 
 # -- real ImageNet batches drawn alongside (data.source_root) -----------------------------------
@@ -299,30 +315,6 @@ class ImageNetSource:
 # -- the task --------------------------------------------------------------------------------------
 
 
-class TransferHeads(nn.Module):
-    """The heads on the shared representation: ``target`` (new, 100-way), ``source`` (the
-    pretrained classifier, 1000-way) and optionally ``coarse`` (new, 20-way); ``forward``
-    returns a dict of logits by task name."""
-
-    def __init__(self, rep_dim: int, fc_weight: torch.Tensor, fc_bias: torch.Tensor, coarse: bool):
-        super().__init__()
-        if fc_weight.shape[1] != rep_dim:
-            raise MtbenchError(f"the pretrained classifier reads {fc_weight.shape[1]} features but the trunk gives {rep_dim}")
-        self.target = nn.Linear(rep_dim, NUM_FINE)
-        self.source = nn.Linear(rep_dim, fc_weight.shape[0])
-        with torch.no_grad():
-            self.source.weight.copy_(fc_weight)
-            self.source.bias.copy_(fc_bias)
-        self.coarse = nn.Linear(rep_dim, NUM_COARSE) if coarse else None
-
-    def forward(self, rep: torch.Tensor) -> dict[str, torch.Tensor]:
-        rep = rep.flatten(1)
-        out = {"target": self.target(rep), "source": self.source(rep)}
-        if self.coarse is not None:
-            out["coarse"] = self.coarse(rep)
-        return out
-
-
 COLUMNS = (
     MetricColumn("top1_error", "target top-1 error (%)", False),
     MetricColumn("top5_error", "target top-5 error (%)", False),
@@ -344,6 +336,8 @@ class Cifar100Transfer(Task):
     image_size: int = 32
     fine_names: list[str] = field(default_factory=list)
     source: ImageNetSource | None = None
+    #: what ``setup`` needs (None once it ran)
+    _setup: dict[str, Any] | None = None
 
     metric_columns = COLUMNS
 
@@ -351,8 +345,34 @@ class Cifar100Transfer(Task):
         if "coarse" in self.task_names:
             self.metric_columns = COLUMNS + (COARSE_COLUMN,)
 
-    def make_heads(self, rep_dim: int) -> nn.Module:
-        return TransferHeads(rep_dim, self.fc_weight, self.fc_bias, "coarse" in self.task_names)
+    def setup(self, device: torch.device) -> None:
+        """The frozen pretrained network's classifier (kept as the source head) and predictions:
+        distillation targets for the training split, the top-1 class for validation and test
+        (cached in the process). Computed on ``task.device`` when it names a device, else (auto)
+        on the training ``device``; with ``data.source_root``, the ImageNet stream is opened."""
+        if self._setup is None:
+            return
+        opts, self._setup = self._setup, None
+        device = torch.device(opts["device"]) if opts["device"] not in (None, "auto") else device
+        loaded = opts["loaded"]
+        t = _teacher(loaded, opts["key"], opts["arch"], opts["weights"], self.image_size, device, opts["batch_size"], opts["distill"])
+        self.fc_weight, self.fc_bias = t.fc_weight, t.fc_bias
+        if t.train_teacher is not None:
+            self.train.labels["teacher"] = t.train_teacher
+        self.val.labels["teacher_top1"] = t.val_teacher_top1
+        self.test.labels["teacher_top1"] = t.test_teacher_top1
+        if opts["source_root"]:
+            self.source = ImageNetSource(opts["source_root"], self.image_size, opts["source_batch_size"], t.fc_weight.shape[0],
+                                         seed=opts["seed"], workers=opts["workers"])
+
+    def head_spec(self) -> HeadSpec:
+        """``target`` (new, 100-way), ``source`` (the pretrained classifier, 1000-way) and
+        optionally ``coarse`` (new, 20-way); the heads' outputs are a dict of logits by task name."""
+        if self._setup is not None:
+            raise RuntimeError("the cifar100_transfer task's heads need its pretrained classifier: call task.setup(device) first")
+        coarse = "coarse" in self.task_names
+        outputs = {"target": NUM_FINE, "source": int(self.fc_weight.shape[0]), **({"coarse": NUM_COARSE} if coarse else {})}
+        return HeadSpec(outputs, init={"source": (self.fc_weight, self.fc_bias)}, absent=() if coarse else ("coarse",))
 
     def extend_batch(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """With ``data.source_root``: append an ImageNet batch (rows after the CIFAR ones);
@@ -466,38 +486,34 @@ def check_options(cfg: DictConfig) -> TaskSpec:
 
 
 def build_cifar100_transfer(cfg: DictConfig) -> Cifar100Transfer:
-    """The ``cifar100_transfer`` task from its config (``configs/task/cifar100_transfer.yaml``)."""
-    from mtbench.train.loop import resolve_device
-
+    """The ``cifar100_transfer`` task from its config (``configs/task/cifar100_transfer.yaml``):
+    the CIFAR-100 splits; the pretrained network's part comes with ``setup(device)``."""
     check_options(cfg)
     arch, weights = str(cfg.arch), cfg.get("weights")
     size, temperature = int(cfg.image_size), float(cfg.temperature)
     names = ["target", "source"] + (["coarse"] if bool(cfg.coarse) else [])
     leak = _leaks(cfg, names)
     source_root = cfg.get("source_root")
-    device = resolve_device(cfg.get("device", "cpu"))
 
-    p = _prepare(cfg.root, bool(cfg.download), arch, str(weights), size, int(cfg.val_size), int(cfg.val_seed),
-                 device, int(cfg.teacher_batch_size), distill=not source_root)
-    d = p.data
-    train_labels = {"fine": d.train_fine[p.train_idx], "coarse": d.train_coarse[p.train_idx]}
-    if p.train_teacher is not None:
-        train_labels["teacher"] = p.train_teacher
+    loaded = _load(cfg.root, bool(cfg.download), int(cfg.val_size), int(cfg.val_seed))
+    d, train_idx, val_idx = loaded.data, loaded.train_idx, loaded.val_idx
     splits = {
-        "train": Split(d.train_images[p.train_idx], train_labels),
-        "val": Split(d.train_images[p.val_idx], {"fine": d.train_fine[p.val_idx], "coarse": d.train_coarse[p.val_idx], "teacher_top1": p.val_teacher_top1}),
-        "test": Split(d.test_images, {"fine": d.test_fine, "coarse": d.test_coarse, "teacher_top1": p.test_teacher_top1}),
+        "train": Split(d.train_images[train_idx], {"fine": d.train_fine[train_idx], "coarse": d.train_coarse[train_idx]}),
+        "val": Split(d.train_images[val_idx], {"fine": d.train_fine[val_idx], "coarse": d.train_coarse[val_idx]}),
+        "test": Split(d.test_images, {"fine": d.test_fine, "coarse": d.test_coarse}),
     }
-    source = None
-    if source_root:
-        source = ImageNetSource(source_root, size, int(cfg.source_batch_size), p.fc_weight.shape[0],
-                                seed=int(cfg.get("seed", 0)), workers=int(cfg.get("source_workers", 0)))
+    device = cfg.get("device", "cpu")
+    setup = {
+        "loaded": loaded, "key": (str(cfg.root), int(cfg.val_size), int(cfg.val_seed)), "arch": arch, "weights": str(weights),
+        "device": None if device is None else str(device), "batch_size": int(cfg.teacher_batch_size), "distill": not source_root,
+        "source_root": source_root, "source_batch_size": int(cfg.source_batch_size), "seed": int(cfg.get("seed", 0)),
+        "workers": int(cfg.get("source_workers", 0)),
+    }
     return Cifar100Transfer(
         "cifar100_transfer", names, **splits,
         mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD), default_leak=leak,
-        fc_weight=p.fc_weight, fc_bias=p.fc_bias, temperature=temperature, image_size=size,
-        fine_names=d.fine_names, source=source,
+        temperature=temperature, image_size=size, fine_names=d.fine_names, _setup=setup,
     )
 
 
-__all__ = ["Cifar100Transfer", "ImageNetSource", "TransferHeads", "build_cifar100_transfer", "find_cifar100", "load_cifar100", "split_train_val"]
+__all__ = ["Cifar100Transfer", "ImageNetSource", "build_cifar100_transfer", "find_cifar100", "load_cifar100", "split_train_val"]

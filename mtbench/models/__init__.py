@@ -1,20 +1,53 @@
-"""Models: shared trunk -> shared representation -> task heads (the heads come from the task)."""
+"""Models: shared trunk -> shared representation -> task heads (built from the task's ``head_spec``)."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mtbench import MtbenchError
+from mtbench.models.heads import NamedHeads, build_heads
 from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
-__all__ = ["LinearHeads", "MultiTaskModel", "build_model", "build_trunk", "check_model"]
+__all__ = ["LinearHeads", "MultiTaskModel", "NamedHeads", "build_heads", "build_model", "build_trunk", "check_model"]
+
+
+def _target(cfg: DictConfig):
+    """The callable ``model._target_`` names (importable and callable, else a one-line error)."""
+    from mtbench.options import import_target
+
+    build = import_target("model._target_", cfg._target_)
+    if not callable(build):
+        raise MtbenchError(f"model._target_={cfg._target_!r} is not callable; give a function build(in_channels, **options) -> (trunk, rep_dim)")
+    return build
+
+
+def _build_target(cfg: DictConfig, in_channels: int) -> tuple[nn.Module, int]:
+    """``model._target_``: ``build(in_channels=..., **options)`` with the model node's other
+    keys (``name`` and ``_target_`` aside) as ``options``; it returns the trunk (an
+    ``nn.Module`` mapping a batch to the shared representation [B, rep_dim] or [B, *F]) and
+    the representation's width ``rep_dim`` (what the heads read, flattened)."""
+    build = _target(cfg)
+    options = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(options, dict)
+    options.pop("_target_", None)
+    options.pop("name", None)
+    try:
+        out = build(in_channels=in_channels, **options)
+    except TypeError as e:
+        raise MtbenchError(f"model._target_={cfg._target_!r} cannot be called with in_channels and {sorted(options)} ({e})") from None
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module) and isinstance(out[1], int) and not isinstance(out[1], bool)):
+        raise MtbenchError(f"model._target_={cfg._target_!r} must return (trunk, rep_dim): an nn.Module and an int (got {type(out).__name__})")
+    return out
 
 
 def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
-    """The trunk named by ``cfg.name`` (the ``model/`` config group) and its representation size."""
+    """The trunk of the ``model/`` config group and its representation size: ``model._target_``
+    (a dotted path to a function, see :func:`_build_target`) or the built-in named by ``cfg.name``."""
+    if cfg.get("_target_"):
+        return _build_target(cfg, in_channels)
     name = cfg.name
     if name == "small_cnn":
         trunk = SmallCNN(in_channels=in_channels, width=int(cfg.width), rep_dim=int(cfg.rep_dim))
@@ -23,7 +56,7 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
         return resnet_trunk(
             name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"), input_size=cfg.get("input_size")
         )
-    raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
+    raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50, or set model._target_ to a function")
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -31,7 +64,11 @@ def check_model(cfg: DictConfig) -> None:
     from mtbench.options import check_bool, check_int, check_str
 
     name = cfg.get("name")
-    if name == "small_cnn":
+    if cfg.get("_target_"):
+        if not name:
+            raise MtbenchError(f"model._target_={cfg._target_!r} needs a model.name too (what metrics.json and the tables call the model)")
+        _target(cfg)  # importable and callable; its options are its own
+    elif name == "small_cnn":
         check_int("model.width", cfg.get("width"), minimum=1)
         check_int("model.rep_dim", cfg.get("rep_dim"), minimum=1)
     elif name in ("resnet18", "resnet50"):
@@ -39,14 +76,17 @@ def check_model(cfg: DictConfig) -> None:
         check_str("model.weights", cfg.get("weights"), optional=True)
         check_int("model.input_size", cfg.get("input_size"), minimum=1, optional=True)
     else:
-        raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50")
+        raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50, or set model._target_ to a function")
 
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:
-    """Trunk from ``cfg``; heads from ``task.make_heads`` (or ``num_tasks`` linear heads)."""
+    """Trunk from ``cfg``; heads from the task (``task.make_heads``, else built from
+    ``task.head_spec()``), or ``num_tasks`` linear heads."""
     trunk, dim = build_trunk(cfg, in_channels)
     if task is not None:
         heads = task.make_heads(dim)
+        if heads is None:
+            heads = build_heads(task.head_spec(), dim)
     elif num_tasks is not None:
         heads = LinearHeads(dim, num_tasks)
     else:

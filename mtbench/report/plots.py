@@ -12,14 +12,13 @@ Drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no dis
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from mtbench.report.table import completed_with_speed, load_runs, ordered, row_keys
+from mtbench.files import atomic_write
+from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys
 
 #: (colour, marker) of the paper's combiners; GradDrop red, the baseline dark grey
 _STYLES = {
@@ -70,15 +69,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     written = []
     for ext in ("png", "pdf"):
         path = folder / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{ext}", dir=folder)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"), binary=True)
         written.append(path)
     return written
 

@@ -1,7 +1,8 @@
-"""One run's results on disk: ``metrics.json``, ``history.csv``, ``per_attribute.csv``.
+"""One run's results on disk: ``metrics.json``, ``history.csv``, ``per_attribute.csv``, and the
+run folder's lifecycle (:class:`RunDir`).
 
-Every file is written atomically (a temporary file in the same folder, then a rename), so a
-reader never sees half a file, whatever happens to the writer.
+Every file is written atomically (:mod:`mtbench.files`: a temporary file in the same folder,
+then a rename), so a reader never sees half a file, whatever happens to the writer.
 """
 
 from __future__ import annotations
@@ -9,38 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
-import os
-import tempfile
+import os  # noqa: F401 - runs.os: the module whose fsync the disk-full test replaces
+import time
 from pathlib import Path
 from typing import Any
 
+from mtbench.files import atomic_write_text
+
+log = logging.getLogger("mtbench")
+
 METRICS = "metrics.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _clean(value: Any) -> Any:
@@ -68,6 +49,171 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    with open(Path(run_dir) / METRICS, encoding="utf-8") as f:
-        return json.load(f)
+# -- the run folder's lifecycle ------------------------------------------------------------------
+
+HISTORY = "history.csv"
+PER_ATTRIBUTE = "per_attribute.csv"
+ERROR_LOG = "error.log"
+
+#: config keys the configs no longer have: a saved run's config that holds them is not another config
+RETIRED_KEYS = ("task.kind",)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (keys outside a run's identity aside:
+    where files go, how fast it runs; and ``RETIRED_KEYS``)."""
+    from mtbench.variant import is_identity_key
+
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunDir:
+    """One run's folder and what happens to it: ``metrics.json`` (status ``running``, then
+    ``completed``, ``interrupted`` or ``failed``), ``history.csv``, ``per_attribute.csv``,
+    ``error.log``, the checkpoint and the ``.lock``.
+
+    ``lock()`` is the folder's lock (``mtbench.report.lock.RunLock``). ``begin(config, force)``
+    decides between skipping (a completed run with the same config), resuming (a checkpoint
+    with the same config), refusing (another config, without ``force``) and starting afresh;
+    ``start``, ``write_history``, ``complete``, ``interrupted``, ``failed`` and ``abandon``
+    write what each outcome leaves.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.metrics = self.path / METRICS
+        self.history = self.path / HISTORY
+        self.per_attribute = self.path / PER_ATTRIBUTE
+        self.error_log = self.path / ERROR_LOG
+        self.previous: dict[str, Any] | None = None
+        self._t0 = time.time()
+
+    @property
+    def checkpoint(self) -> Path:
+        from mtbench.train.checkpoint import CHECKPOINT
+
+        return self.path / CHECKPOINT
+
+    def lock(self):
+        """``with run_dir.lock():`` holds the folder's lock; raises ``Locked`` when a live process holds it."""
+        from mtbench.report.lock import RunLock
+
+        return RunLock(self.path)
+
+    # -- what the folder holds ---------------------------------------------------------------------
+    def read_previous(self) -> dict[str, Any] | None:
+        """The folder's ``metrics.json``, or None when there is none or it is unreadable (a warning)."""
+        if not self.metrics.exists():
+            return None
+        try:
+            data = json.loads(self.metrics.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+            return data
+        except (OSError, ValueError) as e:
+            log.warning(f"mtbench: {self.metrics} is unreadable ({e}); the run starts again")
+            return None
+
+    def tidy(self, previous: dict[str, Any] | None) -> None:
+        """Remove what a run killed at the wrong moment leaves: temporary checkpoint files of a
+        process that is gone, and the checkpoint next to a metrics.json that says completed."""
+        from mtbench.train.checkpoint import CHECKPOINT, remove_stale_tmp
+
+        for path in remove_stale_tmp(self.path, CHECKPOINT):
+            log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
+        if previous is not None and previous.get("status") == "completed" and self.checkpoint.exists():
+            self.checkpoint.unlink()
+            log.warning(f"mtbench: removed {self.checkpoint}: the run is completed and needs no checkpoint")
+
+    def clear(self) -> None:
+        """Remove every file of a run (its checkpoint, metrics.json, the CSV files, error.log)."""
+        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log):
+            path.unlink(missing_ok=True)
+
+    def begin(self, config: dict[str, Any], force: bool = False) -> bool:
+        """Look at what the folder holds for a run of the resolved ``config``; True when that run
+        is completed already (skip it: ``self.previous`` is its metrics.json). A run with another
+        config is a one-line ``MtbenchError`` unless ``force`` (the folder is then cleared); a
+        run stopped before its first checkpoint starts afresh; one with a checkpoint resumes."""
+        from mtbench import MtbenchError
+
+        previous = self.read_previous()
+        self.tidy(previous)
+        if previous is not None and previous.get("status") != "completed" and not self.checkpoint.exists():
+            previous = None  # stopped before its first checkpoint: nothing to resume, start afresh
+        skip = False
+        if previous is not None and not force:
+            diff = config_diff(previous.get("config", {}), config)
+            if diff:
+                raise MtbenchError(
+                    f"{self.path} holds a {previous.get('status')} run with another config ({'; '.join(diff[:6])}"
+                    f"{'; ...' if len(diff) > 6 else ''}); use force=true to replace it, or name=<other> to keep both"
+                )
+            skip = previous.get("status") == "completed"
+        elif previous is not None:  # force=true: start this run again from scratch
+            self.clear()
+        self.previous = previous
+        return skip
+
+    # -- what each outcome writes ------------------------------------------------------------------
+    def start(self, base: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        """Write the run's record to metrics.json: ``base`` (what names the run), status
+        ``running``, the resolved ``config`` and ``started_at`` (kept from a resumed run); return it."""
+        record = {**base, "status": "running", "config": config}
+        record["started_at"] = (self.previous or {}).get("started_at") or _now()
+        write_json(self.metrics, record)
+        self._t0 = time.time()
+        return record
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        write_csv(self.history, rows)
+
+    def abandon(self) -> None:
+        """The run could not start (bad input, unwritable file): leave no run behind where there
+        was none and nothing can be resumed."""
+        if self.previous is None and not self.checkpoint.exists():
+            self.metrics.unlink(missing_ok=True)
+
+    def interrupted(self, record: dict[str, Any], reason: str) -> dict[str, Any]:
+        record.update(status="interrupted", reason=reason, wall_s=time.time() - self._t0)
+        write_json(self.metrics, record)
+        return record
+
+    def failed(self, record: dict[str, Any], reason: str, details: str) -> dict[str, Any]:
+        """Status ``failed`` with ``reason``; ``details`` (a traceback) go to error.log."""
+        atomic_write_text(self.error_log, details)
+        record.update(status="failed", reason=reason, wall_s=time.time() - self._t0)
+        write_json(self.metrics, record)
+        return record
+
+    def complete(self, record: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """Write the trainer's ``result`` (its ``history`` to history.csv, its
+        ``test_per_attribute`` to per_attribute.csv, the rest into metrics.json, status
+        ``completed``) and remove the checkpoint."""
+        result = dict(result)
+        history = result.pop("history")
+        per_attribute = result.pop("test_per_attribute")
+        self.write_history(history)
+        if per_attribute:
+            write_csv(self.per_attribute, per_attribute)
+        record.update(result)
+        record.update(status="completed", wall_s=time.time() - self._t0, finished_at=_now())
+        record["config"] = record.pop("config")  # the numbers first for a human reader
+        write_json(self.metrics, record)
+        self.checkpoint.unlink(missing_ok=True)  # a completed run needs no checkpoint
+        return record

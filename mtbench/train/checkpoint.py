@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mtbench import MtbenchError
+from mtbench.files import atomic_write
 
 MAGIC = b"mtbench-checkpoint sha256="
 _HEADER = re.compile(rb"mtbench-checkpoint sha256=([0-9a-f]{64})\n")
@@ -33,17 +34,14 @@ def save(payload: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getbuffer()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the name remove_stale_tmp knows
+    header = MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+    def write(f) -> None:
+        f.write(header)
+        f.write(data)
+
+    atomic_write(path, write, binary=True, tmp=tmp)
 
 
 def load(path: Path) -> Any:
@@ -91,3 +89,43 @@ def remove_stale_tmp(folder: Path, name: str) -> list[Path]:
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+#: the checkpoint file in a run folder
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_run(path: Path, state: Any, model, optimizer, scheduler, combiner, gens: dict[str, torch.Generator]) -> None:
+    """Write a run's checkpoint: ``state`` (a ``RunState``), the model, optimizer, scheduler and
+    combiner states, the run's generators (``rng.run_generators``) and torch's global one."""
+    payload = {
+        "format": 1,
+        "state": state.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "combiner": combiner.state_dict(),
+        "rng": {name: g.get_state() for name, g in gens.items()},
+        "torch_rng": torch.get_rng_state(),
+    }
+    save(payload, path)
+
+
+def resume_run(path: Path, model, optimizer, scheduler, combiner, gens: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Load the checkpoint ``path`` into the run's objects (see :func:`save_run`); return its
+    ``state`` dict. Any unreadable checkpoint is a one-line error naming the file."""
+    try:
+        ckpt = load(path)  # a checksum mismatch: its own one-line error
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        combiner.load_state_dict(ckpt["combiner"])
+        for name, g in gens.items():
+            g.set_state(ckpt["rng"][name])
+        torch.set_rng_state(ckpt["torch_rng"])
+    except MtbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
+        raise MtbenchError(f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e}); delete it to start the run again, or use force=true") from None
+    return ckpt["state"]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from mtbench import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_number, check_str
-from mtbench.train.optim import OPTIMIZERS, SCHEDULERS
+from mtbench.train.optim import OPTIMIZERS, SCHEDULERS, is_dotted, optimizer_class, scheduler_class
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -19,14 +19,32 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def _device(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _DEVICE.fullmatch(value):
         raise MtbenchError(f"{key}={value!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-    from mtbench.train.loop import resolve_device
+    from mtbench.train.device import resolve_device
 
     resolve_device(value)  # cuda without a visible GPU: its own one-line error
     return value
 
 
+def _optimizer(key: str, value: Any) -> Any:
+    if isinstance(value, str) and is_dotted(value):
+        return optimizer_class(value)  # importable and an Optimizer subclass, else one line
+    return check_choice(key, value, OPTIMIZERS, lower=True)
+
+
+def _scheduler(key: str, value: Any) -> Any:
+    if isinstance(value, str) and is_dotted(value):
+        return scheduler_class(value)
+    return check_choice(key, value, SCHEDULERS, lower=True)
+
+
+def _mapping(key: str, value: Any) -> Any:
+    if value is not None and not hasattr(value, "keys"):
+        raise MtbenchError(f"{key} must map argument names to values, e.g. {key}.momentum=0.5 (got {value!r})")
+    return value
+
+
 def _amp(key: str, value: Any) -> Any:
-    from mtbench.train.loop import AMP_DTYPES
+    from mtbench.train.device import AMP_DTYPES
 
     if str(value).lower() not in AMP_DTYPES:
         raise MtbenchError(f"{key}={value!r} is not allowed; choose false or bf16")
@@ -38,11 +56,13 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "epochs": lambda k, v: check_int(k, v, minimum=1),
     "batch_size": lambda k, v: check_int(k, v, minimum=1),
     "eval_batch_size": lambda k, v: check_int(k, v, minimum=1),
-    "optimizer": lambda k, v: check_choice(k, v, OPTIMIZERS, lower=True),
+    "optimizer": _optimizer,
+    "optimizer_options": _mapping,
     "lr": lambda k, v: check_number(k, v, minimum=0, min_open=True),
     "weight_decay": lambda k, v: check_number(k, v, minimum=0),
     "momentum": lambda k, v: check_number(k, v, minimum=0, maximum=1, max_open=True),
-    "scheduler": lambda k, v: check_choice(k, v, SCHEDULERS, lower=True),
+    "scheduler": _scheduler,
+    "scheduler_options": _mapping,
     "step_size": lambda k, v: check_int(k, v, minimum=1),
     "gamma": lambda k, v: check_number(k, v, minimum=0, maximum=1, min_open=True),
     "device": _device,

@@ -1,0 +1,162 @@
+"""Reading a results folder: every run's ``metrics.json`` into one frame (:func:`load_runs`),
+the rows of the tables (combiner and variant, in the paper's order) and the speed of each run
+against its reference baseline. Used by the tables (``report/table.py``) and the plots
+(``report/plots.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from mtbench.report.runs import METRICS
+
+__all__ = [
+    "DEFAULT_COLUMNS", "ORDER", "common_settings", "completed_with_speed", "label", "load_runs", "ordered", "reference",
+    "row_keys", "run_files",
+]
+
+#: the paper's order; combiners not listed here follow alphabetically
+ORDER = (
+    "baseline",
+    "clip",
+    "gradpenalty",
+    "mgda",
+    "pcgrad",
+    "gradnorm",
+    "random_graddrop",
+    "graddrop",
+    "gradnorm_graddrop",
+)
+
+#: the table's metric columns when the runs do not name theirs: (key in "test", header, higher is better)
+DEFAULT_COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))
+
+def run_files(folder: Path | str) -> list[Path]:
+    """Every run's ``metrics.json`` under ``folder``: ``runs/<combiner>/<variant>/seed=<seed>/``
+    (and the older ``runs/<combiner>/seed=<seed>/``, read as variant ``default``)."""
+    folder = Path(folder)
+    found = set(folder.glob(f"runs/*/*/seed=*/{METRICS}")) | set(folder.glob(f"runs/*/seed=*/{METRICS}"))
+    return sorted(found)
+
+
+def label(combiner: str, variant: str, overrides: dict[str, str] | None = None, common: dict[str, str] | None = None) -> str:
+    """A row's label: the combiner and, unless ``default``, its settings (``graddrop (leak=0.5)``),
+    leaving out the ``common`` ones (those every row of the table shares)."""
+    common = common or {}
+    if variant == "default" or overrides is None:
+        return combiner if variant == "default" else f"{combiner} ({variant})"
+    shown = [f"{k[len('combiner.'):] if k.startswith('combiner.') else k}={v}" for k, v in overrides.items() if common.get(k) != v]
+    return f"{combiner} ({', '.join(shown)})" if shown else combiner
+
+
+def common_settings(runs: pd.DataFrame) -> dict[str, str]:
+    """The settings every run of the frame shares (same key, same value): said once for the
+    whole table instead of in each row's label."""
+    if runs.empty or "overrides" not in runs:
+        return {}
+    all_overrides = [dict(o or {}) for o in runs["overrides"]]
+    first = all_overrides[0]
+    return {k: v for k, v in first.items() if all(o.get(k) == v for o in all_overrides[1:])}
+
+
+def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[str, str, bool], ...]]:
+    """One row per run with a readable ``metrics.json`` that is not still running.
+
+    Returns the frame, the files skipped (corrupt), the number of runs in progress, and the
+    metric columns (as the runs' ``metric_columns`` name them). The frame has the columns
+    ``combiner``, ``variant``, ``overrides`` (a dict), ``label``, ``seed``, ``status``, ``reason``,
+    ``task``, ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
+    ``train_step_s``, ``val_select`` (the validation select metric), ``select_metric`` and
+    ``select_higher``.
+    """
+    records, skipped, in_progress = [], [], 0
+    columns: tuple[tuple[str, str, bool], ...] | None = None
+    for path in run_files(folder):
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+            status = m["status"]
+            overrides = {str(k): str(v) for k, v in dict(m.get("overrides") or {}).items()}
+            variant = str(m.get("variant") or "default")
+            record = {"combiner": str(m["combiner"]), "variant": variant, "overrides": overrides, "seed": m["seed"], "status": status}
+            record.update(label=label(record["combiner"], variant, overrides), reason=m.get("reason"))
+            record.update(task=str(m.get("task", "")), run_dir=str(path.parent), started_at=str(m.get("started_at") or ""))
+            if status == "completed":
+                cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
+                record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
+                record["train_step_s"] = float(m["train_step_s"])
+                select = str(m.get("select_metric") or cols[0][0])
+                higher = {k: hi for k, _, hi in cols}.get(select, cols[0][2])
+                value = (m.get("val") or {}).get(select)
+                record.update(val_select=float(value) if value is not None else math.nan, select_metric=select, select_higher=bool(higher))
+                columns = columns or cols
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            warnings.warn(f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2)
+            skipped.append(str(path))
+            continue
+        if status == "running":
+            in_progress += 1
+            continue
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    if len(frame):
+        common = common_settings(frame)
+        frame["label"] = [label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])]
+    return frame, skipped, in_progress, columns or DEFAULT_COLUMNS
+
+
+def _order_key(name: str) -> tuple[int, str]:
+    return (ORDER.index(name), "") if name in ORDER else (len(ORDER), name)
+
+
+def ordered(names) -> list[str]:
+    """Combiner names in the paper's order, others alphabetically after them."""
+    return sorted(set(names), key=_order_key)
+
+
+def row_keys(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The table's rows, ``(combiner, variant)``: combiners in the paper's order, the variants of
+    each in the order they were first run (``default`` first)."""
+    if runs.empty:
+        return []
+    first = runs.groupby(["combiner", "variant"])["started_at"].min()
+    out = []
+    for name in ordered(runs["combiner"].unique()):
+        variants = first.loc[name]
+        out += [(name, v) for v in sorted(variants.index, key=lambda v: (v != "default", variants[v], v))]
+    return out
+
+
+def _settings(runs: pd.DataFrame, combiner: str, variant: str) -> dict[str, str]:
+    sub = runs[(runs["combiner"] == combiner) & (runs["variant"] == variant)]
+    return dict(sub["overrides"].iloc[0]) if len(sub) else {}
+
+
+def reference(runs: pd.DataFrame, combiner: str, variant: str) -> str | None:
+    """The baseline variant a row is compared with: the one with the same non-combiner settings,
+    else ``default``; None when the folder has neither."""
+    done = runs[(runs["status"] == "completed") & (runs["combiner"] == "baseline")]
+    if done.empty:
+        return None
+    own = {k: v for k, v in _settings(runs, combiner, variant).items() if not k.startswith("combiner.")}
+    for v in dict.fromkeys(done["variant"]):
+        if {k: x for k, x in _settings(runs, "baseline", v).items() if not k.startswith("combiner.")} == own:
+            return str(v)
+    return "default" if (done["variant"] == "default").any() else None
+
+
+def completed_with_speed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs, with ``speed`` (the mean step time of the row's reference baseline
+    runs over the run's own) and ``reference`` (that baseline's variant; empty without one)."""
+    done = runs[runs["status"] == "completed"].copy()
+    if done.empty:
+        return done.assign(speed=pd.Series(dtype=float), reference=pd.Series(dtype=object))
+    refs = {key: reference(runs, *key) for key in row_keys(done)}
+    base = done[done["combiner"] == "baseline"].groupby("variant")["train_step_s"].mean()
+    done["reference"] = [refs.get((c, v)) or "" for c, v in zip(done["combiner"], done["variant"])]
+    done["speed"] = [base.get(r, math.nan) / t if r else math.nan for r, t in zip(done["reference"], done["train_step_s"])]
+    return done

@@ -1,0 +1,64 @@
+"""Mini-batches of a split, moved to the training device and normalised; evaluation of a split."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from mtbench.data import Split, Task
+from mtbench.data.base import Labels, index_labels, labels_to
+from mtbench.train.device import channels_last as _channels_last
+
+__all__ = ["Preprocess", "batches", "evaluate"]
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, Labels]]:
+    """Mini-batches of (uint8 images, labels); shuffled by ``generator``, in order without one."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            idx = slice(start, start + batch_size)
+            yield split.images[idx], index_labels(split.labels, idx)
+        else:
+            idx = order[start : start + batch_size]
+            yield split.images[idx], index_labels(split.labels, idx)
+
+
+class Preprocess:
+    """uint8 images on the host -> normalised float images on the training device."""
+
+    def __init__(self, task: Task, device: torch.device):
+        self.device = device
+        self.mean = task.mean.to(device).view(1, -1, 1, 1)
+        self.std = task.std.to(device).view(1, -1, 1, 1)
+        self.pin = device.type == "cuda"
+
+    #: ``trainer.channels_last``: hand the batch over in channels-last memory format
+    channels_last = False
+
+    def __call__(self, images: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
+        if self.pin:  # pinned host memory: the copies below are truly asynchronous
+            images = images.pin_memory()
+            labels = {k: v.pin_memory() for k, v in labels.items()} if isinstance(labels, dict) else labels.pin_memory()
+        x = images.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            x = _channels_last(x)
+        return x, labels_to(labels, self.device, non_blocking=self.pin)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int) -> dict[str, Any]:
+    """The task's metrics on a whole split (scores gathered on the host, then ``task.evaluate``)."""
+    model.eval()
+    parts: list[Any] = []
+    for images, labels in batches(split, batch_size):
+        x, _ = prep(images, labels)
+        _, outputs = model(x)
+        parts.append(task.scores(outputs))
+    if isinstance(parts[0], dict):
+        scores: Any = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+    else:
+        scores = torch.cat([p.cpu() for p in parts])
+    return task.evaluate(scores, split.labels)

@@ -1,0 +1,94 @@
+"""The training device, mixed precision (``trainer.amp``) and the timing of training steps."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import torch
+
+from mtbench import MtbenchError
+
+__all__ = ["AMP_DTYPES", "StepTimer", "amp_dtype", "autocast", "channels_last", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``torch.device`` of ``trainer.device`` (auto: a CUDA GPU when one is visible, else
+    the CPU); a one-line error for a name that is not a device or a GPU that is not there."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MtbenchError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MtbenchError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu or auto")
+    return device
+
+
+#: ``trainer.amp`` values and their autocast dtypes (no float16: its loss scaling would change
+#: what clipping and the gradient penalty compute)
+AMP_DTYPES = {"false": None, "none": None, "true": torch.bfloat16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def amp_dtype(tcfg: Any) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.amp`` (false | bf16); a one-line error otherwise."""
+    value = str(tcfg.get("amp", False)).lower()
+    if value not in AMP_DTYPES:
+        raise MtbenchError(f"trainer.amp={tcfg.get('amp')!r} is not allowed; choose false or bf16")
+    return AMP_DTYPES[value]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast for the forward pass (model and losses) when ``trainer.amp`` asks for it."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def channels_last(x: Any) -> Any:
+    """``trainer.channels_last``: a model (its 4-d kernels) or a 4-d batch in channels-last
+    memory format; anything else unchanged."""
+    if isinstance(x, torch.nn.Module):
+        return x.to(memory_format=torch.channels_last)
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class StepTimer:
+    """Training-step durations without a host synchronisation per step: on a GPU, CUDA events
+    recorded around each step (in the stream, so the time includes any wait for the host)
+    are read at the logging interval (``flush``); on a CPU, the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> list[float]:
+        """The step's duration in seconds, or nothing yet on a GPU (see ``flush``)."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pending.append((self._start, end))
+            return []
+        return [time.perf_counter() - self._start]
+
+    def flush(self) -> list[float]:
+        """Durations of the steps not reported yet (one synchronisation, on the last event)."""
+        if not self.pending:
+            return []
+        self.pending[-1][1].synchronize()
+        out = [a.elapsed_time(b) / 1000.0 for a, b in self.pending]
+        self.pending.clear()
+        return out

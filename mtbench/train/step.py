@@ -1,0 +1,53 @@
+"""One training step: forward (model and per-task losses, under ``trainer.amp``'s autocast) ->
+``combiner.backward`` -> optimizer step. Shared by the trainer and ``scripts/bench_step.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from mtbench.combiners import Step
+from mtbench.train.device import autocast
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep:
+    """``step(x, labels)`` runs one training step of ``model`` on a prepared batch and returns
+    the per-task losses [T] (not detached).
+
+    ``losses(outputs, labels)`` gives the per-task losses (``Task.losses``); ``amp``: the
+    autocast dtype of the forward pass (``train.device.amp_dtype``) or None; ``generator`` /
+    ``cpu_generator``: the combiner's random numbers on the training device and on the host.
+    A combiner that needs the input's gradient (``needs_input_grad``) needs ``x`` to require
+    it: the caller sets that, outside whatever it times.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        combiner: Any,
+        optimizer: torch.optim.Optimizer,
+        losses: Callable[[Any, Any], torch.Tensor],
+        device: torch.device,
+        amp: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+        cpu_generator: torch.Generator | None = None,
+    ):
+        self.model, self.combiner, self.optimizer, self.losses = model, combiner, optimizer, losses
+        self.device, self.amp = device, amp
+        self.generator, self.cpu_generator = generator, cpu_generator
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return bool(self.combiner.needs_input_grad)
+
+    def __call__(self, x: torch.Tensor, labels: Any) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            rep, outputs = self.model(x)
+            losses = self.losses(outputs, labels)
+        self.combiner.backward(Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator))
+        self.optimizer.step()
+        return losses
