@@ -15,6 +15,8 @@ LAYERS = {
     "data": ("mtbench.data",),
     "models": ("mtbench.models",),
     "combiners": ("mtbench.combiners",),
+    # the combiners outside mtbench's trainer: GradDrop as a layer, any combiner in your own loop
+    "api": ("mtbench.nn",),
     "train": ("mtbench.train",),
     "report": ("mtbench.report",),
     "cli": ("mtbench.cli", "mtbench.__main__", "mtbench.overrides", "mtbench.configs"),
