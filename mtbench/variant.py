@@ -82,17 +82,50 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def defaults_pieces(defaults: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(config, package)`` of the ``config@package`` entries of a combiner file's defaults
+    list (``- graddrop@graddrop``: GradDrop's own file under the key ``graddrop``)."""
+    out = []
+    for entry in defaults:
+        if isinstance(entry, str) and "@" in entry and not entry.startswith("_"):
+            config, _, package = entry.partition("@")
+            out.append((config.strip(), package.strip()))
+    return out
+
+
 @lru_cache(maxsize=None)
-def combiner_options(name: str) -> frozenset[str] | None:
-    """The options ``combiner=<name>`` declares (the keys of its config file, ``name`` aside);
-    None for a combiner without a config file of mtbench's."""
+def _combiner_file(name: str) -> dict | None:
     try:
         text = (resources.files("mtbench.configs") / "combiner" / f"{name}.yaml").read_text(encoding="utf-8")
     except (FileNotFoundError, OSError, ModuleNotFoundError):
         return None
     import yaml
 
-    data = yaml.safe_load(text) or {}
+    return yaml.safe_load(text) or {}
+
+
+def combiner_config(name: str) -> dict | None:
+    """The keys and values of mtbench's ``combiner/<name>.yaml`` as Hydra composes them (the
+    pieces of its defaults list under their keys; no ``defaults``); None without such a file."""
+    data = _combiner_file(name)
+    if data is None:
+        return None
+    data = dict(data)
+    out: dict = {}
+    for config, package in defaults_pieces(data.pop("defaults", None) or []):
+        out[package] = combiner_config(config) or {}
+    for key, value in data.items():
+        out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+@lru_cache(maxsize=None)
+def combiner_options(name: str) -> frozenset[str] | None:
+    """The options ``combiner=<name>`` declares (the keys of its composed config file, ``name``
+    aside); None for a combiner without a config file of mtbench's."""
+    data = combiner_config(name)
+    if data is None:
+        return None
     return frozenset(k for k in data if k not in ("name", "defaults"))
 
 
