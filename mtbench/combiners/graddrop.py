@@ -20,17 +20,18 @@ class GradDrop(Combiner):
     negative-signed tasks with probability f(P), P the sign purity
     1/2 (1 + sum_i G_i / (sum_i |G_i| + eps)); see :func:`functional.graddrop` for the
     exact rule. The combined gradient flows into the trunk; each head gets its own loss's
-    plain gradient. With every mask 1 this is exactly the baseline's gradient. A leak of
-    null in the config file takes the task's default leak (``build_combiner``).
+    plain gradient. With every mask 1 this is exactly the baseline's gradient. A null leak
+    is the task's default leak (filled in by ``build_combiner``), 0 without one.
     """
 
     name = "graddrop"
     style = ("#d62728", "*")
     options = {
         "leak": Option(
-            0.0,
-            "l_i in [0, 1], one number or one per task: task i's gradient passes with weight l_i + (1 - l_i) M_i (1: untouched)",
-            lambda key, value, owner: check_leak(value, owner.num_tasks, owner.name),
+            None,
+            "l_i in [0, 1], one number or one per task: task i's gradient passes with weight l_i + (1 - l_i) M_i (1: untouched);"
+            " null: the task's default leak, 0 unless the task sets one",
+            lambda key, value, owner: check_leak(0.0 if value is None else value, owner.num_tasks, owner.name),
         ),
         "f": Option("identity", "the map of the purity P: identity | linear | sigmoid", one_of(*GRADDROP_F)),
         "k": Option(1.0, "slope of f (linear, sigmoid)", number(minimum=0, min_open=True)),
