@@ -54,22 +54,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-#: every row, in the order of the table (the paper's order, then the torchjd references)
-DEFAULT_ROWS = (
-    "baseline",
-    "clip",
-    "gradpenalty",
-    "mgda@representation",
-    "mgda@params",
-    "pcgrad@representation",
-    "pcgrad@params",
-    "gradnorm",
-    "random_graddrop",
-    "graddrop",
-    "gradnorm_graddrop",
-    "torchjd-pcgrad@params",
-    "torchjd-mgda@params",
-)
+from mtbench.combiners import COMBINERS
+from mtbench.combiners.gramweighted import LEVELS
+
+#: every row, in the order of the table (the registry's order, each level of the combiners that
+#: have one, then the torchjd references)
+DEFAULT_ROWS = tuple(
+    row for name, cls in COMBINERS.items() for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
+) + ("torchjd-pcgrad@params", "torchjd-mgda@params")
 
 #: the issue's targets (speed vs baseline) on the CelebA-shaped problem
 TARGETS = {

@@ -43,21 +43,12 @@ from typing import Any
 
 import pandas as pd
 
+from mtbench.combiners import COMBINERS
 from mtbench.report.runs import METRICS, atomic_write_text
 from mtbench.report.significance import ALPHA, welch_t_test
 
-#: the paper's order; combiners not listed here follow alphabetically
-ORDER = (
-    "baseline",
-    "clip",
-    "gradpenalty",
-    "mgda",
-    "pcgrad",
-    "gradnorm",
-    "random_graddrop",
-    "graddrop",
-    "gradnorm_graddrop",
-)
+#: the paper's order (the registry ``mtbench.combiners.COMBINERS``); other combiners follow alphabetically
+ORDER = tuple(COMBINERS)
 
 #: the table's metric columns when the runs do not name theirs: (key in "test", header, higher is better)
 DEFAULT_COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))
