@@ -223,3 +223,38 @@ def test_a_subclass_with_plain_defaults_keeps_the_inherited_checks():
     assert Leaky(T).leak == 0.5
     with pytest.raises(MtbenchError, match=r"combiner.leak values must be numbers in \[0, 1\] for combiner=leaky"):
         Leaky(T, leak=2.0)
+
+
+@pytest.mark.parametrize("level", ["representation", "params"])
+def test_a_gram_weighted_combiner_is_its_weights_only(level):
+    """Unit weights from any Gram matrix: the plain sum of the task gradients, the baseline."""
+    from mtbench.options import Option
+
+    seen = []
+
+    class Sum(GramWeighted):
+        name = "sum"
+        options = {**GramWeighted.options, "scale": Option(1.0, "factor of every weight")}
+
+        def gram_weights(self, gram, step):
+            seen.append(gram)
+            return torch.full((gram.shape[0],), self.scale, dtype=torch.float64)
+
+    model = make_model()
+    comb = Sum(T, level=level, scale=2.0)
+    comb.prepare(model)
+    got = grads_after(model, comb)
+    st = make_step(model, comb)
+    n_shared = len(model.shared_parameters())
+    trunk = torch.autograd.grad(2.0 * st.losses.sum(), model.shared_parameters(), retain_graph=True)
+    heads = torch.autograd.grad(st.losses.sum(), model.head_parameters())
+    for u, v in zip(got, list(trunk) + list(heads)):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+    assert len(got) == n_shared + len(heads)
+    (gram,) = seen
+    assert gram.dtype == torch.float64 and gram.shape == (T, T)
+    if level == "params":
+        per_task = torch.stack(
+            [torch.cat([g.flatten() for g in torch.autograd.grad(make_step(model, comb).losses[i], model.shared_parameters())]) for i in range(T)]
+        )
+        torch.testing.assert_close(gram, per_task @ per_task.T, rtol=1e-12, atol=1e-14)

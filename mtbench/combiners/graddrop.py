@@ -15,7 +15,7 @@ class GradDrop(Combiner):
     """GradDrop (Chen et al. 2020, "Just Pick a Sign", Algorithm 1) at the representation A.
 
     Forward: the identity. Backward: from the T per-task gradients dL_i/dA ([T, B, *F],
-    :meth:`Combiner.rep_task_grads`: through the stock linear heads by the chain rule, else
+    :func:`taskgrads.rep_task_grads`: through the stock linear heads by the chain rule, else
     one batched autograd call), keep at each feature either the positive-signed or the
     negative-signed tasks with probability f(P), P the sign purity
     1/2 (1 + sum_i G_i / (sum_i |G_i| + eps)); see :func:`functional.graddrop` for the
