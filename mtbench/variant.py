@@ -190,8 +190,21 @@ def resolve_variant(overrides: Any, combiner: Any) -> str:
     return variant_name(identity(list(overrides or []), str(combiner)))
 
 
+def resolve_combiners() -> str:
+    """OmegaConf resolver ``${mtbench_combiners:}``: every registered combiner, comma-separated
+    in the registry's order (``mtbench.combiners.COMBINERS``), the sweep of ``mtbench -m``."""
+    from mtbench.combiners import COMBINERS
+
+    return ",".join(COMBINERS)
+
+
 def register_resolver() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("mtbench_variant"):
         OmegaConf.register_new_resolver("mtbench_variant", resolve_variant)
+    if not OmegaConf.has_resolver("mtbench_combiners"):
+        OmegaConf.register_new_resolver("mtbench_combiners", resolve_combiners)
+
+
+register_resolver()  # wherever mtbench's configs are composed (the cli, the override checks, a script)

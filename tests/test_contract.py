@@ -258,3 +258,12 @@ def test_a_gram_weighted_combiner_is_its_weights_only(level):
             [torch.cat([g.flatten() for g in torch.autograd.grad(make_step(model, comb).losses[i], model.shared_parameters())]) for i in range(T)]
         )
         torch.testing.assert_close(gram, per_task @ per_task.T, rtol=1e-12, atol=1e-14)
+
+
+def test_the_sweep_of_every_combiner_is_the_registry():
+    from omegaconf import OmegaConf
+
+    raw = yaml.safe_load((CONFIGS / "config.yaml").read_text())
+    assert raw["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:}"  # no list restated
+    cfg = OmegaConf.create({"combiner": "${mtbench_combiners:}"})
+    assert cfg.combiner.split(",") == list(COMBINERS)

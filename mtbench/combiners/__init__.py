@@ -5,8 +5,8 @@
 built-in combiner of that ``name``.
 
 :data:`COMBINERS` is the one registry of the built-in combiners: the sweep of ``mtbench -m``
-(``hydra.sweeper.params.combiner``, checked against it by a test), the table's row order, the
-plots' styles (each class's ``style``) and ``scripts/bench_step.py`` read it.
+(``hydra.sweeper.params.combiner`` is the resolver ``${mtbench_combiners:}``), the table's row
+order, the plots' styles (each class's ``style``) and ``scripts/bench_step.py`` read it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
+from mtbench.variant import register_resolver
 
 #: the built-in combiners by config name, in the paper's order (the table's row order, the
 #: sweep's order); each class carries its options (``options``) and plot style (``style``)
@@ -36,6 +37,8 @@ COMBINERS: dict[str, type[Combiner]] = {
 }
 
 __all__ = ["COMBINERS", "Combiner", "GramWeighted", "Step", "build_combiner"]
+
+register_resolver()  # ${mtbench_combiners:}, the sweep of every combiner, reads COMBINERS
 
 
 def _import(path: str) -> type[Combiner]:
