@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_row = {x["row"]: x for x in results}
     for x in results:
         name, _ = split_row(x["row"])
-        key = name if name in ("graddrop", "random_graddrop", "gradnorm", "clip", "gradpenalty", "baseline", "gradnorm_graddrop") else f"{name}@{x['level']}"
+        key = name if name in COMBINERS and "level" not in COMBINERS[name].options else f"{name}@{x['level']}"
         x["target"] = TARGETS.get(key)
         if x["target"] is not None and x["speed_vs_baseline"] is not None:
             x["meets_target"] = x["speed_vs_baseline"] >= x["target"]
