@@ -38,6 +38,15 @@ from mtbench.variant import applies, identity, register_resolver, variant_name
 
 register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
+
+def _combiners() -> str:
+    from mtbench.combiners import resolve_combiners  # torch is imported only when a config reads the list
+
+    return resolve_combiners()
+
+
+register_resolver("mtbench_combiners", _combiners)  # ${mtbench_combiners:}: the sweep of every combiner
+
 log = logging.getLogger("mtbench")
 
 #: runs of this process that failed (the basic launcher runs jobs in-process); main() exits 1 if any

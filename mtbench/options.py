@@ -4,14 +4,19 @@ naming the option, the value given and what is allowed.
 Used where the options are declared (trainer, tasks, models, combiners) so that ``mtbench``
 rejects a bad value before any run starts. A boolean is never accepted as a number, and a
 number is always finite.
+
+:class:`Option` declares an option once (default, one-line doc, check); :func:`integer`,
+:func:`number` and :func:`boolean` turn the checks above into such declarations' checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import numbers
-from typing import Any
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from mtbench import MtbenchError
 
@@ -105,3 +110,51 @@ def import_target(key: str, path: Any) -> Any:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
         raise MtbenchError(f"{key}={text!r} cannot be imported ({type(e).__name__}: {e}); check the module is on PYTHONPATH and spells the name") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# declared options
+# ----------------------------------------------------------------------------------------------
+
+#: ``check(key, value, owner)``: the value to use, or a one-line ``MtbenchError`` naming ``key``;
+#: ``owner`` is the object the option belongs to (a combiner: its ``name`` and ``num_tasks``)
+Check = Callable[[str, Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option, declared once: its default, a one-line description and its check.
+
+    ``check`` (None: any value) gets the option's full key (``combiner.leak``), the value and
+    the owner, and returns the value to use (e.g. a number as a float) or raises a one-line
+    ``MtbenchError``. The config files list the same keys with the same defaults (a test
+    compares them).
+    """
+
+    default: Any
+    doc: str = ""
+    check: Check | None = None
+
+    def validate(self, key: str, value: Any, owner: Any = None) -> Any:
+        return value if self.check is None else self.check(key, value, owner)
+
+    def replace(self, **changes: Any) -> "Option":
+        """A copy with other fields (e.g. another default for a subclass)."""
+        return dataclasses.replace(self, **changes)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, optional: bool = False) -> Check:
+    """A check: :func:`check_int`."""
+    return lambda key, value, owner: check_int(key, value, minimum, maximum, optional)
+
+
+def number(
+    minimum: float | None = None, maximum: float | None = None, min_open: bool = False, max_open: bool = False, optional: bool = False
+) -> Check:
+    """A check: :func:`check_number`."""
+    return lambda key, value, owner: check_number(key, value, minimum, maximum, min_open, max_open, optional)
+
+
+def boolean() -> Check:
+    """A check: :func:`check_bool`."""
+    return lambda key, value, owner: check_bool(key, value)

@@ -82,17 +82,50 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def defaults_pieces(defaults: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(config, package)`` of the ``config@package`` entries of a combiner file's defaults
+    list (``- graddrop@graddrop``: GradDrop's own file under the key ``graddrop``)."""
+    out = []
+    for entry in defaults:
+        if isinstance(entry, str) and "@" in entry and not entry.startswith("_"):
+            config, _, package = entry.partition("@")
+            out.append((config.strip(), package.strip()))
+    return out
+
+
 @lru_cache(maxsize=None)
-def combiner_options(name: str) -> frozenset[str] | None:
-    """The options ``combiner=<name>`` declares (the keys of its config file, ``name`` aside);
-    None for a combiner without a config file of mtbench's."""
+def _combiner_file(name: str) -> dict | None:
     try:
         text = (resources.files("mtbench.configs") / "combiner" / f"{name}.yaml").read_text(encoding="utf-8")
     except (FileNotFoundError, OSError, ModuleNotFoundError):
         return None
     import yaml
 
-    data = yaml.safe_load(text) or {}
+    return yaml.safe_load(text) or {}
+
+
+def combiner_config(name: str) -> dict | None:
+    """The keys and values of mtbench's ``combiner/<name>.yaml`` as Hydra composes them (the
+    pieces of its defaults list under their keys; no ``defaults``); None without such a file."""
+    data = _combiner_file(name)
+    if data is None:
+        return None
+    data = dict(data)
+    out: dict = {}
+    for config, package in defaults_pieces(data.pop("defaults", None) or []):
+        out[package] = combiner_config(config) or {}
+    for key, value in data.items():
+        out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+@lru_cache(maxsize=None)
+def combiner_options(name: str) -> frozenset[str] | None:
+    """The options ``combiner=<name>`` declares (the keys of its composed config file, ``name``
+    aside); None for a combiner without a config file of mtbench's."""
+    data = combiner_config(name)
+    if data is None:
+        return None
     return frozenset(k for k in data if k not in ("name", "defaults"))
 
 
@@ -160,8 +193,13 @@ def resolve_variant(overrides: Any, combiner: Any) -> str:
     return variant_name(identity(list(overrides or []), str(combiner)))
 
 
-def register_resolver() -> None:
+def register_resolver(name: str = "mtbench_variant", resolver: Any = None) -> None:
+    """Register an OmegaConf resolver once (default: ``mtbench_variant``); the registry of
+    combiners registers ``mtbench_combiners`` (``mtbench.combiners``, and lazily ``mtbench.cli``)."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("mtbench_variant"):
-        OmegaConf.register_new_resolver("mtbench_variant", resolve_variant)
+    if not OmegaConf.has_resolver(name):
+        OmegaConf.register_new_resolver(name, resolver or resolve_variant)
+
+
+register_resolver()  # wherever mtbench's configs are composed (the cli, the override checks, a script)

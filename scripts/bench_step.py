@@ -54,22 +54,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-#: every row, in the order of the table (the paper's order, then the torchjd references)
-DEFAULT_ROWS = (
-    "baseline",
-    "clip",
-    "gradpenalty",
-    "mgda@representation",
-    "mgda@params",
-    "pcgrad@representation",
-    "pcgrad@params",
-    "gradnorm",
-    "random_graddrop",
-    "graddrop",
-    "gradnorm_graddrop",
-    "torchjd-pcgrad@params",
-    "torchjd-mgda@params",
-)
+from mtbench.combiners import COMBINERS
+from mtbench.combiners.gramweighted import LEVELS
+
+#: every row, in the order of the table (the registry's order, each level of the combiners that
+#: have one, then the torchjd references)
+DEFAULT_ROWS = tuple(
+    row for name, cls in COMBINERS.items() for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
+) + ("torchjd-pcgrad@params", "torchjd-mgda@params")
 
 #: the issue's targets (speed vs baseline) on the CelebA-shaped problem
 TARGETS = {
@@ -557,7 +549,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_row = {x["row"]: x for x in results}
     for x in results:
         name, _ = split_row(x["row"])
-        key = name if name in ("graddrop", "random_graddrop", "gradnorm", "clip", "gradpenalty", "baseline", "gradnorm_graddrop") else f"{name}@{x['level']}"
+        key = name if name in COMBINERS and "level" not in COMBINERS[name].options else f"{name}@{x['level']}"
         x["target"] = TARGETS.get(key)
         if x["target"] is not None and x["speed_vs_baseline"] is not None:
             x["meets_target"] = x["speed_vs_baseline"] >= x["target"]

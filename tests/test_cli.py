@@ -16,8 +16,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def sweep_combiners() -> list[str]:
-    cfg = yaml.safe_load((CONFIGS / "config.yaml").read_text())
-    return [c.strip() for c in str(cfg["hydra"]["sweeper"]["params"]["combiner"]).split(",")]
+    """The combiners `mtbench -m` sweeps: the composed primary config's sweeper params."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
+            cfg = compose(config_name="config", return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    return [c.strip() for c in str(cfg.hydra.sweeper.params.combiner).split(",")]
 
 
 def test_sweep_lists_every_combiner_and_each_has_a_config():

@@ -499,8 +499,7 @@ def test_gradnorm_norms_match_per_task_gradients(grad_at, monkeypatch):
         at = st.rep if grad_at == "representation" else comb.last_shared_weight(model)
         expected = torch.stack([torch.autograd.grad(st.losses[i], at, retain_graph=True)[0].norm() for i in range(T)])
         torch.testing.assert_close(comb.grad_norms(st), expected, rtol=1e-12, atol=1e-15)
-    capture = comb.__dict__.get("_capture")
-    assert (capture is not None and capture.watching(model.trunk[6])) == (grad_at == "last_shared")
+    assert comb.capture.watching(model.trunk[6]) == (grad_at == "last_shared")
     assert len(calls) == (2 if grad_at == "last_shared" else 0)  # steps 1 and 2 took the factored form
 
 
@@ -523,4 +522,4 @@ def test_layer_capture_is_not_shared_by_a_copied_model():
     comb.backward(conv_step(model))
     clone = copy.deepcopy(model)
     conv_step(clone)
-    assert comb.__dict__["_capture"]._calls == {}
+    assert comb.task_grads.capture._calls == {}

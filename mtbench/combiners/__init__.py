@@ -3,6 +3,10 @@
 ``build_combiner(cfg.combiner, num_tasks)`` instantiates the class named by the config's
 ``_target_`` (a dotted path: yours can live in any importable module) or, without one, the
 built-in combiner of that ``name``.
+
+:data:`COMBINERS` is the one registry of the built-in combiners: the sweep of ``mtbench -m``
+(``hydra.sweeper.params.combiner`` is the resolver ``${mtbench_combiners:}``), the table's row
+order, the plots' styles (each class's ``style``) and ``scripts/bench_step.py`` read it.
 """
 
 from __future__ import annotations
@@ -19,17 +23,30 @@ from mtbench.combiners.graddrop import GradDrop
 from mtbench.combiners.gradnorm import GradNorm
 from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.gradpenalty import GradPenalty
+from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
+from mtbench.variant import register_resolver
 
-#: the built-in combiners by config name, in the paper's order (the table's row order)
+#: the built-in combiners by config name, in the paper's order (the table's row order, the
+#: sweep's order); each class carries its options (``options``) and plot style (``style``)
 COMBINERS: dict[str, type[Combiner]] = {
     cls.name: cls
     for cls in (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
 }
 
-__all__ = ["COMBINERS", "Combiner", "Step", "build_combiner"]
+__all__ = ["COMBINERS", "Combiner", "GramWeighted", "Step", "build_combiner"]
+
+
+
+def resolve_combiners() -> str:
+    """OmegaConf resolver ``${mtbench_combiners:}``: every registered combiner, comma-separated in
+    the registry's order, the sweep of ``mtbench -m`` (``hydra.sweeper.params.combiner``)."""
+    return ",".join(COMBINERS)
+
+
+register_resolver("mtbench_combiners", resolve_combiners)
 
 
 def _import(path: str) -> type[Combiner]:
@@ -52,11 +69,26 @@ def _fill_leak(options: dict, default_leak) -> None:
             _fill_leak(value, default_leak)
 
 
+def _compose_pieces(options: dict) -> None:
+    """A combiner config read without Hydra (``OmegaConf.load`` of a file whose defaults list
+    composes other combiner files, ``- graddrop@graddrop``): each such piece is read from
+    mtbench's combiner configs, under the options the file gives it."""
+    from mtbench.variant import combiner_config, defaults_pieces
+
+    for config, package in defaults_pieces(options.pop("defaults", None) or []):
+        piece = combiner_config(config)
+        if piece is None:
+            raise MtbenchError(f"combiner defaults entry {config}@{package}: mtbench has no combiner config {config!r}")
+        given = options.get(package) or {}
+        options[package] = {**piece, **given}
+
+
 def build_combiner(cfg: DictConfig, num_tasks: int, default_leak: list[float] | None = None) -> Combiner:
     """The combiner of ``cfg`` for ``num_tasks`` tasks; ``default_leak`` (one per task, from the
     task's config) fills any ``leak: null`` option."""
     options = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(options, dict)
+    _compose_pieces(options)
     _fill_leak(options, default_leak)
     name = options.pop("name", None)
     target = options.pop("_target_", None)

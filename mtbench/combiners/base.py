@@ -1,10 +1,17 @@
-"""The small base class every combiner derives from.
+"""The small interface every combiner implements.
 
 A combiner receives one training step's per-task losses (plus the shared representation,
 the model and the inputs) and leaves the parameter gradients in ``.grad``; the optimizer
 steps afterwards. Scale convention: the shared parameters' gradient is on the scale of the
 plain sum of task losses (the baseline) unless an option says otherwise, so one learning
 rate serves every combiner.
+
+The interface: ``name``, ``options`` (each declared once as an :class:`~mtbench.options.Option`
+with its default, one-line doc and check; a plain ``defaults = {option: default}`` dict works
+too), ``backward(step)``, ``prepare(model)``, ``state_dict`` / ``load_state_dict`` and
+``log_values``. The per-task gradient machinery lives in :mod:`mtbench.combiners.taskgrads`
+(a combiner that needs it holds a :class:`~mtbench.combiners.taskgrads.TaskGrads`); the
+Gram-matrix methods derive from :class:`~mtbench.combiners.gramweighted.GramWeighted`.
 """
 
 from __future__ import annotations
@@ -16,17 +23,9 @@ import torch
 from torch import nn
 
 from mtbench import MtbenchError
-from mtbench.combiners.taskgrads import (
-    LayerCapture,
-    ParamTaskGrads,
-    RepGrads,
-    batched_grads,
-    budget_bytes,
-    captured_layers,
-    factored_cost,
-    factored_layer,
-    rep_task_grads,
-)
+from mtbench.combiners import taskgrads
+from mtbench.combiners.taskgrads import RepGrads
+from mtbench.options import Check, Option
 
 
 @dataclass
@@ -50,29 +49,44 @@ class Step:
 
 
 class Combiner:
-    """Base class: subclasses set ``name``, ``defaults`` (option -> default) and ``backward``.
+    """Base class: subclasses set ``name``, ``options`` (or a plain ``defaults`` dict) and
+    implement ``backward``.
 
     Options come from the combiner's config file (every key but ``name`` and ``_target_``);
-    an option the class does not declare is an error naming the allowed ones.
+    an option the class does not declare is an error naming the allowed ones. Each option is
+    checked by its declaration and set as an attribute of the same name (the checked value);
+    ``opts`` keeps the values as given.
     """
 
     name: ClassVar[str] = ""
-    #: options of this combiner and their defaults
+    #: the options of this combiner, each with its default, doc and check
+    options: ClassVar[dict[str, Option]] = {}
+    #: option -> default (derived from ``options``; or given alone, without docs and checks)
     defaults: ClassVar[dict[str, Any]] = {}
     #: True when the trainer must make the inputs require grad (input gradient penalty)
     needs_input_grad: ClassVar[bool] = False
+    #: (colour, marker) of the combiner in the plots; None: one of the spare styles
+    style: ClassVar[tuple[str, str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__:
+            cls.defaults = {k: o.default for k, o in cls.options.items()}
+        elif "defaults" in cls.__dict__:  # a plain dict: keep any inherited declaration of the same key
+            inherited = cls.options
+            cls.options = {k: inherited[k].replace(default=v) if k in inherited else Option(v) for k, v in cls.defaults.items()}
 
     def __init__(self, num_tasks: int, **options: Any):
-        unknown = sorted(set(options) - set(self.defaults))
+        unknown = sorted(set(options) - set(self.options))
         if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
+            allowed = ", ".join(sorted(self.options)) or "none"
             raise MtbenchError(
                 f"combiner.{unknown[0]} is not an option of combiner={self.name}; its options are: {allowed}"
             )
         self.num_tasks = int(num_tasks)
         self.opts = {**self.defaults, **options}
-        for key, value in self.opts.items():
-            setattr(self, key, value)
+        for key, option in self.options.items():
+            setattr(self, key, option.validate(f"combiner.{key}", self.opts[key], self))
 
     # -- the one method a combiner must implement ---------------------------------------
     def backward(self, step: Step) -> None:
@@ -92,139 +106,43 @@ class Combiner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def check_positive(self, option: str, value: Any) -> float:
-        """A finite number > 0, or a one-line error naming ``combiner.<option>``."""
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = float("nan")
-        if not (number > 0 and number != float("inf")):
-            raise MtbenchError(f"combiner.{option} must be a positive number for combiner={self.name} (got {value!r})")
-        return number
-
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging per epoch (e.g. task weights); empty by default."""
         return {}
+
+    def check_positive(self, option: str, value: Any) -> float:
+        """A finite number > 0, or a one-line error naming ``combiner.<option>``."""
+        return positive()(f"combiner.{option}", value, self)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
         return f"{type(self).__name__}({opts})"
 
-    # -- shared building blocks -----------------------------------------------------------
+    # -- building blocks for subclasses (see mtbench.combiners.taskgrads) -------------------
     @staticmethod
     def task_grads_at(losses: torch.Tensor, tensor: torch.Tensor, retain_graph: bool = True) -> torch.Tensor:
-        """All T per-task gradients dL_i/d(tensor), shape [T, *tensor.shape], in one batched
-        autograd call (vmap over the backward pass); falls back to a loop over tasks where
-        vmap cannot run the backward (some compiled models, RNNs, AMP with normalisation)."""
-        T = losses.shape[0]
-        eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
-        try:
-            (grads,) = torch.autograd.grad(losses, tensor, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph)
-        except RuntimeError:
-            rows = [torch.autograd.grad(losses[i], tensor, retain_graph=retain_graph or i < T - 1)[0] for i in range(T)]
-            grads = torch.stack(rows)
-        return grads
+        """All T per-task gradients dL_i/d(tensor), shape [T, *tensor.shape]
+        (:func:`mtbench.combiners.taskgrads.task_grads_at`)."""
+        return taskgrads.task_grads_at(losses, tensor, retain_graph)
 
     @staticmethod
     def default_chunk(value: Any, device: torch.device) -> int:
         """``chunk_size: null`` = 1 on a CPU (a loop is faster there), 8 on an accelerator."""
-        return int(value) if value is not None else (1 if device.type == "cpu" else 8)
+        return taskgrads.default_chunk(value, device)
 
     @staticmethod
     def rep_task_grads(step: Step) -> RepGrads:
-        """The T per-task gradients dL_i/d(rep) of a step as a :class:`RepGrads` (``full()``:
-        the [T, *rep.shape] stack; ``gram()``: their float64 Gram matrix; ``combine(w)``:
-        sum_i w_i dL_i/d(rep)). With the stock linear heads they come from the chain rule
-        through the heads' weight (one tiny autograd call over the losses only), the same
-        values as :meth:`task_grads_at` up to rounding; otherwise from :meth:`task_grads_at`."""
-        return rep_task_grads(step, general=Combiner.task_grads_at)
+        """The T per-task gradients dL_i/d(rep) of a step as a :class:`RepGrads`
+        (:func:`mtbench.combiners.taskgrads.rep_task_grads`)."""
+        return taskgrads.rep_task_grads(step)
 
     @staticmethod
     def task_grads_at_params(
         step: Step, rep_grads: torch.Tensor, params: list[torch.Tensor], chunk_size: int = 8
     ) -> torch.Tensor:
-        """Per-task gradients of the shared parameters, flattened and concatenated: [T, P].
-
-        Task i's parameter gradient is the trunk's vector-Jacobian product with task i's
-        gradient at the representation (``rep_grads[i]``, from :meth:`task_grads_at`).
-        ``chunk_size`` tasks go through the trunk's backward together (one vmapped call),
-        which bounds the extra memory to ``chunk_size`` backward passes; ``chunk_size=1``
-        is a plain loop of backward passes (the faster choice on a CPU), and also the
-        fallback where vmap cannot run the backward. Rows are written straight into the
-        [T, P] result (no intermediate copies).
-        """
-        T = rep_grads.shape[0]
-        width = sum(p.numel() for p in params)
-        out = torch.empty((T, width), dtype=params[0].dtype, device=params[0].device)
-        chunk = max(1, int(chunk_size))
-        for start in range(0, T, chunk):
-            part = rep_grads[start : start + chunk]
-            grads = batched_grads(step.rep, params, part, retain_graph=True)
-            for r in range(part.shape[0]):
-                torch.cat([g[r].reshape(-1) for g in grads], out=out[start + r])
-        return out
-
-    def factored_candidates(self, model: nn.Module) -> tuple[LayerCapture, list[nn.Module]]:
-        """The forward-hook capture and the trunk's layers that may take the factored form at
-        the params level (stock convolution and linear layers with shared weights); the hooks
-        are armed at the first call (by :meth:`prepare`, or at the first step without it)."""
-        capture = self.__dict__.get("_capture")
-        if capture is None:
-            capture = self.__dict__["_capture"] = LayerCapture()
-        trunk = getattr(model, "trunk", model)
-        candidates = self.__dict__.get("_factored_candidates")
-        if candidates is None or candidates[0] is not trunk:
-            params = model.shared_parameters() if hasattr(model, "shared_parameters") else [p for p in model.parameters() if p.requires_grad]
-            shared = {id(p) for p in params}
-            mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
-            candidates = self.__dict__["_factored_candidates"] = (trunk, mods)
-            capture.watch(mods)
-        return capture, candidates[1]
-
-    def param_task_grads(
-        self, step: Step, rep_grads: RepGrads, chunk_size: Any = None, memory_budget_mb: Any = None
-    ) -> ParamTaskGrads:
-        """Per-task gradients of the shared parameters as a :class:`ParamTaskGrads` (their
-        float64 Gram matrix and any combination sum_i w_i g_i added into ``.grad``).
-
-        ``chunk_size`` tasks per batched backward call (null: :meth:`default_chunk`);
-        ``memory_budget_mb`` bounds the rows of the per-task gradient stack held at once
-        (null: all T). The trunk's convolution and linear layers whose weight gradient is
-        cheaper through their input and output than explicitly (few positions, wide weights:
-        ResNet's last stage; or a small batch) enter the Gram matrix in that factored form (see
-        :mod:`mtbench.combiners.taskgrads`): same numbers up to rounding. Which layers do is
-        decided at every call from that call's shapes alone (a smaller last batch may choose
-        differently), never from earlier calls, so a resumed run takes the same path as an
-        uninterrupted one. The layers' forward hooks are armed by :meth:`prepare` (the
-        trainer calls it before the first forward pass); without it, at the first call,
-        which then takes the plain path.
-        """
-        model = step.model
-        params = model.shared_parameters() if hasattr(model, "shared_parameters") else [p for p in model.parameters() if p.requires_grad]
-        capture, candidates = self.factored_candidates(model)
-        T = rep_grads.num_tasks
-
-        def pays(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> bool:
-            c = m.weight.shape[0]
-            n = out.numel() // (out.shape[1] if isinstance(m, nn.Conv2d) else out.shape[-1])
-            k = m.weight[0].numel()
-            fac, plain = factored_cost(n, k, c, T)
-            return fac < plain
-
-        layers = captured_layers(step, capture, candidates, select=pays)
-        self.__dict__["last_factored_layers"] = [m for m, _, _ in layers]  # (diagnostics, tests)
-        chunk = self.default_chunk(chunk_size, step.rep.device)
-        return ParamTaskGrads(step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(memory_budget_mb), layers=layers)
-
-    @staticmethod
-    def add_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-        """Add a flat gradient vector (the concatenation order of ``params``) into ``.grad``."""
-        offset = 0
-        for p in params:
-            n = p.numel()
-            g = flat[offset : offset + n].view_as(p)
-            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            offset += n
+        """Per-task gradients of ``params``, flattened and concatenated: [T, P], from the
+        per-task gradients at the representation (:func:`mtbench.combiners.taskgrads.param_grad_stack`)."""
+        return taskgrads.param_grad_stack(step, rep_grads, params, chunk_size)
 
     @staticmethod
     def backward_heads(step: Step, weights: torch.Tensor | None = None) -> None:
@@ -239,6 +157,38 @@ class Combiner:
         torch.autograd.backward(step.rep, rep_grad, inputs=step.model.shared_parameters())
 
 
+# -- checks of combiner options (Option.check): one-line errors naming the combiner -----------
+
+
+def one_of(*allowed: str) -> Check:
+    """A check: one of ``allowed``."""
+
+    def check(key: str, value: Any, owner: Any) -> Any:
+        if value not in allowed:
+            raise MtbenchError(f"{key}={value!r} is not allowed for combiner={owner.name}; choose one of: {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def positive(optional: bool = False) -> Check:
+    """A check: a finite number > 0 (as a float); null too if ``optional``."""
+
+    def check(key: str, value: Any, owner: Any) -> float | None:
+        if value is None and optional:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (number > 0 and number != float("inf")):
+            raise MtbenchError(f"{key} must be a positive number for combiner={owner.name} (got {value!r})")
+        return number
+
+    return check
+
+
 def check_choice(option: str, value: Any, allowed: tuple[str, ...], combiner: str) -> None:
+    """``value`` one of ``allowed``, or a one-line error naming ``combiner.<option>``."""
     if value not in allowed:
         raise MtbenchError(f"combiner.{option}={value!r} is not allowed for combiner={combiner}; choose one of: {', '.join(allowed)}")

@@ -12,6 +12,7 @@ class Baseline(Combiner):
     """
 
     name = "baseline"
+    style = ("#333333", "o")
 
     def backward(self, step: Step) -> None:
         step.losses.sum().backward()

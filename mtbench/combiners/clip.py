@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mtbench.combiners.base import Combiner, Step
+from mtbench.combiners.base import Combiner, Step, positive
+from mtbench.options import Option
 
 
 class Clip(Combiner):
@@ -12,16 +13,11 @@ class Clip(Combiner):
 
     The norm is taken over every trainable parameter at once (shared trunk and heads):
     if ``||g||_2 > max_norm`` all gradients are scaled by ``max_norm / ||g||_2``.
-
-    Options: ``max_norm`` (default 1.0).
     """
 
     name = "clip"
-    defaults = {"max_norm": 1.0}
-
-    def __init__(self, num_tasks: int, **options):
-        super().__init__(num_tasks, **options)
-        self.max_norm = self.check_positive("max_norm", self.max_norm)
+    style = ("#8c564b", "s")
+    options = {"max_norm": Option(1.0, "the largest global L2 norm of all gradients", positive())}
 
     def backward(self, step: Step) -> None:
         step.losses.sum().backward()

@@ -28,7 +28,9 @@ class Reweighted(Combiner):
         self.needs_input_grad = self.weighting.needs_input_grad or self.combine.needs_input_grad
 
     def _piece(self, cls: type[Combiner], num_tasks: int) -> Combiner:
-        opts = self.opts.get(cls.name) or {}
+        opts = dict(self.opts.get(cls.name) or {})
+        if opts.get("name") == cls.name:  # the piece's own config file, composed in (its name key)
+            del opts["name"]
         try:
             return cls(num_tasks, **opts)
         except MtbenchError as e:

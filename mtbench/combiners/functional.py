@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtbench.combiners.linalg import BLOCK_COLUMNS, combine, gram64
+
 __all__ = [
     "graddrop",
     "random_graddrop",
@@ -45,10 +47,6 @@ __all__ = [
 
 #: allowed values of ``graddrop(f=...)``
 GRADDROP_F = ("identity", "linear", "sigmoid")
-
-#: Gram matrices and combinations of a [T, D] stack are computed over blocks of this
-#: many columns (see :func:`_gram64`), so a large stack is never copied whole.
-_BLOCK_COLUMNS = 1 << 15
 
 LeakLike = Union[None, float, Sequence[float], Tensor]
 
@@ -67,39 +65,6 @@ def _check_grads(grads: Tensor, fn: str, min_dim: int = 1) -> None:
         )
     if not grads.is_floating_point():
         raise ValueError(f"{fn}: grads must be a floating-point tensor; got dtype {grads.dtype}")
-
-
-def _gram64(flat: Tensor) -> Tensor:
-    """Gram matrix ``flat @ flat.T`` of a [T, D] stack, in float64 on ``flat``'s device.
-
-    Lower-precision stacks are upcast to float64 block by block (:data:`_BLOCK_COLUMNS`
-    columns at a time), so memory stays bounded for large D and neither float32
-    accumulation nor a global TF32 setting can degrade the dot products.
-    """
-    n_tasks, dim = flat.shape
-    if flat.dtype == torch.float64:
-        return flat @ flat.T
-    gram = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=flat.device)
-    for start in range(0, dim, _BLOCK_COLUMNS):
-        piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
-        gram += piece @ piece.T
-    return gram
-
-
-def _combine(weights: Tensor, flat: Tensor) -> Tensor:
-    """``weights @ flat`` for float64 ``weights`` [T] and a [T, D] stack, in ``flat``'s dtype.
-
-    On the CPU (or for float64 stacks) a single matmul in ``flat``'s dtype; on other
-    devices blockwise in float64 so a global TF32 setting cannot degrade it.
-    """
-    if flat.device.type == "cpu" or flat.dtype == torch.float64:
-        return weights.to(device=flat.device, dtype=flat.dtype) @ flat
-    weights = weights.to(device=flat.device, dtype=torch.float64)
-    out = torch.empty(flat.shape[1], dtype=flat.dtype, device=flat.device)
-    for start in range(0, flat.shape[1], _BLOCK_COLUMNS):
-        piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
-        out[start : start + _BLOCK_COLUMNS] = (weights @ piece).to(flat.dtype)
-    return out
 
 
 # ----------------------------------------------------------------------------------
@@ -389,12 +354,12 @@ def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
     flat = grads.reshape(n_tasks, -1)
     if n_tasks < 2:
         return grads.sum(dim=0)
-    gram = _gram64(flat.detach()).cpu()
+    gram = gram64(flat.detach()).cpu()
     coeff, projected = _pcgrad_coefficients(gram, generator)
     if not projected:
         return grads.sum(dim=0)
     weights = coeff.sum(dim=0)  # [T]: coefficient of each original gradient in sum_i g_i'
-    return _combine(weights, flat).reshape(grads.shape[1:])
+    return combine(weights, flat).reshape(grads.shape[1:])
 
 
 def pcgrad_weights_from_gram(gram: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -466,11 +431,6 @@ def _affine_minimizer_np(gram: "np.ndarray", support: List[int]) -> "np.ndarray"
     if np.isfinite(total) and total != 0:
         alpha = alpha / total
     return alpha
-
-
-def _affine_minimizer(gram: Tensor, support: List[int]) -> Tensor:
-    """:func:`_affine_minimizer_np` for a float64 CPU tensor."""
-    return torch.from_numpy(_affine_minimizer_np(gram.numpy(), support))
 
 
 def _min_norm_weights(gram: Tensor, tol: float, max_iter: int) -> Tensor:
@@ -625,8 +585,8 @@ def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int
         # a = g1 - g2, b = g2:  gamma = -(a . b) / (a . a)
         aa = torch.zeros((), dtype=torch.float64, device=flat.device)
         ab = torch.zeros((), dtype=torch.float64, device=flat.device)
-        for start in range(0, flat.shape[1], _BLOCK_COLUMNS):
-            piece = flat[:, start : start + _BLOCK_COLUMNS].to(torch.float64)
+        for start in range(0, flat.shape[1], BLOCK_COLUMNS):
+            piece = flat[:, start : start + BLOCK_COLUMNS].to(torch.float64)
             a = piece[0] - piece[1]
             aa += a @ a
             ab += a @ piece[1]
@@ -636,5 +596,5 @@ def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int
         gamma = 0.5 if not aa_v > 0 else min(1.0, max(0.0, -ab_v / aa_v))
         w64 = torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
         return _finish_weights(w64, grads.dtype, grads.device)
-    gram = _gram64(flat).cpu()
+    gram = gram64(flat).cpu()
     return _finish_weights(_min_norm_weights(gram, tol, max_iter), grads.dtype, grads.device)

@@ -5,52 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from mtbench import MtbenchError
-from mtbench.combiners.base import Combiner, Step, check_choice
+from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.functional import GRADDROP_F, graddrop
-from mtbench.options import check_bool, check_number
+from mtbench.combiners.taskgrads import rep_task_grads
+from mtbench.options import Option, boolean, number
 
 
 class GradDrop(Combiner):
     """GradDrop (Chen et al. 2020, "Just Pick a Sign", Algorithm 1) at the representation A.
 
     Forward: the identity. Backward: from the T per-task gradients dL_i/dA ([T, B, *F],
-    :meth:`Combiner.rep_task_grads`: through the stock linear heads by the chain rule, else
+    :func:`taskgrads.rep_task_grads`: through the stock linear heads by the chain rule, else
     one batched autograd call), keep at each feature either the positive-signed or the
     negative-signed tasks with probability f(P), P the sign purity
     1/2 (1 + sum_i G_i / (sum_i |G_i| + eps)); see :func:`functional.graddrop` for the
     exact rule. The combined gradient flows into the trunk; each head gets its own loss's
-    plain gradient. With every mask 1 this is exactly the baseline's gradient.
-
-    Options:
-      leak (0.0): l_i in [0, 1], one number or one per task; task i's gradient passes
-        with weight l_i + (1 - l_i) M_i (leak 1 = untouched).
-      f (identity): identity | linear | sigmoid; k (1.0) its slope.
-      batch_separated (true): G_i = sum over the batch of sign(A) * dL_i/dA, one mask per
-        feature for the whole batch (the paper's Sec. 3.2); false: one mask per element.
-      renormalize (false): rescale the output to the L2 norm of the plain sum of the
-        task gradients at A.
-      eps (1e-7): added to the purity's denominator (0/0 gives P = 1/2).
+    plain gradient. With every mask 1 this is exactly the baseline's gradient. A null leak
+    is the task's default leak (filled in by ``build_combiner``), 0 without one.
     """
 
     name = "graddrop"
-    defaults: dict[str, Any] = {
-        "leak": 0.0,
-        "f": "identity",
-        "k": 1.0,
-        "batch_separated": True,
-        "renormalize": False,
-        "eps": 1e-7,
+    style = ("#d62728", "*")
+    options = {
+        "leak": Option(
+            None,
+            "l_i in [0, 1], one number or one per task: task i's gradient passes with weight l_i + (1 - l_i) M_i (1: untouched);"
+            " null: the task's default leak, 0 unless the task sets one",
+            lambda key, value, owner: check_leak(0.0 if value is None else value, owner.num_tasks, owner.name),
+        ),
+        "f": Option("identity", "the map of the purity P: identity | linear | sigmoid", one_of(*GRADDROP_F)),
+        "k": Option(1.0, "slope of f (linear, sigmoid)", number(minimum=0, min_open=True)),
+        "batch_separated": Option(
+            True, "G_i summed over the batch with sign(A): one mask per feature for the whole batch (the paper's Sec. 3.2); false: per element",
+            boolean(),
+        ),
+        "renormalize": Option(False, "rescale the output to the L2 norm of the plain sum of the task gradients at A", boolean()),
+        "eps": Option(1e-7, "added to the purity's denominator (0/0 gives P = 1/2)", positive()),
     }
-
-    def __init__(self, num_tasks: int, **options: Any):
-        super().__init__(num_tasks, **options)
-        self.leak = check_leak(self.leak, num_tasks, self.name)
-        if "f" in self.opts:  # random_graddrop has no f
-            check_choice("f", self.f, GRADDROP_F, self.name)
-            self.k = check_number("combiner.k", self.k, minimum=0, min_open=True)
-        self.eps = self.check_positive("eps", self.eps)
-        check_bool("combiner.batch_separated", self.batch_separated)
-        check_bool("combiner.renormalize", self.renormalize)
 
     def drop(self, grads, activation, step: Step):
         return graddrop(
@@ -58,7 +49,7 @@ class GradDrop(Combiner):
         )
 
     def backward(self, step: Step) -> None:
-        grads = self.rep_task_grads(step).full()
+        grads = rep_task_grads(step).full()
         activation = step.rep.detach() if self.batch_separated else None
         combined = self.drop(grads, activation, step)
         self.backward_heads(step)

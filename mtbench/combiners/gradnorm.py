@@ -7,17 +7,19 @@ from typing import Any
 
 import torch
 
-from mtbench.combiners.base import Combiner, Step, check_choice
-from mtbench.options import check_number
+from mtbench.combiners.base import Combiner, Step, one_of, positive
+from mtbench.combiners.linalg import batched_vjp
 from mtbench.combiners.taskgrads import (
     LayerCapture,
-    batched_grads,
     captured_layers,
     factored_gram,
     factored_layer,
     layer_input_matrix,
     layer_output_matrix,
+    rep_task_grads,
+    task_grads_at,
 )
+from mtbench.options import Option, number
 
 
 class GradNorm(Combiner):
@@ -38,12 +40,8 @@ class GradNorm(Combiner):
     L_grad's gradient needs no second-order backward pass and nothing from it reaches the
     network's own gradients.
 
-    Options: alpha (1.5); weight_lr (0.025); grad_at (last_shared: the weight tensor of
-    the trunk's last layer with a weight matrix or kernel; representation: the shared
-    representation, flattened over batch and features).
-
     Implementation: only the norms ||dL_i/dW|| are needed, never the gradients. At the
-    representation they come from :meth:`Combiner.rep_task_grads` (through the stock linear
+    representation they come from :func:`taskgrads.rep_task_grads` (through the stock linear
     heads by the chain rule). At a convolution or linear layer with input X (unfolded, N
     positions x K) and per-task output gradients D_i (N x C_out), dL_i/dW = D_i^T X, so
     ||dL_i/dW||^2 = <D_i, (X X^T) D_i>; when that is cheaper than forming the T weight
@@ -55,13 +53,21 @@ class GradNorm(Combiner):
     """
 
     name = "gradnorm"
-    defaults: dict[str, Any] = {"alpha": 1.5, "weight_lr": 0.025, "grad_at": "last_shared"}
+    style = ("#2ca02c", "P")
+    options = {
+        "alpha": Option(1.5, "the asymmetry alpha: how strongly the slower tasks are pushed", number(minimum=0)),
+        "weight_lr": Option(0.025, "learning rate of the task weights (their own Adam)", positive()),
+        "grad_at": Option(
+            "last_shared",
+            "W: last_shared (the trunk's last layer with a weight matrix or kernel) | representation (flattened over batch and features)",
+            one_of("last_shared", "representation"),
+        ),
+    }
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
-        self.alpha = check_number("combiner.alpha", self.alpha, minimum=0)
-        self.weight_lr = self.check_positive("weight_lr", self.weight_lr)
-        check_choice("grad_at", self.grad_at, ("last_shared", "representation"), self.name)
+        #: the forward hook keeping the last shared layer's input and output (grad_at=last_shared)
+        self.capture = LayerCapture()
         self.w: torch.Tensor | None = None
         self.initial_losses: torch.Tensor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -91,11 +97,11 @@ class GradNorm(Combiner):
         """||dL_i/dW|| for the T tasks (W as ``grad_at`` says), in the losses' dtype."""
         losses = step.losses
         if self.grad_at == "representation":
-            return self.rep_task_grads(step).sq_norms().clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
+            return rep_task_grads(step).sq_norms().clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
         module, weight = self.last_shared_layer(step.model)
         norms = self._factored_norms(step, module, weight)
         if norms is None:
-            norms = self.task_grads_at(losses, weight).flatten(1).norm(dim=1)
+            norms = task_grads_at(losses, weight).flatten(1).norm(dim=1)
         return norms
 
     def prepare(self, model: torch.nn.Module) -> None:
@@ -105,14 +111,7 @@ class GradNorm(Combiner):
             except (ValueError, AttributeError):
                 return  # (the first step names the problem)
             if factored_layer(module):
-                self._watch(module)
-
-    def _watch(self, module: torch.nn.Module) -> LayerCapture:
-        capture = self.__dict__.get("_capture")
-        if capture is None:
-            capture = self.__dict__["_capture"] = LayerCapture()
-        capture.watch([module])
-        return capture
+                self.capture.watch([module])
 
     @staticmethod
     def _factored_pays(module: torch.nn.Module, out: torch.Tensor, t: int) -> bool:
@@ -127,9 +126,9 @@ class GradNorm(Combiner):
         yet, or not cheaper for this step's shapes)."""
         if not factored_layer(module):
             return None
-        capture = self.__dict__.get("_capture")
-        if capture is None or not capture.watching(module):
-            self._watch(module)  # (without prepare) from the next step on
+        capture = self.capture
+        if not capture.watching(module):
+            capture.watch([module])  # (without prepare) from the next step on
             return None
         t = step.losses.shape[0]
         layers = captured_layers(step, capture, [module], select=lambda m, x, out: self._factored_pays(m, out, t))
@@ -138,7 +137,7 @@ class GradNorm(Combiner):
         _, x, out = layers[0]
         xm = layer_input_matrix(module, x)
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
-        (d,) = batched_grads(step.losses, [out], eye, retain_graph=True)
+        (d,) = batched_vjp(step.losses, [out], eye, retain_graph=True)
         sq = factored_gram(xm, layer_output_matrix(module, d), diagonal=True)
         return sq.clamp_min(0).sqrt().to(device=step.losses.device, dtype=step.losses.dtype)
 

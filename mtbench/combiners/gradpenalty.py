@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from mtbench.combiners.base import Combiner, Step, check_choice
-from mtbench.options import check_number
+from mtbench.combiners.base import Combiner, Step, one_of
+from mtbench.options import Option, number
 
 
 class GradPenalty(Combiner):
@@ -22,17 +22,18 @@ class GradPenalty(Combiner):
     d l_b / d z_b when examples do not interact (BatchNorm in training mode couples them
     slightly; we keep its cross-example terms). The penalty is differentiated through
     (``create_graph``), so every parameter, heads included, receives its gradient.
-
-    Options: lambda (0.01); target (input).
     """
 
     name = "gradpenalty"
-    defaults: dict[str, Any] = {"lambda": 0.01, "target": "input"}
+    style = ("#bcbd22", "^")
+    options = {
+        "lambda": Option(0.01, "weight of the penalty", number(minimum=0)),
+        "target": Option("input", "z_b: input | representation", one_of("input", "representation")),
+    }
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
-        check_choice("target", self.target, ("input", "representation"), self.name)
-        self.lam = check_number("combiner.lambda", self.opts["lambda"], minimum=0)
+        self.lam = getattr(self, "lambda")
         self.needs_input_grad = self.target == "input"
 
     def backward(self, step: Step) -> None:

@@ -15,7 +15,8 @@ class RandomGradDrop(GradDrop):
     """
 
     name = "random_graddrop"
-    defaults = {k: v for k, v in GradDrop.defaults.items() if k not in ("f", "k")}
+    style = ("#17becf", "X")
+    options = {k: v for k, v in GradDrop.options.items() if k not in ("f", "k")}
 
     def drop(self, grads, activation, step):
         return random_graddrop(grads, activation, leak=self.leak, generator=step.generator, eps=self.eps, renormalize=bool(self.renormalize))

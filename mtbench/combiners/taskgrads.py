@@ -27,21 +27,32 @@ Two places need the T per-task gradients g_i of the losses L_i:
   arms them before the first forward pass (``Combiner.prepare``), and decides at every step,
   from that step's shapes alone, which layers take the factored form.
 
+A combiner holds a :class:`TaskGrads` (its options ``chunk_size`` and ``memory_budget_mb``,
+its forward hooks, the layers that took the factored form at the last step) and asks it for
+both. The model is read through its protocol (:class:`mtbench.models.multitask.MultiTaskNet`):
+``trunk``, ``shared_parameters()``, ``head_parameters()``, ``linear_heads()``.
+
 Every result here equals the plain computation up to floating-point rounding.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtbench.combiners.linalg import batched_vjp, combine, cross64, gram64
+
 __all__ = [
+    "TaskGrads",
     "RepGrads",
     "rep_task_grads",
+    "task_grads_at",
+    "param_grad_stack",
+    "shared_parameters",
+    "default_chunk",
     "batched_grads",
     "LayerCapture",
     "ParamTaskGrads",
@@ -53,33 +64,54 @@ __all__ = [
     "captured_layers",
 ]
 
-#: columns per float64 block of a Gram product (as ``functional._gram64``)
-_BLOCK_COLUMNS = 1 << 15
 #: columns per float64 block of the factored layers' cross products (cache-sized: faster)
 _CROSS_BLOCK = 1 << 13
 
 
-def gram64(flat: Tensor) -> Tensor:
-    """``flat @ flat.T`` of a [T, D] stack in float64, block by block (bounded extra memory)."""
-    from mtbench.combiners.functional import _gram64
-
-    return _gram64(flat)
+#: the batched vector-Jacobian products of :mod:`mtbench.combiners.linalg` (one vmapped call,
+#: a loop where vmap cannot run the backward)
+batched_grads = batched_vjp
 
 
-def batched_grads(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, retain_graph: bool = True) -> list[Tensor]:
-    """VJPs of ``outputs`` with each of the ``cotangents`` ([C, *outputs.shape]): one vmapped
-    autograd call, or a loop where vmap cannot run the backward. Returns one [C, *input.shape]
-    tensor per input."""
-    n = cotangents.shape[0]
-    if n > 1:
-        try:
-            return list(torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents, is_grads_batched=True, retain_graph=retain_graph))
-        except RuntimeError:
-            pass  # vmap cannot run this backward: one at a time
-    rows = [torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents[i], retain_graph=retain_graph or i < n - 1) for i in range(n)]
-    if n == 1:
-        return [g.unsqueeze(0) for g in rows[0]]
-    return [torch.stack([r[k] for r in rows]) for k in range(len(inputs))]
+def shared_parameters(model: nn.Module) -> list[Tensor]:
+    """The model's ``shared_parameters()``; every trainable parameter for a model without it."""
+    if hasattr(model, "shared_parameters"):
+        return model.shared_parameters()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def default_chunk(value: Any, device: torch.device) -> int:
+    """``chunk_size: null`` = 1 on a CPU (a loop is faster there), 8 on an accelerator."""
+    return int(value) if value is not None else (1 if device.type == "cpu" else 8)
+
+
+def task_grads_at(losses: Tensor, tensor: Tensor, retain_graph: bool = True) -> Tensor:
+    """All T per-task gradients dL_i/d(tensor), shape [T, *tensor.shape]: one batched autograd
+    call (vmap over the backward pass), a loop over tasks where vmap cannot run the backward."""
+    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+    (grads,) = batched_vjp(losses, [tensor], eye, retain_graph=retain_graph)
+    return grads
+
+
+def param_grad_stack(step: Any, rep_grads: Tensor, params: list[Tensor], chunk_size: int = 8) -> Tensor:
+    """Per-task gradients of the shared parameters, flattened and concatenated: [T, P].
+
+    Task i's parameter gradient is the trunk's vector-Jacobian product with task i's gradient
+    at the representation (``rep_grads[i]``, from :func:`task_grads_at`). ``chunk_size`` tasks
+    go through the trunk's backward together (one vmapped call), which bounds the extra memory
+    to ``chunk_size`` backward passes; ``chunk_size=1`` is a plain loop of backward passes (the
+    faster choice on a CPU). Rows are written straight into the [T, P] result.
+    """
+    T = rep_grads.shape[0]
+    width = sum(p.numel() for p in params)
+    out = torch.empty((T, width), dtype=params[0].dtype, device=params[0].device)
+    chunk = max(1, int(chunk_size))
+    for start in range(0, T, chunk):
+        part = rep_grads[start : start + chunk]
+        grads = batched_vjp(step.rep, params, part, retain_graph=True)
+        for r in range(part.shape[0]):
+            torch.cat([g[r].reshape(-1) for g in grads], out=out[start + r])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,10 +181,8 @@ class RepGrads:
             w = weights.to(device=self.device, dtype=torch.float64)
             coeff = torch.tensordot(w, self._jac.double(), dims=1)  # [B, O]
             return (coeff @ self._weight.double()).to(self.dtype).reshape(self.shape)
-        from mtbench.combiners.functional import _combine
-
         flat = self._full.reshape(self.num_tasks, -1)
-        return _combine(weights.to(torch.float64), flat).reshape(self.shape)
+        return combine(weights.to(torch.float64), flat).reshape(self.shape)
 
 
 def _no_hooks(*modules: nn.Module) -> bool:
@@ -166,15 +196,12 @@ def _no_hooks(*modules: nn.Module) -> bool:
 
 def linear_heads_of(step: Any) -> nn.Linear | None:
     """The heads' ``nn.Linear`` when ``step.outputs`` is exactly ``linear(step.rep.flatten(1))``:
-    the stock ``MultiTaskModel`` and ``LinearHeads`` (no overridden forward, no hooks), same
-    dtypes (no autocast), matching shapes. Else None."""
-    from mtbench.models.multitask import LinearHeads, MultiTaskModel
-
+    the model's ``linear_heads()`` (its protocol) gives the heads, no forward hooks run on the
+    model, the heads or the layer, same dtypes (no autocast), matching shapes. Else None."""
     model, rep, out = step.model, step.rep, step.outputs
-    if not isinstance(model, MultiTaskModel) or type(model).forward is not MultiTaskModel.forward:
-        return None
-    heads = model.heads
-    if not isinstance(heads, LinearHeads) or type(heads).forward is not LinearHeads.forward:
+    get = getattr(model, "linear_heads", None)
+    heads = get() if callable(get) else None
+    if heads is None:
         return None
     lin = heads.linear
     if type(lin).forward is not nn.Linear.forward or not _no_hooks(model, heads, lin):
@@ -195,26 +222,18 @@ def loss_jacobian(losses: Tensor, outputs: Tensor) -> Tensor | None:
     (a loop where vmap cannot run); None when the losses do not depend on ``outputs``."""
     if losses.dim() != 1 or losses.shape[0] == 0:
         return None
-    T = losses.shape[0]
-    eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
+    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
     try:
-        (jac,) = torch.autograd.grad(losses, outputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
+        (jac,) = batched_vjp(losses, [outputs], eye, retain_graph=True, allow_unused=True)
     except RuntimeError:
-        try:
-            rows = [torch.autograd.grad(losses[i], outputs, retain_graph=True, allow_unused=True)[0] for i in range(T)]
-        except RuntimeError:
-            return None
-        if any(r is None for r in rows):
-            rows = [torch.zeros_like(outputs) if r is None else r for r in rows]
-        jac = torch.stack(rows)
-    if jac is None:
         return None
     return jac
 
 
 def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
-    """Per-task gradients at ``step.rep`` (see the module docstring). ``general(losses, rep)``
-    computes the stack where no factored form applies (default: one batched autograd call)."""
+    """Per-task gradients at ``step.rep`` (see the module docstring): through the linear heads
+    by the chain rule when :func:`linear_heads_of` finds them, else ``general(losses, rep)``
+    (default :func:`task_grads_at`)."""
     lin = linear_heads_of(step)
     if lin is not None:
         jac = loss_jacobian(step.losses, step.outputs)
@@ -226,10 +245,7 @@ def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
                 if int(torch.count_nonzero(jac)) == int(torch.count_nonzero(diag)):
                     return RepGrads(step.rep, jac=jac, weight=weight, diag=diag)
             return RepGrads(step.rep, jac=jac, weight=weight)
-    if general is None:
-        (full,) = batched_grads(step.losses, [step.rep], torch.eye(step.losses.shape[0], dtype=step.losses.dtype, device=step.losses.device))
-    else:
-        full = general(step.losses, step.rep)
+    full = (general or task_grads_at)(step.losses, step.rep)
     return RepGrads(step.rep, full=full)
 
 
@@ -290,12 +306,6 @@ class LayerCapture:
             if m not in self._handles:
                 self._handles[m] = m.register_forward_hook(self._hook)
 
-    def unwatch(self, module: nn.Module) -> None:
-        handle = self._handles.pop(module, None)
-        if handle is not None:
-            handle.remove()
-        self._calls.pop(module, None)
-
     def watching(self, module: nn.Module) -> bool:
         return module in self._handles
 
@@ -308,15 +318,6 @@ class LayerCapture:
         called zero or several times (then the factored form does not apply)."""
         calls = self._calls.pop(module, [])
         return calls[0] if len(calls) == 1 else None
-
-    def clear(self) -> None:
-        self._calls.clear()
-
-    def remove(self) -> None:
-        for h in self._handles.values():
-            h.remove()
-        self._handles.clear()
-        self._calls.clear()
 
     def __deepcopy__(self, memo):  # a copied model must not feed this capture: start empty
         return LayerCapture()
@@ -467,7 +468,7 @@ class ParamTaskGrads:
         inputs = self.direct + [f.out for f in self.factored]
         for s in range(start, stop, chunk):
             e = min(stop, s + chunk)
-            grads = batched_grads(self.step.rep, inputs, self.u[s:e], retain_graph=True)
+            grads = batched_vjp(self.step.rep, inputs, self.u[s:e], retain_graph=True)
             self.backward_passes += e - s
             nd = len(self.direct)
             if out is not None and nd:
@@ -498,7 +499,7 @@ class ParamTaskGrads:
                 for j in range(b, T):
                     self._rows(j, j + 1, row, 1)
                     if width:
-                        cross = _cross64(block[: b - a], row[0])
+                        cross = cross64(block[: b - a], row[0])
                         gram[a:b, j] += cross
                         gram[j, a:b] += cross
         for f in self.factored:
@@ -512,12 +513,10 @@ class ParamTaskGrads:
 
     def add_combination(self, weights: Tensor) -> None:
         """Accumulate ``sum_i w_i g_i`` into the parameters' ``.grad``."""
-        from mtbench.combiners.functional import _combine
-
         w64 = weights.detach().to(dtype=torch.float64)
         if self.stack is not None:
             if self.direct:
-                flat = _combine(w64.to(self.stack.device), self.stack)
+                flat = combine(w64.to(self.stack.device), self.stack)
                 offset = 0
                 for p, n in zip(self.direct, self.sizes):
                     g = flat[offset : offset + n].view_as(p)
@@ -533,24 +532,76 @@ class ParamTaskGrads:
         self.backward_passes += 1
 
 
-def _cross64(block: Tensor, row: Tensor) -> Tensor:
-    """``block @ row`` ([m, D] x [D]) in float64, block by block."""
-    out = torch.zeros(block.shape[0], dtype=torch.float64, device=block.device)
-    if block.dtype == torch.float64:
-        return block @ row
-    for s in range(0, block.shape[1], _BLOCK_COLUMNS):
-        out += block[:, s : s + _BLOCK_COLUMNS].double() @ row[s : s + _BLOCK_COLUMNS].double()
-    return out
-
-
 def budget_bytes(memory_budget_mb: Any) -> int | None:
     if memory_budget_mb is None:
         return None
     return int(float(memory_budget_mb) * 2**20)
 
 
-def is_finite_number(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+class TaskGrads:
+    """The per-task gradients one combiner takes: at the representation (:meth:`at_representation`)
+    and at the shared parameters (:meth:`at_params`), with what is kept from step to step to take
+    them fast (the forward hooks of the trunk's factorable layers).
+
+    Args:
+        chunk_size: tasks per batched backward call at the parameters (None:
+            :func:`default_chunk`).
+        memory_budget_mb: memory for the rows of the per-task gradient stack held at once
+            (None: all T rows); see :class:`ParamTaskGrads`.
+    """
+
+    def __init__(self, chunk_size: int | None = None, memory_budget_mb: float | None = None):
+        self.chunk_size = chunk_size
+        self.memory_budget_mb = memory_budget_mb
+        #: the forward hooks keeping the inputs and outputs of the factorable layers
+        self.capture = LayerCapture()
+        #: the layers whose Gram entries took the factored form at the last :meth:`at_params`
+        self.last_factored_layers: list[nn.Module] = []
+        self._trunk: nn.Module | None = None
+        self._candidates: list[nn.Module] = []
+
+    def prepare(self, model: nn.Module) -> None:
+        """Arm the forward hooks of the trunk's layers that may take the factored form at the
+        parameters (stock convolution and linear layers with shared weights); once per trunk."""
+        trunk = getattr(model, "trunk", model)
+        if self._trunk is trunk:
+            return
+        shared = {id(p) for p in shared_parameters(model)}
+        mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
+        self._trunk, self._candidates = trunk, mods
+        self.capture.watch(mods)
+
+    @staticmethod
+    def at_representation(step: Any) -> RepGrads:
+        """The T per-task gradients dL_i/d(rep) (:func:`rep_task_grads`)."""
+        return rep_task_grads(step)
+
+    def at_params(self, step: Any, rep_grads: RepGrads) -> ParamTaskGrads:
+        """Per-task gradients of the shared parameters as a :class:`ParamTaskGrads` (their
+        float64 Gram matrix and any combination sum_i w_i g_i added into ``.grad``).
+
+        The trunk's convolution and linear layers whose weight gradient is cheaper through
+        their input and output than explicitly (few positions, wide weights: ResNet's last
+        stage; or a small batch) enter the Gram matrix in that factored form: same numbers up
+        to rounding. Which layers do is decided at every call from that call's shapes alone (a
+        smaller last batch may choose differently), never from earlier calls, so a resumed run
+        takes the same path as an uninterrupted one. The hooks are armed by :meth:`prepare`
+        (the combiner's ``prepare``, before the first forward pass); without it, at the first
+        call, which then takes the plain path.
+        """
+        model = step.model
+        params = shared_parameters(model)
+        self.prepare(model)
+        T = rep_grads.num_tasks
+
+        def pays(m: nn.Module, x: Tensor, out: Tensor) -> bool:
+            c = m.weight.shape[0]
+            n = out.numel() // (out.shape[1] if isinstance(m, nn.Conv2d) else out.shape[-1])
+            k = m.weight[0].numel()
+            fac, plain = factored_cost(n, k, c, T)
+            return fac < plain
+
+        layers = captured_layers(step, self.capture, self._candidates, select=pays)
+        self.last_factored_layers = [m for m, _, _ in layers]
+        chunk = default_chunk(self.chunk_size, step.rep.device)
+        return ParamTaskGrads(step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(self.memory_budget_mb), layers=layers)

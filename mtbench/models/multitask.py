@@ -1,9 +1,41 @@
-"""The multitask network: a shared trunk, the shared representation, one head per task."""
+"""The multitask network: a shared trunk, the shared representation, one head per task.
+
+What the combiners read of a model is the small protocol :class:`MultiTaskNet` (a structural
+type: any module with these members takes the combiners' fast paths, a :class:`MultiTaskModel`
+has them all):
+
+* ``trunk``: the shared module, ``trunk(x) -> rep``;
+* ``shared_parameters()``: the trainable parameters of the trunk (the per-task gradients of
+  PCGrad and MGDA at ``level: params`` are taken with respect to these);
+* ``head_parameters()``: the trainable parameters of the heads (each receives its own loss's
+  gradient);
+* ``linear_heads()``: the :class:`LinearHeads` when the model's outputs are exactly
+  ``heads.linear(rep.flatten(1))``, else None; the combiners then take the per-task gradients
+  at the representation by the chain rule through the heads' weight.
+
+A model without ``linear_heads`` takes the general path (batched autograd calls through its
+heads); one without ``shared_parameters`` has every trainable parameter treated as shared.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import nn
+
+
+@runtime_checkable
+class MultiTaskNet(Protocol):
+    """The members of a multitask model that the combiners use (see the module docstring)."""
+
+    trunk: nn.Module
+
+    def shared_parameters(self) -> list[nn.Parameter]: ...
+
+    def head_parameters(self) -> list[nn.Parameter]: ...
+
+    def linear_heads(self) -> "LinearHeads | None": ...
 
 
 class LinearHeads(nn.Module):
@@ -45,3 +77,14 @@ class MultiTaskModel(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.heads.parameters() if p.requires_grad]
+
+    def linear_heads(self) -> LinearHeads | None:
+        """The heads when ``forward``'s outputs are exactly ``heads.linear(rep.flatten(1))``: the
+        stock ``forward`` of this class and of :class:`LinearHeads` (a subclass that overrides
+        either one has no linear heads unless it overrides this method too); else None."""
+        heads = self.heads
+        if type(self).forward is not MultiTaskModel.forward:
+            return None
+        if not isinstance(heads, LinearHeads) or type(heads).forward is not LinearHeads.forward:
+            return None
+        return heads

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtbench.combiners import COMBINERS
 from mtbench.report.runs import METRICS
 
 __all__ = [
@@ -20,18 +21,8 @@ __all__ = [
     "row_keys", "run_files",
 ]
 
-#: the paper's order; combiners not listed here follow alphabetically
-ORDER = (
-    "baseline",
-    "clip",
-    "gradpenalty",
-    "mgda",
-    "pcgrad",
-    "gradnorm",
-    "random_graddrop",
-    "graddrop",
-    "gradnorm_graddrop",
-)
+#: the paper's order (the registry ``mtbench.combiners.COMBINERS``); other combiners follow alphabetically
+ORDER = tuple(COMBINERS)
 
 #: the table's metric columns when the runs do not name theirs: (key in "test", header, higher is better)
 DEFAULT_COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))

@@ -17,21 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtbench.combiners import COMBINERS
 from mtbench.files import atomic_write
 from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys
 
-#: (colour, marker) of the paper's combiners; GradDrop red, the baseline dark grey
-_STYLES = {
-    "baseline": ("#333333", "o"),
-    "clip": ("#8c564b", "s"),
-    "gradpenalty": ("#bcbd22", "^"),
-    "mgda": ("#9467bd", "D"),
-    "pcgrad": ("#ff7f0e", "v"),
-    "gradnorm": ("#2ca02c", "P"),
-    "random_graddrop": ("#17becf", "X"),
-    "graddrop": ("#d62728", "*"),
-    "gradnorm_graddrop": ("#1f77b4", "h"),
-}
+#: (colour, marker) of the registered combiners (each class's ``style``); GradDrop red, the baseline dark grey
+_STYLES = {name: cls.style for name, cls in COMBINERS.items() if cls.style is not None}
 #: for other combiners, in alphabetical order
 _EXTRA = (("#e377c2", "<"), ("#7f7f7f", ">"), ("#393b79", "p"), ("#637939", "d"), ("#8c6d31", "H"), ("#843c39", "8"), ("#7b4173", "o"))
 

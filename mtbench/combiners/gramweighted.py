@@ -1,0 +1,82 @@
+"""Combiners that weight the per-task gradients from their Gram matrix (PCGrad, MGDA, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from mtbench.combiners.base import Combiner, Step, one_of, positive
+from mtbench.combiners.taskgrads import TaskGrads
+from mtbench.options import Option, integer
+
+LEVELS = ("representation", "params")
+
+
+class GramWeighted(Combiner):
+    """The shared gradient is a combination sum_i w_i g_i of the per-task gradients g_i, with
+    the weights w computed from their T x T float64 Gram matrix G[i, j] = g_i . g_j alone.
+
+    A subclass implements :meth:`gram_weights` only; this class takes the g_i (at the level the
+    option ``level`` names), gives each head its own loss's gradient, and puts the combination
+    into the trunk's parameters:
+
+    * ``level: representation``: the g_i are the gradients at the shared representation,
+      flattened over batch and features (:meth:`TaskGrads.at_representation`: through the
+      stock linear heads by the chain rule, else one batched autograd call); the combination
+      at the representation then goes through the trunk in one backward pass.
+    * ``level: params``: the g_i are the gradients of all shared parameters
+      (:meth:`TaskGrads.at_params`: T backward passes through the trunk, ``chunk_size`` at a
+      time, factored layers where that is cheaper, rows held within ``memory_budget_mb``).
+
+    A new Gram-based method is one such subclass (``name``, ``options`` with
+    ``**GramWeighted.options``, ``gram_weights``) plus its config file.
+    """
+
+    options: ClassVar[dict[str, Option]] = {
+        "level": Option(
+            "representation", "representation: gradients at the shared representation; params: of all shared parameters", one_of(*LEVELS)
+        ),
+        "chunk_size": Option(
+            None, "tasks per batched backward pass at level=params; null: 1 on a CPU (a plain loop, faster there), 8 on a GPU",
+            integer(minimum=1, optional=True),
+        ),
+        "memory_budget_mb": Option(
+            None, "level=params: memory for the per-task gradient rows held at once; null: all T rows (fewer: more backward passes, same result)",
+            positive(optional=True),
+        ),
+    }
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        self.task_grads = TaskGrads(chunk_size=self.chunk_size, memory_budget_mb=self.memory_budget_mb)
+
+    @classmethod
+    def level_default(cls, level: str) -> dict[str, Option]:
+        """:attr:`options` with another default ``level`` (for a subclass's declaration)."""
+        return {**GramWeighted.options, "level": GramWeighted.options["level"].replace(default=level)}
+
+    @property
+    def last_factored_layers(self) -> list[torch.nn.Module]:
+        """The trunk's layers that took the factored form at the last step (level=params)."""
+        return self.task_grads.last_factored_layers
+
+    def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
+        """The weights w [T] of the combination sum_i w_i g_i from the float64 Gram matrix
+        [T, T] of this step's per-task gradients (and the step, e.g. its losses)."""
+        raise NotImplementedError
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        if self.level == "params":  # arm the factored layers' hooks before the first step
+            self.task_grads.prepare(model)
+
+    def backward(self, step: Step) -> None:
+        rep_grads = self.task_grads.at_representation(step)
+        self.backward_heads(step)
+        if self.level == "representation":
+            weights = self.gram_weights(rep_grads.gram(), step)
+            self.backward_trunk(step, rep_grads.combine(weights))
+        else:
+            per_task = self.task_grads.at_params(step, rep_grads)
+            weights = self.gram_weights(per_task.gram(), step)
+            per_task.add_combination(weights)
