@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.report import sweep
 from mtbench.report.runs import METRICS, RETIRED_KEYS, RunDir, atomic_write_text, config_diff, write_csv, write_json  # noqa: F401 - re-exported
 from mtbench.variant import applies, identity, register_resolver, variant_name

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 
 
 def _bad(key: str, value: Any, allowed: str) -> MtbenchError:

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.variant import combiner_options
 
 #: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)

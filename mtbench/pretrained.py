@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 
 __all__ = ["load_resnet"]
 

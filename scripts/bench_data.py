@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     default_threads = torch.get_num_threads()
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, default_threads})
-    from mtbench import MtbenchError
+    from mtbench.errors import MtbenchError
     from mtbench.data.celeba import CelebATask, find_files, load_celeba
     from mtbench.data.base import Split
 

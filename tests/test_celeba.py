@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli, run_dir
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.data import celeba
 
 ROOT = Path(__file__).resolve().parents[1]

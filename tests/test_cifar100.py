@@ -21,7 +21,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from conftest import run_cli, run_dir
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, build_combiner
 from mtbench.data import build_task
 from mtbench.data import cifar100 as c100

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, Step
 from mtbench.combiners.functional import mgda_weights, pcgrad
 from mtbench.models import LinearHeads, MultiTaskModel

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, Combiner, GramWeighted, Step, build_combiner
 from mtbench.combiners.compose import Reweighted
 from mtbench.models import LinearHeads, MultiTaskModel

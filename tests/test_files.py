@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import TINY, run_cli, run_dir
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.train import checkpoint as ckpt
 
 

@@ -11,12 +11,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mtbench"
 
 #: the layers, in the order of the flow: a module may import its own layer and the ones before it
 LAYERS = {
-    "base": ("mtbench", "mtbench.files", "mtbench.options", "mtbench.metrics", "mtbench.pretrained", "mtbench.variant"),
+    "base": ("mtbench.errors", "mtbench.files", "mtbench.options", "mtbench.metrics", "mtbench.pretrained", "mtbench.variant"),
     "data": ("mtbench.data",),
     "models": ("mtbench.models",),
     "combiners": ("mtbench.combiners",),
     # the combiners outside mtbench's trainer: GradDrop as a layer, any combiner in your own loop
-    "api": ("mtbench.nn",),
+    "api": ("mtbench", "mtbench.nn", "mtbench.api"),
     "train": ("mtbench.train",),
     "report": ("mtbench.report",),
     "cli": ("mtbench.cli", "mtbench.__main__", "mtbench.overrides", "mtbench.configs"),

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.files import atomic_write_bytes, atomic_write_text
 from mtbench.report.runs import RunDir, config_diff
 

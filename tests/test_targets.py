@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import TINY, run_cli
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.cli import validate
 from mtbench.models import build_model
 from mtbench.train import train

@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from conftest import TINY
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.cli import validate
 from mtbench.combiners import COMBINERS
 

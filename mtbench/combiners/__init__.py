@@ -15,7 +15,7 @@ import importlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.baseline import Baseline
 from mtbench.combiners.clip import Clip

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import taskgrads
 from mtbench.combiners.taskgrads import RepGrads
 from mtbench.options import Check, Option

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step
 
 

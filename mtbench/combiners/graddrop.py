@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.functional import GRADDROP_F, graddrop
 from mtbench.combiners.taskgrads import rep_task_grads

@@ -10,7 +10,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, TaskSpec, channel_stats
 
 __all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "TaskSpec", "build_task", "check_task", "TASKS"]

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec
 from mtbench.options import check_bool, check_int, check_str
 

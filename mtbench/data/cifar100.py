@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.data.base import HeadSpec, MetricColumn, Split, Task, TaskSpec
 from mtbench.options import check_bool, check_int, check_number, check_str
 

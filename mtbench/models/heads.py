@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.data.base import HeadSpec
 from mtbench.models.multitask import LinearHeads
 

@@ -150,7 +150,7 @@ class RunDir:
         is completed already (skip it: ``self.previous`` is its metrics.json). A run with another
         config is a one-line ``MtbenchError`` unless ``force`` (the folder is then cleared); a
         run stopped before its first checkpoint starts afresh; one with a checkpoint resumes."""
-        from mtbench import MtbenchError
+        from mtbench.errors import MtbenchError
 
         previous = self.read_previous()
         self.tidy(previous)

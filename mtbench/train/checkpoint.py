@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.files import atomic_write
 
 MAGIC = b"mtbench-checkpoint sha256="

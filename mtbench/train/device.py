@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 
 __all__ = ["AMP_DTYPES", "StepTimer", "amp_dtype", "autocast", "channels_last", "resolve_device"]
 

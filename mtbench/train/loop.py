@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import build_combiner
 from mtbench.data import build_task
 from mtbench.models import build_model

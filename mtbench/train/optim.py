@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.options import import_target
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

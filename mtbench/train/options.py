@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_number, check_str
 from mtbench.train.optim import OPTIMIZERS, SCHEDULERS, is_dotted, optimizer_class, scheduler_class
 

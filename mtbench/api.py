@@ -1,0 +1,170 @@
+"""Any combiner in your own training loop: :func:`backward` (exported as ``mtbench.backward``).
+
+    import mtbench
+
+    rep = backbone(images)                                   # the shared representation
+    losses = [loss_fn(head(rep), y[:, i]) for i, head in enumerate(heads)]
+    optimizer.zero_grad()
+    weights = mtbench.backward(losses, rep, "mgda")          # instead of sum(losses).backward()
+    optimizer.step()
+
+The combiner is the same object as in ``mtbench``'s trainer, with the same math: a
+representation-level combiner (GradDrop, PCGrad or MGDA at ``level: representation``, ...)
+combines the per-task gradients at ``features`` and pushes the result through whatever produced
+``features``; a parameter-level one (PCGrad's and MGDA's ``level: params``) works on the
+per-task gradients of ``shared_params``; every head's parameters receive their own loss's
+gradient, as in the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtbench.combiners import COMBINERS, Combiner, Step
+
+__all__ = ["backward"]
+
+
+class _Model(nn.Module):
+    """What a combiner reads of a model (``mtbench.models.multitask.MultiTaskNet``), built from
+    parameter lists: no linear heads (the per-task gradients take the general autograd path)."""
+
+    def __init__(self, shared: list[Tensor], heads: list[Tensor], trunk: nn.Module | None):
+        super().__init__()
+        self._shared = shared
+        self._heads = heads
+        self.trunk = trunk if trunk is not None else nn.Module()
+
+    def shared_parameters(self) -> list[Tensor]:
+        return list(self._shared)
+
+    def head_parameters(self) -> list[Tensor]:
+        return list(self._heads)
+
+    def linear_heads(self) -> None:
+        return None
+
+    def parameters(self, recurse: bool = True) -> Iterable[Tensor]:  # type: ignore[override]
+        return iter(self._shared + self._heads)
+
+
+def _walk(roots: Sequence[Any], stop: Any) -> tuple[list[Tensor], bool]:
+    """The leaf tensors requiring grad that the graph of ``roots`` reaches without passing
+    through the node ``stop``, in first-seen order, and whether ``stop`` was reached."""
+    seen: set[Any] = set()
+    leaves: list[Tensor] = []
+    reached = False
+    stack = [r for r in reversed(roots) if r is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node is stop:
+            reached = True
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if variable.requires_grad:
+                leaves.append(variable)
+            continue
+        stack.extend(nxt for nxt, _ in reversed(node.next_functions) if nxt is not None)
+    return leaves, reached
+
+
+def _node(t: Tensor) -> Any:
+    """The autograd node that produces ``t`` (its AccumulateGrad node for a leaf)."""
+    if t.grad_fn is not None:
+        return t.grad_fn
+    return t.view_as(t).grad_fn.next_functions[0][0]
+
+
+def _combiner(combiner: Any, num_tasks: int) -> Combiner:
+    if isinstance(combiner, Combiner):
+        if combiner.num_tasks != num_tasks:
+            raise ValueError(f"combiner was built for {combiner.num_tasks} tasks but {num_tasks} losses were given")
+        return combiner
+    if not isinstance(combiner, str) or combiner not in COMBINERS:
+        raise ValueError(f"combiner must be a Combiner instance or one of {', '.join(COMBINERS)}; got {combiner!r}")
+    cls = COMBINERS[combiner]
+    if cls.state_dict is not Combiner.state_dict:
+        raise ValueError(
+            f"combiner {combiner!r} keeps state across steps: build it once, "
+            f"c = mtbench.combiners.COMBINERS[{combiner!r}]({num_tasks}), and pass c at every step"
+        )
+    options = {"leak": 0.0} if "leak" in cls.options else {}
+    return cls(num_tasks, **options)
+
+
+def backward(
+    losses: Sequence[Tensor] | Tensor,
+    features: Tensor,
+    combiner: str | Combiner,
+    *,
+    shared_params: Iterable[Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    cpu_generator: torch.Generator | None = None,
+    trunk: nn.Module | None = None,
+) -> dict[str, float]:
+    """Combine the task losses' gradients with ``combiner`` and leave them in ``.grad``.
+
+    Args:
+        losses: the T task losses (a sequence of scalars or a [T] tensor), all computed from
+            ``features``.
+        features: the shared representation the task heads read ([B, *F]).
+        combiner: a registered name (``"graddrop"``, ``"pcgrad"``, ``"mgda"``, ...: its default
+            options) or a combiner instance with its options
+            (``mtbench.combiners.COMBINERS["mgda"](T, level="params")``). A combiner with state
+            across steps (GradNorm's learned weights) must be an instance kept by the caller.
+        shared_params: the parameters that parameter-level combiners take per-task gradients
+            of (default: every tensor upstream of ``features`` that requires grad).
+        generator: random draws on the device (GradDrop's uniform draws).
+        cpu_generator: random draws on the host (PCGrad's task orders); default ``generator``
+            when that is a CPU generator, else torch's global generator.
+        trunk: the module that produced ``features``, when a combiner needs its layers
+            (GradNorm's ``grad_at: last_shared``; the factored fast path at ``level: params``).
+
+    Returns:
+        The combiner's diagnostics (``combiner.log_values()``, e.g. GradNorm's or MGDA's
+        weights), for logging.
+
+    Raises:
+        ValueError: one line naming the argument: no losses, losses that do not depend on
+            ``features``, a ``features`` that does not require grad, an unknown combiner name,
+            or a combiner that needs more than this (the input gradient penalty needs the inputs).
+    """
+    if isinstance(losses, Tensor):
+        stacked = losses.reshape(-1) if losses.dim() <= 1 else None
+        if stacked is None:
+            raise ValueError(f"losses must be a sequence of scalars or a [T] tensor; got shape {tuple(losses.shape)}")
+    else:
+        items = list(losses)
+        if not items or not all(isinstance(x, Tensor) and x.numel() == 1 for x in items):
+            raise ValueError("losses must be a non-empty sequence of scalar tensors (one per task) or a [T] tensor")
+        stacked = torch.stack([x.reshape(()) for x in items])
+    if stacked.numel() < 1:
+        raise ValueError("losses is empty: give one loss per task")
+    if not isinstance(features, Tensor) or not features.requires_grad:
+        raise ValueError("features must be the shared representation, a tensor that requires grad (not detached)")
+    comb = _combiner(combiner, int(stacked.numel()))
+    if comb.needs_input_grad:
+        raise ValueError(f"combiner {comb.name!r} needs the network's inputs (the input gradient penalty); use target=representation, or mtbench's trainer")
+    stop = _node(features)
+    heads, reached = _walk([stacked.grad_fn], stop)
+    if not reached:
+        raise ValueError("losses do not depend on features: compute every task's loss from the features passed")
+    if shared_params is None:
+        shared = _walk([features.grad_fn], None)[0] if features.grad_fn is not None else []
+    else:
+        shared = [p for p in shared_params if p.requires_grad]
+    shared_ids = {id(p) for p in shared}
+    heads = [p for p in heads if id(p) not in shared_ids and p is not features]
+    if cpu_generator is None and generator is not None and generator.device.type == "cpu":
+        cpu_generator = generator
+    model = _Model(shared, heads, trunk)
+    step = Step(model=model, inputs=None, rep=features, outputs=None, losses=stacked, generator=generator, cpu_generator=cpu_generator)  # type: ignore[arg-type]
+    comb.backward(step)
+    return comb.log_values()
