@@ -249,7 +249,7 @@ def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
         return argv, False  # Hydra's parser prints its own usage error
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return argv, bool(args.multirun)
-    checked = check(list(args.overrides), bool(args.multirun))
+    checked = check(list(args.overrides), bool(args.multirun), [args.config_dir] if args.config_dir else None)
     if checked == list(args.overrides):
         return argv, bool(args.multirun)
     flags = [a for a in argv if a not in args.overrides]
@@ -315,6 +315,10 @@ def main() -> None:
     """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
     command failed or was interrupted, 2 if any was refused (a bad input)."""
     argv = sys.argv[1:]
+    # the working folder is importable, as with ``python -m``: a combiner (model, optimizer) of
+    # the user's, named by ``_target_: mine.Mine``, lives next to where mtbench runs
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     _check_results_dir(argv)
     try:
         argv, multirun = _rewrite_argv(argv)

@@ -8,7 +8,10 @@
   ``++combiner.<option>`` and each job of a combiner without it drops it (``cli``), so that
   combiner runs unchanged. An option that none of the swept combiners has is refused.
 - ``combiner._target_=my.module.MyCombiner`` (with or without ``+``) swaps in your class: the
-  other ``combiner.<option>`` keys then pass to it unchecked (its constructor checks them).
+  other ``combiner.<option>`` keys then pass to it unchecked (its constructor checks them); the
+  same for ``model._target_=my.module.build`` and the ``model.<option>`` keys.
+- Keys inside an options dict that is empty by default (``+trainer.optimizer_options.betas=...``,
+  ``+trainer.scheduler_options.gamma=0.95``) pass: the class they are given to checks them.
 - With ``hydra/sweeper=optuna`` the sweeper's direction follows the selected validation metric
   (error rates are minimised) unless ``hydra.sweeper.direction`` is given.
 """
@@ -105,9 +108,10 @@ def _compose(group_choices: dict[str, list[str]], extra: list[str] | None = None
     return configs
 
 
-def check(overrides: list[str], multirun: bool) -> list[str]:
+def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = None) -> list[str]:
     """Check the overrides (one-line ``MtbenchError`` naming the fix) and return them as Hydra
-    should get them."""
+    should get them. ``config_dirs``: the command line's ``--config-dir`` folders (searched for
+    config groups like ``hydra.searchpath`` entries)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -117,13 +121,13 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
         return overrides  # a syntax error: Hydra's own message says where
     group_choices: dict[str, list[str]] = {}
     keyed = []
-    searchpath: list[str] = []
-    hydra_keep = []  # overrides that change how configs are found: composed with the rest
+    searchpath: list[str] = [f"file://{Path(d).resolve()}" for d in config_dirs or []]
     for o in parsed:
         if o.key_or_group == "hydra.searchpath" and not o.is_sweep_override():
             value = o.value()
-            searchpath = [str(v) for v in value] if isinstance(value, list) else [str(value)]
-            hydra_keep.append(o.input_line)
+            searchpath += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    # how configs are found: composed with the rest
+    hydra_keep = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     for text, o in zip(overrides, parsed):
         key = o.key_or_group
         if key in GROUPS and o.package is None:
@@ -144,13 +148,18 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
         known = sorted(set(itertools.chain.from_iterable(_keys(c) for c in configs)) - {"hydra"})
         known = [k for k in known if not k.startswith("hydra.")]
         combiners = group_choices.get("combiner") or _default_combiners(configs, multirun)
-        custom = any(o.key_or_group == "combiner._target_" for _, o in keyed)
+        # a class or builder given on the command line (``_target_``) checks its own options
+        custom = {g for g in ("combiner", "model") if any(o.key_or_group == f"{g}._target_" for _, o in keyed)}
+        open_dicts = _open_dicts(configs)
         for text, o in keyed:
             key = o.key_or_group
-            if key.startswith("combiner.") and custom:
-                out[out.index(text)] = "++" + text.lstrip("+")  # the class checks its own options
+            group = key.split(".")[0]
+            if group in custom and key.startswith(group + "."):
+                out[out.index(text)] = "++" + text.lstrip("+")
             elif key.startswith("combiner."):
                 out[out.index(text)] = _combiner_key(text, o, key, combiners)
+            elif any(key.startswith(d + ".") for d in open_dicts):
+                continue  # a key inside an options dict that is empty by default (trainer.optimizer_options.*)
             elif key not in known:
                 hint = _suggest(key, known)
                 if o.input_line.startswith("+"):
@@ -160,6 +169,24 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
     if sweeper is not None and "optuna" in _values(sweeper) and not any(o.key_or_group == "hydra.sweeper.direction" for o in parsed):
         out.append(f"hydra.sweeper.direction={_direction(configs, overrides, parsed)}")
     return out
+
+
+def _open_dicts(configs: list[Any]) -> set[str]:
+    """The keys whose value is an empty dict in every composed config (options passed on to a
+    class the user names, such as ``trainer.optimizer_options``): any key may go inside."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found: set[str] | None = None
+    for cfg in configs:
+        keys = set()
+        for key in _keys(cfg):
+            if key.startswith("hydra"):
+                continue
+            node = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+            if isinstance(node, DictConfig) and len(node) == 0:
+                keys.add(key)
+        found = keys if found is None else found & keys
+    return found or set()
 
 
 def _default_combiners(configs: list[Any], multirun: bool) -> list[str]:

@@ -3,6 +3,7 @@ the built-in names keep working, and a path that does not import is a one-line e
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 
@@ -129,3 +130,18 @@ def test_the_command_refuses_a_bad_target_in_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
     assert "trainer.optimizer='no_such_module.Opt' cannot be imported" in line
+
+
+def test_the_command_line_alone_names_a_trunk_and_a_scheduler_with_options(tmp_path, user_module):
+    """``+model._target_`` and ``+trainer.scheduler_options.<k>`` pass the override checks (the
+    builder and the class check their own options); the working folder (which holds
+    ``my_trunks.py``) is importable."""
+    args = [*TINY, "+model._target_=my_trunks.build", "+model.scale=2.0", "trainer.scheduler=torch.optim.lr_scheduler.ExponentialLR",
+            "+trainer.scheduler_options.gamma=0.5"]  # fmt: skip
+    proc = run_cli("mtbench", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = (tmp_path / "results" / "shapes40" / "runs" / "baseline").glob("*/seed=0/metrics.json")
+    cfg = json.loads(found.read_text())["config"]
+    assert cfg["model"]["_target_"] == "my_trunks.build" and cfg["trainer"]["scheduler_options"] == {"gamma": 0.5}
+    bad = run_cli("mtbench", [*TINY, "+trainer.schedular_options.gamma=0.5"], cwd=tmp_path)
+    assert bad.returncode == 2 and "no part of mtbench reads" in bad.stderr
