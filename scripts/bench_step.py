@@ -26,8 +26,16 @@ step's peak growth above the memory held before it (CUDA's ``max_memory_allocate
 on a Linux CPU the peak resident set, VmHWM, with glibc's mmap threshold fixed at 64 KiB so
 that the resident set follows the live buffers).
 
+``--heads mlp`` replaces the 40 linear heads by 40 two-layer heads (``--head-hidden`` units,
+ReLU): every combiner then takes the per-task gradients through the heads by batched autograd
+calls (no closed form through linear heads).
+
 Rows: ``<combiner>[@<level>]`` for any mtbench combiner (``@representation`` or ``@params``
-sets ``combiner.level``), plus ``torchjd-pcgrad@params`` and ``torchjd-mgda@params``: torchjd's
+sets ``combiner.level``); the combiners in a plain loop outside the trainer:
+``layer-graddrop`` and ``layer-random_graddrop`` (``mtbench.nn.GradDrop`` between the trunk and
+the heads, each head reading its own view, one ``sum(losses).backward()``) and
+``backward-<name>`` for ``graddrop``, ``mgda``, ``pcgrad`` (``mtbench.backward(losses, rep, ...)``
+at the representation); plus ``torchjd-pcgrad@params`` and ``torchjd-mgda@params``: torchjd's
 ``mtl_backward`` + ``jac_to_grad`` with its PCGrad / MGDA aggregators, skipped (and said so)
 when torchjd is not installed. torchjd is not a dependency of mtbench; install it into the
 benchmark's environment only (``pip install torchjd``).
@@ -57,11 +65,14 @@ import torch.nn.functional as F
 from mtbench.combiners import COMBINERS
 from mtbench.combiners.gramweighted import LEVELS
 
+#: the combiners in a plain loop: rows ``layer-<name>`` and ``backward-<name>``
+LAYER_ROWS = ("layer-graddrop", "layer-random_graddrop")
+BACKWARD_ROWS = ("backward-graddrop", "backward-mgda", "backward-pcgrad")
 #: every row, in the order of the table (the registry's order, each level of the combiners that
 #: have one, then the torchjd references)
 DEFAULT_ROWS = tuple(
     row for name, cls in COMBINERS.items() for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
-) + ("torchjd-pcgrad@params", "torchjd-mgda@params")
+) + LAYER_ROWS + BACKWARD_ROWS + ("torchjd-pcgrad@params", "torchjd-mgda@params")
 
 #: the issue's targets (speed vs baseline) on the CelebA-shaped problem
 TARGETS = {
@@ -72,6 +83,8 @@ TARGETS = {
     "gradnorm": 0.80,
     "clip": 0.97,
     "gradpenalty": 0.40,
+    "layer-graddrop": 0.97,
+    "layer-random_graddrop": 0.97,
 }
 #: parameter-level rows that must be at least this many times as fast as torchjd's
 TORCHJD_FACTOR = 3.0
@@ -134,6 +147,33 @@ def bce_losses(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype), reduction="none").mean(0)
 
 
+class MLPHeads(torch.nn.Module):
+    """T two-layer heads (Linear, ReLU, Linear to one logit) on the representation, logits
+    stacked [B, T]: heads that are not mtbench's stock linear heads."""
+
+    def __init__(self, rep_dim: int, num_tasks: int, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(rep_dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)) for _ in range(num_tasks)
+        )
+
+    def forward(self, rep: torch.Tensor) -> torch.Tensor:
+        return self.from_views([rep] * len(self.heads))
+
+    def from_views(self, views) -> torch.Tensor:
+        return torch.cat([h(v.flatten(1)) for h, v in zip(self.heads, views)], dim=1)
+
+
+def heads_from_views(heads: torch.nn.Module, views) -> torch.Tensor:
+    """The logits [B, T] with head i reading view i (``mtbench.nn.GradDrop``'s views): one
+    batched product for the stock linear heads, each head on its view for MLP heads."""
+    if hasattr(heads, "from_views"):
+        return heads.from_views(views)
+    linear = heads.linear
+    stacked = torch.stack([v.flatten(1) for v in views])  # [T, B, D]
+    return torch.einsum("tbd,td->bt", stacked, linear.weight) + linear.bias
+
+
 def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
     from mtbench.models import build_model
 
@@ -167,7 +207,10 @@ def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
             info={"task": task.name, "input_shape": list(shape)},
         )
     T, C, S = args.num_tasks, args.channels, args.image_size
-    model = build_model(cfg.model, num_tasks=T, in_channels=C).to(device)
+    model = build_model(cfg.model, num_tasks=T, in_channels=C)
+    if args.heads == "mlp":
+        model.heads = MLPHeads(model.rep_dim, T, args.head_hidden)
+    model = model.to(device)
     gen = torch.Generator().manual_seed(int(cfg.seed) + 7)
     data = []
     for _ in range(args.num_batches):
@@ -175,11 +218,14 @@ def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
         y = (torch.rand(bs, T, generator=gen) < 0.5).float().to(device)
         data.append((x, y))
     name = "celeba_shaped" if (T, C, S, bs) == (40, 3, 64, 64) and cfg.model.name == "resnet18" else "synthetic"
+    if args.heads == "mlp":
+        name += "-mlp_heads"
     return Problem(
         name=name,
         description=(
             f"random tensors: {T} binary attributes, inputs [{bs}, {C}, {S}, {S}], model {cfg.model.name}"
             + (f" (small_input={cfg.model.small_input})" if "small_input" in cfg.model else "")
+            + (f", {T} two-layer heads ({args.head_hidden} hidden units)" if args.heads == "mlp" else ", linear heads")
         ),
         model=model,
         num_tasks=T,
@@ -247,6 +293,49 @@ def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gen
     # the trainer's own step: forward (autocast under trainer.amp), combiner.backward, optimizer step
     step = TrainStep(model, combiner, optimizer, problem.losses, device, amp_dtype(cfg_row.trainer), gen, cpu_gen)
     return Row(row, name, options.get("level"), options, model, optimizer, step, slow)
+
+
+def make_own_loop_row(row: str, cfg, problem: Problem, device: torch.device, comb_gens) -> Row:
+    """A plain PyTorch step outside the trainer: ``mtbench.nn.GradDrop`` between the trunk and
+    the heads (``layer-*``), or ``mtbench.backward`` at the representation (``backward-*``)."""
+    import mtbench
+    import mtbench.nn
+    from mtbench.combiners import COMBINERS
+    from mtbench.train.device import amp_dtype, autocast
+    from mtbench.train.optim import build_optimizer
+
+    kind, _, name = row.partition("-")
+    model = copy.deepcopy(problem.model)
+    optimizer = build_optimizer(model.parameters(), cfg.trainer)
+    amp = amp_dtype(cfg.trainer)
+    gen, cpu_gen = comb_gens()
+    T = problem.num_tasks
+    losses_fn = problem.losses
+    if kind == "layer":
+        layer = (mtbench.nn.GradDrop if name == "graddrop" else mtbench.nn.RandomGradDrop)(generator=gen)
+
+        def step(x: torch.Tensor, y: Any) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                views = layer(model.trunk(x), T)
+                losses = losses_fn(heads_from_views(model.heads, views), y)
+            losses.sum().backward()
+            optimizer.step()
+
+        options: dict[str, Any] = {"leak": 0.0}
+    else:
+        combiner = COMBINERS[name](T, **({"level": "representation"} if "level" in COMBINERS[name].options else {}))
+
+        def step(x: torch.Tensor, y: Any) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                rep = model.trunk(x)
+                losses = losses_fn(model.heads(rep), y)
+            mtbench.backward(losses, rep, combiner, generator=gen, cpu_generator=cpu_gen)
+            optimizer.step()
+
+        options = dict(combiner.opts)
+    return Row(row, row, "representation" if kind == "backward" and "level" in options else None, options, model, optimizer, step, slow=False)
 
 
 def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
@@ -401,6 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-tasks", type=int, default=40, help="tasks of the random problem (default 40)")
     parser.add_argument("--image-size", type=int, default=64, help="input side of the random problem (default 64)")
     parser.add_argument("--channels", type=int, default=3, help="input channels of the random problem (default 3)")
+    parser.add_argument("--heads", choices=("linear", "mlp"), default="linear", help="task heads of the random problem (default linear)")
+    parser.add_argument("--head-hidden", type=int, default=64, help="hidden units of each MLP head (default 64)")
     parser.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through (default 4)")
     parser.add_argument("--out", default=None, help="JSON output (default results/bench/<problem>-<device>.json)")
     parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
@@ -445,6 +536,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     skipped: list[dict[str, str]] = []
     for spec in parse_rows(args.combiners):
         name, level = split_row(spec)
+        if spec in LAYER_ROWS or spec in BACKWARD_ROWS:
+            rows.append(make_own_loop_row(spec, cfg, problem, device, comb_gens))
+            continue
         if name in TORCHJD_ROWS:
             if torchjd is None:
                 msg = "torchjd is not installed (pip install torchjd into the benchmark's environment): row skipped"
@@ -549,7 +643,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_row = {x["row"]: x for x in results}
     for x in results:
         name, _ = split_row(x["row"])
-        key = name if name in COMBINERS and "level" not in COMBINERS[name].options else f"{name}@{x['level']}"
+        if x["row"] in TARGETS:
+            key = x["row"]
+        else:
+            key = name if name in COMBINERS and "level" not in COMBINERS[name].options else f"{name}@{x['level']}"
         x["target"] = TARGETS.get(key)
         if x["target"] is not None and x["speed_vs_baseline"] is not None:
             x["meets_target"] = x["speed_vs_baseline"] >= x["target"]

@@ -73,3 +73,21 @@ def test_bench_step_says_when_torchjd_is_absent(tmp_path):
     assert [s["row"] for s in report["skipped"]] == ["torchjd-mgda@params"]
     assert [r["row"] for r in report["rows"]] == ["baseline"]
     assert "torchjd is not installed" in proc.stdout  # in the table too
+
+
+def test_bench_step_rows_outside_the_trainer_with_mlp_heads(tmp_path):
+    """The layer and mtbench.backward rows run, with linear and with MLP heads."""
+    for heads in ("linear", "mlp"):
+        out = tmp_path / f"bench-{heads}.json"
+        rows = "layer-graddrop,layer-random_graddrop,backward-graddrop,backward-mgda,backward-pcgrad"
+        args = [sys.executable, str(SCRIPT), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu",
+                "--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--no-memory",
+                "--heads", heads, "--combiners", rows, "--out", str(out)]  # fmt: skip
+        proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(out.read_text())
+        got = {r["row"]: r for r in report["rows"]}
+        assert list(got) == ["baseline", *rows.split(",")]
+        assert all(r["error"] is None and r["ms_per_step"] > 0 for r in got.values()), got
+        assert got["backward-mgda"]["level"] == "representation" and got["layer-graddrop"]["combiner"] == "layer-graddrop"
+        assert ("two-layer heads" in report["problem"]["description"]) == (heads == "mlp")
