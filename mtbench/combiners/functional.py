@@ -43,6 +43,25 @@ __all__ = [
     "pcgrad_weights_from_gram",
     "mgda_weights",
     "mgda_weights_from_gram",
+    "upgrad",
+    "upgrad_weights_from_gram",
+    "cagrad",
+    "cagrad_weights_from_gram",
+    "nash_mtl",
+    "nash_mtl_weights_from_gram",
+    "imtl_g",
+    "imtl_g_weights_from_gram",
+    "aligned_mtl",
+    "aligned_mtl_weights_from_gram",
+    "dualproj",
+    "dualproj_weights_from_gram",
+    "fairgrad",
+    "fairgrad_weights_from_gram",
+    "config",
+    "config_weights_from_gram",
+    "gradvac",
+    "gradvac_weights_from_gram",
+    "gram_square_root",
 ]
 
 #: allowed values of ``graddrop(f=...)``
@@ -598,3 +617,284 @@ def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int
         return _finish_weights(w64, grads.dtype, grads.device)
     gram = gram64(flat).cpu()
     return _finish_weights(_min_norm_weights(gram, tol, max_iter), grads.dtype, grads.device)
+
+
+# ----------------------------------------------------------------------------------
+# Gram-matrix methods (torchjd's weightings where torchjd has them)
+# ----------------------------------------------------------------------------------
+#
+# Each ``<name>_weights_from_gram(gram, ...)`` returns [T] float64 CPU weights w such that the
+# shared gradient is sum_i w_i g_i on mtbench's scale (equal, agreeing gradients g_i = g give
+# T g, the baseline's sum); each ``<name>(grads, ...)`` is that combination of the rows of a
+# [T, D] stack (the Gram matrix accumulated in float64), shape grads.shape[1:].
+
+
+def _combine_rows(grads: Tensor, fn: str, weights_from_gram, **options) -> Tensor:
+    _check_grads(grads, fn)
+    flat = grads.reshape(grads.shape[0], -1)
+    weights = weights_from_gram(gram64(flat.detach()).cpu(), **options)
+    return combine(weights, flat).reshape(grads.shape[1:])
+
+
+def _check_option(fn: str, name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{fn}: {name} must be {allowed}; got {value!r}")
+
+
+def upgrad_weights_from_gram(gram: Tensor) -> Tensor:
+    """UPGrad (Quinton & Rey 2024): T times torchjd's ``UPGradWeighting()`` (mean preference:
+    the mean of the projections of every g_i onto the dual cone of all the g_j; torchjd's
+    quadprog solver, on the Gram matrix divided by its trace plus 1e-4 I)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    g = gram_cpu64(gram, "upgrad")
+    return g.shape[0] * weighting("UPGradWeighting", "upgrad")(g)
+
+
+def upgrad(grads: Tensor) -> Tensor:
+    """UPGrad of the rows of ``grads`` [T, D]: T x torchjd's ``UPGrad()`` (the sum of the
+    projections of the g_i onto the dual cone {x : g_j . x >= 0 for all j})."""
+    return _combine_rows(grads, "upgrad", upgrad_weights_from_gram)
+
+
+def dualproj_weights_from_gram(gram: Tensor) -> Tensor:
+    """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017, eq. 11, of the summed gradient):
+    T times torchjd's ``DualProjWeighting()`` (the mean projected onto the dual cone)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    g = gram_cpu64(gram, "dualproj")
+    return g.shape[0] * weighting("DualProjWeighting", "dualproj")(g)
+
+
+def dualproj(grads: Tensor) -> Tensor:
+    """DualProj of the rows of ``grads``: sum_i g_i projected onto the dual cone of the g_j
+    (T x torchjd's ``DualProj()``)."""
+    return _combine_rows(grads, "dualproj", dualproj_weights_from_gram)
+
+
+def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:
+    """IMTL-G (Liu et al. 2021, the gradient part): T times torchjd's ``IMTLGWeighting()``
+    (w proportional to pinv(G) ||g||, normalised to sum 1; the combination has equal
+    projections on every unit gradient u_i = g_i / ||g_i||)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    g = gram_cpu64(gram, "imtl_g")
+    return g.shape[0] * weighting("IMTLGWeighting", "imtl_g")(g)
+
+
+def imtl_g(grads: Tensor) -> Tensor:
+    """IMTL-G of the rows of ``grads``: T x torchjd's ``IMTLG()``."""
+    return _combine_rows(grads, "imtl_g", imtl_g_weights_from_gram)
+
+
+ALIGNED_MTL_SCALES = ("min", "median", "rmse")
+
+
+def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tensor:
+    """Aligned-MTL (Senushkin et al. 2023, Algorithm 1): T times torchjd's
+    ``AlignedMTLWeighting(scale_mode=...)`` (the gradients whitened to an orthogonal system
+    with equal singular values, sigma_min, the median or the mean eigenvalue's root)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    _check_option("aligned_mtl", "scale_mode", scale_mode, scale_mode in ALIGNED_MTL_SCALES, "one of " + ", ".join(ALIGNED_MTL_SCALES))
+    g = gram_cpu64(gram, "aligned_mtl")
+    return g.shape[0] * weighting("AlignedMTLWeighting", "aligned_mtl", scale_mode=scale_mode)(g)
+
+
+def aligned_mtl(grads: Tensor, scale_mode: str = "min") -> Tensor:
+    """Aligned-MTL of the rows of ``grads``: T x torchjd's ``AlignedMTL(scale_mode=...)``."""
+    return _combine_rows(grads, "aligned_mtl", aligned_mtl_weights_from_gram, scale_mode=scale_mode)
+
+
+def cagrad_weights_from_gram(gram: Tensor, c: float = 0.4) -> Tensor:
+    """CAGrad (Liu et al. 2021, Algorithm 1): T / (1 + c) times torchjd's
+    ``CAGradWeighting(c)`` (d = g0 + sqrt(phi) / ||g_w|| g_w, g0 the mean gradient,
+    sqrt(phi) = c ||g0||; equal agreeing gradients give d = (1 + c) g0, so the factor
+    T / (1 + c) puts them at the baseline's sum; the authors' code's ``rescale=2`` divides by
+    1 + c too)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    _check_option("cagrad", "c", c, isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0, "a finite number >= 0")
+    g = gram_cpu64(gram, "cagrad")
+    w = weighting("CAGradWeighting", "cagrad", c=float(c))(g)
+    return w * (g.shape[0] / (1.0 + float(c)))
+
+
+def cagrad(grads: Tensor, c: float = 0.4) -> Tensor:
+    """CAGrad of the rows of ``grads``: T / (1 + c) x torchjd's ``CAGrad(c)``."""
+    return _combine_rows(grads, "cagrad", cagrad_weights_from_gram, c=c)
+
+
+def _projection_scale(g: Tensor, w: Tensor) -> Tensor:
+    """The factor s >= 0 for which s sum_i w_i g_i is the projection of sum_i g_i onto the
+    direction sum_i w_i g_i: s = 1^T G w / w^T G w (0 when the combination is zero)."""
+    gw = g @ w
+    norm2 = float(w @ gw)
+    along = float(gw.sum())
+    if not (norm2 > 0 and math.isfinite(norm2)):
+        return w.new_zeros(())
+    return w.new_tensor(max(along, 0.0) / norm2)
+
+
+def fairgrad_weights_from_gram(gram: Tensor, alpha: float = 1.0, max_iters: Optional[int] = None, rescale: bool = True) -> Tensor:
+    """FairGrad (Ban & Ji 2024, eq. 4): torchjd's ``FairGradWeighting(alpha, max_iters)``,
+    w > 0 solving G w = w^(-1/alpha) (scipy's bounded least squares).
+
+    The paper's weights carry their own length (for equal agreeing gradients of norm n,
+    w_i = (T n^2)^(-alpha / (1 + alpha))); with ``rescale`` (mtbench's scale) the combination is
+    multiplied by s = 1^T G w / w^T G w, which makes it the projection of the baseline's sum
+    onto FairGrad's direction (exactly the sum for equal agreeing gradients). ``rescale=False``:
+    the paper's raw weights. A zero Gram matrix gives ones (the combination is zero anyway)."""
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    _check_option("fairgrad", "alpha", alpha, isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0, "a finite number > 0")
+    g = gram_cpu64(gram, "fairgrad")
+    if not float(g.diagonal().max()) > 0:
+        return torch.ones(g.shape[0], dtype=torch.float64)
+    w = weighting("FairGradWeighting", "fairgrad", alpha=float(alpha), max_iters=max_iters)(g).to(torch.float64)
+    return w * _projection_scale(g, w) if rescale else w
+
+
+def fairgrad(grads: Tensor, alpha: float = 1.0, max_iters: Optional[int] = None, rescale: bool = True) -> Tensor:
+    """FairGrad of the rows of ``grads`` (see :func:`fairgrad_weights_from_gram` for the scale)."""
+    return _combine_rows(grads, "fairgrad", fairgrad_weights_from_gram, alpha=alpha, max_iters=max_iters, rescale=rescale)
+
+
+def config_weights_from_gram(gram: Tensor) -> Tensor:
+    """ConFIG (Liu et al. 2024, eq. 2) from the Gram matrix, mtbench's own code (torchjd's
+    ``ConFIG`` needs the gradients themselves).
+
+    With unit gradients u_i = g_i / ||g_i|| (a zero g_i gives u_i = 0) and U their Gram matrix,
+    the direction is v = sum_i a_i u_i, a = pinv(U) 1 (the least-norm x with u_i . x = 1 for
+    all i, which is pinv([u_1 .. u_T]^T) 1), normalised to unit length; the length is
+    sum_j g_j . v. The result, (sum_j g_j . v) v, is already on the baseline's scale (equal
+    agreeing gradients give T g) and equals torchjd's ``ConFIG()``."""
+    from mtbench.combiners.jd import gram_cpu64
+
+    g = gram_cpu64(gram, "config")
+    n_tasks = g.shape[0]
+    norms = g.diagonal().clamp_min(0).sqrt()
+    inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    units = g * inv[:, None] * inv[None, :]
+    # pinv of the unit Gram matrix: its eigenvalues are the squared singular values of U, so
+    # the cut-off is the square of the one torch.linalg.pinv applies to U itself
+    evals, evecs = torch.linalg.eigh(units)
+    top = float(evals.max()) if n_tasks else 0.0
+    cut = top * (max(n_tasks, 1) * torch.finfo(torch.float64).eps) ** 2 * 1e4
+    keep = evals > max(cut, 1e-300)
+    if not bool(keep.any()):
+        return torch.zeros(n_tasks, dtype=torch.float64)
+    inv_evals = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+    a = evecs @ (inv_evals * (evecs.T @ torch.ones(n_tasks, dtype=torch.float64)))
+    coeff = a * inv  # v (before normalising) = sum_i coeff_i g_i
+    norm2 = float(coeff @ g @ coeff)
+    if not norm2 > 0:
+        return torch.zeros(n_tasks, dtype=torch.float64)
+    coeff = coeff / math.sqrt(norm2)
+    length = (g @ coeff).sum()
+    return length * coeff
+
+
+def config(grads: Tensor) -> Tensor:
+    """ConFIG of the rows of ``grads`` [T, D] (see :func:`config_weights_from_gram`)."""
+    return _combine_rows(grads, "config", config_weights_from_gram)
+
+
+def gradvac_weights_from_gram(
+    gram: Tensor, phi: Optional[Tensor] = None, beta: float = 0.5, eps: float = 1e-8, generator: Optional[torch.Generator] = None
+) -> Tuple[Tensor, Tensor]:
+    """GradVac (Wang et al. 2021, Algorithm 1) from the Gram matrix: ``(weights, phi)``.
+
+    For each task i, visiting the other tasks j in a fresh random order: phi_ij is the cosine
+    of the current g_i' and the original g_j; if phi_ij < phi_hat_ij (the EMA target),
+    g_i' += ||g_i'|| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) /
+    (||g_j|| sqrt(1 - phi_hat^2) + eps) g_j; then phi_hat_ij <- (1 - beta) phi_hat_ij + beta
+    phi_ij. The output is sum_i g_i' (the baseline's sum when nothing conflicts), here as
+    weights on the original g_k. ``phi`` is the [T, T] EMA (None: zeros); the updated one is
+    returned. The same updates as torchjd's ``GradVacWeighting(beta, eps)``; every task
+    advances through its own order in lock step (the tasks' updates are independent), so
+    the loop runs over the T - 1 visits, vectorised over tasks.
+
+    Generator use: for T >= 2, T calls ``torch.randperm(T - 1, generator=generator)`` in task
+    order, task i's permutation indexing its other tasks in increasing order (the draws of
+    torchjd's GradVac from the global generator, in the same order).
+    """
+    from mtbench.combiners.jd import gram_cpu64
+
+    g = gram_cpu64(gram, "gradvac")
+    n_tasks = g.shape[0]
+    _check_option("gradvac", "beta", beta, isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0, "a number in [0, 1]")
+    phi_t = torch.zeros(n_tasks, n_tasks, dtype=torch.float64) if phi is None else phi.detach().to(device="cpu", dtype=torch.float64).clone()
+    if tuple(phi_t.shape) != (n_tasks, n_tasks):
+        raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
+    coeff = torch.eye(n_tasks, dtype=torch.float64)
+    if n_tasks < 2:
+        return coeff.sum(dim=0), phi_t
+    perm_device = generator.device if generator is not None else torch.device("cpu")
+    perms = torch.stack([torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]).cpu()
+    rows = torch.arange(n_tasks)
+    order = perms + (perms >= rows[:, None]).long()  # [T, T-1]: task i's s-th visit
+    norms_j = g.diagonal().clamp_min(0).sqrt()
+    cg = coeff @ g  # row i: g_i' . g_k for every k
+    for step in range(n_tasks - 1):
+        other = order[:, step]
+        dot = cg[rows, other]
+        norm_i = (cg * coeff).sum(dim=1).clamp_min(0).sqrt()
+        norm_j = norms_j[other]
+        cos = dot / (norm_i * norm_j + eps)
+        target = phi_t[rows, other]
+        low = cos < target
+        if bool(low.any()):
+            s_cos = (1.0 - cos * cos).clamp_min(0).sqrt()
+            s_tgt = (1.0 - target * target).clamp_min(0).sqrt()
+            w = norm_i * (target * s_cos - cos * s_tgt) / (norm_j * s_tgt + eps)
+            w = torch.where(low, w, torch.zeros_like(w))
+            coeff[rows, other] += w
+            cg = cg + w[:, None] * g[other]
+        phi_t[rows, other] = (1.0 - beta) * target + beta * cos
+    return coeff.sum(dim=0), phi_t
+
+
+def gradvac(grads: Tensor, phi: Optional[Tensor] = None, beta: float = 0.5, eps: float = 1e-8, generator: Optional[torch.Generator] = None) -> Tensor:
+    """GradVac of the rows of ``grads`` (one step from the EMA ``phi``; see
+    :func:`gradvac_weights_from_gram`); the updated EMA is not returned (use the weights
+    function to carry it)."""
+    return _combine_rows(grads, "gradvac", lambda gram: gradvac_weights_from_gram(gram, phi, beta, eps, generator)[0])
+
+
+def gram_square_root(gram: Tensor) -> Tensor:
+    """A [T, T] matrix M with M M^T = gram (float64, from its eigendecomposition, negative
+    rounding eigenvalues set to 0): a stand-in for the gradients where a solver wants a matrix."""
+    evals, evecs = torch.linalg.eigh(gram.to(torch.float64))
+    return evecs * evals.clamp_min(0).sqrt()[None, :]
+
+
+def nash_mtl_weights_from_gram(gram: Tensor, state: Optional[dict] = None, max_norm: float = 0.0, optim_niter: int = 20) -> Tuple[Tensor, dict]:
+    """Nash-MTL (Navon et al. 2022, Algorithm 1): torchjd's ``NashMTL`` weighting, alpha > 0
+    solving G alpha = 1 / alpha (G divided by its Frobenius norm, as in the authors' code),
+    by ``optim_niter`` convex-concave steps (cvxpy/ECOS), warm-started from the last step's
+    alpha. Returns ``(weights, state)`` with ``state = {"alpha": last alpha}`` (None: a first
+    step, alpha = 1).
+
+    The weights multiply the raw gradients (as in the authors' code): equal agreeing gradients
+    give alpha = 1, the baseline's sum, so no factor. ``max_norm > 0``: the combination is
+    scaled down to that norm when longer (the authors' default is 1.0; mtbench's 0 = off).
+    torchjd's weighting reads a matrix: it gets M with M M^T = G (:func:`gram_square_root`).
+    """
+    from mtbench.combiners.jd import gram_cpu64, weighting
+
+    g = gram_cpu64(gram, "nash_mtl")
+    n_tasks = g.shape[0]
+    agg = weighting("NashMTL", "nash_mtl", n_tasks=n_tasks, max_norm=float(max_norm), update_weights_every=1, optim_niter=int(optim_niter))
+    if state is not None and state.get("alpha") is not None:
+        agg.weighting.prvs_alpha = np.asarray(torch.as_tensor(state["alpha"], dtype=torch.float64).numpy(), dtype=np.float64)
+    if not float(g.diagonal().max()) > 0:  # every gradient zero: nothing to solve
+        return torch.ones(n_tasks, dtype=torch.float64), {"alpha": torch.as_tensor(agg.weighting.prvs_alpha, dtype=torch.float64)}
+    w = agg.weighting(gram_square_root(g)).to(torch.float64)
+    return w, {"alpha": torch.as_tensor(np.asarray(agg.weighting.prvs_alpha, dtype=np.float64))}
+
+
+def nash_mtl(grads: Tensor, max_norm: float = 0.0, optim_niter: int = 20) -> Tensor:
+    """Nash-MTL of the rows of ``grads``, one step from alpha = 1 (see
+    :func:`nash_mtl_weights_from_gram`)."""
+    return _combine_rows(grads, "nash_mtl", lambda gram: nash_mtl_weights_from_gram(gram, None, max_norm, optim_niter)[0])
