@@ -641,34 +641,60 @@ def _check_option(fn: str, name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"{fn}: {name} must be {allowed}; got {value!r}")
 
 
-def upgrad_weights_from_gram(gram: Tensor) -> Tensor:
-    """UPGrad (Quinton & Rey 2024): T times torchjd's ``UPGradWeighting()`` (mean preference:
-    the mean of the projections of every g_i onto the dual cone of all the g_j; torchjd's
-    quadprog solver, on the Gram matrix divided by its trace plus 1e-4 I)."""
+#: the ridge quadprog's dual-cone solves add to the unit gradients' Gram matrix (torchjd's
+#: default 1e-4 on the trace-normalised raw one leaves small tasks' constraints unenforced
+#: when one task is much larger)
+DUAL_CONE_REG = 1e-9
+
+
+def _dual_cone_weights(gram: Tensor, method: str, cls_name: str) -> Tensor:
+    """Weights of torchjd's dual-cone weighting ``cls_name`` (mean preference), computed on the
+    unit gradients: the dual cone {x : g_j . x >= 0} is that of the g_j / ||g_j||, so the QP
+    runs on their Gram matrix (diagonal 1) with the preference scaled by the norms, and the
+    weights are mapped back to the g_i. The same projections, but every task's constraint is
+    held to the same accuracy whatever its gradient's length."""
     from mtbench.combiners.jd import gram_cpu64, weighting
 
-    g = gram_cpu64(gram, "upgrad")
-    return g.shape[0] * weighting("UPGradWeighting", "upgrad")(g)
+    g = gram_cpu64(gram, method)
+    n_tasks = g.shape[0]
+    norms = g.diagonal().clamp_min(0).sqrt()
+    nonzero = norms > 0
+    if not bool(nonzero.any()):
+        return torch.full((n_tasks,), 1.0, dtype=torch.float64)
+    inv = torch.where(nonzero, 1.0 / torch.where(nonzero, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    units = g * inv[:, None] * inv[None, :]
+    import torchjd.linalg as jdl
+
+    projector = jdl.QuadprogProjector(reg_eps=DUAL_CONE_REG)
+    unit_weights = weighting(cls_name, method, pref_vector=norms / n_tasks, projector=projector)(units)
+    return n_tasks * unit_weights * inv
+
+
+def upgrad_weights_from_gram(gram: Tensor) -> Tensor:
+    """UPGrad (Quinton & Rey 2024): the mean of the projections of every g_i onto the dual cone
+    of all the g_j, times T. torchjd's ``UPGradWeighting`` (quadprog) computes them, on the
+    unit gradients' Gram matrix plus 1e-9 I (``DUAL_CONE_REG``); torchjd's default ``UPGrad()``
+    regularises the raw Gram matrix divided by its trace by 1e-4 I, which differs by about
+    1e-4 and leaves a task 1e4 times smaller than another practically unconstrained."""
+    return _dual_cone_weights(gram, "upgrad", "UPGradWeighting")
 
 
 def upgrad(grads: Tensor) -> Tensor:
-    """UPGrad of the rows of ``grads`` [T, D]: T x torchjd's ``UPGrad()`` (the sum of the
-    projections of the g_i onto the dual cone {x : g_j . x >= 0 for all j})."""
+    """UPGrad of the rows of ``grads`` [T, D]: the sum of the projections of the g_i onto the
+    dual cone {x : g_j . x >= 0 for all j} (T x torchjd's ``UPGrad()``, up to its ridge)."""
     return _combine_rows(grads, "upgrad", upgrad_weights_from_gram)
 
 
 def dualproj_weights_from_gram(gram: Tensor) -> Tensor:
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017, eq. 11, of the summed gradient):
-    T times torchjd's ``DualProjWeighting()`` (the mean projected onto the dual cone)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
-
-    g = gram_cpu64(gram, "dualproj")
-    return g.shape[0] * weighting("DualProjWeighting", "dualproj")(g)
+    T times torchjd's ``DualProjWeighting`` (the mean projected onto the dual cone), on the
+    unit gradients as for :func:`upgrad_weights_from_gram`."""
+    return _dual_cone_weights(gram, "dualproj", "DualProjWeighting")
 
 
 def dualproj(grads: Tensor) -> Tensor:
     """DualProj of the rows of ``grads``: sum_i g_i projected onto the dual cone of the g_j
-    (T x torchjd's ``DualProj()``)."""
+    (T x torchjd's ``DualProj()``, up to its ridge)."""
     return _combine_rows(grads, "dualproj", dualproj_weights_from_gram)
 
 
@@ -776,11 +802,12 @@ def config_weights_from_gram(gram: Tensor) -> Tensor:
     norms = g.diagonal().clamp_min(0).sqrt()
     inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     units = g * inv[:, None] * inv[None, :]
-    # pinv of the unit Gram matrix: its eigenvalues are the squared singular values of U, so
-    # the cut-off is the square of the one torch.linalg.pinv applies to U itself
+    # pinv of the unit Gram matrix: eigenvalues below its rounding level (1000 T eps of the
+    # largest) count as zero, i.e. singular values of the unit gradients below about 1e-6 T^0.5
+    # of the largest (torch.linalg.pinv of the gradients themselves keeps them down to ~1e-15)
     evals, evecs = torch.linalg.eigh(units)
-    top = float(evals.max()) if n_tasks else 0.0
-    cut = top * (max(n_tasks, 1) * torch.finfo(torch.float64).eps) ** 2 * 1e4
+    top = float(evals.max())
+    cut = top * 1000.0 * n_tasks * torch.finfo(torch.float64).eps
     keep = evals > max(cut, 1e-300)
     if not bool(keep.any()):
         return torch.zeros(n_tasks, dtype=torch.float64)
