@@ -14,9 +14,9 @@ class DualProj(GramWeighted):
     Continual Learning", eq. 11) applied to the summed gradient: the closest vector to
     sum_i g_i with g_j . x >= 0 for every task j.
 
-    The weights come from torchjd's ``DualProjWeighting`` (quadprog on the dual problem, the
-    Gram matrix divided by its trace plus 1e-4 I), fed mtbench's float64 Gram matrix
-    (:func:`functional.dualproj_weights_from_gram`). Scale: T times torchjd's ``DualProj()``
+    The weights come from torchjd's ``DualProjWeighting`` (quadprog on the dual problem) fed
+    the unit gradients' Gram matrix plus 1e-9 I, from mtbench's float64 Gram matrix
+    (:func:`functional.dualproj_weights_from_gram`, as for ``upgrad``). Scale: T times torchjd's ``DualProj()``
     (which projects the mean); with no conflict it is exactly the baseline's sum. Options:
     those of :class:`GramWeighted`, ``level`` defaulting to ``representation``.
     """

@@ -14,9 +14,11 @@ class UPGrad(GramWeighted):
 
     Each g_i is projected onto the dual cone {x : g_j . x >= 0 for every j} of the task
     gradients and the projections are summed: the result conflicts with no task. The weights
-    come from torchjd's ``UPGradWeighting`` (its quadprog solver of the dual problem, on the
-    Gram matrix divided by its trace plus 1e-4 I), fed mtbench's float64 Gram matrix
-    (:func:`functional.upgrad_weights_from_gram`). Scale: T times torchjd's ``UPGrad()`` (which
+    come from torchjd's ``UPGradWeighting`` (its quadprog solver of the dual problem) fed the
+    Gram matrix of the unit gradients g_i / ||g_i|| (the same dual cone) plus 1e-9 I, from
+    mtbench's float64 Gram matrix (:func:`functional.upgrad_weights_from_gram`; torchjd's
+    default ridge, 1e-4 on the raw Gram matrix divided by its trace, leaves a task 1e4 times
+    smaller than another practically unconstrained). Scale: T times torchjd's ``UPGrad()`` (which
     averages the projections); equal agreeing gradients give the baseline's sum. Options: those
     of :class:`GramWeighted`, ``level`` defaulting to ``representation``.
     """
