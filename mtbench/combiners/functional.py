@@ -917,7 +917,11 @@ def nash_mtl_weights_from_gram(gram: Tensor, state: Optional[dict] = None, max_n
         agg.weighting.prvs_alpha = np.asarray(torch.as_tensor(state["alpha"], dtype=torch.float64).numpy(), dtype=np.float64)
     if not float(g.diagonal().max()) > 0:  # every gradient zero: nothing to solve
         return torch.ones(n_tasks, dtype=torch.float64), {"alpha": torch.as_tensor(agg.weighting.prvs_alpha, dtype=torch.float64)}
-    w = agg.weighting(gram_square_root(g)).to(torch.float64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cvxpy: the problem is not DPP
+        w = agg.weighting(gram_square_root(g)).to(torch.float64)
     return w, {"alpha": torch.as_tensor(np.asarray(agg.weighting.prvs_alpha, dtype=np.float64))}
 
 
