@@ -2,9 +2,8 @@
 fed mtbench's own float64 Gram matrix of the per-task gradients.
 
 torchjd computes the weights of ``upgrad``, ``dualproj``, ``imtl_g``, ``aligned_mtl``,
-``cagrad``, ``fairgrad`` and ``nash_mtl`` (see each function of
-:mod:`mtbench.combiners.functional`); its solvers need optional packages (quadprog and
-qpsolvers, cvxpy, scipy), installed by ``pip install "mtbench[zoo]"``. A missing one is a
+``cagrad`` and ``fairgrad`` (see each function of :mod:`mtbench.combiners.functional`); its
+solvers need optional packages (quadprog and qpsolvers, cvxpy, scipy), installed by ``pip install "mtbench[zoo]"``. A missing one is a
 one-line :class:`~mtbench.MtbenchError` naming the package and the extra.
 """
 
@@ -24,7 +23,6 @@ NEEDS = {
     "UPGradWeighting": ("quadprog", "qpsolvers"),
     "DualProjWeighting": ("quadprog", "qpsolvers"),
     "CAGradWeighting": ("cvxpy", "clarabel"),
-    "NashMTL": ("cvxpy", "ecos"),
     "FairGradWeighting": ("scipy",),
 }
 
