@@ -352,3 +352,11 @@ def test_every_new_combiner_runs_from_the_command_line(tmp_path):
         assert proc.returncode == 0, proc.stderr[-4000:]
         m = json.loads((run_dir(cwd / "results" / "shapes40", name) / "metrics.json").read_text())
         assert m["status"] == "completed" and m["config"]["combiner"]["level"] == "params"
+
+
+@pytest.mark.parametrize("method", list(ALL))
+def test_one_task_is_its_gradient_and_all_zero_gradients_give_zero(method):
+    g = torch.randn(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    close(ALL[method](g), g[0], rtol=1e-6)
+    out = ALL[method](torch.zeros(3, 6, dtype=torch.float64))
+    assert torch.equal(out, torch.zeros(6, dtype=torch.float64))
