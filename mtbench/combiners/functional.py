@@ -14,6 +14,12 @@ and returns either one combined gradient or one weight per task:
 * :func:`mgda_weights` / :func:`mgda_weights_from_gram` -- the min-norm element of the
   convex hull of the task gradients used by MGDA-UB, from O. Sener and V. Koltun,
   "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018 (Sec. 3).
+* the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`,
+  :func:`aligned_mtl`, :func:`cagrad`, :func:`fairgrad` (their weights from torchjd's
+  weightings, fed the float64 Gram matrix), :func:`config`, :func:`gradvac` and
+  :func:`nash_mtl` (mtbench's own solvers), each with its ``*_weights_from_gram``; every
+  result is on mtbench's scale (T equal gradients g give T g), each docstring giving the
+  factor against the paper and torchjd.
 
 Randomness only ever comes from the ``generator`` argument (``None`` means torch's
 global generator), and each function documents exactly which draws it makes, so that
