@@ -256,7 +256,7 @@ def build(name: str, **options):
 def test_registered_after_the_papers_nine_and_gram_weighted():
     names = list(COMBINERS)
     assert names[:9] == ["baseline", "clip", "gradpenalty", "mgda", "pcgrad", "gradnorm", "random_graddrop", "graddrop", "gradnorm_graddrop"]
-    assert names[9:18] == NEW
+    assert [n for n in names[9:] if n in NEW] == NEW  # after the nine (with any other additions)
     for name in NEW:
         cls = COMBINERS[name]
         assert issubclass(cls, GramWeighted) and cls.style is not None
