@@ -27,13 +27,26 @@ from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
+from mtbench.combiners.upgrad import UPGrad
+from mtbench.combiners.cagrad import CAGrad
+from mtbench.combiners.nash_mtl import NashMTL
+from mtbench.combiners.imtl_g import IMTLG
+from mtbench.combiners.aligned_mtl import AlignedMTL
+from mtbench.combiners.dualproj import DualProj
+from mtbench.combiners.fairgrad import FairGrad
+from mtbench.combiners.config import ConFIG
+from mtbench.combiners.gradvac import GradVac
 from mtbench.variant import register_resolver
 
-#: the built-in combiners by config name, in the paper's order (the table's row order, the
-#: sweep's order); each class carries its options (``options``) and plot style (``style``)
+#: the built-in combiners by config name: the paper's nine in the paper's order (the table's
+#: row order, the sweep's order), then the gradient-level methods of the Gram matrix; each
+#: class carries its options (``options``) and plot style (``style``)
 COMBINERS: dict[str, type[Combiner]] = {
     cls.name: cls
-    for cls in (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
+    for cls in (
+        Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop,
+        UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac,
+    )
 }
 
 __all__ = ["COMBINERS", "Combiner", "GramWeighted", "Step", "build_combiner"]

@@ -1,0 +1,61 @@
+"""The bridge to torchjd (https://github.com/TorchJD/torchjd, MIT): its weightings of a Gramian,
+fed mtbench's own float64 Gram matrix of the per-task gradients.
+
+torchjd computes the weights of ``upgrad``, ``dualproj``, ``imtl_g``, ``aligned_mtl``,
+``cagrad`` and ``fairgrad`` (see each function of :mod:`mtbench.combiners.functional`); its
+solvers need optional packages (quadprog and qpsolvers, cvxpy, scipy), installed by ``pip install "mtbench[zoo]"``. A missing one is a
+one-line :class:`~mtbench.MtbenchError` naming the package and the extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from mtbench import MtbenchError
+
+__all__ = ["gram_cpu64", "weighting"]
+
+#: the optional packages each torchjd weighting imports
+NEEDS = {
+    "UPGradWeighting": ("quadprog", "qpsolvers"),
+    "DualProjWeighting": ("quadprog", "qpsolvers"),
+    "CAGradWeighting": ("cvxpy", "clarabel"),
+    "FairGradWeighting": ("scipy",),
+}
+
+
+def _missing(packages: tuple[str, ...]) -> list[str]:
+    from importlib.util import find_spec
+
+    return [p for p in packages if find_spec(p) is None]
+
+
+def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
+    """An instance of ``torchjd.aggregation.<cls_name>(**kwargs)``, or a one-line MtbenchError
+    naming what to install for ``method``."""
+    missing = _missing(("torchjd",) + NEEDS.get(cls_name, ()))
+    if missing:
+        raise MtbenchError(
+            f"{method} needs the package(s) {', '.join(missing)}: pip install \"mtbench[zoo]\" (or pip install {' '.join(missing)})"
+        )
+    import torchjd.aggregation as aggregation
+
+    factory: Callable[..., Any] = getattr(aggregation, cls_name)
+    try:
+        return factory(**kwargs)
+    except ImportError as e:  # a dependency torchjd checks for itself
+        raise MtbenchError(f"{method}: {e} (pip install \"mtbench[zoo]\")") from None
+
+
+def gram_cpu64(gram: Tensor, fn: str) -> Tensor:
+    """A square Gram matrix as a symmetric float64 CPU tensor (no graph), checked finite."""
+    if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
+        raise ValueError(f"{fn}: gram must be a square [T, T] tensor with T >= 1; got {shape}")
+    g = gram.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError(f"{fn}: the gradients (or their Gram matrix) contain NaN or infinite values")
+    return 0.5 * (g + g.T)

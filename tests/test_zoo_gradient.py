@@ -1,0 +1,362 @@
+"""The gradient-level methods of the Gram matrix (upgrad, cagrad, nash_mtl, imtl_g, aligned_mtl,
+dualproj, fairgrad, config, gradvac) against torchjd's aggregators on the same matrices, adversarial
+ones included, with each documented scale factor; their scale, options, state and the command
+line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torchjd.aggregation as jd
+from torchjd.linalg import QuadprogProjector
+
+from conftest import TINY, run_cli, run_dir
+from mtbench import MtbenchError
+from mtbench.combiners import COMBINERS, GramWeighted, build_combiner
+from mtbench.combiners import functional as F
+from omegaconf import OmegaConf
+
+NEW = ["upgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj", "fairgrad", "config", "gradvac"]
+
+
+def matrices() -> dict[str, torch.Tensor]:
+    """[T, D] float64 stacks: random, and the adversarial cases."""
+    gen = torch.Generator().manual_seed(0)
+    rand = torch.randn(5, 20, generator=gen, dtype=torch.float64)
+    g = torch.randn(12, generator=gen, dtype=torch.float64)
+    h = torch.randn(12, generator=gen, dtype=torch.float64)
+    large = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    large[2] *= 1e4
+    zero = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    zero[1] = 0.0
+    return {
+        "random": rand,
+        "agreeing": torch.stack([g, g, g]),
+        "conflict": torch.stack([g, -g, h]),
+        "zero_task": zero,
+        "one_1e4_larger": large,
+        "T_gt_D": torch.randn(8, 3, generator=gen, dtype=torch.float64),
+    }
+
+
+MATS = matrices()
+
+
+def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-6, floor: float = 1e-300) -> None:
+    """Equal at float32 rounding or better, relative to the larger of the two results' norms
+    (and of ``floor``, e.g. the plain sum's norm, for results that are nearly zero)."""
+    scale = max(float(ref.norm()), float(ours.norm()), floor)
+    err = float((ours - ref).norm())
+    assert err <= rtol * scale, f"|ours - ref| = {err:.3g}, |ref| = {float(ref.norm()):.3g}, |ours| = {float(ours.norm()):.3g}"
+
+
+# (our function, torchjd's aggregator, the documented factor ours / torchjd's)
+STATELESS = {
+    # torchjd with the ridge 1e-9 of ours (its default 1e-4 is a 1e-4 regularisation)
+    "upgrad": (F.upgrad, lambda T: jd.UPGrad(projector=QuadprogProjector(reg_eps=1e-9)), lambda T: T),
+    "dualproj": (F.dualproj, lambda T: jd.DualProj(projector=QuadprogProjector(reg_eps=1e-9)), lambda T: T),
+    "imtl_g": (F.imtl_g, lambda T: jd.IMTLG(), lambda T: T),
+    "aligned_mtl": (F.aligned_mtl, lambda T: jd.AlignedMTL(), lambda T: T),
+    "cagrad": (F.cagrad, lambda T: jd.CAGrad(c=0.4), lambda T: T / 1.4),
+    "config": (F.config, lambda T: jd.ConFIG(), lambda T: 1.0),
+    "fairgrad_raw": (lambda J: F.fairgrad(J, rescale=False), lambda T: jd.FairGrad(alpha=1.0), lambda T: 1.0),
+}
+
+
+#: FairGrad on a zero task or an exact conflict has no finite solution of G w = w^(-1/alpha):
+#: test_fairgrad_without_a_solution
+PAIRS = [(m, x) for m in STATELESS for x in MATS if not (m == "fairgrad_raw" and x in ("zero_task", "conflict"))]
+
+
+@pytest.mark.parametrize("method, matrix", PAIRS)
+def test_equals_torchjd_times_the_documented_factor(method, matrix):
+    ours_fn, ref_agg, factor = STATELESS[method]
+    J = MATS[matrix]
+    T = J.shape[0]
+    if method in ("upgrad", "dualproj") and matrix == "one_1e4_larger":
+        # torchjd's QP on the raw Gram matrix: its ridge drowns the small tasks; the same
+        # projections of the unit rows (same dual cone), preference scaled by the norms
+        n = J.norm(dim=1)
+        agg = (jd.UPGrad if method == "upgrad" else jd.DualProj)(pref_vector=n / T, projector=QuadprogProjector(reg_eps=1e-9))
+        close(ours_fn(J), agg(J / n[:, None]) * T)
+        return
+    close(ours_fn(J), ref_agg(T)(J) * factor(T), floor=float(J.sum(0).norm()))
+
+
+def test_cagrad_other_c_and_aligned_mtl_other_scales():
+    J = MATS["random"]
+    for c in (0.0, 0.9):
+        close(F.cagrad(J, c=c), jd.CAGrad(c=c)(J) * (5 / (1 + c)))
+    for mode in ("median", "rmse"):
+        close(F.aligned_mtl(J, scale_mode=mode), jd.AlignedMTL(scale_mode=mode)(J) * 5)
+    close(F.fairgrad(J, alpha=2.0, rescale=False), jd.FairGrad(alpha=2.0)(J))
+
+
+def test_fairgrad_rescaled_is_the_baseline_sum_projected_on_its_direction():
+    J = MATS["random"]
+    raw = jd.FairGrad(alpha=1.0)(J)
+    direction = raw / raw.norm()
+    close(F.fairgrad(J), (J.sum(0) @ direction) * direction)
+    # every task progresses along FairGrad's direction (the alpha-fair condition g_i . d > 0)
+    assert bool((J @ F.fairgrad(J) > 0).all())
+
+
+def test_fairgrad_without_a_solution():
+    """(g, -g, h) and a zero task have no finite w > 0 with G w = w^(-1/alpha): the weights stay
+    finite and the result is finite."""
+    for name in ("conflict", "zero_task"):
+        out = F.fairgrad(MATS[name])
+        assert bool(torch.isfinite(out).all()), name
+
+
+@pytest.mark.parametrize("matrix", list(MATS))
+def test_gradvac_equals_torchjd_over_steps_with_the_same_draws(matrix):
+    """Three successive steps, the EMA carried: torchjd draws from the global generator, ours from
+    the given one, seeded alike."""
+    J = MATS[matrix]
+    ref = jd.GradVac(beta=0.5)
+    phi = None
+    for k in range(3):
+        Jk = J * (1 + 0.3 * k) + 0.05 * k
+        torch.manual_seed(10 + k)
+        expected = ref(Jk)
+        gen = torch.Generator().manual_seed(10 + k)
+        weights, phi = F.gradvac_weights_from_gram(Jk @ Jk.T, phi, beta=0.5, generator=gen)
+        close(weights @ Jk, expected)
+
+
+def test_gradvac_changes_conflicting_gradients_and_its_draws_come_from_the_generator():
+    J = MATS["conflict"]
+    a = F.gradvac(J, generator=torch.Generator().manual_seed(1))
+    b = F.gradvac(J, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, J.sum(0))  # the conflicting pair was corrected
+    # a warm EMA target raises even agreeing-but-not-aligned pairs
+    rand = MATS["random"]
+    _, phi = F.gradvac_weights_from_gram(rand @ rand.T, generator=torch.Generator().manual_seed(0))
+    phi_high = torch.full_like(phi, 0.9)
+    w, _ = F.gradvac_weights_from_gram(rand @ rand.T, phi_high, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(w, torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("matrix", ["random", "agreeing", "one_1e4_larger", "zero_task"])
+def test_nash_mtl_solves_the_bargaining_equation(matrix):
+    """The paper's alpha (rescale=False): every task's share g_i . d equals 1 / alpha_i (a zero
+    task has none); ||d||^2 = T."""
+    J = MATS[matrix]
+    G = J @ J.T
+    w, _ = F.nash_mtl_weights_from_gram(G, rescale=False)
+    shares = G @ w
+    live = J.norm(dim=1) > 0
+    assert torch.allclose(w[live] * shares[live], torch.ones(int(live.sum()), dtype=torch.float64), rtol=0, atol=1e-6)
+    assert abs(float(w @ G @ w) - int(live.sum())) < 1e-5
+
+
+def test_nash_mtl_equals_torchjd_where_torchjds_iterations_converge():
+    """torchjd's NashMTL (the authors' algorithm) converges on a well-conditioned matrix: the
+    same weights. (On the adversarial ones it stops early, with negative shares.) Warm-started
+    steps too."""
+    J = MATS["random"]
+    ref = jd.NashMTL(n_tasks=5, max_norm=0.0)
+    alpha = None
+    for k in range(3):
+        Jk = J * (1 + 0.5 * k) + 0.1 * k
+        expected = ref(Jk)
+        w, alpha = F.nash_mtl_weights_from_gram(Jk @ Jk.T, alpha, rescale=False)
+        close(w @ Jk, expected, rtol=1e-6)
+
+
+def test_nash_mtl_rescaled_and_clipped():
+    J = MATS["random"]
+    raw = F.nash_mtl(J, rescale=False)
+    direction = raw / raw.norm()
+    close(F.nash_mtl(J), (J.sum(0) @ direction) * direction)
+    clipped = F.nash_mtl(J * 10, max_norm=1.0)
+    assert abs(float(clipped.norm()) - 1.0) < 1e-9
+    close(clipped / clipped.norm(), direction)
+
+
+def test_nash_mtl_without_a_solution_stays_finite_and_adds_nothing_along_the_null_combination():
+    for name in ("conflict", "T_gt_D"):
+        J = MATS[name]
+        out = F.nash_mtl(J)
+        assert bool(torch.isfinite(out).all()), name
+    g = MATS["agreeing"][0]
+    assert float(F.nash_mtl(torch.stack([g, -g])).norm()) < 1e-6 * float(g.norm())
+
+
+ALL = {
+    "upgrad": F.upgrad,
+    "cagrad": F.cagrad,
+    "nash_mtl": F.nash_mtl,
+    "imtl_g": F.imtl_g,
+    "aligned_mtl": F.aligned_mtl,
+    "dualproj": F.dualproj,
+    "fairgrad": F.fairgrad,
+    "config": F.config,
+    "gradvac": lambda J: F.gradvac(J, generator=torch.Generator().manual_seed(0)),
+}
+
+
+@pytest.mark.parametrize("method", list(ALL))
+def test_equal_agreeing_gradients_give_the_baselines_sum(method):
+    """mtbench's scale: T equal gradients g give T g (the plain sum of the losses' gradients)."""
+    for T in (2, 3, 7):
+        g = torch.linspace(-1, 2, 9, dtype=torch.float64) * 3.0
+        J = g.expand(T, -1).clone()
+        close(ALL[method](J), T * g, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", list(ALL))
+def test_every_result_is_finite_on_the_adversarial_matrices_and_keeps_dtype(method):
+    for name, J in MATS.items():
+        out = ALL[method](J.float())
+        assert out.dtype == torch.float32 and out.shape == J.shape[1:]
+        assert bool(torch.isfinite(out).all()), name
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_the_dual_cone_methods_conflict_with_no_task(method):
+    for name in ("random", "conflict", "one_1e4_larger", "zero_task"):
+        J = MATS[name]
+        out = ALL[method](J)
+        # the unit gradients' Gram matrix is regularised by 1e-9 I: every task's cosine >= -1e-8
+        assert bool((J @ out >= -1e-8 * J.norm(dim=1) * out.norm()).all()), name
+    # 8 gradients spanning R^3: the dual cone is {0}; the regularised solver gives nearly 0
+    J = MATS["T_gt_D"]
+    assert float(ALL[method](J).norm()) < 1e-2 * float(J.sum(0).norm())
+    g = MATS["agreeing"][0]
+    assert float(ALL[method](torch.stack([g, -g])).norm()) < 1e-12 * float(g.norm())
+
+
+def test_config_has_equal_cosines_to_every_task():
+    J = MATS["random"]
+    out = F.config(J)
+    cos = (J @ out) / (J.norm(dim=1) * out.norm())
+    assert float(cos.max() - cos.min()) < 1e-9 and float(cos.min()) > 0
+
+
+def test_imtl_g_has_equal_projections_on_the_unit_gradients():
+    J = MATS["random"]
+    out = F.imtl_g(J)
+    proj = (J @ out) / J.norm(dim=1)
+    assert float(proj.max() - proj.min()) < 1e-9 * float(proj.abs().max())
+
+
+# -- the combiners ------------------------------------------------------------------------------
+
+
+def build(name: str, **options):
+    return build_combiner(OmegaConf.create({"name": name, **options}), num_tasks=3)
+
+
+def test_registered_after_the_papers_nine_and_gram_weighted():
+    names = list(COMBINERS)
+    assert names[:9] == ["baseline", "clip", "gradpenalty", "mgda", "pcgrad", "gradnorm", "random_graddrop", "graddrop", "gradnorm_graddrop"]
+    assert [n for n in names[9:] if n in NEW] == NEW  # after the nine (with any other additions)
+    for name in NEW:
+        cls = COMBINERS[name]
+        assert issubclass(cls, GramWeighted) and cls.style is not None
+        assert cls.defaults["level"] == "representation"
+    styles = [COMBINERS[n].style for n in names]
+    assert len(set(styles)) == len(styles)
+
+
+@pytest.mark.parametrize(
+    "name, option, value, message",
+    [
+        ("cagrad", "c", -0.1, "combiner.c must be a finite number >= 0 (got -0.1)"),
+        ("fairgrad", "alpha", 0, "combiner.alpha must be a finite number > 0 (got 0)"),
+        ("fairgrad", "alpha", -1.0, "combiner.alpha must be a finite number > 0 (got -1.0)"),
+        ("gradvac", "beta", 1.5, "combiner.beta must be a finite number >= 0 and <= 1 (got 1.5)"),
+        ("nash_mtl", "max_norm", -1.0, "combiner.max_norm must be a finite number >= 0 (got -1.0)"),
+        ("nash_mtl", "update_weights_every", 0, "combiner.update_weights_every must be an integer >= 1 (got 0)"),
+        ("aligned_mtl", "scale_mode", "max", "combiner.scale_mode='max' is not allowed for combiner=aligned_mtl; choose one of: min, median, rmse"),
+    ],
+)
+def test_an_option_out_of_range_is_one_line_naming_it(name, option, value, message):
+    with pytest.raises(MtbenchError) as err:
+        build(name, **{option: value})
+    assert str(err.value) == message
+
+
+def test_a_missing_solver_is_one_line_naming_the_package_and_extra(monkeypatch):
+    import importlib.util
+
+    from mtbench.combiners import jd as bridge
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "quadprog" else real(name, *a))
+    with pytest.raises(MtbenchError) as err:
+        build("upgrad")
+    text = str(err.value)
+    assert "\n" not in text and "quadprog" in text and 'mtbench[zoo]' in text
+    assert bridge.NEEDS["CAGradWeighting"] == ("cvxpy", "clarabel")
+    build("nash_mtl")  # mtbench's own solver: needs none
+
+
+def test_gradvac_state_resumes_to_the_same_weights():
+    gen = torch.Generator().manual_seed(0)
+    grams = [(lambda J: J @ J.T)(torch.randn(3, 7, generator=gen, dtype=torch.float64)) for _ in range(3)]
+
+    class S:  # the part of a Step the weights read
+        def __init__(self, seed):
+            self.cpu_generator = torch.Generator().manual_seed(seed)
+
+    a = build("gradvac", beta=0.3)
+    a.gram_weights(grams[0], S(0))
+    saved = a.state_dict()
+    ref = [a.gram_weights(grams[k], S(k)) for k in (1, 2)]
+    b = build("gradvac", beta=0.3)
+    b.load_state_dict(saved)
+    assert all(torch.equal(b.gram_weights(grams[k], S(k)), ref[k - 1]) for k in (1, 2))
+    assert b.phi is not None and float(b.phi.abs().sum()) > 0
+
+
+def test_nash_mtl_state_resumes_to_the_same_weights():
+    gen = torch.Generator().manual_seed(1)
+    grams = [(lambda J: J @ J.T)(torch.randn(3, 7, generator=gen, dtype=torch.float64)) for _ in range(4)]
+    for every in (1, 2):
+        a = build("nash_mtl", update_weights_every=every)
+        a.gram_weights(grams[0], None)
+        saved = a.state_dict()
+        ref = [a.gram_weights(g, None) for g in grams[1:]]
+        b = build("nash_mtl", update_weights_every=every)
+        b.load_state_dict(saved)
+        got = [b.gram_weights(g, None) for g in grams[1:]]
+        for x, y in zip(got, ref):
+            close(x, y, rtol=1e-12)
+    # reused between updates
+    c = build("nash_mtl", update_weights_every=2)
+    w0 = c.gram_weights(grams[0], None).clone()
+    assert torch.equal(c.gram_weights(grams[1], None), w0)
+    assert not torch.equal(c.gram_weights(grams[2], None), w0)
+
+
+def test_every_new_combiner_runs_from_the_command_line(tmp_path):
+    """`mtbench -m combiner=<the nine>` on a tiny shapes40, and two at level=params."""
+    args = [a for a in TINY if not a.startswith("trainer.epochs")] + ["trainer.epochs=1", "~hydra.callbacks.tables"]
+    proc = run_cli("mtbench", ["-m", f"combiner={','.join(NEW)}", *args], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in NEW:
+        m = json.loads((run_dir(tmp_path / "results" / "shapes40", name) / "metrics.json").read_text())
+        assert m["status"] == "completed", (name, m.get("reason"))
+        assert math.isfinite(m["test"]["error_rate"])
+    for name in ("upgrad", "gradvac"):
+        cwd = tmp_path / f"params-{name}"
+        cwd.mkdir()
+        proc = run_cli("mtbench", [f"combiner={name}", "combiner.level=params", *args], cwd=cwd)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        m = json.loads((run_dir(cwd / "results" / "shapes40", name) / "metrics.json").read_text())
+        assert m["status"] == "completed" and m["config"]["combiner"]["level"] == "params"
+
+
+@pytest.mark.parametrize("method", list(ALL))
+def test_one_task_is_its_gradient_and_all_zero_gradients_give_zero(method):
+    g = torch.randn(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    close(ALL[method](g), g[0], rtol=1e-6)
+    out = ALL[method](torch.zeros(3, 6, dtype=torch.float64))
+    assert torch.equal(out, torch.zeros(6, dtype=torch.float64))
