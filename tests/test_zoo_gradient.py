@@ -14,7 +14,7 @@ import torchjd.aggregation as jd
 from torchjd.linalg import QuadprogProjector
 
 from conftest import TINY, run_cli, run_dir
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, GramWeighted, build_combiner
 from mtbench.combiners import functional as F
 from omegaconf import OmegaConf

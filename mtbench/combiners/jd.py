@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from mtbench import MtbenchError
+from mtbench.errors import MtbenchError
 
 __all__ = ["gram_cpu64", "weighting"]
 
