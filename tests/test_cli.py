@@ -147,3 +147,14 @@ def test_unknown_name_lists_choices(tmp_path, group):
     assert proc.returncode != 0
     assert f"Could not find '{group}/nope'" in proc.stderr
     assert f"Available options in '{group}'" in proc.stderr
+
+
+def test_multirun_flag_anywhere_on_the_command_line(tmp_path, tiny):
+    """`-m` after an override (`mtbench name=x -m ...`) starts the sweep like `mtbench -m name=x ...`."""
+    args = ["name=late_flag", "-m", "combiner=baseline", "seed=0,1", *tiny, "trainer.epochs=1"]
+    proc = run_cli("mtbench", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unrecognized arguments" not in proc.stderr
+    for seed in (0, 1):
+        m = json.loads((run_dir(tmp_path / "results" / "late_flag", "baseline", seed) / "metrics.json").read_text())
+        assert m["status"] == "completed" and m["seed"] == seed
