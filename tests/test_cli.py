@@ -90,7 +90,7 @@ def test_table_files(sweep):
     md = (folder / "table.md").read_text()
     assert md.count("\n") == 2 + len(COMBINERS) and " ± " in md
     tex = (folder / "table.tex").read_text()
-    assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
+    assert tex.splitlines()[1].startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
 
 
 def test_mtbench_table_rebuilds(sweep):

@@ -161,7 +161,8 @@ def test_celeba_table(celeba):
     assert tables.paper_file is not None and tables.paper_file.name == "celeba.csv"
 
     tex = (celeba / "table.tex").read_text()
-    assert tex.startswith(r"\begin{tabular}{lrrrrrrrl}")
+    assert tex.splitlines()[0].startswith("%") and "booktabs" in tex.splitlines()[0]  # its rules are booktabs'
+    assert tex.splitlines()[1].startswith(r"\begin{tabular}{lrrrrrrrl}")
     assert r"\textbf{8.50 $\pm$ 0.05}" in tex and r"\textbf{8.52}" in tex and "better, p=" in tex
     assert "random" not in tex and "n.s., p=" in tex and r"p $<$ 0.05" in tex
 
@@ -179,7 +180,8 @@ def test_per_attribute_table(celeba):
     assert md[2] == "| smiling | 50.0 | 10.01 | +1.00 | +0.50 | -1.00 |"
     assert md[-3] == "| helped (Δ < 0) |  |  | 0 | 1 | 2 |"
     assert md[-2] == "| hurt (Δ > 0) |  |  | 3 | 2 | 1 |"
-    assert (celeba / "per_attribute.tex").read_text().startswith(r"\begin{tabular}")
+    head, first = (celeba / "per_attribute.tex").read_text().splitlines()[:2]
+    assert "usepackage{booktabs}" in head and first.startswith(r"\begin{tabular}")
 
 
 def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
@@ -246,3 +248,40 @@ def test_mtbench_table_options(celeba, tmp_path):
     assert "paper error rate (%)" in proc.stdout
     proc = run_cli("mtbench-table", ["--paper", str(tmp_path / "nope.csv"), str(celeba)], cwd=tmp_path)
     assert proc.returncode == 1 and "is not a file" in proc.stderr
+
+
+def _figures(folder: Path):
+    from mtbench.report.load import completed_with_speed, load_runs
+    from mtbench.report.plots import error_vs_speed_figure, load_histories, val_curves_figure
+
+    runs, _, _, columns = load_runs(folder)
+    done = completed_with_speed(runs)
+    return error_vs_speed_figure(done, columns, "t"), val_curves_figure(load_histories(done), columns, "t")
+
+
+def _legend_texts(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts() if t.get_text()]
+
+
+def test_plot_legends_list_only_what_is_drawn(tmp_path):
+    one = tmp_path / "one"
+    for name, err in (("baseline", 10.0), ("graddrop", 9.0)):
+        write_run(one, name, 0, err, 50.0, 0.01, task="shapes40", epochs=1)
+    speed, curves = _figures(one)
+    ax = speed.axes[0]
+    assert _legend_texts(ax.get_legend()) == ["baseline (n=1)", "graddrop (n=1)"]
+    assert len(ax.collections) == 2  # one marker per row: no per-seed marks under the means
+    assert _legend_texts(curves.legends[0]) == ["the run", "the baseline, for reference"]
+    # a 1-epoch curve: integer epoch ticks only
+    ticks = [t for t in curves.axes[0].get_xticks() if curves.axes[0].get_xlim()[0] <= t <= curves.axes[0].get_xlim()[1]]
+    assert ticks == [1.0]
+
+    three = tmp_path / "three"
+    for seed in range(3):
+        for name, err in (("baseline", 10.0), ("graddrop", 9.0)):
+            write_run(three, name, seed, err + 0.1 * seed, 50.0, 0.01, task="shapes40", epochs=2)
+    speed, curves = _figures(three)
+    assert _legend_texts(speed.axes[0].get_legend()) == ["baseline (n=3)", "graddrop (n=3)", "mean over seeds", "one seed"]
+    assert _legend_texts(curves.legends[0]) == ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
+    axis = curves.axes[0]
+    assert [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]] == [1.0, 2.0]

@@ -66,6 +66,10 @@ SIG_HEADER = f"vs baseline (Welch t-test, p < {ALPHA:g})"
 SOURCE_RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
+#: first line of every ``.tex`` table written: the rules are booktabs' (``\toprule`` ...)
+TEX_HEADER = "% mtbench table: needs \\usepackage{booktabs} in the preamble (\\toprule, \\midrule, \\bottomrule)\n"
+
+
 class NoRuns(Exception):
     pass
 
@@ -482,7 +486,7 @@ def write_tuned(folder: Path | str, runs: pd.DataFrame | None = None, columns=No
     written = [folder / "table_tuned.csv", folder / "table_tuned.md", folder / "table_tuned.tex"]
     atomic_write_text(written[0], frame.to_csv(index=False))
     atomic_write_text(written[1], md)
-    atomic_write_text(written[2], tex)
+    atomic_write_text(written[2], TEX_HEADER + tex)
     return frame, md, written
 
 
@@ -524,12 +528,12 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
     atomic_write_text(folder / "table.csv", table.to_csv(index=False))
     atomic_write_text(folder / "table.md", md)
-    atomic_write_text(folder / "table.tex", tex)
+    atomic_write_text(folder / "table.tex", TEX_HEADER + tex)
     per_attr = per_attribute_table(load_per_attribute(runs), runs)
     if per_attr is not None:
         atomic_write_text(folder / "per_attribute.csv", per_attr.to_csv(index=False))
         atomic_write_text(folder / "per_attribute.md", per_attribute_markdown(per_attr))
-        atomic_write_text(folder / "per_attribute.tex", per_attribute_latex(per_attr))
+        atomic_write_text(folder / "per_attribute.tex", TEX_HEADER + per_attribute_latex(per_attr))
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
     tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
     if select == "val" or has_variants(runs):
