@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,13 @@ __all__ = [
 
 log = logging.getLogger("mtbench")
 
-#: steps between progress-bar updates (the only host synchronisations inside an epoch)
+#: steps between the logging interval's reads (the NaN watch, the GPU step times: with the
+#: progress bar's refreshes, the only host synchronisations inside an epoch)
 LOG_EVERY = 20
+
+#: seconds between progress-bar refreshes (when the bar is shown): the host's clock is read at
+#: each step (no synchronisation), the device only when the bar is refreshed
+REFRESH_S = 1.0
 
 
 class TrainingFailed(Exception):
@@ -105,6 +111,8 @@ class Trainer:
         self.eval_batch_size = int(tcfg.eval_batch_size)
         self.steps_per_epoch = math.ceil(len(task.train) / self.batch_size)
         self.show = bool(tcfg.progress) and sys.stderr.isatty()
+        self.clock = time.monotonic  # the progress bar's refresh clock
+        self.bar: Any = None  # the epoch's progress bar, closed by close_bar
 
         self.state = RunState(epoch_start_data_rng=self.data_gen.get_state())  # saved in checkpoints
         self.ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
@@ -133,7 +141,8 @@ class Trainer:
         bad_tasks = torch.zeros(task.num_tasks, dtype=torch.bool, device=device)
         bad_kind = torch.zeros((), dtype=torch.long, device=device)  # 1 loss, 2 gradient
         loss_sum = torch.full((), state.loss_sum, device=device)
-        bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
+        bar = self.bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
+        refreshed = self.clock()
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
             if i < state.step:
                 continue  # replaying the order of an epoch resumed mid-way
@@ -149,17 +158,26 @@ class Trainer:
             loss_sum += losses.detach().sum()
             _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
             last = i + 1 == steps
-            if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None:
+            due = self.show and self.clock() - refreshed >= REFRESH_S  # by time, about once a second
+            if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None or due:
                 state.add_step_times(self.timer.flush())  # the GPU steps' times since the last interval
                 if int(first_bad) >= 0:
                     raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
                 state.loss_sum = float(loss_sum)
-                bar.set_postfix(loss=f"{state.loss_sum / (i + 1):.4f}", ex_s=f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}")
+                bar.set_postfix({"loss": f"{state.loss_sum / (i + 1):.4f}", "img/s": f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}"}, refresh=False)
                 bar.update(i + 1 - bar.n)
+                refreshed = self.clock()
             if stop.signum is not None and not last:
+                self.close_bar()  # the message that follows starts on its own line
                 self.checkpoint()
                 raise Interrupted(stop.signum, f"at epoch {epoch}, step {i + 1}")
-        bar.close()
+        self.close_bar()
+
+    def close_bar(self) -> None:
+        """Close the epoch's progress bar (its line cleared): before any message."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def end_epoch(self) -> dict[str, Any]:
         """After the epoch's steps: the schedule's step, the validation metrics, the history
@@ -234,7 +252,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
         pause_point("steps")
         while run.state.epoch <= run.epochs:
             epoch = run.state.epoch
-            run.train_epoch(stop)
+            try:
+                run.train_epoch(stop)
+            finally:  # a failure or an interrupt: the bar is gone before its message
+                run.close_bar()
             run.end_epoch()
             if on_epoch is not None:
                 on_epoch(run.state.history)
