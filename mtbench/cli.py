@@ -248,6 +248,21 @@ def _multirun_first(argv: list[str]) -> list[str]:
     return flags[:1] + [a for a in argv if a not in MULTIRUN_FLAGS] if flags else argv
 
 
+def _resolve_shown_config(argv: list[str]) -> list[str]:
+    """``--cfg job`` and ``--cfg all`` print the config resolved (``name: shapes40``, not
+    ``name: ${task.name}``): ``--resolve`` is added unless given. ``--cfg hydra`` stays as Hydra
+    prints it (its keys refer to the job's, which it cannot resolve alone)."""
+    if "--resolve" in argv:
+        return argv
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--cfg", "-c") and argv[i + 1] in ("job", "all"):
+            return [*argv, "--resolve"]
+    for arg in argv:
+        if arg in ("--cfg=job", "--cfg=all", "-cjob", "-call"):
+            return [*argv, "--resolve"]
+    return argv
+
+
 def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
     """Check the command line's overrides (``overrides.check``); the argv Hydra should get and
     whether it is a multirun."""
@@ -256,6 +271,7 @@ def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
     from mtbench.overrides import check
 
     argv = _multirun_first(argv)
+    argv = _resolve_shown_config(argv)
 
     try:
         args = get_args_parser().parse_args(argv)

@@ -158,3 +158,25 @@ def test_multirun_flag_anywhere_on_the_command_line(tmp_path, tiny):
     for seed in (0, 1):
         m = json.loads((run_dir(tmp_path / "results" / "late_flag", "baseline", seed) / "metrics.json").read_text())
         assert m["status"] == "completed" and m["seed"] == seed
+
+
+def test_help_is_mtbench_own(tmp_path):
+    proc = run_cli("mtbench", ["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "is powered by Hydra" not in text and text.startswith("mtbench: a benchmark of gradient combiners")
+    assert "mtbench -m" in text and "mtbench-table results/<name>" in text and "docs/" in text and "README" in text
+    assert "results/<name>/runs/<combiner>/<variant>/seed=<seed>/" in text
+    # the config groups and their choices, as packaged
+    for group in ("combiner", "task", "model", "experiment"):
+        choices = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(choices)}" in text
+
+
+def test_cfg_job_is_resolved(tmp_path):
+    proc = run_cli("mtbench", ["--cfg", "job", "task.n_train=64"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["name"] == "shapes40" and cfg["task"]["n_train"] == 64 and "${" not in proc.stdout
+    hydra_cfg = run_cli("mtbench", ["--cfg", "hydra"], cwd=tmp_path)  # Hydra's part, as Hydra prints it
+    assert hydra_cfg.returncode == 0 and "sweep:" in hydra_cfg.stdout, hydra_cfg.stderr
