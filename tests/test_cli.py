@@ -165,7 +165,7 @@ def test_help_is_mtbench_own(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "is powered by Hydra" not in text and text.startswith("mtbench: a benchmark of gradient combiners")
-    assert "mtbench -m" in text and "mtbench-table results/<name>" in text and "docs/" in text and "README" in text
+    assert "mtbench -m" in text and "mtbench-table results/<name>" in text and "mtbench-fake celeba" in text and "docs/" in text and "README" in text
     assert "results/<name>/runs/<combiner>/<variant>/seed=<seed>/" in text
     # the config groups and their choices, as packaged
     for group in ("combiner", "task", "model", "experiment"):
@@ -180,3 +180,14 @@ def test_cfg_job_is_resolved(tmp_path):
     assert cfg["name"] == "shapes40" and cfg["task"]["n_train"] == 64 and "${" not in proc.stdout
     hydra_cfg = run_cli("mtbench", ["--cfg", "hydra"], cwd=tmp_path)  # Hydra's part, as Hydra prints it
     assert hydra_cfg.returncode == 0 and "sweep:" in hydra_cfg.stdout, hydra_cfg.stderr
+
+
+def test_mtbench_fake_bad_input_is_one_line(tmp_path):
+    for args, fix in ((["celeba", "--root", str(tmp_path / "d"), "--n", "0"], "give at least 1 image"), ([], "name the dataset")):
+        proc = run_cli("mtbench-fake", args, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mtbench-fake: error:") and fix in proc.stderr
+    assert not (tmp_path / "d").exists()
+    proc = run_cli("mtbench-fake", ["cifar100", "--root", str(tmp_path / "c"), "--n", "8"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "c" / "cifar-100-python").iterdir()} == {"train", "test", "meta"}

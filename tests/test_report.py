@@ -16,7 +16,7 @@ from mtbench.report.significance import betainc, t_cdf, t_sf_two_sided, welch_t_
 from mtbench.report.table import SIG_HEADER, build_tables, report
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT / "results" / "paper" / "celeba.csv"
+PAPER = ROOT / "mtbench" / "report" / "paper" / "celeba.csv"
 COLUMNS = [["error_rate", "error rate (%)", False], ["max_f1", "max F1", True]]
 ATTRS = ["smiling", "young", "male"]
 
@@ -285,3 +285,25 @@ def test_plot_legends_list_only_what_is_drawn(tmp_path):
     assert _legend_texts(curves.legends[0]) == ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
     axis = curves.axes[0]
     assert [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]] == [1.0, 2.0]
+
+
+def test_packaged_paper_numbers_and_the_note_without_them(tmp_path):
+    import io
+
+    from mtbench.report.table import PACKAGED_PAPER
+
+    folder = tmp_path / "elsewhere" / "celeba_runs"  # no paper/ next to it: the packaged numbers
+    for seed in (0, 1):
+        write_run(folder, "baseline", seed, 9.0 + seed, 29.0, 0.01)
+    out = io.StringIO()
+    tables = report(folder, out=out, plots=False)
+    assert tables.paper_file == PACKAGED_PAPER / "celeba.csv" and "paper error rate (%)" in tables.markdown
+    assert "Paper columns: the paper's reported numbers" in out.getvalue()
+
+    shapes = tmp_path / "shapes"
+    write_run(shapes, "baseline", 0, 11.0, 70.0, 0.01, task="shapes40")
+    out = io.StringIO()
+    tables = report(shapes, out=out, plots=False)
+    assert tables.paper_file is None and "paper" not in tables.markdown
+    notes = [line for line in out.getvalue().splitlines() if line.startswith("Paper columns")]
+    assert notes == ["Paper columns: none, the paper reports no numbers for task shapes40 (no paper/shapes40.csv; --paper FILE gives some)."]

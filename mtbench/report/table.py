@@ -17,8 +17,9 @@ reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`
   t-test) is the baseline variant with the same non-combiner settings (the same ``trainer.lr``,
   say) when there is one, else the ``default`` baseline; a ``compared with`` column names it
   whenever a table has more than one baseline variant. When the paper's
-  numbers for the runs' task exist (``results/paper/<task>.csv``), they stand in a column beside
-  each of ours.
+  numbers for the runs' task exist (``paper/<task>.csv`` next to the results folder, else the
+  package's ``mtbench/report/paper/<task>.csv``; ``--paper FILE``), they stand in a column beside
+  each of ours; the notes say why when there is no such column.
 - ``per_attribute.{md,csv,tex}`` (tasks with a ``per_attribute.csv`` per run): for every
   attribute, each combiner's test error minus the baseline's (means over seeds, percentage points).
 - ``table_tuned.{md,csv,tex}`` (``--select val``, and whenever some combiner has more than one
@@ -62,8 +63,8 @@ from mtbench.report.significance import ALPHA, welch_t_test
 #: header of the significance column (md; the tex header is the same)
 SIG_HEADER = f"vs baseline (Welch t-test, p < {ALPHA:g})"
 
-#: the repository's results/ folder, where a source checkout keeps the paper's numbers
-SOURCE_RESULTS = Path(__file__).resolve().parents[2] / "results"
+#: the paper's reported numbers shipped inside the package (``paper/<task>.csv``, package data)
+PACKAGED_PAPER = Path(__file__).resolve().parent / "paper"
 
 
 #: first line of every ``.tex`` table written: the rules are booktabs' (``\toprule`` ...)
@@ -88,6 +89,7 @@ class Tables:
     runs: pd.DataFrame | None = None  # one row per run (load_runs)
     tuned: pd.DataFrame | None = None  # one row per combiner, tuned on validation (table_tuned.*)
     tuned_markdown: str | None = None
+    paper_note: str = ""  # why there is no paper column, when there is none
 
 
 def read_paper(path: Path | str) -> pd.DataFrame:
@@ -102,10 +104,10 @@ def read_paper(path: Path | str) -> pd.DataFrame:
 
 def find_paper(folder: Path | str, task: str) -> Path | None:
     """``paper/<task>.csv`` next to the results folder (``results/paper/<task>.csv`` for the
-    default ``results_dir``), else in the source checkout's ``results/paper/``."""
+    default ``results_dir``: your own numbers), else the package's (``mtbench/report/paper/``)."""
     if not task:
         return None
-    for candidate in (Path(folder).resolve().parent / "paper" / f"{task}.csv", SOURCE_RESULTS / "paper" / f"{task}.csv"):
+    for candidate in (Path(folder).resolve().parent / "paper" / f"{task}.csv", PACKAGED_PAPER / f"{task}.csv"):
         if candidate.is_file():
             return candidate
     return None
@@ -515,6 +517,12 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     tasks = sorted(set(runs["task"]) - {""})
     paper_file = Path(paper) if paper is not None else (find_paper(folder, tasks[0]) if len(tasks) == 1 else None)
     paper_frame = None
+    if paper_file is None:
+        paper_note = (
+            f"the runs are of several tasks ({', '.join(tasks)})" if len(tasks) > 1
+            else f"the paper reports no numbers for task {tasks[0]} (no paper/{tasks[0]}.csv; --paper FILE gives some)" if tasks
+            else "the runs do not name their task (--paper FILE gives the numbers)"
+        )
     if paper_file is not None:
         try:
             paper_frame = read_paper(paper_file)
@@ -522,6 +530,7 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
             if paper is not None:  # asked for explicitly: an error
                 raise
             warnings.warn(f"ignoring the paper's numbers in {paper_file}: {e}", stacklevel=2)
+            paper_note = f"{paper_file} is not readable ({e})"
             paper_file = None
     table = aggregate(runs, columns, paper_frame)
     md, tex = to_markdown(table, columns), to_latex(table, columns)
@@ -536,6 +545,7 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         atomic_write_text(folder / "per_attribute.tex", TEX_HEADER + per_attribute_latex(per_attr))
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
     tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
+    tables.paper_note = "" if paper_file is not None else paper_note
     if select == "val" or has_variants(runs):
         tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns)
         tables.written += files
@@ -587,6 +597,8 @@ def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path |
     print(significance_note(tables), file=out)
     if tables.paper_file is not None:
         print(f"Paper columns: the paper's reported numbers, from {tables.paper_file}.", file=out)
+    elif tables.paper_note:
+        print(f"Paper columns: none, {tables.paper_note}.", file=out)
     if tables.tuned is not None and tables.tuned_markdown is not None:
         print(f"\nTuned on validation, {folder}:\n", file=out)
         print(tables.tuned_markdown, file=out)
@@ -617,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also write table_tuned.{md,csv,tex}: per combiner, the variant best on validation (the test split never chooses)",
     )
     parser.add_argument(
-        "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: results/paper/<task>.csv when it exists)"
+        "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: paper/<task>.csv next to the results folder, else the packaged numbers)"
     )
     args = parser.parse_args(argv)
     status = 0
