@@ -58,6 +58,8 @@ def test_sweep_writes_every_run(sweep):
             for split in ("test", "val"):
                 assert 0 <= m[split]["error_rate"] <= 100 and 0 <= m[split]["max_f1"] <= 100
             assert m["train_step_s"] > 0 and m["examples_per_s"] > 0
+            assert m["speed_clock"] == "cpu" and 0 < m["train_step_cpu_s"]
+            assert m["load"]["cores"] >= 1 and len(m["load"]["load_1m"]) == 2 * m["epochs"]
             assert m["config"]["trainer"]["epochs"] == 2 and m["config"]["combiner"]["name"] == name
             history = pd.read_csv(run / "history.csv")
             assert list(history["epoch"]) == [1, 2]
@@ -88,7 +90,11 @@ def test_table_files(sweep):
     errs = [json.loads((run_dir(folder, "baseline", s) / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
     assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
     md = (folder / "table.md").read_text()
-    assert md.count("\n") == 2 + len(COMBINERS) and " ± " in md
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 2 + len(COMBINERS) and " ± " in md
+    assert "Speed vs baseline:" in md and "from process CPU time per training step" in md  # the footnote, on a CPU
+    base_cells = next(line for line in table_lines if line.startswith("| baseline |")).split(" | ")
+    assert base_cells[3].strip("*† ") == "1.00" and base_cells[4] == "2"  # 1.00 by definition, no ±
     tex = (folder / "table.tex").read_text()
     assert tex.splitlines()[1].startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
 

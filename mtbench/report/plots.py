@@ -2,7 +2,8 @@
 
 - ``error_vs_speed.{png,pdf}``: each row's test error (the runs' first metric) against its
   training speed relative to the baseline (log scale); one small marker per seed, a large one at
-  the mean over seeds; one colour per combiner, one marker shape per variant of it.
+  the mean over seeds; one colour per combiner, one marker shape per variant of it; a red ring
+  around the runs during which the machine's load exceeded its cores (the table's †).
 - ``val_curves.{png,pdf}``: the validation error per epoch, one panel per row of the table
   (combiner and variant): the mean over seeds and a band from the lowest to the highest seed,
   with the baseline's in grey for reference.
@@ -19,7 +20,7 @@ import pandas as pd
 
 from mtbench.combiners import COMBINERS
 from mtbench.files import atomic_write
-from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys
+from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys, speed_clock
 
 #: (colour, marker) of the registered combiners (each class's ``style``); GradDrop red, the baseline dark grey
 _STYLES = {name: cls.style for name, cls in COMBINERS.items() if cls.style is not None}
@@ -122,7 +123,11 @@ def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("training speed vs baseline (log scale; right = faster)")
+    clock = "CPU time" if speed_clock(done) == "cpu" else "wall time"
+    ax.set_xlabel(f"training speed vs baseline, from {clock} per step (log scale; right = faster)")
+    busy = done[done["overloaded"].fillna(False).astype(bool)] if "overloaded" in done.columns else done.iloc[0:0]
+    if len(busy):  # runs during which the machine's load exceeded its cores: a red ring (the table's †)
+        ax.scatter(busy["speed"], busy[col], s=260, facecolors="none", edgecolors="#d62728", linewidths=1.2, zorder=4)
     ax.set_ylabel(f"test {header} ({'higher' if higher else 'lower'} is better)")
     ax.set_title(f"{title}: test {header} vs training speed", fontsize=11)
     ax.grid(True, which="major", color="0.9", lw=0.6)
@@ -131,7 +136,12 @@ def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
     grey = "0.55"
     mean_mark = Line2D([], [], ls="", marker="o", ms=10, color=grey, markeredgecolor="black")
     seed_mark = Line2D([], [], ls="", marker="o", ms=5, color=grey, alpha=0.6, markeredgewidth=0)
-    _legend(ax, [(mean_mark, "mean over seeds"), (seed_mark, "one seed")] if several else [])
+    marks = [(mean_mark, "mean over seeds"), (seed_mark, "one seed")] if several else []
+    if len(busy):
+        cores = busy["cores"].dropna()
+        ring = Line2D([], [], ls="", marker="o", ms=14, markerfacecolor="none", markeredgecolor="#d62728")
+        marks.append((ring, f"load above the {int(cores.max()) if len(cores) else ''} cores (†)"))
+    _legend(ax, marks)
     return fig
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -135,6 +136,7 @@ class Trainer:
         state, task, model, device = self.state, self.task, self.model, self.device
         epoch, bs, steps = state.epoch, self.batch_size, self.steps_per_epoch
         model.train()
+        _sample_load(state)
         self.data_gen.set_state(state.epoch_start_data_rng)
         # NaN watch, on the device: no host synchronisation outside the logging interval
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -153,6 +155,7 @@ class Trainer:
             self.timer.start()
             losses = self.step(x, y)
             state.add_step_times(self.timer.stop())  # on a GPU: read at the logging interval, no sync here
+            state.step_cpu_times += self.timer.take_cpu()  # on a CPU: the step's process CPU time
             state.examples += int(x.shape[0])
             state.step = i + 1
             loss_sum += losses.detach().sum()
@@ -183,6 +186,7 @@ class Trainer:
         """After the epoch's steps: the schedule's step, the validation metrics, the history
         row (returned), the best epoch so far, the move to the next epoch and the checkpoint."""
         state, model, epoch, steps = self.state, self.model, self.state.epoch, self.steps_per_epoch
+        _sample_load(state)
         if self.scheduler is not None:
             self.scheduler.step()
         if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
@@ -223,6 +227,7 @@ class Trainer:
             "test_per_attribute": test.get("per_attribute"),
             "train_step_s": statistics.median(state.step_times),
             "examples_per_s": state.examples / total_step_s if total_step_s > 0 else float("nan"),
+            **_cpu_and_load(state, self.device),
             "steps": len(state.step_times),
             "device": str(self.device),
             "history": state.history,
@@ -266,6 +271,31 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     result = run.test()
     stop.defer()
     return result
+
+
+def _sample_load(state: RunState) -> None:
+    """Add the machine's 1-minute load average to ``state.load_1m`` (where the OS has one)."""
+    if hasattr(os, "getloadavg"):
+        try:
+            state.load_1m.append(round(os.getloadavg()[0], 2))
+        except OSError:
+            pass
+
+
+def _cpu_and_load(state: RunState, device: torch.device) -> dict[str, Any]:
+    """``metrics.json``'s timing fields besides ``train_step_s`` (wall time, or device time on a
+    GPU): ``train_step_cpu_s`` (the median process CPU time of a step, on a CPU; null on a GPU
+    or when a resumed run's older checkpoint has no CPU times), ``speed_clock`` (the time the
+    tables' speed comes from: ``cpu``, ``wall`` or ``device``), and ``load`` (the machine's
+    1-minute load averages sampled during the run, its cores, and whether the load exceeded them)."""
+    cpu = state.step_cpu_times if device.type != "cuda" and len(state.step_cpu_times) == len(state.step_times) else []
+    cores = os.cpu_count() or 1
+    samples = list(state.load_1m)
+    return {
+        "train_step_cpu_s": statistics.median(cpu) if cpu else None,
+        "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
+        "load": {"cores": cores, "load_1m": samples, "max_1m": max(samples) if samples else None, "over_cores": bool(samples) and max(samples) > cores},
+    }
 
 
 def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:
