@@ -346,6 +346,13 @@ def test_speed_from_cpu_time_under_load_and_baseline_spread_apart(tmp_path):
     md = build_tables(folder).markdown
     assert "because 1 of 7 runs have no CPU time" in md
 
+    gpu = tmp_path / "gpu"
+    for name in ("baseline", "graddrop"):
+        run = write_run(gpu, name, 0, 9.0, 29.0, 0.01, task="shapes40")
+        m = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**m, "device": "cuda:0", "train_step_cpu_s": None, "speed_clock": "device"}))
+    assert "from the GPU's time per training step (CUDA events around each step)" in build_tables(gpu).markdown
+
 
 def test_error_vs_speed_plot_marks_runs_under_load(tmp_path):
     folder = tmp_path / "busy"

@@ -89,6 +89,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 record["load_max"] = float(load["max_1m"]) if load.get("max_1m") is not None else math.nan
                 record["cores"] = int(load["cores"]) if load.get("cores") else math.nan
                 record["overloaded"] = bool(load.get("over_cores", False))
+                record["device"] = str(m.get("device") or "")
                 select = str(m.get("select_metric") or cols[0][0])
                 higher = {k: hi for k, _, hi in cols}.get(select, cols[0][2])
                 value = (m.get("val") or {}).get(select)

@@ -581,8 +581,11 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     machine's load exceeded its cores during some runs, what the † marks."""
     done = runs[runs["status"] == "completed"] if len(runs) else runs
     clock = speed_clock(done)
+    devices = set(done["device"]) if "device" in done else set()
     if clock == "cpu":
         how = "process CPU time per training step (the time the run's threads computed: other processes on the machine cannot inflate it; the wall time stays in metrics.json)"
+    elif devices and all(d.startswith("cuda") for d in devices):
+        how = "the GPU's time per training step (CUDA events around each step)"
     else:
         missing = int(done["train_step_cpu_s"].isna().sum()) if "train_step_cpu_s" in done else len(done)
         how = (
