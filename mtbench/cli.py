@@ -127,7 +127,7 @@ def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any, ident: dict[str, str] 
     if folder.begin(resolved, force=bool(cfg.get("force", False))):
         log.info(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
         assert folder.previous is not None
-        return folder.previous
+        return {**folder.previous, "skipped_earlier": True}  # not written: the run's file stays as it was
     record = folder.start(_base_record(cfg, ident), resolved)
     try:
         result = train(cfg, run_dir=run_dir, on_epoch=folder.write_history, stop=stop)
@@ -211,7 +211,8 @@ def _app(cfg: DictConfig) -> float:
     elif record.get("wall_s") is not None and record["status"] == "completed":
         shown = "  ".join(f"test {header} {record['test'][key]:.2f}" for key, header, _ in record["metric_columns"])
         label = cfg.combiner.name if record.get("variant", "default") == "default" else f"{cfg.combiner.name} {record['variant']}"
-        log.info(f"[{cfg.name}] {label} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}")
+        again = "  (skipped, completed earlier)" if record.get("skipped_earlier") else ""
+        log.info(f"[{cfg.name}] {label} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}{again}")
     return _objective(record)
 
 
@@ -236,12 +237,41 @@ def _check_results_dir(argv: list[str]) -> None:
     _check_folder(Path(root), f"results_dir={root}: ", "choose another results_dir", "choose another results_dir")
 
 
+#: the flags that make a sweep; accepted anywhere on the command line (``mtbench name=x -m seed=0,1``)
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _multirun_first(argv: list[str]) -> list[str]:
+    """``argv`` with ``-m``/``--multirun`` moved to the front: Hydra's parser takes the overrides
+    as one run of positional arguments, so ``name=x -m seed=1`` would be a usage error."""
+    flags = [a for a in argv if a in MULTIRUN_FLAGS]
+    return flags[:1] + [a for a in argv if a not in MULTIRUN_FLAGS] if flags else argv
+
+
+def _resolve_shown_config(argv: list[str]) -> list[str]:
+    """``--cfg job`` and ``--cfg all`` print the config resolved (``name: shapes40``, not
+    ``name: ${task.name}``): ``--resolve`` is added unless given. ``--cfg hydra`` stays as Hydra
+    prints it (its keys refer to the job's, which it cannot resolve alone)."""
+    if "--resolve" in argv:
+        return argv
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--cfg", "-c") and argv[i + 1] in ("job", "all"):
+            return [*argv, "--resolve"]
+    for arg in argv:
+        if arg in ("--cfg=job", "--cfg=all", "-cjob", "-call"):
+            return [*argv, "--resolve"]
+    return argv
+
+
 def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
     """Check the command line's overrides (``overrides.check``); the argv Hydra should get and
     whether it is a multirun."""
     from hydra._internal.utils import get_args_parser
 
     from mtbench.overrides import check
+
+    argv = _multirun_first(argv)
+    argv = _resolve_shown_config(argv)
 
     try:
         args = get_args_parser().parse_args(argv)

@@ -40,7 +40,7 @@ at the representation); plus ``torchjd-pcgrad@params`` and ``torchjd-mgda@params
 when torchjd is not installed. torchjd is not a dependency of mtbench; install it into the
 benchmark's environment only (``pip install torchjd``).
 
-Writes a JSON file (``--out``, default ``results/bench/<problem>-<device>.json``) and prints a
+Writes a JSON file (``--out``, default ``docs/results/bench/<problem>-<device>.json``) and prints a
 markdown table.
 """
 
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--heads", choices=("linear", "mlp"), default="linear", help="task heads of the random problem (default linear)")
     parser.add_argument("--head-hidden", type=int, default=64, help="hidden units of each MLP head (default 64)")
     parser.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through (default 4)")
-    parser.add_argument("--out", default=None, help="JSON output (default results/bench/<problem>-<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON output (default docs/results/bench/<problem>-<device>.json)")
     parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)")
     args = parser.parse_intermixed_args(argv)
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    out = Path(args.out) if args.out else Path("results/bench") / f"{problem.name}-{device.type}.json"
+    out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "docs" / "results" / "bench" / f"{problem.name}-{device.type}.json"
     from mtbench.files import atomic_write_text
 
     atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")

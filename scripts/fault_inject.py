@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fault injection against the real ``mtbench`` command, on a tiny shapes40 config.
 
-    python scripts/fault_inject.py --out results/reliability/fault_inject.json
+    python scripts/fault_inject.py --out docs/results/reliability/fault_inject.json
     python scripts/fault_inject.py --quick              # one case of each kind (about a minute)
     python scripts/fault_inject.py --random 20 --seed 7 # more signals at random moments
     python scripts/fault_inject.py --cases sigterm@test,duplicate_sweep_x2
@@ -471,7 +471,7 @@ QUICK = ["sigterm@test", "sigkill@mid_run", "second_sigint", "duplicate_sweep_x2
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/reliability/fault_inject.json", help="JSON results (default: %(default)s)")
+    ap.add_argument("--out", default="docs/results/reliability/fault_inject.json", help="JSON results (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--cases", help="comma-separated case names (see --list)")
     ap.add_argument("--random", type=int, default=24, help="signals at random moments (default: %(default)s)")

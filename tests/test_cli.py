@@ -58,6 +58,8 @@ def test_sweep_writes_every_run(sweep):
             for split in ("test", "val"):
                 assert 0 <= m[split]["error_rate"] <= 100 and 0 <= m[split]["max_f1"] <= 100
             assert m["train_step_s"] > 0 and m["examples_per_s"] > 0
+            assert m["speed_clock"] == "cpu" and 0 < m["train_step_cpu_s"]
+            assert m["load"]["cores"] >= 1 and len(m["load"]["load_1m"]) == 2 * m["epochs"]
             assert m["config"]["trainer"]["epochs"] == 2 and m["config"]["combiner"]["name"] == name
             history = pd.read_csv(run / "history.csv")
             assert list(history["epoch"]) == [1, 2]
@@ -88,9 +90,13 @@ def test_table_files(sweep):
     errs = [json.loads((run_dir(folder, "baseline", s) / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
     assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
     md = (folder / "table.md").read_text()
-    assert md.count("\n") == 2 + len(COMBINERS) and " ± " in md
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 2 + len(COMBINERS) and " ± " in md
+    assert "Speed vs baseline:" in md and "from process CPU time per training step" in md  # the footnote, on a CPU
+    base_cells = next(line for line in table_lines if line.startswith("| baseline |")).split(" | ")
+    assert base_cells[3].strip("*† ") == "1.00" and base_cells[4] == "2"  # 1.00 by definition, no ±
     tex = (folder / "table.tex").read_text()
-    assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
+    assert tex.splitlines()[1].startswith(r"\begin{tabular}") and r"$\pm$" in tex and "baseline" in tex
 
 
 def test_mtbench_table_rebuilds(sweep):
@@ -147,3 +153,47 @@ def test_unknown_name_lists_choices(tmp_path, group):
     assert proc.returncode != 0
     assert f"Could not find '{group}/nope'" in proc.stderr
     assert f"Available options in '{group}'" in proc.stderr
+
+
+def test_multirun_flag_anywhere_on_the_command_line(tmp_path, tiny):
+    """`-m` after an override (`mtbench name=x -m ...`) starts the sweep like `mtbench -m name=x ...`."""
+    args = ["name=late_flag", "-m", "combiner=baseline", "seed=0,1", *tiny, "trainer.epochs=1"]
+    proc = run_cli("mtbench", args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unrecognized arguments" not in proc.stderr
+    for seed in (0, 1):
+        m = json.loads((run_dir(tmp_path / "results" / "late_flag", "baseline", seed) / "metrics.json").read_text())
+        assert m["status"] == "completed" and m["seed"] == seed
+
+
+def test_help_is_mtbench_own(tmp_path):
+    proc = run_cli("mtbench", ["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "is powered by Hydra" not in text and text.startswith("mtbench: a benchmark of gradient combiners")
+    assert "mtbench -m" in text and "mtbench-table results/<name>" in text and "mtbench-fake celeba" in text and "docs/" in text and "README" in text
+    assert "results/<name>/runs/<combiner>/<variant>/seed=<seed>/" in text
+    # the config groups and their choices, as packaged
+    for group in ("combiner", "task", "model", "experiment"):
+        choices = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(choices)}" in text
+
+
+def test_cfg_job_is_resolved(tmp_path):
+    proc = run_cli("mtbench", ["--cfg", "job", "task.n_train=64"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["name"] == "shapes40" and cfg["task"]["n_train"] == 64 and "${" not in proc.stdout
+    hydra_cfg = run_cli("mtbench", ["--cfg", "hydra"], cwd=tmp_path)  # Hydra's part, as Hydra prints it
+    assert hydra_cfg.returncode == 0 and "sweep:" in hydra_cfg.stdout, hydra_cfg.stderr
+
+
+def test_mtbench_fake_bad_input_is_one_line(tmp_path):
+    for args, fix in ((["celeba", "--root", str(tmp_path / "d"), "--n", "0"], "give at least 1 image"), ([], "name the dataset")):
+        proc = run_cli("mtbench-fake", args, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mtbench-fake: error:") and fix in proc.stderr
+    assert not (tmp_path / "d").exists()
+    proc = run_cli("mtbench-fake", ["cifar100", "--root", str(tmp_path / "c"), "--n", "8"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "c" / "cifar-100-python").iterdir()} == {"train", "test", "meta"}

@@ -18,7 +18,7 @@ from conftest import TINY, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLES = ROOT / "examples"
-PAGES = sorted(DOCS.rglob("*.md"))
+PAGES = sorted(p for p in DOCS.rglob("*.md") if not p.is_relative_to(DOCS / "results"))  # docs/results/: outputs, not pages
 #: the folders of repository files that a page may name in a code span
 REPO_PREFIXES = ("mtbench/", "configs/", "scripts/", "tests/", "examples/", "docs/", ".ci/")
 
@@ -69,14 +69,10 @@ def _resolve(page: Path, target: str) -> Path | None:
     target = target.split("#", 1)[0]
     if not target or re.match(r"^[a-z]+:", target):
         return None
-    path = (page.parent / target).resolve()
-    if page.is_relative_to(DOCS) and not path.exists() and path.is_relative_to(DOCS / "results"):
-        # docs/hooks/results_files.py serves results/**/*.png as <site>/results/...
-        path = ROOT / path.relative_to(DOCS)
-    return path
+    return (page.parent / target).resolve()
 
 
-@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md", ROOT / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md", DOCS / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_link_and_named_file_exists(page):
     text = page.read_text(encoding="utf-8")
     missing = []
@@ -126,3 +122,15 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (tmp_path / "site" / "results" / "shapes40_compare" / "error_vs_speed.png").is_file()
     assert "GradDrop" in (tmp_path / "site" / "combiners" / "graddrop" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_runs_never_write_over_committed_files():
+    """`results/` is the user's (ignored by git, nothing committed there); the reference outputs
+    the docs quote live in docs/results/, where no run writes."""
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked == [], f"committed files under results/, which runs rewrite: {tracked[:5]}"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "results/shapes40/table.md"], cwd=ROOT)
+    assert ignored.returncode == 0, "results/ must be ignored by git"
+    kept = subprocess.run(["git", "check-ignore", "-q", "docs/results/shapes40/table.md"], cwd=ROOT)
+    assert kept.returncode == 1 and (DOCS / "results" / "shapes40" / "table.md").is_file()

@@ -34,10 +34,6 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
         check=True, capture_output=True, text=True, timeout=600,
     )
     (wheel,) = wheel_dir.glob("mtbench-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
-    assert configs and {f"mtbench/configs/{c}" for c in configs} <= names
-
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True, timeout=600)
     return wheel, site
@@ -48,6 +44,9 @@ def test_wheel_installs_and_finds_its_configs(installed, tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     assert configs and {f"mtbench/configs/{c}" for c in configs} <= names
+    assert "mtbench/report/paper/celeba.csv" in names  # the paper's numbers, package data
+    entry_points = next(zipfile.Path(wheel, n).read_text() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "mtbench-fake = mtbench.data.fake:main" in entry_points
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -61,6 +60,20 @@ def test_wheel_installs_and_finds_its_configs(installed, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "name: graddrop" in proc.stdout and "name: shapes40" in proc.stdout
 
+    # the fake-data writers are a command of the installed package
+    for dataset, expected in (("celeba", "list_attr_celeba.txt"), ("cifar100", "cifar-100-python/meta")):
+        fake = subprocess.run(
+            [sys.executable, "-m", "mtbench.data.fake", dataset, "--root", str(elsewhere / dataset), "--n", "3"],
+            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert fake.returncode == 0, fake.stderr
+        assert (elsewhere / dataset / expected).is_file()
+    # the tables find the paper's numbers inside the installed package
+    probe = subprocess.run(
+        [sys.executable, "-c", "from mtbench.report.table import find_paper; print(find_paper('results/celeba', 'celeba'))"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.strip() == str(site / "mtbench" / "report" / "paper" / "celeba.csv")
 
 MINE = """
 from mtbench.combiners.base import Combiner

@@ -16,13 +16,14 @@ from mtbench.report.significance import betainc, t_cdf, t_sf_two_sided, welch_t_
 from mtbench.report.table import SIG_HEADER, build_tables, report
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT / "results" / "paper" / "celeba.csv"
+PAPER = ROOT / "mtbench" / "report" / "paper" / "celeba.csv"
 COLUMNS = [["error_rate", "error rate (%)", False], ["max_f1", "max F1", True]]
 ATTRS = ["smiling", "young", "male"]
 
 
 def write_run(folder: Path, combiner: str, seed: int, error: float, f1: float, step_s: float, *, task: str = "celeba",
-              status: str = "completed", columns=COLUMNS, attr_errors=None, epochs: int = 3) -> Path:  # fmt: skip
+              status: str = "completed", columns=COLUMNS, attr_errors=None, epochs: int = 3, cpu_s: float | None = None,
+              load: list[float] | None = None, cores: int = 2) -> Path:  # fmt: skip
     run = folder / "runs" / combiner / f"seed={seed}"
     run.mkdir(parents=True, exist_ok=True)
     m = {"task": task, "combiner": combiner, "seed": seed, "status": status, "config": {"seed": seed}}
@@ -30,6 +31,10 @@ def write_run(folder: Path, combiner: str, seed: int, error: float, f1: float, s
         keys = [k for k, _, _ in columns]
         test = dict(zip(keys, [error, f1, 50.0][: len(keys)]))
         m.update(test=test, val=dict(test), metric_columns=columns, train_step_s=step_s, best_epoch=epochs)
+        if cpu_s is not None:  # what mtbench writes since it records CPU time and the load
+            m.update(train_step_cpu_s=cpu_s, speed_clock="cpu")
+        if load is not None:
+            m["load"] = {"cores": cores, "load_1m": load, "max_1m": max(load), "over_cores": max(load) > cores}
         rows = [{"epoch": e, "train_loss": 1.0 / e, **{f"val_{k}": v + (epochs - e) for k, v in test.items()}} for e in range(1, epochs + 1)]
         pd.DataFrame(rows).to_csv(run / "history.csv", index=False)
         if attr_errors is not None:
@@ -134,7 +139,7 @@ def test_paper_numbers_file():
 def test_celeba_table(celeba):
     tables = build_tables(celeba)
     md = (celeba / "table.md").read_text()
-    lines = md.splitlines()
+    lines = [line for line in md.splitlines() if line.startswith("|")]
     assert lines[0] == (
         "| combiner | error rate (%) ↓ | paper error rate (%) | max F1 ↑ | paper max F1 | speed vs baseline | paper speed | seeds | "
         + SIG_HEADER
@@ -145,10 +150,13 @@ def test_celeba_table(celeba):
     assert list(rows) == ["baseline", "mgda", "pcgrad", "graddrop"]  # the paper's order
     # best of each column in bold: graddrop's error and max F1, the paper's GradDrop, the baseline's speed
     assert "| **8.50 ± 0.05** | **8.52** | **29.60 ± 0.10** | **29.57** |" in rows["graddrop"]
-    assert "| **1.00 ± 0.01** | **1.00** | 3 | — |" in rows["baseline"]
+    assert "| **1.00** | **1.00** | 3 | — |" in rows["baseline"]  # 1.00 by definition: its spread is a footnote
     assert rows["mgda"].endswith("| 0.25 ± 0.00 | 0.25 | 3 | worse, p<0.001 |")
     assert "| better, p=" in rows["graddrop"] and "| n.s., p=" in rows["pcgrad"]
     assert md.count("**") == 2 * 6
+    # old runs (no CPU step time): the speed is from wall time, and the footnote says so
+    assert "from train_step_s, the wall (on a GPU: device) time per training step, because 12 of 12 runs have no CPU time" in md
+    assert "baseline step time 10.10 ± 0.10 ms (wall time, 3 seed(s))" in md
 
     csv = pd.read_csv(celeba / "table.csv").set_index("combiner")
     assert csv.loc["graddrop", "paper_error_rate"] == 8.52 and csv.loc["mgda", "paper_speed"] == 0.25
@@ -161,7 +169,8 @@ def test_celeba_table(celeba):
     assert tables.paper_file is not None and tables.paper_file.name == "celeba.csv"
 
     tex = (celeba / "table.tex").read_text()
-    assert tex.startswith(r"\begin{tabular}{lrrrrrrrl}")
+    assert tex.splitlines()[0].startswith("%") and "booktabs" in tex.splitlines()[0]  # its rules are booktabs'
+    assert tex.splitlines()[1].startswith(r"\begin{tabular}{lrrrrrrrl}")
     assert r"\textbf{8.50 $\pm$ 0.05}" in tex and r"\textbf{8.52}" in tex and "better, p=" in tex
     assert "random" not in tex and "n.s., p=" in tex and r"p $<$ 0.05" in tex
 
@@ -179,7 +188,8 @@ def test_per_attribute_table(celeba):
     assert md[2] == "| smiling | 50.0 | 10.01 | +1.00 | +0.50 | -1.00 |"
     assert md[-3] == "| helped (Δ < 0) |  |  | 0 | 1 | 2 |"
     assert md[-2] == "| hurt (Δ > 0) |  |  | 3 | 2 | 1 |"
-    assert (celeba / "per_attribute.tex").read_text().startswith(r"\begin{tabular}")
+    head, first = (celeba / "per_attribute.tex").read_text().splitlines()[:2]
+    assert "usepackage{booktabs}" in head and first.startswith(r"\begin{tabular}")
 
 
 def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
@@ -191,7 +201,7 @@ def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
     write_run(folder, "clip", 0, 11.2, 71.0, 0.01, task="shapes40")
     tables = build_tables(folder)
     assert tables.paper_file is None and tables.per_attribute is None
-    lines = (folder / "table.md").read_text().splitlines()
+    lines = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("|")]
     assert lines[0] == f"| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds | {SIG_HEADER} |"
     assert lines[3] == "| clip | **11.20** | **71.00** | **1.00** | 1 | n/a |"  # baseline and clip tie on speed
     assert "| 2 (+1 failed) | n.s., p=" in lines[4]
@@ -246,3 +256,115 @@ def test_mtbench_table_options(celeba, tmp_path):
     assert "paper error rate (%)" in proc.stdout
     proc = run_cli("mtbench-table", ["--paper", str(tmp_path / "nope.csv"), str(celeba)], cwd=tmp_path)
     assert proc.returncode == 1 and "is not a file" in proc.stderr
+
+
+def _figures(folder: Path):
+    from mtbench.report.load import completed_with_speed, load_runs
+    from mtbench.report.plots import error_vs_speed_figure, load_histories, val_curves_figure
+
+    runs, _, _, columns = load_runs(folder)
+    done = completed_with_speed(runs)
+    return error_vs_speed_figure(done, columns, "t"), val_curves_figure(load_histories(done), columns, "t")
+
+
+def _legend_texts(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts() if t.get_text()]
+
+
+def test_plot_legends_list_only_what_is_drawn(tmp_path):
+    one = tmp_path / "one"
+    for name, err in (("baseline", 10.0), ("graddrop", 9.0)):
+        write_run(one, name, 0, err, 50.0, 0.01, task="shapes40", epochs=1)
+    speed, curves = _figures(one)
+    ax = speed.axes[0]
+    assert _legend_texts(ax.get_legend()) == ["baseline (n=1)", "graddrop (n=1)"]
+    assert len(ax.collections) == 2  # one marker per row: no per-seed marks under the means
+    assert _legend_texts(curves.legends[0]) == ["the run", "the baseline, for reference"]
+    # a 1-epoch curve: integer epoch ticks only
+    ticks = [t for t in curves.axes[0].get_xticks() if curves.axes[0].get_xlim()[0] <= t <= curves.axes[0].get_xlim()[1]]
+    assert ticks == [1.0]
+
+    three = tmp_path / "three"
+    for seed in range(3):
+        for name, err in (("baseline", 10.0), ("graddrop", 9.0)):
+            write_run(three, name, seed, err + 0.1 * seed, 50.0, 0.01, task="shapes40", epochs=2)
+    speed, curves = _figures(three)
+    assert _legend_texts(speed.axes[0].get_legend()) == ["baseline (n=3)", "graddrop (n=3)", "mean over seeds", "one seed"]
+    assert _legend_texts(curves.legends[0]) == ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
+    axis = curves.axes[0]
+    assert [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]] == [1.0, 2.0]
+
+
+def test_packaged_paper_numbers_and_the_note_without_them(tmp_path):
+    import io
+
+    from mtbench.report.table import PACKAGED_PAPER
+
+    folder = tmp_path / "elsewhere" / "celeba_runs"  # no paper/ next to it: the packaged numbers
+    for seed in (0, 1):
+        write_run(folder, "baseline", seed, 9.0 + seed, 29.0, 0.01)
+    out = io.StringIO()
+    tables = report(folder, out=out, plots=False)
+    assert tables.paper_file == PACKAGED_PAPER / "celeba.csv" and "paper error rate (%)" in tables.markdown
+    assert "Paper columns: the paper's reported numbers" in out.getvalue()
+
+    shapes = tmp_path / "shapes"
+    write_run(shapes, "baseline", 0, 11.0, 70.0, 0.01, task="shapes40")
+    out = io.StringIO()
+    tables = report(shapes, out=out, plots=False)
+    assert tables.paper_file is None and "paper" not in tables.markdown
+    notes = [line for line in out.getvalue().splitlines() if line.startswith("Paper columns")]
+    assert notes == ["Paper columns: none, the paper reports no numbers for task shapes40 (no paper/shapes40.csv; --paper FILE gives some)."]
+
+
+def test_speed_from_cpu_time_under_load_and_baseline_spread_apart(tmp_path):
+    """Runs with CPU step times: the speed comes from them (the wall times, inflated by a busy
+    machine, do not count); rows whose runs saw a load above the cores are marked."""
+    import io
+
+    folder = tmp_path / "busy"
+    walls = {"baseline": [0.010, 0.030, 0.011], "graddrop": [0.060, 0.021, 0.022]}  # wall: noise of the load
+    cpus = {"baseline": [0.010, 0.0102, 0.0098], "graddrop": [0.020, 0.0202, 0.0198]}
+    for name in walls:
+        for seed in range(3):
+            load = [1.0, 5.5] if (name, seed) == ("graddrop", 0) else [1.0, 1.5]
+            write_run(folder, name, seed, 9.0 + seed, 29.0, walls[name][seed], task="shapes40", cpu_s=cpus[name][seed], load=load)
+    out = io.StringIO()
+    tables = report(folder, out=out, plots=True)
+    frame = tables.frame.set_index("combiner")
+    assert frame.loc["baseline", "speed_mean"] == 1.0 and math.isnan(frame.loc["baseline", "speed_std"])
+    assert frame.loc["graddrop", "speed_mean"] == pytest.approx(0.5, rel=0.02)  # CPU time: 2x slower, whatever the wall times
+    md = (folder / "table.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("|")}
+    assert "| **1.00** | 3 |" in rows["baseline"] and "| 0.50 ± 0.01 † | 3 |" in rows["graddrop"]
+    assert "from process CPU time per training step" in md and "baseline step time 10.00 ± 0.20 ms (CPU time, 3 seed(s))" in md
+    assert "†: the machine's 1-minute load average exceeded its 2 cores during 1 of 6 runs (up to 5.5)" in md
+    assert "†" in out.getvalue() and "% †: the machine's" in (folder / "table.tex").read_text()
+
+    # the same runs with an old run among them (no CPU time): every ratio falls back to wall time
+    write_run(folder, "clip", 0, 9.0, 29.0, 0.010, task="shapes40")
+    md = build_tables(folder).markdown
+    assert "because 1 of 7 runs have no CPU time" in md
+
+    gpu = tmp_path / "gpu"
+    for name in ("baseline", "graddrop"):
+        run = write_run(gpu, name, 0, 9.0, 29.0, 0.01, task="shapes40")
+        m = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**m, "device": "cuda:0", "train_step_cpu_s": None, "speed_clock": "device"}))
+    assert "from the GPU's time per training step (CUDA events around each step)" in build_tables(gpu).markdown
+
+
+def test_error_vs_speed_plot_marks_runs_under_load(tmp_path):
+    folder = tmp_path / "busy"
+    for name, load in (("baseline", [1.0]), ("graddrop", [4.0])):
+        write_run(folder, name, 0, 9.0, 29.0, 0.01, task="shapes40", cpu_s=0.01, load=load)
+    speed, _ = _figures(folder)
+    ax = speed.axes[0]
+    assert "load above the 2 cores (†)" in _legend_texts(ax.get_legend())
+    assert "CPU time" in ax.get_xlabel()
+    calm = tmp_path / "calm"
+    for name in ("baseline", "graddrop"):
+        write_run(calm, name, 0, 9.0, 29.0, 0.01, task="shapes40")
+    speed, _ = _figures(calm)
+    assert not any("load above" in t for t in _legend_texts(speed.axes[0].get_legend()))
+    assert "wall time" in speed.axes[0].get_xlabel()

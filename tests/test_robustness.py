@@ -164,6 +164,10 @@ def test_rerun_skips_completed_and_refuses_other_config(tmp_path):
     before = (tmp_path / RUN_TINY / "metrics.json").read_text()
     again = run_cli("mtbench", TINY, cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stderr
+    # the metrics line of a skipped run says it is the earlier result, not a fresh one
+    metric_lines = [line for line in again.stderr.splitlines() if "test error rate" in line]
+    assert metric_lines and all(line.endswith("(skipped, completed earlier)") for line in metric_lines), again.stderr
+    assert "(skipped, completed earlier)" not in first.stderr
     assert (tmp_path / RUN_TINY / "metrics.json").read_text() == before
     # another setting is another variant: its own folder, the first run untouched
     other = run_cli("mtbench", TINY + ["trainer.lr=0.01"], cwd=tmp_path)

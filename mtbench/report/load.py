@@ -18,7 +18,7 @@ from mtbench.report.runs import METRICS
 
 __all__ = [
     "DEFAULT_COLUMNS", "ORDER", "common_settings", "completed_with_speed", "label", "load_runs", "ordered", "reference",
-    "row_keys", "run_files",
+    "row_keys", "run_files", "speed_clock",
 ]
 
 #: the paper's order (the registry ``mtbench.combiners.COMBINERS``); other combiners follow alphabetically
@@ -62,8 +62,11 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     metric columns (as the runs' ``metric_columns`` name them). The frame has the columns
     ``combiner``, ``variant``, ``overrides`` (a dict), ``label``, ``seed``, ``status``, ``reason``,
     ``task``, ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
-    ``train_step_s``, ``val_select`` (the validation select metric), ``select_metric`` and
-    ``select_higher``.
+    ``train_step_s`` (wall time; device time on a GPU), ``train_step_cpu_s`` (process CPU time,
+    NaN for runs without it: on a GPU, or made before mtbench recorded it), ``load_max`` (the
+    highest 1-minute load average sampled during the run, NaN without samples), ``cores`` and
+    ``overloaded`` (the load exceeded the cores), ``val_select`` (the validation select metric),
+    ``select_metric`` and ``select_higher``.
     """
     records, skipped, in_progress = [], [], 0
     columns: tuple[tuple[str, str, bool], ...] | None = None
@@ -80,6 +83,13 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
                 record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
                 record["train_step_s"] = float(m["train_step_s"])
+                cpu = m.get("train_step_cpu_s")
+                record["train_step_cpu_s"] = float(cpu) if cpu is not None else math.nan
+                load = m.get("load") or {}
+                record["load_max"] = float(load["max_1m"]) if load.get("max_1m") is not None else math.nan
+                record["cores"] = int(load["cores"]) if load.get("cores") else math.nan
+                record["overloaded"] = bool(load.get("over_cores", False))
+                record["device"] = str(m.get("device") or "")
                 select = str(m.get("select_metric") or cols[0][0])
                 higher = {k: hi for k, _, hi in cols}.get(select, cols[0][2])
                 value = (m.get("val") or {}).get(select)
@@ -140,14 +150,26 @@ def reference(runs: pd.DataFrame, combiner: str, variant: str) -> str | None:
     return "default" if (done["variant"] == "default").any() else None
 
 
+def speed_clock(done: pd.DataFrame) -> str:
+    """The step time the speed ratios of ``done`` (completed runs) come from: ``cpu`` (each run's
+    process CPU time per step: other processes on the machine cannot inflate it) when every run
+    has one, else ``wall`` (``train_step_s``: wall time on a CPU, device time on a GPU; runs made
+    before mtbench recorded CPU time, or a mix of CPU and GPU runs)."""
+    if done.empty or "train_step_cpu_s" not in done.columns:
+        return "wall"
+    return "cpu" if bool(done["train_step_cpu_s"].notna().all()) else "wall"
+
+
 def completed_with_speed(runs: pd.DataFrame) -> pd.DataFrame:
-    """The completed runs, with ``speed`` (the mean step time of the row's reference baseline
-    runs over the run's own) and ``reference`` (that baseline's variant; empty without one)."""
+    """The completed runs, with ``step_s`` (the step time the speed uses: :func:`speed_clock`),
+    ``speed`` (the mean ``step_s`` of the row's reference baseline runs over the run's own) and
+    ``reference`` (that baseline's variant; empty without one)."""
     done = runs[runs["status"] == "completed"].copy()
     if done.empty:
-        return done.assign(speed=pd.Series(dtype=float), reference=pd.Series(dtype=object))
+        return done.assign(speed=pd.Series(dtype=float), step_s=pd.Series(dtype=float), reference=pd.Series(dtype=object))
     refs = {key: reference(runs, *key) for key in row_keys(done)}
-    base = done[done["combiner"] == "baseline"].groupby("variant")["train_step_s"].mean()
+    done["step_s"] = done["train_step_cpu_s"] if speed_clock(done) == "cpu" else done["train_step_s"]
+    base = done[done["combiner"] == "baseline"].groupby("variant")["step_s"].mean()
     done["reference"] = [refs.get((c, v)) or "" for c, v in zip(done["combiner"], done["variant"])]
-    done["speed"] = [base.get(r, math.nan) / t if r else math.nan for r, t in zip(done["reference"], done["train_step_s"])]
+    done["speed"] = [base.get(r, math.nan) / t if r else math.nan for r, t in zip(done["reference"], done["step_s"])]
     return done

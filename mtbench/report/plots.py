@@ -2,7 +2,8 @@
 
 - ``error_vs_speed.{png,pdf}``: each row's test error (the runs' first metric) against its
   training speed relative to the baseline (log scale); one small marker per seed, a large one at
-  the mean over seeds; one colour per combiner, one marker shape per variant of it.
+  the mean over seeds; one colour per combiner, one marker shape per variant of it; a red ring
+  around the runs during which the machine's load exceeded its cores (the table's †).
 - ``val_curves.{png,pdf}``: the validation error per epoch, one panel per row of the table
   (combiner and variant): the mean over seeds and a band from the lowest to the highest seed,
   with the baseline's in grey for reference.
@@ -19,7 +20,7 @@ import pandas as pd
 
 from mtbench.combiners import COMBINERS
 from mtbench.files import atomic_write
-from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys
+from mtbench.report.load import completed_with_speed, load_runs, ordered, row_keys, speed_clock
 
 #: (colour, marker) of the registered combiners (each class's ``style``); GradDrop red, the baseline dark grey
 _STYLES = {name: cls.style for name, cls in COMBINERS.items() if cls.style is not None}
@@ -77,32 +78,41 @@ def _legend(ax, extra: list) -> None:
     from matplotlib.patches import Patch
 
     handles, labels = ax.get_legend_handles_labels()
-    gap = Patch(visible=False)
-    handles += [gap] + [h for h, _ in extra]
-    labels += [""] + [label for _, label in extra]
+    if extra:
+        handles += [Patch(visible=False)] + [h for h, _ in extra]
+        labels += [""] + [label for _, label in extra]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
 
 
 def plot_error_vs_speed(done: pd.DataFrame, columns, folder: Path) -> list[Path]:
     """``done``: completed runs with ``speed`` (``table.completed_with_speed``)."""
+    fig = error_vs_speed_figure(done, columns, folder.name)
+    return _save(fig, folder, "error_vs_speed") if fig is not None else []
+
+
+def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
+    """The figure of ``error_vs_speed`` (None without a run to draw). With one seed per row the
+    mean is the run itself: one marker per row, and the legend lists no per-seed marks."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     key, header, higher = columns[0]
     col = f"test_{key}"
     done = done[done[col].notna() & (done["speed"] > 0)]
     if done.empty:
-        return []
+        return None
     if "label" not in done.columns:
         done = done.assign(label=done["combiner"])
     names, styles = _rows(done)
     seeds = done.groupby("label")["seed"].nunique()
+    several = bool((seeds > 1).any())
     fig, ax = _figure(7.6, 4.6)
     ax.axvline(1.0, color="0.6", lw=0.8, ls=":", zorder=0)
     for name in names:
         sub = done[done["label"] == name]
         colour, marker = styles[name]
         big = 1.7 if marker == "*" else 1.0  # a star looks smaller than the other markers at the same size
-        ax.scatter(sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2)
+        if several:
+            ax.scatter(sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2)
         label = f"{name} (n={seeds[name]})"
         ax.scatter(
             [sub["speed"].mean()], [sub[col].mean()], s=120 * big, color=colour, marker=marker, edgecolors="black", linewidths=0.9, label=label, zorder=3
@@ -113,17 +123,26 @@ def plot_error_vs_speed(done: pd.DataFrame, columns, folder: Path) -> list[Path]
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("training speed vs baseline (log scale; right = faster)")
+    clock = "CPU time" if speed_clock(done) == "cpu" else "wall time"
+    ax.set_xlabel(f"training speed vs baseline, from {clock} per step (log scale; right = faster)")
+    busy = done[done["overloaded"].fillna(False).astype(bool)] if "overloaded" in done.columns else done.iloc[0:0]
+    if len(busy):  # runs during which the machine's load exceeded its cores: a red ring (the table's †)
+        ax.scatter(busy["speed"], busy[col], s=260, facecolors="none", edgecolors="#d62728", linewidths=1.2, zorder=4)
     ax.set_ylabel(f"test {header} ({'higher' if higher else 'lower'} is better)")
-    ax.set_title(f"{folder.name}: test {header} vs training speed", fontsize=11)
+    ax.set_title(f"{title}: test {header} vs training speed", fontsize=11)
     ax.grid(True, which="major", color="0.9", lw=0.6)
     from matplotlib.lines import Line2D
 
     grey = "0.55"
     mean_mark = Line2D([], [], ls="", marker="o", ms=10, color=grey, markeredgecolor="black")
     seed_mark = Line2D([], [], ls="", marker="o", ms=5, color=grey, alpha=0.6, markeredgewidth=0)
-    _legend(ax, [(mean_mark, "mean over seeds"), (seed_mark, "one seed")])
-    return _save(fig, folder, "error_vs_speed")
+    marks = [(mean_mark, "mean over seeds"), (seed_mark, "one seed")] if several else []
+    if len(busy):
+        cores = busy["cores"].dropna()
+        ring = Line2D([], [], ls="", marker="o", ms=14, markerfacecolor="none", markeredgecolor="#d62728")
+        marks.append((ring, f"load above the {int(cores.max()) if len(cores) else ''} cores (†)"))
+    _legend(ax, marks)
+    return fig
 
 
 def load_histories(done: pd.DataFrame) -> pd.DataFrame:
@@ -156,6 +175,14 @@ def _epoch_stats(histories: pd.DataFrame, name: str, col: str) -> pd.DataFrame:
 def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path]:
     """One panel per combiner (shared axes), the baseline drawn in grey in each for reference:
     nine overlapping bands in one panel would be unreadable."""
+    fig = val_curves_figure(histories, columns, folder.name)
+    return _save(fig, folder, "val_curves") if fig is not None else []
+
+
+def val_curves_figure(histories: pd.DataFrame, columns, title: str):
+    """The figure of ``val_curves`` (None without a history to draw). The legend lists only what
+    is drawn: the band with several seeds, the baseline's curve when another panel shows it;
+    the epochs are integer ticks (a 1-epoch run too)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -164,7 +191,7 @@ def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path
     key, header, higher = columns[0]
     col = f"val_{key}"
     if histories.empty or col not in histories.columns or "epoch" not in histories.columns:
-        return []
+        return None
     names, styles = _rows(histories)
     stats = {name: _epoch_stats(histories, name, col) for name in names}
     base_rows = histories[histories["combiner"] == "baseline"]
@@ -177,19 +204,22 @@ def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path
     nrows = -(-len(names) // ncols)
     fig = Figure(figsize=(3.1 * ncols + 0.6, 2.3 * nrows + 1.1), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    banded = referenced = False
     for ax, name in zip(axes, names):
         st = stats[name]
         colour, marker = styles[name]
         if base is not None and name != base_label and len(base):
+            referenced = True
             ax.fill_between(base.index, base["lo"], base["hi"], color="0.5", alpha=0.12, linewidth=0)
             ax.plot(base.index, base["mean"], color="0.45", lw=1.2, ls="--")
         n = int(st["n"].max()) if len(st) else 0
         if n > 1:
+            banded = True
             ax.fill_between(st.index, st["lo"], st["hi"], color=colour, alpha=0.22, linewidth=0)
         ax.plot(st.index, st["mean"], color=colour, marker=marker, ms=4, lw=1.8)
         ax.set_title(f"{name} (n={n})", fontsize=10, color=colour if colour != "#333333" else "black")
         ax.grid(True, color="0.9", lw=0.6)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(labelsize=8)
     for ax in axes[len(names):]:
         ax.set_visible(False)
@@ -197,15 +227,18 @@ def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path
         axes[i].set_xlabel("epoch", fontsize=9)
         axes[i].xaxis.set_tick_params(labelbottom=True)
     fig.supylabel(f"validation {header} ({'higher' if higher else 'lower'} is better)", fontsize=10)
-    fig.suptitle(f"{folder.name}: validation {header} per epoch", fontsize=11)
-    handles = [
-        Line2D([], [], color="0.2", lw=1.8),
-        Patch(color="0.2", alpha=0.22, lw=0),
-        (Patch(color="0.5", alpha=0.12, lw=0), Line2D([], [], color="0.45", lw=1.2, ls="--")),
-    ]
-    labels = ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False, fontsize=9)
-    return _save(fig, folder, "val_curves")
+    epochs = sorted(int(e) for e in histories["epoch"].dropna().unique())
+    if len(epochs) < 3:  # so few epochs that the locator would add fractional ones around them
+        axes[0].set_xticks(epochs)
+        axes[0].set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    fig.suptitle(f"{title}: validation {header} per epoch", fontsize=11)
+    marks = [(Line2D([], [], color="0.2", lw=1.8), "mean over seeds" if banded else "the run")]
+    if banded:
+        marks.append((Patch(color="0.2", alpha=0.22, lw=0), "lowest to highest seed"))
+    if referenced:
+        marks.append(((Patch(color="0.5", alpha=0.12, lw=0), Line2D([], [], color="0.45", lw=1.2, ls="--")), "the baseline, for reference"))
+    fig.legend([h for h, _ in marks], [t for _, t in marks], loc="outside lower center", ncols=len(marks), frameon=False, fontsize=9)
+    return fig
 
 
 def make_plots(folder: Path | str, runs: pd.DataFrame | None = None, columns=None) -> list[Path]:

@@ -12,13 +12,18 @@ reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`
   bold (md, tex); the speed relative to the baseline; the number of seeds; and whether the
   combiner's first metric (the error rate) differs from the baseline's beyond the seed-to-seed
   spread (Welch's two-sided t-test, ``significance.py``). Speed vs baseline of a run is the mean
-  ``train_step_s`` of its reference baseline runs divided by the run's own ``train_step_s``; the
-  table gives its mean +- std over the row's seeds. The reference of a row (for the speed and the
+  step time of its reference baseline runs divided by the run's own (on a CPU the process CPU
+  time per step, ``train_step_cpu_s``, which other processes cannot inflate; else, and for
+  folders with older runs that lack it, ``train_step_s``: ``load.speed_clock``); the table gives
+  its mean +- std over the row's seeds, 1.00 for the reference baseline itself (its step time
+  mean +- std is a footnote under the table), and a † on rows whose runs saw a machine load
+  above its cores (footnote, ``speed_notes``). The reference of a row (for the speed and the
   t-test) is the baseline variant with the same non-combiner settings (the same ``trainer.lr``,
   say) when there is one, else the ``default`` baseline; a ``compared with`` column names it
   whenever a table has more than one baseline variant. When the paper's
-  numbers for the runs' task exist (``results/paper/<task>.csv``), they stand in a column beside
-  each of ours.
+  numbers for the runs' task exist (``paper/<task>.csv`` next to the results folder, else the
+  package's ``mtbench/report/paper/<task>.csv``; ``--paper FILE``), they stand in a column beside
+  each of ours; the notes say why when there is no such column.
 - ``per_attribute.{md,csv,tex}`` (tasks with a ``per_attribute.csv`` per run): for every
   attribute, each combiner's test error minus the baseline's (means over seeds, percentage points).
 - ``table_tuned.{md,csv,tex}`` (``--select val``, and whenever some combiner has more than one
@@ -55,6 +60,7 @@ from mtbench.report.load import (  # noqa: F401 - re-exported: the table's publi
     reference,
     row_keys,
     run_files,
+    speed_clock,
 )
 from mtbench.report.runs import METRICS, atomic_write_text
 from mtbench.report.significance import ALPHA, welch_t_test
@@ -62,8 +68,12 @@ from mtbench.report.significance import ALPHA, welch_t_test
 #: header of the significance column (md; the tex header is the same)
 SIG_HEADER = f"vs baseline (Welch t-test, p < {ALPHA:g})"
 
-#: the repository's results/ folder, where a source checkout keeps the paper's numbers
-SOURCE_RESULTS = Path(__file__).resolve().parents[2] / "results"
+#: the paper's reported numbers shipped inside the package (``paper/<task>.csv``, package data)
+PACKAGED_PAPER = Path(__file__).resolve().parent / "paper"
+
+
+#: first line of every ``.tex`` table written: the rules are booktabs' (``\toprule`` ...)
+TEX_HEADER = "% mtbench table: needs \\usepackage{booktabs} in the preamble (\\toprule, \\midrule, \\bottomrule)\n"
 
 
 class NoRuns(Exception):
@@ -84,6 +94,7 @@ class Tables:
     runs: pd.DataFrame | None = None  # one row per run (load_runs)
     tuned: pd.DataFrame | None = None  # one row per combiner, tuned on validation (table_tuned.*)
     tuned_markdown: str | None = None
+    paper_note: str = ""  # why there is no paper column, when there is none
 
 
 def read_paper(path: Path | str) -> pd.DataFrame:
@@ -98,10 +109,10 @@ def read_paper(path: Path | str) -> pd.DataFrame:
 
 def find_paper(folder: Path | str, task: str) -> Path | None:
     """``paper/<task>.csv`` next to the results folder (``results/paper/<task>.csv`` for the
-    default ``results_dir``), else in the source checkout's ``results/paper/``."""
+    default ``results_dir``: your own numbers), else the package's (``mtbench/report/paper/``)."""
     if not task:
         return None
-    for candidate in (Path(folder).resolve().parent / "paper" / f"{task}.csv", SOURCE_RESULTS / "paper" / f"{task}.csv"):
+    for candidate in (Path(folder).resolve().parent / "paper" / f"{task}.csv", PACKAGED_PAPER / f"{task}.csv"):
         if candidate.is_file():
             return candidate
     return None
@@ -137,10 +148,14 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         ref = reference(runs, name, variant)
         row["reference"] = ref or ""
         row["seeds"] = len(sub)
-        for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s"]:
+        for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s", "train_step_cpu_s", "step_s"]:
             vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
             row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
+        if (name, variant) == ("baseline", ref) and len(sub):  # 1.00 by definition; its spread: step_s_std
+            row["speed_mean"], row["speed_std"] = 1.0, math.nan
+        row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
+        row["load_max"] = float(sub["load_max"].max()) if "load_max" in sub and sub["load_max"].notna().any() else math.nan
         row["failed"] = int((mine["status"] == "failed").sum())
         vals = sub[primary].dropna().tolist() if primary in sub else []
         base = done[(done["combiner"] == "baseline") & (done["variant"] == ref)]
@@ -194,6 +209,11 @@ def _best(values: pd.Series, higher: bool, digits: int = 2) -> set[int]:
     return {i for i, v in enumerate(shown) if v == target}
 
 
+def _flag(value) -> bool:
+    """A yes/no cell of a frame (a missing one is no)."""
+    return bool(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else False
+
+
 def _sig_cell(row: pd.Series, higher: bool) -> str:
     if row["combiner"] == "baseline" and row.get("variant", "default") == (row.get("reference") or "default"):
         return "—"
@@ -244,7 +264,10 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
                 text = _fmt(row[f"{col}_mean"], row[f"{col}_std"], pm=pm)
             else:
                 text = _fmt(row[col], math.nan)
-            cells.append(bold(text) if i in best[col] else text)
+            text = bold(text) if i in best[col] else text
+            if col == "speed" and _flag(row.get("overloaded")):
+                text += " †"  # the machine's load exceeded its cores during these runs (speed_notes)
+            cells.append(text)
         seeds = str(int(row["seeds"]))
         if row["failed"]:
             seeds += f" (+{int(row['failed'])} failed)"
@@ -421,7 +444,8 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
     primary = f"test_{columns[0][0]}"
     base_variant = chosen.get("baseline", (None,))[0]
     base = done[(done["combiner"] == "baseline") & (done["variant"] == base_variant)] if base_variant else done.iloc[0:0]
-    base_step = base["train_step_s"].mean() if len(base) else math.nan
+    step_col = "train_step_cpu_s" if speed_clock(done) == "cpu" else "train_step_s"
+    base_step = base[step_col].mean() if len(base) else math.nan
     base_vals = base[primary].dropna().tolist() if primary in base else []
     rows = []
     for name in ordered(chosen):
@@ -439,9 +463,12 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
             vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
             row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
-        speed = base_step / sub["train_step_s"]
+        speed = base_step / sub[step_col]
         row["speed_mean"] = speed.mean() if len(speed) else math.nan
         row["speed_std"] = speed.std(ddof=1) if len(speed) > 1 else math.nan
+        if name == "baseline":  # 1.00 by definition
+            row["speed_mean"], row["speed_std"] = 1.0, math.nan
+        row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
         row["failed"] = 0
         vals = sub[primary].dropna().tolist()
         row.update(diff_vs_baseline=math.nan, t_vs_baseline=math.nan, df_vs_baseline=math.nan, p_vs_baseline=math.nan, significant=None)
@@ -482,7 +509,7 @@ def write_tuned(folder: Path | str, runs: pd.DataFrame | None = None, columns=No
     written = [folder / "table_tuned.csv", folder / "table_tuned.md", folder / "table_tuned.tex"]
     atomic_write_text(written[0], frame.to_csv(index=False))
     atomic_write_text(written[1], md)
-    atomic_write_text(written[2], tex)
+    atomic_write_text(written[2], TEX_HEADER + tex)
     return frame, md, written
 
 
@@ -511,6 +538,12 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     tasks = sorted(set(runs["task"]) - {""})
     paper_file = Path(paper) if paper is not None else (find_paper(folder, tasks[0]) if len(tasks) == 1 else None)
     paper_frame = None
+    if paper_file is None:
+        paper_note = (
+            f"the runs are of several tasks ({', '.join(tasks)})" if len(tasks) > 1
+            else f"the paper reports no numbers for task {tasks[0]} (no paper/{tasks[0]}.csv; --paper FILE gives some)" if tasks
+            else "the runs do not name their task (--paper FILE gives the numbers)"
+        )
     if paper_file is not None:
         try:
             paper_frame = read_paper(paper_file)
@@ -518,24 +551,69 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
             if paper is not None:  # asked for explicitly: an error
                 raise
             warnings.warn(f"ignoring the paper's numbers in {paper_file}: {e}", stacklevel=2)
+            paper_note = f"{paper_file} is not readable ({e})"
             paper_file = None
     table = aggregate(runs, columns, paper_frame)
-    md, tex = to_markdown(table, columns), to_latex(table, columns)
+    notes = speed_notes(runs, table)
+    md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
+    tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
     atomic_write_text(folder / "table.csv", table.to_csv(index=False))
     atomic_write_text(folder / "table.md", md)
-    atomic_write_text(folder / "table.tex", tex)
+    atomic_write_text(folder / "table.tex", TEX_HEADER + tex)
     per_attr = per_attribute_table(load_per_attribute(runs), runs)
     if per_attr is not None:
         atomic_write_text(folder / "per_attribute.csv", per_attr.to_csv(index=False))
         atomic_write_text(folder / "per_attribute.md", per_attribute_markdown(per_attr))
-        atomic_write_text(folder / "per_attribute.tex", per_attribute_latex(per_attr))
+        atomic_write_text(folder / "per_attribute.tex", TEX_HEADER + per_attribute_latex(per_attr))
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
     tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
+    tables.paper_note = "" if paper_file is not None else paper_note
     if select == "val" or has_variants(runs):
         tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns)
         tables.written += files
     return tables
+
+
+def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """The table's footnotes on speed: which clock the ratios come from and the baseline's own
+    step time (its speed is 1.00 by definition; its spread is shown here), and, when the
+    machine's load exceeded its cores during some runs, what the † marks."""
+    done = runs[runs["status"] == "completed"] if len(runs) else runs
+    clock = speed_clock(done)
+    devices = set(done["device"]) if "device" in done else set()
+    if clock == "cpu":
+        how = "process CPU time per training step (the time the run's threads computed: other processes on the machine cannot inflate it; the wall time stays in metrics.json)"
+    elif devices and all(d.startswith("cuda") for d in devices):
+        how = "the GPU's time per training step (CUDA events around each step)"
+    else:
+        missing = int(done["train_step_cpu_s"].isna().sum()) if "train_step_cpu_s" in done else len(done)
+        how = (
+            f"train_step_s, the wall (on a GPU: device) time per training step, because {missing} of {len(done)} runs have no CPU time "
+            "(made on a GPU, or before mtbench recorded it); on a shared CPU wall times move with the machine's load"
+        )
+    unit = "CPU" if clock == "cpu" else "wall"
+    bases = []
+    for _, row in table[table["combiner"] == "baseline"].iterrows() if "combiner" in table else []:
+        mean, std = row.get("step_s_mean", math.nan), row.get("step_s_std", math.nan)
+        if mean is None or pd.isna(mean):
+            continue
+        spread = f"{1000 * mean:.2f} ± {1000 * std:.2f} ms" if pd.notna(std) else f"{1000 * mean:.2f} ms"
+        name = "" if row["variant"] == "default" or len(table[table["combiner"] == "baseline"]) == 1 else f" ({row['label']})"
+        bases.append(f"baseline{name} step time {spread} ({unit} time, {int(row['seeds'])} seed(s))")
+    lines = [f"Speed vs baseline: the baseline's mean step time over each run's, from {how}; the baseline is 1.00 by definition"
+             + (", " + "; ".join(bases) if bases else "") + "."]
+    if "overloaded" in done and bool(done["overloaded"].any()):
+        cores = done["cores"].dropna()
+        n = int(cores.max()) if len(cores) else "its"
+        worst = done["load_max"].max()
+        hit = int(done["overloaded"].sum())
+        lines.append(
+            f"†: the machine's 1-minute load average exceeded its {n} cores during {hit} of {len(done)} runs (up to {worst:.1f}): "
+            + ("their wall times are inflated; the CPU-time speed is far less affected, but cache and memory contention remain."
+               if clock == "cpu" else "their wall times, and so these speed ratios, are inflated; re-run on an idle machine to compare speeds.")
+        )
+    return lines
 
 
 def significance_note(tables: Tables) -> str:
@@ -583,6 +661,8 @@ def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path |
     print(significance_note(tables), file=out)
     if tables.paper_file is not None:
         print(f"Paper columns: the paper's reported numbers, from {tables.paper_file}.", file=out)
+    elif tables.paper_note:
+        print(f"Paper columns: none, {tables.paper_note}.", file=out)
     if tables.tuned is not None and tables.tuned_markdown is not None:
         print(f"\nTuned on validation, {folder}:\n", file=out)
         print(tables.tuned_markdown, file=out)
@@ -613,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also write table_tuned.{md,csv,tex}: per combiner, the variant best on validation (the test split never chooses)",
     )
     parser.add_argument(
-        "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: results/paper/<task>.csv when it exists)"
+        "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: paper/<task>.csv next to the results folder, else the packaged numbers)"
     )
     args = parser.parse_args(argv)
     status = 0

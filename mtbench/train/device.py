@@ -61,28 +61,43 @@ def channels_last(x: Any) -> Any:
 class StepTimer:
     """Training-step durations without a host synchronisation per step: on a GPU, CUDA events
     recorded around each step (in the stream, so the time includes any wait for the host)
-    are read at the logging interval (``flush``); on a CPU, the wall clock."""
+    are read at the logging interval (``flush``); on a CPU, the wall clock and, besides it, the
+    process's CPU time (``time.process_time``: the time this process's threads computed, torch's
+    intra-op threads included). Other processes on a busy machine stretch the wall time of a
+    step (the process waits for a core) but not its CPU time, so on a CPU the speed ratios come
+    from the CPU time (``cpu_times``; ``metrics.json``'s ``train_step_cpu_s``)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.pending: list[tuple[Any, Any]] = []
         self._start: Any = None
+        self._cpu_start = 0.0
+        #: CPU time of each step not taken yet (``take_cpu``); CPU device only
+        self.cpu_times: list[float] = []
 
     def start(self) -> None:
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
             self._start.record()
         else:
+            self._cpu_start = time.process_time()
             self._start = time.perf_counter()
 
     def stop(self) -> list[float]:
-        """The step's duration in seconds, or nothing yet on a GPU (see ``flush``)."""
+        """The step's (wall) duration in seconds, or nothing yet on a GPU (see ``flush``)."""
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             self.pending.append((self._start, end))
             return []
-        return [time.perf_counter() - self._start]
+        wall = time.perf_counter() - self._start
+        self.cpu_times.append(time.process_time() - self._cpu_start)
+        return [wall]
+
+    def take_cpu(self) -> list[float]:
+        """The CPU times of the steps since the last call (none on a GPU)."""
+        out, self.cpu_times = self.cpu_times, []
+        return out
 
     def flush(self) -> list[float]:
         """Durations of the steps not reported yet (one synchronisation, on the last event)."""

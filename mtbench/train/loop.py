@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,13 @@ __all__ = [
 
 log = logging.getLogger("mtbench")
 
-#: steps between progress-bar updates (the only host synchronisations inside an epoch)
+#: steps between the logging interval's reads (the NaN watch, the GPU step times: with the
+#: progress bar's refreshes, the only host synchronisations inside an epoch)
 LOG_EVERY = 20
+
+#: seconds between progress-bar refreshes (when the bar is shown): the host's clock is read at
+#: each step (no synchronisation), the device only when the bar is refreshed
+REFRESH_S = 1.0
 
 
 class TrainingFailed(Exception):
@@ -105,6 +112,8 @@ class Trainer:
         self.eval_batch_size = int(tcfg.eval_batch_size)
         self.steps_per_epoch = math.ceil(len(task.train) / self.batch_size)
         self.show = bool(tcfg.progress) and sys.stderr.isatty()
+        self.clock = time.monotonic  # the progress bar's refresh clock
+        self.bar: Any = None  # the epoch's progress bar, closed by close_bar
 
         self.state = RunState(epoch_start_data_rng=self.data_gen.get_state())  # saved in checkpoints
         self.ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
@@ -127,13 +136,15 @@ class Trainer:
         state, task, model, device = self.state, self.task, self.model, self.device
         epoch, bs, steps = state.epoch, self.batch_size, self.steps_per_epoch
         model.train()
+        _sample_load(state)
         self.data_gen.set_state(state.epoch_start_data_rng)
         # NaN watch, on the device: no host synchronisation outside the logging interval
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         bad_tasks = torch.zeros(task.num_tasks, dtype=torch.bool, device=device)
         bad_kind = torch.zeros((), dtype=torch.long, device=device)  # 1 loss, 2 gradient
         loss_sum = torch.full((), state.loss_sum, device=device)
-        bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
+        bar = self.bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
+        refreshed = self.clock()
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
             if i < state.step:
                 continue  # replaying the order of an epoch resumed mid-way
@@ -144,27 +155,38 @@ class Trainer:
             self.timer.start()
             losses = self.step(x, y)
             state.add_step_times(self.timer.stop())  # on a GPU: read at the logging interval, no sync here
+            state.step_cpu_times += self.timer.take_cpu()  # on a CPU: the step's process CPU time
             state.examples += int(x.shape[0])
             state.step = i + 1
             loss_sum += losses.detach().sum()
             _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
             last = i + 1 == steps
-            if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None:
+            due = self.show and self.clock() - refreshed >= REFRESH_S  # by time, about once a second
+            if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None or due:
                 state.add_step_times(self.timer.flush())  # the GPU steps' times since the last interval
                 if int(first_bad) >= 0:
                     raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
                 state.loss_sum = float(loss_sum)
-                bar.set_postfix(loss=f"{state.loss_sum / (i + 1):.4f}", ex_s=f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}")
+                bar.set_postfix({"loss": f"{state.loss_sum / (i + 1):.4f}", "img/s": f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}"}, refresh=False)
                 bar.update(i + 1 - bar.n)
+                refreshed = self.clock()
             if stop.signum is not None and not last:
+                self.close_bar()  # the message that follows starts on its own line
                 self.checkpoint()
                 raise Interrupted(stop.signum, f"at epoch {epoch}, step {i + 1}")
-        bar.close()
+        self.close_bar()
+
+    def close_bar(self) -> None:
+        """Close the epoch's progress bar (its line cleared): before any message."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def end_epoch(self) -> dict[str, Any]:
         """After the epoch's steps: the schedule's step, the validation metrics, the history
         row (returned), the best epoch so far, the move to the next epoch and the checkpoint."""
         state, model, epoch, steps = self.state, self.model, self.state.epoch, self.steps_per_epoch
+        _sample_load(state)
         if self.scheduler is not None:
             self.scheduler.step()
         if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
@@ -205,6 +227,7 @@ class Trainer:
             "test_per_attribute": test.get("per_attribute"),
             "train_step_s": statistics.median(state.step_times),
             "examples_per_s": state.examples / total_step_s if total_step_s > 0 else float("nan"),
+            **_cpu_and_load(state, self.device),
             "steps": len(state.step_times),
             "device": str(self.device),
             "history": state.history,
@@ -234,7 +257,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
         pause_point("steps")
         while run.state.epoch <= run.epochs:
             epoch = run.state.epoch
-            run.train_epoch(stop)
+            try:
+                run.train_epoch(stop)
+            finally:  # a failure or an interrupt: the bar is gone before its message
+                run.close_bar()
             run.end_epoch()
             if on_epoch is not None:
                 on_epoch(run.state.history)
@@ -245,6 +271,31 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     result = run.test()
     stop.defer()
     return result
+
+
+def _sample_load(state: RunState) -> None:
+    """Add the machine's 1-minute load average to ``state.load_1m`` (where the OS has one)."""
+    if hasattr(os, "getloadavg"):
+        try:
+            state.load_1m.append(round(os.getloadavg()[0], 2))
+        except OSError:
+            pass
+
+
+def _cpu_and_load(state: RunState, device: torch.device) -> dict[str, Any]:
+    """``metrics.json``'s timing fields besides ``train_step_s`` (wall time, or device time on a
+    GPU): ``train_step_cpu_s`` (the median process CPU time of a step, on a CPU; null on a GPU
+    or when a resumed run's older checkpoint has no CPU times), ``speed_clock`` (the time the
+    tables' speed comes from: ``cpu``, ``wall`` or ``device``), and ``load`` (the machine's
+    1-minute load averages sampled during the run, its cores, and whether the load exceeded them)."""
+    cpu = state.step_cpu_times if device.type != "cuda" and len(state.step_cpu_times) == len(state.step_times) else []
+    cores = os.cpu_count() or 1
+    samples = list(state.load_1m)
+    return {
+        "train_step_cpu_s": statistics.median(cpu) if cpu else None,
+        "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
+        "load": {"cores": cores, "load_1m": samples, "max_1m": max(samples) if samples else None, "over_cores": bool(samples) and max(samples) > cores},
+    }
 
 
 def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:

@@ -28,6 +28,10 @@ class RunState:
     epoch_step_s: float = 0.0
     #: every step's duration, seconds
     step_times: list[float] = field(default_factory=list)
+    #: every step's process CPU time, seconds (CPU device only; none in checkpoints of older runs)
+    step_cpu_times: list[float] = field(default_factory=list)
+    #: the machine's 1-minute load average, sampled at the start and end of every epoch
+    load_1m: list[float] = field(default_factory=list)
     #: training examples seen
     examples: int = 0
     #: one row per finished epoch (``history.csv``)
