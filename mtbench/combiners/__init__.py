@@ -31,6 +31,7 @@ from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.uw import UW
 from mtbench.variant import register_resolver
 
 #: the built-in combiners by config name, in the paper's order (the table's row order, the
@@ -40,7 +41,7 @@ COMBINERS: dict[str, type[Combiner]] = {
     for cls in (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
 }
 #: the loss-level combiners (one weight per task from the losses alone), after the paper's
-COMBINERS.update({cls.name: cls for cls in (RLW, GLS)})
+COMBINERS.update({cls.name: cls for cls in (UW, RLW, GLS)})
 
 #: the paper's comparison (its eight combiners and GradNorm+GradDrop), in the registry's order:
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
