@@ -25,6 +25,7 @@ from mtbench.combiners.graddrop import GradDrop
 from mtbench.combiners.gradnorm import GradNorm
 from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.dwa import DWA
+from mtbench.combiners.famo import FAMO
 from mtbench.combiners.gls import GLS
 from mtbench.combiners.gradpenalty import GradPenalty
 from mtbench.combiners.gramweighted import GramWeighted
@@ -42,7 +43,7 @@ COMBINERS: dict[str, type[Combiner]] = {
     for cls in (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
 }
 #: the loss-level combiners (one weight per task from the losses alone), after the paper's
-COMBINERS.update({cls.name: cls for cls in (UW, DWA, RLW, GLS)})
+COMBINERS.update({cls.name: cls for cls in (UW, DWA, RLW, GLS, FAMO)})
 
 #: the paper's comparison (its eight combiners and GradNorm+GradDrop), in the registry's order:
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
