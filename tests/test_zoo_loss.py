@@ -262,3 +262,89 @@ def test_famo_bad_options_are_one_line():
         COMBINERS["famo"](2, gamma=-0.1)
     with pytest.raises(MtbenchError, match=r"^combiner.weight_lr must be a positive number for combiner=famo \(got 0\)$"):
         COMBINERS["famo"](2, weight_lr=0)
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo_sweep(tmp_path_factory):
+    """`mtbench -m combiner=<the loss-level ones>` on the tiny shapes40 config, 3 epochs (DWA's
+    weights move from the third)."""
+    cwd = tmp_path_factory.mktemp("zoo_loss")
+    args = ["-m", f"combiner={','.join(LOSS_LEVEL)}", *[o for o in TINY if not o.startswith("trainer.epochs")], "trainer.epochs=3"]
+    proc = run_cli("mtbench", args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return cwd / "results" / "shapes40", proc
+
+
+@pytest.mark.parametrize("name", LOSS_LEVEL)
+def test_each_runs_end_to_end_from_the_cli(zoo_sweep, name):
+    folder, proc = zoo_sweep
+    run = run_dir(folder, name)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["combiner"] == name and m["epochs"] == 3
+    assert 0 <= m["test"]["error_rate"] <= 100
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    lo, hi = history["combiner_w_min"], history["combiner_w_max"]
+    assert ((lo > 0) & (lo <= hi)).all()
+    if name == "dwa":  # weights 1 in the first two epochs, then the loss ratios' softmax
+        assert list(lo[:2]) == [1.0, 1.0] and list(hi[:2]) == [1.0, 1.0]
+        assert lo[2] < 1.0 < hi[2]
+    if name in ("uw", "rlw", "gls", "famo"):
+        assert lo.iloc[-1] < hi.iloc[-1]
+    assert f"| {name} |" in proc.stdout  # a row of the sweep's table
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("combiner=dwa combiner.temperature=0", "combiner.temperature must be a positive number for combiner=dwa (got 0)"),
+        (
+            "combiner=rlw combiner.distribution=gaussian",
+            "combiner.distribution='gaussian' is not allowed for combiner=rlw; choose one of: "
+            "normal, uniform, dirichlet, bernoulli, constrained_bernoulli",
+        ),
+    ],
+)
+def test_bad_options_from_the_cli_are_one_line(tmp_path, override, message):
+    proc = run_cli("mtbench", [*override.split(), *TINY], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if message in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+
+
+def test_zoo_preset_sweeps_every_combiner_and_composes_with_another_task():
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
+            plain = compose(config_name="config", return_hydra_config=True)
+            zoo = compose(config_name="config", overrides=["experiment=zoo"], return_hydra_config=True)
+            celeba = compose(config_name="config", overrides=["experiment=zoo", "task=celeba"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    assert str(plain.hydra.sweeper.params.combiner).split(",") == list(PAPER)
+    for cfg, task in ((zoo, "shapes40"), (celeba, "celeba")):
+        assert str(cfg.hydra.sweeper.params.combiner).split(",") == list(COMBINERS)
+        assert set(LOSS_LEVEL) <= set(COMBINERS)
+        assert str(cfg.hydra.sweeper.params.seed) == "0,1,2"
+        assert cfg.task.name == task and cfg.name == f"{task}_zoo"
+    assert celeba.model.name == plain_model_of("celeba")
+
+
+def plain_model_of(task: str) -> str:
+    """The model a task's own config picks, composed without the preset."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
+            return str(compose(config_name="config", overrides=[f"task={task}"]).model.name)
+    finally:
+        GlobalHydra.instance().clear()
