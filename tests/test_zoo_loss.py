@@ -227,7 +227,7 @@ def test_dwa_temperature_must_be_positive(bad):
 
 
 def test_famo_first_steps_follow_the_papers_update():
-    lr, eps = 0.1, 1e-8
+    lr = 0.1
     comb = COMBINERS["famo"](2, weight_lr=lr)
     # step 1, L = (1, 6), xi = 0, z = (1/2, 1/2): w = 2 (z / L) / sum(z / L) = (12/7, 2/7)
     grad = backward_of(comb, [1.0, 2.0])
@@ -303,8 +303,10 @@ def test_each_runs_end_to_end_from_the_cli(zoo_sweep, name):
         ("combiner=dwa combiner.temperature=0", "combiner.temperature must be a positive number for combiner=dwa (got 0)"),
         (
             "combiner=rlw combiner.distribution=gaussian",
-            "combiner.distribution='gaussian' is not allowed for combiner=rlw; choose one of: "
-            "normal, uniform, dirichlet, bernoulli, constrained_bernoulli",
+            (
+                "combiner.distribution='gaussian' is not allowed for combiner=rlw; choose one of: "
+                "normal, uniform, dirichlet, bernoulli, constrained_bernoulli"
+            ),
         ),
     ],
 )
