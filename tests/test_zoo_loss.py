@@ -350,3 +350,17 @@ def plain_model_of(task: str) -> str:
             return str(compose(config_name="config", overrides=[f"task={task}"]).model.name)
     finally:
         GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("name", LOSS_LEVEL)
+def test_bf16_losses_make_float32_weights_and_state(name):
+    """Losses computed under bf16 autocast: the weights and the learned state stay float32."""
+    comb = COMBINERS[name](3)
+    p = torch.ones(3, requires_grad=True)
+    for _ in range(3):
+        losses = (p * torch.tensor([0.5, 1.0, 2.0])).to(torch.bfloat16)
+        comb.backward(scalar_step(p, losses))
+        comb.end_epoch()
+    assert comb.last_weights.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    tensors = [v for v in comb.state_dict().values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert all(t.dtype == torch.float32 for t in tensors)

@@ -50,11 +50,12 @@ class DWA(LossWeighted):
 
     def _on(self, like: torch.Tensor) -> None:
         """The state on the losses' device and dtype (after a checkpoint was loaded on the host)."""
+        dtype = self.state_dtype(like)
         if self.weights is None:
-            self.weights = torch.ones(self.num_tasks, dtype=like.dtype, device=like.device)
+            self.weights = torch.ones(self.num_tasks, dtype=dtype, device=like.device)
             self.epoch_sum = torch.zeros_like(self.weights)
-        elif self.weights.device != like.device or self.weights.dtype != like.dtype:
-            move = {"device": like.device, "dtype": like.dtype}
+        elif self.weights.device != like.device or self.weights.dtype != dtype:
+            move = {"device": like.device, "dtype": dtype}
             self.weights, self.epoch_sum = self.weights.to(**move), self.epoch_sum.to(**move)
             self.means = [m.to(**move) for m in self.means]
 
@@ -62,7 +63,7 @@ class DWA(LossWeighted):
         losses = step.losses.detach()
         self._on(losses)
         assert self.epoch_sum is not None and self.weights is not None
-        self.epoch_sum += losses
+        self.epoch_sum += losses.to(self.epoch_sum.dtype)
         self.epoch_steps += 1
         return self.weights
 

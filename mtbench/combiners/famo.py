@@ -59,7 +59,7 @@ class FAMO(LossWeighted):
         self._pending_state: dict[str, Any] | None = None
 
     def _setup(self, like: torch.Tensor) -> None:
-        self.logits = torch.zeros(self.num_tasks, device=like.device, dtype=like.dtype, requires_grad=True)
+        self.logits = torch.zeros(self.num_tasks, device=like.device, dtype=self.state_dtype(like), requires_grad=True)
         self.optimizer = torch.optim.Adam([self.logits], lr=self.weight_lr, weight_decay=self.gamma)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
@@ -70,6 +70,7 @@ class FAMO(LossWeighted):
         if self.logits is None:
             self._setup(losses)
         assert self.logits is not None and self.optimizer is not None
+        losses = losses.to(self.logits.dtype)
         log = (losses + EPS).log()
         if self.prev_losses is not None:  # the logits' step on how the log-losses moved
             delta = (self.prev_losses + EPS).log() - log

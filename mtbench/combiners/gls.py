@@ -30,5 +30,5 @@ class GLS(LossWeighted):
 
     def task_weights(self, step: Step) -> torch.Tensor:
         """w_i = G / L_i, G the geometric mean of the losses."""
-        log = step.losses.detach().clamp_min(TINY).log()
+        log = step.losses.detach().to(self.state_dtype(step.losses)).clamp_min(TINY).log()
         return (log.mean() - log).exp()

@@ -14,7 +14,7 @@ class LossWeighted(Combiner):
     """A combiner that trains on sum_i w_i L_i with weights computed from scalars only (the
     losses, the combiner's state, its random draws): no per-task gradient is formed, and the
     step costs one backward pass, as the baseline's. Subclasses implement ``task_weights``
-    (detached weights [T], in the losses' dtype, on their device; no host synchronisation).
+    (detached weights [T], in ``state_dtype``, on the losses' device; no host synchronisation).
 
     Each head gets its own loss's gradient times its task's weight; ``history.csv`` logs the
     range of the last step's weights (``combiner_w_min``, ``combiner_w_max``).
@@ -24,6 +24,12 @@ class LossWeighted(Combiner):
         super().__init__(num_tasks, **options)
         #: the weights of the last step (for ``log_values``)
         self.last_weights: torch.Tensor | None = None
+
+    @staticmethod
+    def state_dtype(losses: torch.Tensor) -> torch.dtype:
+        """The dtype of the weights and the state: the losses' own, at least float32 (bf16
+        losses under autocast do not make bf16 state)."""
+        return torch.promote_types(losses.dtype, torch.float32)
 
     def task_weights(self, step: Step) -> torch.Tensor:
         """This step's weights w [T] (detached)."""

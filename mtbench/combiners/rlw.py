@@ -45,9 +45,10 @@ class RLW(LossWeighted):
     }
 
     def draw(self, step: Step) -> torch.Tensor:
-        """lambda: one draw on the simplex [T], in the losses' dtype and on their device."""
+        """lambda: one draw on the simplex [T], on the losses' device (``state_dtype``)."""
         losses, g, t = step.losses, step.generator, self.num_tasks
-        kw = {"dtype": losses.dtype, "device": losses.device}
+        dtype = self.state_dtype(losses)
+        kw = {"dtype": dtype, "device": losses.device}
         if self.distribution == "normal":
             return torch.randn(t, generator=g, **kw).softmax(0)
         if self.distribution == "uniform":
@@ -58,13 +59,13 @@ class RLW(LossWeighted):
         if self.distribution == "bernoulli":
             if t <= 62:
                 k = torch.randint(1, 2**t, (1,), generator=g, device=losses.device)
-                x = ((k >> torch.arange(t, device=losses.device)) & 1).to(losses.dtype)
+                x = ((k >> torch.arange(t, device=losses.device)) & 1).to(dtype)
             else:
-                x = (torch.rand(t, generator=g, **kw) < 0.5).to(losses.dtype)
+                x = (torch.rand(t, generator=g, **kw) < 0.5).to(dtype)
                 x = torch.where(x.sum() > 0, x, torch.ones_like(x))
             return x / x.sum()
         k = torch.randint(t, (1,), generator=g, device=losses.device)
-        return (torch.arange(t, device=losses.device) == k).to(losses.dtype)
+        return (torch.arange(t, device=losses.device) == k).to(dtype)
 
     def task_weights(self, step: Step) -> torch.Tensor:
         return self.num_tasks * self.draw(step)

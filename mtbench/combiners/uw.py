@@ -49,7 +49,7 @@ class UW(LossWeighted):
         self._pending_state: dict[str, Any] | None = None
 
     def _setup(self, like: torch.Tensor) -> None:
-        self.log_var = torch.zeros(self.num_tasks, device=like.device, dtype=like.dtype, requires_grad=True)
+        self.log_var = torch.zeros(self.num_tasks, device=like.device, dtype=self.state_dtype(like), requires_grad=True)
         self.optimizer = torch.optim.Adam([self.log_var], lr=self.weight_lr)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
@@ -61,6 +61,7 @@ class UW(LossWeighted):
         if self.log_var is None:
             self._setup(losses)
         assert self.log_var is not None and self.optimizer is not None
+        losses = losses.to(self.log_var.dtype)
         w = torch.exp(-self.log_var.detach())
         self.log_var.grad = 0.5 - w * losses  # d/ds [exp(-s) L + s / 2]
         self.optimizer.step()
