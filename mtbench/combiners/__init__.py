@@ -21,12 +21,12 @@ from mtbench import MtbenchError
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.baseline import Baseline
 from mtbench.combiners.clip import Clip
-from mtbench.combiners.graddrop import GradDrop
-from mtbench.combiners.gradnorm import GradNorm
-from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.dwa import DWA
 from mtbench.combiners.famo import FAMO
 from mtbench.combiners.gls import GLS
+from mtbench.combiners.graddrop import GradDrop
+from mtbench.combiners.gradnorm import GradNorm
+from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.gradpenalty import GradPenalty
 from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.mgda import MGDA
