@@ -32,7 +32,9 @@ class RLW(LossWeighted):
 
     Scale: the paper's weights lambda sum to 1; mtbench's w = T lambda sum to T (the
     baseline's weights are all 1). LibMTL's RLW (normal) is the paper's: 1/T of this
-    gradient. No state.
+    gradient. torchjd's ``Random`` aggregator is the paper's gradient-level variant: it
+    combines the per-task gradients with softmax-of-normal weights summing to 1, on the shared
+    parameters the direction of ``distribution=normal`` at 1/T of its scale. No state.
     """
 
     name = "rlw"
