@@ -33,7 +33,8 @@ class FAMO(LossWeighted):
 
     Against the paper and its code: the paper's weights c z_i / L_i with c = 1 / sum_j z_j / L_j
     sum to 1; mtbench's c has T in the numerator, so its weights sum to T (with equal losses
-    and equal z, all 1: the baseline's gradient). The official code evaluates the losses at
+    and equal z, all 1: the baseline's gradient); LibMTL's FAMO keeps the paper's scale, 1/T
+    of this gradient (and a weight decay of 1e-3 by default). The official code evaluates the losses at
     the updated parameters on the same batch (a second forward pass after the optimizer
     step); here delta compares this step's losses (the next batch, after the update) with the
     previous step's, which costs no extra forward pass but also holds the batch-to-batch
