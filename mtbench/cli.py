@@ -39,13 +39,13 @@ from mtbench.variant import applies, identity, register_resolver, variant_name
 register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
 
-def _combiners() -> str:
+def _combiners(which: str = "all") -> str:
     from mtbench.combiners import resolve_combiners  # torch is imported only when a config reads the list
 
-    return resolve_combiners()
+    return resolve_combiners(which)
 
 
-register_resolver("mtbench_combiners", _combiners)  # ${mtbench_combiners:}: the sweep of every combiner
+register_resolver("mtbench_combiners", _combiners)  # ${mtbench_combiners:paper}, ${mtbench_combiners:all}: the sweeps
 
 log = logging.getLogger("mtbench")
 

@@ -85,6 +85,8 @@ TARGETS = {
     "gradpenalty": 0.40,
     "layer-graddrop": 0.97,
     "layer-random_graddrop": 0.97,
+    # the loss-level combiners: scalar arithmetic on [T] vectors, one backward pass
+    **{name: 0.98 for name in ("uw", "dwa", "rlw", "gls", "famo")},
 }
 #: parameter-level rows that must be at least this many times as fast as torchjd's
 TORCHJD_FACTOR = 3.0

@@ -10,34 +10,36 @@ import pytest
 import yaml
 
 from conftest import run_cli, run_dir, run_path
-from mtbench.combiners import COMBINERS
+from mtbench.combiners import COMBINERS, PAPER
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def sweep_combiners() -> list[str]:
-    """The combiners `mtbench -m` sweeps: the composed primary config's sweeper params."""
+def sweep_combiners(overrides: list[str] | None = None) -> list[str]:
+    """The combiners `mtbench -m` sweeps: the composed primary config's sweeper params (under
+    ``overrides``)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
-            cfg = compose(config_name="config", return_hydra_config=True)
+            cfg = compose(config_name="config", overrides=overrides or [], return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
     return [c.strip() for c in str(cfg.hydra.sweeper.params.combiner).split(",")]
 
 
-def test_sweep_lists_every_combiner_and_each_has_a_config():
-    assert sweep_combiners() == list(COMBINERS)
+def test_sweep_lists_the_papers_combiners_and_each_has_a_config():
+    assert sweep_combiners() == list(PAPER) == list(COMBINERS)[: len(PAPER)]
+    assert sweep_combiners(["experiment=zoo"]) == list(COMBINERS)  # every registered one
     for name in COMBINERS:
         assert yaml.safe_load((CONFIGS / "combiner" / f"{name}.yaml").read_text())["name"] == name
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """`mtbench -m seed=0,1` over every combiner, once for the module."""
+    """`mtbench -m seed=0,1` over the paper's combiners, once for the module."""
     from conftest import TINY
 
     cwd = tmp_path_factory.mktemp("sweep")
@@ -49,7 +51,7 @@ def sweep(tmp_path_factory):
 def test_sweep_writes_every_run(sweep):
     cwd, _ = sweep
     assert not (cwd / "outputs").exists() and not (cwd / "multirun").exists()
-    for name in COMBINERS:
+    for name in PAPER:
         for seed in (0, 1):
             run = run_dir(cwd / "results" / "shapes40", name, seed)
             m = json.loads((run / "metrics.json").read_text())
@@ -74,7 +76,7 @@ def test_sweep_seeds_differ_and_table_is_printed(sweep):
     a, b = (json.loads((run_dir(cwd / "results" / "shapes40", "baseline", s) / "metrics.json").read_text()) for s in (0, 1))
     assert a["val"] != b["val"], "two seeds gave identical results"
     assert "| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds |" in proc.stdout
-    for name in COMBINERS:
+    for name in PAPER:
         assert f"| {name} |" in proc.stdout
 
 
@@ -82,7 +84,7 @@ def test_table_files(sweep):
     cwd, _ = sweep
     folder = cwd / "results" / "shapes40"
     csv = pd.read_csv(folder / "table.csv")
-    assert list(csv["combiner"]) == list(COMBINERS)
+    assert list(csv["combiner"]) == list(PAPER)
     assert (csv["seeds"] == 2).all()
     base = csv.set_index("combiner").loc["baseline"]
     assert base["speed_mean"] == pytest.approx(1.0, abs=0.5)
@@ -91,7 +93,7 @@ def test_table_files(sweep):
     assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
     md = (folder / "table.md").read_text()
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table_lines) == 2 + len(COMBINERS) and " ± " in md
+    assert len(table_lines) == 2 + len(PAPER) and " ± " in md
     assert "Speed vs baseline:" in md and "from process CPU time per training step" in md  # the footnote, on a CPU
     base_cells = next(line for line in table_lines if line.startswith("| baseline |")).split(" | ")
     assert base_cells[3].strip("*† ") == "1.00" and base_cells[4] == "2"  # 1.00 by definition, no ±

@@ -260,10 +260,19 @@ def test_a_gram_weighted_combiner_is_its_weights_only(level):
         torch.testing.assert_close(gram, per_task @ per_task.T, rtol=1e-12, atol=1e-14)
 
 
-def test_the_sweep_of_every_combiner_is_the_registry():
+def test_the_sweeps_are_read_from_the_registry():
     from omegaconf import OmegaConf
 
+    from mtbench.combiners import PAPER
+
     raw = yaml.safe_load((CONFIGS / "config.yaml").read_text())
-    assert raw["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:}"  # no list restated
-    cfg = OmegaConf.create({"combiner": "${mtbench_combiners:}"})
-    assert cfg.combiner.split(",") == list(COMBINERS)
+    assert raw["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:paper}"  # no list restated
+    zoo = yaml.safe_load((CONFIGS / "experiment" / "zoo.yaml").read_text())
+    assert zoo["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:all}"
+    cfg = OmegaConf.create({"paper": "${mtbench_combiners:paper}", "all": "${mtbench_combiners:all}", "bare": "${mtbench_combiners:}"})
+    assert cfg.all.split(",") == cfg.bare.split(",") == list(COMBINERS)
+    assert cfg.paper.split(",") == list(PAPER) == list(COMBINERS)[: len(PAPER)] and len(PAPER) == 9
+    from omegaconf.errors import InterpolationResolutionError
+
+    with pytest.raises(InterpolationResolutionError, match=r"MtbenchError .*mtbench_combiners:mine\} is not a selection of combiners; choose one of: paper, all"):
+        OmegaConf.create({"x": "${mtbench_combiners:mine}"}).x

@@ -4,9 +4,11 @@
 ``_target_`` (a dotted path: yours can live in any importable module) or, without one, the
 built-in combiner of that ``name``.
 
-:data:`COMBINERS` is the one registry of the built-in combiners: the sweep of ``mtbench -m``
-(``hydra.sweeper.params.combiner`` is the resolver ``${mtbench_combiners:}``), the table's row
-order, the plots' styles (each class's ``style``) and ``scripts/bench_step.py`` read it.
+:data:`COMBINERS` is the one registry of the built-in combiners: the sweeps (the resolver
+``${mtbench_combiners:paper}`` in ``hydra.sweeper.params.combiner`` of the primary config,
+``${mtbench_combiners:all}`` in ``experiment=zoo``), the table's row order, the plots' styles
+(each class's ``style``) and ``scripts/bench_step.py`` read it. :data:`PAPER` names the paper's
+comparison, the nine registered first: what ``mtbench -m`` sweeps with no argument.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.baseline import Baseline
 from mtbench.combiners.clip import Clip
+from mtbench.combiners.dwa import DWA
+from mtbench.combiners.famo import FAMO
+from mtbench.combiners.gls import GLS
 from mtbench.combiners.graddrop import GradDrop
 from mtbench.combiners.gradnorm import GradNorm
 from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
@@ -36,6 +41,8 @@ from mtbench.combiners.dualproj import DualProj
 from mtbench.combiners.fairgrad import FairGrad
 from mtbench.combiners.config import ConFIG
 from mtbench.combiners.gradvac import GradVac
+from mtbench.combiners.rlw import RLW
+from mtbench.combiners.uw import UW
 from mtbench.variant import register_resolver
 
 #: the built-in combiners by config name: the paper's nine in the paper's order (the table's
@@ -48,15 +55,33 @@ COMBINERS: dict[str, type[Combiner]] = {
         UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac,
     )
 }
+#: the loss-level combiners (one weight per task from the losses alone), after the paper's
+COMBINERS.update({cls.name: cls for cls in (UW, DWA, RLW, GLS, FAMO)})
 
-__all__ = ["COMBINERS", "Combiner", "GramWeighted", "Step", "build_combiner"]
+#: the paper's comparison (its eight combiners and GradNorm+GradDrop), in the registry's order:
+#: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
+#: ``experiment=zoo``
+PAPER: tuple[str, ...] = (
+    "baseline", "clip", "gradpenalty", "mgda", "pcgrad", "gradnorm", "random_graddrop", "graddrop", "gradnorm_graddrop",
+)
+
+__all__ = ["COMBINERS", "PAPER", "Combiner", "GramWeighted", "Step", "build_combiner"]
+
+#: the selections ``${mtbench_combiners:<which>}`` knows
+SELECTIONS = ("paper", "all")
 
 
-
-def resolve_combiners() -> str:
-    """OmegaConf resolver ``${mtbench_combiners:}``: every registered combiner, comma-separated in
-    the registry's order, the sweep of ``mtbench -m`` (``hydra.sweeper.params.combiner``)."""
-    return ",".join(COMBINERS)
+def resolve_combiners(which: str = "all") -> str:
+    """OmegaConf resolver ``${mtbench_combiners:<which>}``: the combiners of a selection,
+    comma-separated in the registry's order. ``paper`` (the primary config's sweep,
+    ``mtbench -m``): :data:`PAPER`; ``all`` (also ``${mtbench_combiners:}``; ``experiment=zoo``):
+    every registered combiner."""
+    which = str(which or "all")
+    if which == "paper":
+        return ",".join(name for name in COMBINERS if name in PAPER)
+    if which == "all":
+        return ",".join(COMBINERS)
+    raise MtbenchError(f"${{mtbench_combiners:{which}}} is not a selection of combiners; choose one of: {', '.join(SELECTIONS)}")
 
 
 register_resolver("mtbench_combiners", resolve_combiners)

@@ -8,8 +8,8 @@ rate serves every combiner.
 
 The interface: ``name``, ``options`` (each declared once as an :class:`~mtbench.options.Option`
 with its default, one-line doc and check; a plain ``defaults = {option: default}`` dict works
-too), ``backward(step)``, ``prepare(model)``, ``state_dict`` / ``load_state_dict`` and
-``log_values``. The per-task gradient machinery lives in :mod:`mtbench.combiners.taskgrads`
+too), ``backward(step)``, ``prepare(model)``, ``state_dict`` / ``load_state_dict``,
+``log_values`` and the epoch hook ``end_epoch`` (optional). The per-task gradient machinery lives in :mod:`mtbench.combiners.taskgrads`
 (a combiner that needs it holds a :class:`~mtbench.combiners.taskgrads.TaskGrads`); the
 Gram-matrix methods derive from :class:`~mtbench.combiners.gramweighted.GramWeighted`.
 """
@@ -98,6 +98,11 @@ class Combiner:
         (default: nothing). A combiner with a per-layer fast path arms its forward hooks here,
         so every step, the first of a process (a resumed run's) included, takes the path that
         the step's own shapes call for."""
+
+    def end_epoch(self) -> None:
+        """Called by the trainer once an epoch's last step is done, before the epoch's checkpoint
+        (default: nothing). A combiner that works per epoch (DWA's epoch-mean losses) closes
+        the epoch here; what it keeps is combiner state (``state_dict``)."""
 
     # -- state carried across steps (e.g. GradNorm's weights); saved in checkpoints ------
     def state_dict(self) -> dict[str, Any]:

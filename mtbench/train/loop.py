@@ -201,6 +201,7 @@ class Trainer:
             **{f"combiner_{k}": v for k, v in self.combiner.log_values().items()},
         }
         state.history.append(row)
+        self.combiner.end_epoch()  # (after the row: it logs the weights the epoch trained with)
         if state.best is None or self.better(val[self.select], state.best["val"][self.select]):
             state.best = {"epoch": epoch, "val": val}
             state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
