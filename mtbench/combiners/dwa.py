@@ -34,7 +34,7 @@ class DWA(LossWeighted):
     """
 
     name = "dwa"
-    style = ("#7f7f7f", ">")
+    style = ("#393b79", "3")
     options = {
         "temperature": Option(2.0, "the softmax temperature of the loss ratios (larger: weights closer to 1)", positive()),
     }

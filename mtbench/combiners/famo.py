@@ -44,7 +44,7 @@ class FAMO(LossWeighted):
     """
 
     name = "famo"
-    style = ("#ff9896", "8")
+    style = ("#637939", "4")
     options = {
         "weight_lr": Option(0.025, "learning rate of the task logits (their own Adam)", positive()),
         "gamma": Option(0.01, "weight decay of the task logits (their Adam's), >= 0", number(minimum=0)),

@@ -36,7 +36,7 @@ class UW(LossWeighted):
     """
 
     name = "uw"
-    style = ("#e377c2", "<")
+    style = ("#8c6d31", "x")
     options = {
         "weight_lr": Option(0.003, "learning rate of the log-variances s_i (their own Adam)", positive()),
     }
