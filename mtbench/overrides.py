@@ -25,7 +25,7 @@ from mtbench import MtbenchError
 from mtbench.variant import combiner_options
 
 #: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)
-GROUPS = ("combiner", "task", "model", "trainer", "experiment")
+GROUPS = ("combiner", "task", "model", "trainer", "experiment", "logger")
 
 
 def choices(group: str, searchpath: list[str] | None = None) -> list[str] | None:
@@ -64,6 +64,9 @@ def _values(o: Any) -> list[str]:
             return [str(v) for v in o.sweep_string_iterator()]
         except Exception:  # noqa: BLE001 - a range/interval sweep of a group: nothing to check
             return []
+    value = o.value()
+    if isinstance(value, list):  # several configs of one group at once: logger=[tensorboard,mlflow]
+        return [str(v) for v in value]
     return [o.get_value_element_as_str()]
 
 

@@ -34,6 +34,7 @@ NON_IDENTITY = (
     "combiner",  # the group choice; combiner.<option> keys are identity
     "task",  # the group choice (a task config sets `name`); task.<option> keys are identity
     "experiment",
+    "logger",  # where a run reports to, not what it computes
     "data.root",
     "data.cache_dir",
     "data.workers",
