@@ -163,6 +163,37 @@ class BinaryAttributeTask(Task):
         return binary_attribute_metrics(scores, labels, names=self.task_names)
 
 
+#: every metric a binary-attribute task can report (``task.columns=[...]``; the first selects the
+#: reported epoch unless ``trainer.select_metric`` names another)
+BINARY_COLUMNS: dict[str, MetricColumn] = {
+    c.key: c
+    for c in (
+        *BinaryAttributeTask.metric_columns,
+        MetricColumn("mean_acc", "mean accuracy (%)", True),
+        MetricColumn("min_acc", "min accuracy (%)", True),
+        MetricColumn("mean_f1", "mean F1@0.5", True),
+    )
+}
+
+
+def binary_columns(columns: Any) -> tuple[MetricColumn, ...]:
+    """The metric columns ``task.columns`` asks for (null: the paper's error rate and max F1);
+    an unknown or repeated one is a one-line error."""
+    from mtbench import MtbenchError
+
+    if columns is None:
+        return BinaryAttributeTask.metric_columns
+    if isinstance(columns, str) or not hasattr(columns, "__iter__"):
+        raise MtbenchError(f"task.columns must be a list of metrics, e.g. task.columns=[mean_acc,min_acc] (got {columns!r}); choose among {', '.join(BINARY_COLUMNS)}")
+    keys = [str(c) for c in columns]
+    for key in keys:
+        if key not in BINARY_COLUMNS:
+            raise MtbenchError(f"task.columns: {key!r} is not a metric of binary-attribute tasks; choose among {', '.join(BINARY_COLUMNS)}")
+    if not keys or len(set(keys)) != len(keys):
+        raise MtbenchError(f"task.columns={keys} must name at least one metric, each once; choose among {', '.join(BINARY_COLUMNS)}")
+    return tuple(BINARY_COLUMNS[k] for k in keys)
+
+
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (in [0, 1] units) of up to ``max_images`` uint8 images."""
     x = images[:max_images].to(torch.float32).div_(255)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from mtbench import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec
+from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec, binary_columns
 from mtbench.options import check_bool, check_int, check_str
 
 log = logging.getLogger("mtbench")
@@ -653,7 +653,7 @@ def check_options(cfg: Any) -> TaskSpec:
     check_str("data.cache_dir", cfg.get("cache_dir"), optional=True)
     check_int("data.workers", cfg.get("workers"), minimum=1, optional=True)
     check_bool("task.hflip", cfg.get("hflip", True))
-    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in CelebATask.metric_columns))
+    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in binary_columns(cfg.get("columns"))))
 
 
 def build_celeba(cfg: Any) -> CelebATask:
@@ -667,7 +667,7 @@ def build_celeba(cfg: Any) -> CelebATask:
         cache_dir=cfg.get("cache_dir"),
         workers=cfg.get("workers"),
     )
-    return CelebATask(
+    task = CelebATask(
         "celeba",
         data.names,
         train=data.splits["train"],
@@ -678,3 +678,5 @@ def build_celeba(cfg: Any) -> CelebATask:
         hflip=bool(cfg.get("hflip", True)),
         cache=data.cache,
     )
+    task.metric_columns = binary_columns(cfg.get("columns"))
+    return task

@@ -58,6 +58,9 @@ ERROR_LOG = "error.log"
 #: config keys the configs no longer have: a saved run's config that holds them is not another config
 RETIRED_KEYS = ("task.kind",)
 
+#: config keys added since runs were first saved, with the value a saved config without them had
+ADDED_KEYS: dict[str, Any] = {"task.columns": None}
+
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
@@ -75,6 +78,8 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     a, b = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in a}}, **a}
+    b = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in b}}, **b}
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
