@@ -229,11 +229,21 @@ def binary_attribute_metrics(
 
 
 def f1_floor(attr_file: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(attribute names, base rates, all-positive F1) of a ``list_attr_celeba.txt``."""
-    from mtbench.data.celeba import read_attributes
-
-    names, _, labels, _ = read_attributes(attr_file)
-    base = torch.as_tensor(labels, dtype=torch.float64).mean(dim=0)
+    """(attribute names, base rates, all-positive F1) of a ``list_attr_celeba.txt`` (line 1: the
+    image count, line 2: the names, then ``<file> v1 ... vT`` with each value -1 or 1). A
+    malformed file is a one-line ``ValueError`` naming the line."""
+    with open(attr_file, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    if len(lines) < 3 or not lines[0].strip().isdigit():
+        raise ValueError(f"{attr_file}: not a list_attr_celeba.txt (line 1: the image count, line 2: the attribute names, then one line per image)")
+    names = lines[1].split()
+    rows = []
+    for i, line in enumerate(lines[2:], start=3):
+        values = line.split()[1:]
+        if len(values) != len(names) or any(v not in ("-1", "1") for v in values):
+            raise ValueError(f"{attr_file}, line {i}: expected a file name and {len(names)} values of -1 or 1")
+        rows.append([v == "1" for v in values])
+    base = torch.tensor(rows, dtype=torch.float64).mean(dim=0)
     return names, base, all_positive_f1(base)
 
 
@@ -243,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from mtbench import MtbenchError
-
     parser = argparse.ArgumentParser(prog="python -m mtbench.metrics", description="Metric facts computed from data files.")
     sub = parser.add_subparsers(dest="command", required=True)
     floor = sub.add_parser("f1-floor", help="the F1 of predicting every attribute present: a lower bound of the mean max F1")
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         names, base, f1 = f1_floor(args.attr_file)
-    except (MtbenchError, OSError) as e:
+    except (ValueError, OSError) as e:
         print(f"mtbench: error: {e}", file=sys.stderr)
         return 2
     if args.per_attribute:
