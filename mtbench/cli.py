@@ -187,6 +187,32 @@ def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
                 log.info(f"mtbench: {key} does not apply to combiner={name}; its runs go on without it")
 
 
+def _apply_per_combiner(cfg: DictConfig, overrides: list[str]) -> None:
+    """``per_combiner.<this job's combiner>``'s ``trainer.*`` and ``combiner.*`` settings into the
+    job's config, except the keys the command line sets (they win)."""
+    table = cfg.get("per_combiner")
+    if not table:
+        return
+    if not hasattr(table, "keys"):
+        raise MtbenchError(f"per_combiner must map combiner names to settings, e.g. per_combiner.mgda.trainer.lr=5e-4 (got {table!r})")
+    given = {text.split("=", 1)[0].lstrip("+~") for text in overrides}
+    name = str(cfg.combiner.name)
+    for combiner, settings in table.items():
+        if not hasattr(settings, "keys") or not set(settings.keys()) <= {"trainer", "combiner"}:
+            raise MtbenchError(f"per_combiner.{combiner} may set trainer.* and combiner.* keys only (got {settings!r})")
+    settings = table.get(name)
+    if not settings:
+        return
+    flat = OmegaConf.to_container(settings, resolve=True)
+    assert isinstance(flat, dict)
+    for group, values in flat.items():
+        for key, value in (values or {}).items():
+            dotted = f"{group}.{key}"
+            if dotted not in given:
+                with open_dict(cfg):
+                    OmegaConf.update(cfg, dotted, value, force_add=True)
+
+
 def _objective(record: dict[str, Any] | None) -> float:
     """What a sweeper that optimises (Optuna) gets: the run's validation select metric."""
     if not record or record.get("status") != "completed":
@@ -207,6 +233,7 @@ def _app(cfg: DictConfig) -> float:
     overrides = list(hc.overrides.task)
     try:
         _drop_inapplicable(cfg, overrides)
+        _apply_per_combiner(cfg, overrides)
         ident = identity(overrides, str(cfg.combiner.name))
         validate(cfg)
         record = run(cfg, run_dir, ident)

@@ -31,6 +31,7 @@ def _shapes40(cfg: DictConfig) -> Task:
     mean, std = channel_stats(splits["train"].images)
     task = BinaryAttributeTask("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
     task.metric_columns = binary_columns(cfg.get("columns"))
+    task.two_way = cfg.get("head", "sigmoid") == "softmax2"
     return task
 
 

@@ -59,7 +59,7 @@ ERROR_LOG = "error.log"
 RETIRED_KEYS = ("task.kind",)
 
 #: config keys added since runs were first saved, with the value a saved config without them had
-ADDED_KEYS: dict[str, Any] = {"task.columns": None}
+ADDED_KEYS: dict[str, Any] = {"task.columns": None, "task.preprocess": "center_crop", "task.head": "sigmoid"}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
