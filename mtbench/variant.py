@@ -42,6 +42,7 @@ NON_IDENTITY = (
     "trainer.progress",
     "trainer.num_threads",
     "trainer.eval_batch_size",
+    "trainer.save_model",  # what a run keeps, not what it computes
     "hydra",
 )
 

@@ -32,7 +32,7 @@ def command(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"mtbench": "mtbench", "mtbench-table": "mtbench.report.table"}[name]
+    module = {"mtbench": "mtbench", "mtbench-table": "mtbench.report.table", "mtbench-eval": "mtbench.train.evaluate"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -23,7 +23,7 @@ if _MISSING:
     pytest.skip(f"needs the logger extras: pip install -e '.[tensorboard,wandb,mlflow]' ({', '.join(_MISSING)} missing)", allow_module_level=True)
 
 #: the files every run folder holds after a completed run with logger=csv
-TODAY = {"metrics.json", "history.csv", "per_attribute.csv", "mtbench.log", ".hydra"}
+TODAY = {"metrics.json", "history.csv", "per_attribute.csv", "mtbench.log", ".hydra", "model.pt"}
 
 
 @pytest.fixture(scope="module")

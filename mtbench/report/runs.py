@@ -147,7 +147,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove every file of a run (its checkpoint, metrics.json, the CSV files, error.log)."""
-        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log):
+        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log, self.path / "model.pt"):
             path.unlink(missing_ok=True)
 
     def begin(self, config: dict[str, Any], force: bool = False) -> bool:

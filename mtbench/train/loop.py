@@ -242,9 +242,30 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
                 raise Interrupted(stop.signum, f"after epoch {epoch}")
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
     pause_point("test")
+    save = str(cfg.trainer.get("save_model", "best")).lower()
+    last = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} if save == "last" else None
     result = run.test()
+    if run_dir is not None and save != "none":
+        epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
+        save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)
     stop.defer()
     return result
+
+
+#: the trained weights a completed run keeps (``trainer.save_model``); ``mtbench-eval`` reads them
+MODEL = "model.pt"
+
+
+def save_model(path: Path, state_dict: dict[str, Any], which: str, epoch: int) -> None:
+    """``torch.save`` of ``{"state_dict", "which" (best | last), "epoch"}`` to ``path``, atomically
+    (a plain torch file: ``torch.load(path)["state_dict"]`` reads it)."""
+    import io
+
+    from mtbench.files import atomic_write
+
+    buf = io.BytesIO()
+    torch.save({"format": "mtbench-model", "which": which, "epoch": int(epoch), "state_dict": state_dict}, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), binary=True)
 
 
 def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:

@@ -71,6 +71,7 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "amp": _amp,
     "channels_last": check_bool,
     "select_metric": lambda k, v: check_str(k, v, optional=True),
+    "save_model": lambda k, v: check_choice(k, v, ("best", "last", "none"), lower=True),
 }
 
 
