@@ -25,7 +25,7 @@ from mtbench import MtbenchError
 from mtbench.variant import combiner_options
 
 #: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)
-GROUPS = ("combiner", "task", "model", "trainer", "experiment", "logger")
+GROUPS = ("combiner", "task", "model", "trainer", "experiment", "logger", "debug")
 
 
 def choices(group: str, searchpath: list[str] | None = None) -> list[str] | None:
@@ -133,7 +133,7 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
             values = _values(o)
             valid = choices(key, searchpath)
             for v in values:
-                if valid and v not in valid and not (key == "experiment" and v == "null"):
+                if valid and v not in valid and not (key in ("experiment", "debug") and v == "null"):
                     raise MtbenchError(
                         f"{key}={v}: Could not find '{key}/{v}'; {_suggest(f'{key}={v}', [f'{key}={c}' for c in valid])}"
                         f"Available options in '{key}': {', '.join(valid)}"

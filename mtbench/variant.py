@@ -35,6 +35,7 @@ NON_IDENTITY = (
     "task",  # the group choice (a task config sets `name`); task.<option> keys are identity
     "experiment",
     "logger",  # where a run reports to, not what it computes
+    "debug",  # the debug= presets write under their own results folder
     "data.root",
     "data.cache_dir",
     "data.workers",
@@ -43,6 +44,7 @@ NON_IDENTITY = (
     "trainer.num_threads",
     "trainer.eval_batch_size",
     "trainer.save_model",  # what a run keeps, not what it computes
+    "trainer.profile_steps",
     "hydra",
 )
 

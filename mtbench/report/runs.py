@@ -59,7 +59,10 @@ ERROR_LOG = "error.log"
 RETIRED_KEYS = ("task.kind",)
 
 #: config keys added since runs were first saved, with the value a saved config without them had
-ADDED_KEYS: dict[str, Any] = {"task.columns": None, "task.preprocess": "center_crop", "task.head": "sigmoid"}
+ADDED_KEYS: dict[str, Any] = {
+    "task.columns": None, "task.preprocess": "center_crop", "task.head": "sigmoid",
+    "trainer.max_steps_per_epoch": None, "trainer.overfit_batches": None, "trainer.max_eval_examples": None,
+}  # fmt: skip
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
