@@ -154,7 +154,7 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
                 out[out.index(text)] = "++" + text.lstrip("+")  # the class checks its own options
             elif key.startswith("combiner."):
                 out[out.index(text)] = _combiner_key(text, o, key, combiners)
-            elif key not in known:
+            elif key not in known and not key.startswith("per_combiner."):  # per_combiner.<c>.*: checked by the job
                 hint = _suggest(key, known)
                 if o.input_line.startswith("+"):
                     raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint.strip() or 'see mtbench --cfg job for the keys'}")

@@ -137,6 +137,8 @@ def applies(key: str, combiner: str) -> bool:
     """Whether the override key ``key`` applies to ``combiner`` (only ``combiner.<option>`` keys
     may not: an option the combiner does not declare)."""
     key = key.lstrip("+~")
+    if key.startswith("per_combiner."):  # per_combiner.<name>.*: the runs of that combiner only
+        return key.split(".")[1] == combiner if key.count(".") > 1 else True
     if not key.startswith("combiner."):
         return True
     options = combiner_options(combiner)

@@ -121,3 +121,19 @@ def test_bad_preset_options(celeba_root, tmp_path, arg, needle):
     proc = run_cli("mtbench", ["experiment=kurin_celeba", f"data.root={celeba_root}", arg, *SMALL], cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+
+
+def test_per_combiner_from_the_command_line(tmp_path):
+    """+per_combiner.<c>.*: applied to that combiner's runs, and in their variant only."""
+    from conftest import TINY
+
+    proc = run_cli("mtbench", ["-m", "combiner=baseline,mgda", "+per_combiner.mgda.trainer.lr=0.0005", *TINY], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = tmp_path / "results" / "shapes40"
+    mgda = json.loads((run_dir(results, "mgda") / "metrics.json").read_text())
+    base = json.loads((run_dir(results, "baseline") / "metrics.json").read_text())
+    assert mgda["config"]["trainer"]["lr"] == 0.0005 and base["config"]["trainer"]["lr"] == 0.003
+    assert "per_combiner.mgda.trainer.lr" in mgda["overrides"] and "per_combiner.mgda.trainer.lr" not in base["overrides"]
+    bad = run_cli("mtbench", ["+per_combiner.mgda.model.width=4", "combiner=mgda", *TINY], cwd=tmp_path)
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("mtbench: error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "trainer.* and combiner.* keys only" in errors[0], bad.stderr[-2000:]
