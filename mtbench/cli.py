@@ -64,11 +64,13 @@ def validate(cfg: DictConfig) -> None:
     from mtbench.data import check_task
     from mtbench.models import check_model
     from mtbench.options import check_bool, check_int
+    from mtbench.report.loggers import check_loggers
     from mtbench.train.options import check_trainer
 
     check_trainer(cfg.trainer)
     check_int("seed", cfg.get("seed"), minimum=0)
     check_bool("force", cfg.get("force", False))
+    check_loggers(cfg.get("logger"))
     check_model(cfg.model)
     spec = check_task(cfg.task)
     if spec is None:
@@ -129,18 +131,35 @@ def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any, ident: dict[str, str] 
         assert folder.previous is not None
         return {**folder.previous, "skipped_earlier": True}  # not written: the run's file stays as it was
     record = folder.start(_base_record(cfg, ident), resolved)
+    trackers = _trackers(cfg, run_dir, record, resolved)
     try:
-        result = train(cfg, run_dir=run_dir, on_epoch=folder.write_history, stop=stop)
+        result = train(cfg, run_dir=run_dir, on_epoch=trackers.on_epoch(folder.write_history), stop=stop)
     except (MtbenchError, OSError):
         folder.abandon()  # bad input: leave no run behind
+        trackers.finish({"status": "failed"})
         raise
     except (Interrupted, StopNow) as e:
-        folder.interrupted(record, str(e))
+        trackers.finish(folder.interrupted(record, str(e)))
         raise
     except (TrainingFailed, Exception) as e:  # noqa: B014 - the run fails, the sweep goes on
         reason = str(e) if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
-        return folder.failed(record, reason, traceback.format_exc())
-    return folder.complete(record, result)
+        failed = folder.failed(record, reason, traceback.format_exc())
+        trackers.finish(failed)
+        return failed
+    done = folder.complete(record, result)
+    trackers.finish(done)
+    return done
+
+
+def _trackers(cfg: DictConfig, run_dir: Path, record: dict[str, Any], resolved: dict[str, Any]) -> Any:
+    """The run's ``logger=`` backends (``mtbench.report.loggers``), started with the resolved config."""
+    from mtbench.report.loggers import RunLoggers
+
+    trackers = RunLoggers(cfg.get("logger"), run_dir, Path(str(cfg.results_dir)))
+    if trackers:
+        tags = {k: str(record[k]) for k in ("task", "combiner", "variant", "seed", "model", "name")}
+        trackers.start(resolved, tags)
+    return trackers
 
 
 def _error(message: str, exc: BaseException | None = None, code: int = 2) -> None:
@@ -168,6 +187,32 @@ def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
                 log.info(f"mtbench: {key} does not apply to combiner={name}; its runs go on without it")
 
 
+def _apply_per_combiner(cfg: DictConfig, overrides: list[str]) -> None:
+    """``per_combiner.<this job's combiner>``'s ``trainer.*`` and ``combiner.*`` settings into the
+    job's config, except the keys the command line sets (they win)."""
+    table = cfg.get("per_combiner")
+    if not table:
+        return
+    if not hasattr(table, "keys"):
+        raise MtbenchError(f"per_combiner must map combiner names to settings, e.g. per_combiner.mgda.trainer.lr=5e-4 (got {table!r})")
+    given = {text.split("=", 1)[0].lstrip("+~") for text in overrides}
+    name = str(cfg.combiner.name)
+    for combiner, settings in table.items():
+        if not hasattr(settings, "keys") or not set(settings.keys()) <= {"trainer", "combiner"}:
+            raise MtbenchError(f"per_combiner.{combiner} may set trainer.* and combiner.* keys only (got {settings!r})")
+    settings = table.get(name)
+    if not settings:
+        return
+    flat = OmegaConf.to_container(settings, resolve=True)
+    assert isinstance(flat, dict)
+    for group, values in flat.items():
+        for key, value in (values or {}).items():
+            dotted = f"{group}.{key}"
+            if dotted not in given:
+                with open_dict(cfg):
+                    OmegaConf.update(cfg, dotted, value, force_add=True)
+
+
 def _objective(record: dict[str, Any] | None) -> float:
     """What a sweeper that optimises (Optuna) gets: the run's validation select metric."""
     if not record or record.get("status") != "completed":
@@ -188,6 +233,7 @@ def _app(cfg: DictConfig) -> float:
     overrides = list(hc.overrides.task)
     try:
         _drop_inapplicable(cfg, overrides)
+        _apply_per_combiner(cfg, overrides)
         ident = identity(overrides, str(cfg.combiner.name))
         validate(cfg)
         record = run(cfg, run_dir, ident)

@@ -28,7 +28,7 @@ from mtbench.errors import MtbenchError
 from mtbench.variant import combiner_options
 
 #: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)
-GROUPS = ("combiner", "task", "model", "trainer", "experiment")
+GROUPS = ("combiner", "task", "model", "trainer", "experiment", "logger", "debug")
 
 
 def choices(group: str, searchpath: list[str] | None = None) -> list[str] | None:
@@ -67,6 +67,9 @@ def _values(o: Any) -> list[str]:
             return [str(v) for v in o.sweep_string_iterator()]
         except Exception:  # noqa: BLE001 - a range/interval sweep of a group: nothing to check
             return []
+    value = o.value()
+    if isinstance(value, list):  # several configs of one group at once: logger=[tensorboard,mlflow]
+        return [str(v) for v in value]
     return [o.get_value_element_as_str()]
 
 
@@ -134,7 +137,7 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
             values = _values(o)
             valid = choices(key, searchpath)
             for v in values:
-                if valid and v not in valid and not (key == "experiment" and v == "null"):
+                if valid and v not in valid and not (key in ("experiment", "debug") and v == "null"):
                     raise MtbenchError(
                         f"{key}={v}: Could not find '{key}/{v}'; {_suggest(f'{key}={v}', [f'{key}={c}' for c in valid])}"
                         f"Available options in '{key}': {', '.join(valid)}"
@@ -160,7 +163,7 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
                 out[out.index(text)] = _combiner_key(text, o, key, combiners)
             elif any(key.startswith(d + ".") for d in open_dicts):
                 continue  # a key inside an options dict that is empty by default (trainer.optimizer_options.*)
-            elif key not in known:
+            elif key not in known and not key.startswith("per_combiner."):  # per_combiner.<c>.*: checked by the job
                 hint = _suggest(key, known)
                 if o.input_line.startswith("+"):
                     raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint.strip() or 'see mtbench --cfg job for the keys'}")

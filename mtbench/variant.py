@@ -34,6 +34,8 @@ NON_IDENTITY = (
     "combiner",  # the group choice; combiner.<option> keys are identity
     "task",  # the group choice (a task config sets `name`); task.<option> keys are identity
     "experiment",
+    "logger",  # where a run reports to, not what it computes
+    "debug",  # the debug= presets write under their own results folder
     "data.root",
     "data.cache_dir",
     "data.workers",
@@ -41,6 +43,8 @@ NON_IDENTITY = (
     "trainer.progress",
     "trainer.num_threads",
     "trainer.eval_batch_size",
+    "trainer.save_model",  # what a run keeps, not what it computes
+    "trainer.profile_steps",
     "hydra",
 )
 
@@ -133,6 +137,8 @@ def applies(key: str, combiner: str) -> bool:
     """Whether the override key ``key`` applies to ``combiner`` (only ``combiner.<option>`` keys
     may not: an option the combiner does not declare)."""
     key = key.lstrip("+~")
+    if key.startswith("per_combiner."):  # per_combiner.<name>.*: the runs of that combiner only
+        return key.split(".")[1] == combiner if key.count(".") > 1 else True
     if not key.startswith("combiner."):
         return True
     options = combiner_options(combiner)

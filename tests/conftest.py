@@ -32,7 +32,7 @@ def command(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"mtbench": "mtbench", "mtbench-table": "mtbench.report.table", "mtbench-fake": "mtbench.data.fake"}[name]
+    module = {"mtbench": "mtbench", "mtbench-table": "mtbench.report.table", "mtbench-fake": "mtbench.data.fake", "mtbench-eval": "mtbench.train.evaluate"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from mtbench.errors import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, TaskSpec, channel_stats
+from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, TaskSpec, binary_columns, channel_stats
 
 __all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "TaskSpec", "build_task", "check_task", "TASKS"]
 
@@ -29,7 +29,10 @@ def _shapes40(cfg: DictConfig) -> Task:
     )
     splits = {s: Split(getattr(ds, s).images, getattr(ds, s).labels) for s in ("train", "val", "test")}
     mean, std = channel_stats(splits["train"].images)
-    return BinaryAttributeTask("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
+    task = BinaryAttributeTask("shapes40", list(ds.attribute_names), mean=mean, std=std, **splits)
+    task.metric_columns = binary_columns(cfg.get("columns"))
+    task.two_way = cfg.get("head", "sigmoid") == "softmax2"
+    return task
 
 
 def _cifar100_transfer(cfg: DictConfig) -> Task:

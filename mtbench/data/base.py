@@ -143,24 +143,82 @@ class Task:
 
 class BinaryAttributeTask(Task):
     """T binary attributes (shapes40, CelebA): one logit per attribute from linear heads,
-    binary cross-entropy with logits per attribute, error rate and max F1."""
+    binary cross-entropy with logits per attribute, error rate and max F1.
+
+    With ``two_way`` (``task.head: softmax2``) each attribute has a two-way softmax head instead
+    (two logits, the loss the negative log-likelihood of the log-softmax, the score the softmax
+    probability of "present"), as in Kurin et al. 2022's CelebA code."""
 
     metric_columns = (
         MetricColumn("error_rate", "error rate (%)", False),
         MetricColumn("max_f1", "max F1", True),
     )
 
+    #: two-way softmax heads (``task.head: softmax2``) instead of one logit per attribute
+    two_way: bool = False
+
     def head_spec(self) -> "HeadSpec":
+        if self.two_way:
+            return HeadSpec(2 * self.num_tasks)  # two logits per attribute, [B, 2T] -> [B, T, 2]
         return HeadSpec(self.num_tasks)  # one logit per attribute: T linear heads, stacked
 
     def losses(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.two_way:
+            logits = outputs.reshape(outputs.shape[0], self.num_tasks, 2).float()
+            nll = F.nll_loss(F.log_softmax(logits, dim=-1).reshape(-1, 2), labels.reshape(-1).long(), reduction="none")
+            return nll.reshape(outputs.shape[0], self.num_tasks).mean(0).to(outputs.dtype)
         return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.dtype), reduction="none").mean(0)
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.two_way:
+            return torch.softmax(outputs.float().reshape(outputs.shape[0], self.num_tasks, 2), dim=-1)[..., 1]
         return torch.sigmoid(outputs.float())
 
     def evaluate(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         return binary_attribute_metrics(scores, labels, names=self.task_names)
+
+
+#: every metric a binary-attribute task can report (``task.columns=[...]``; the first selects the
+#: reported epoch unless ``trainer.select_metric`` names another)
+BINARY_COLUMNS: dict[str, MetricColumn] = {
+    c.key: c
+    for c in (
+        *BinaryAttributeTask.metric_columns,
+        MetricColumn("mean_acc", "mean accuracy (%)", True),
+        MetricColumn("min_acc", "min accuracy (%)", True),
+        MetricColumn("mean_f1", "mean F1@0.5", True),
+    )
+}
+
+
+def binary_columns(columns: Any) -> tuple[MetricColumn, ...]:
+    """The metric columns ``task.columns`` asks for (null: the paper's error rate and max F1);
+    an unknown or repeated one is a one-line error."""
+    from mtbench.errors import MtbenchError
+
+    if columns is None:
+        return BinaryAttributeTask.metric_columns
+    if isinstance(columns, str) or not hasattr(columns, "__iter__"):
+        raise MtbenchError(f"task.columns must be a list of metrics, e.g. task.columns=[mean_acc,min_acc] (got {columns!r}); choose among {', '.join(BINARY_COLUMNS)}")
+    keys = [str(c) for c in columns]
+    for key in keys:
+        if key not in BINARY_COLUMNS:
+            raise MtbenchError(f"task.columns: {key!r} is not a metric of binary-attribute tasks; choose among {', '.join(BINARY_COLUMNS)}")
+    if not keys or len(set(keys)) != len(keys):
+        raise MtbenchError(f"task.columns={keys} must name at least one metric, each once; choose among {', '.join(BINARY_COLUMNS)}")
+    return tuple(BINARY_COLUMNS[k] for k in keys)
+
+
+#: ``task.head`` of binary-attribute tasks
+HEADS = ("sigmoid", "softmax2")
+
+
+def check_binary_head(cfg: Any) -> None:
+    """``task.head`` (sigmoid | softmax2) and ``task.columns``, checked without building data."""
+    from mtbench.options import check_choice
+
+    check_choice("task.head", cfg.get("head", "sigmoid"), HEADS)
+    binary_columns(cfg.get("columns"))
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[torch.Tensor, torch.Tensor]:

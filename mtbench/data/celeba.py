@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 from mtbench.errors import MtbenchError
-from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec
-from mtbench.options import check_bool, check_int, check_str
+from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec, binary_columns, check_binary_head
+from mtbench.options import check_bool, check_choice, check_int, check_str
 
 log = logging.getLogger("mtbench")
 
@@ -65,6 +65,12 @@ SPLITS = ("train", "val", "test")  # partition values 0, 1, 2
 #: bump when the cache's content for the same inputs changes (decoding, crop, file format)
 CACHE_FORMAT = 1
 CROP = "center-square"
+
+#: ``task.preprocess``: how a 178x218 image becomes an ``image_size`` square. ``center_crop``
+#: (the default): the centred 178x178 square, bilinear (antialiased); ``full``: the whole
+#: image squeezed to the square, bilinear (antialiased; torchvision's ``Resize``); ``full_nearest``:
+#: the whole image, nearest neighbour (PIL's ``NEAREST``)
+PREPROCESS = ("center_crop", "full", "full_nearest")
 META = "meta.json"
 #: images whose statistics give the normalisation mean / std (evenly spaced over train)
 STATS_IMAGES = 20000
@@ -304,11 +310,12 @@ def read_partition(path: Path, files: list[str], attr_path: Path) -> tuple[np.nd
 # fingerprint and cache
 
 
-def fingerprint(files: CelebAFiles, names: list[str], attr_raw: bytes, partition_raw: bytes, image_size: int) -> str:
+def fingerprint(files: CelebAFiles, names: list[str], attr_raw: bytes, partition_raw: bytes, image_size: int, preprocess: str = "center_crop") -> str:
     """A hash of everything the cache's content depends on; stats every listed image (a listed
     image that is missing is an error naming it and its line)."""
     h = hashlib.sha256()
-    h.update(f"mtbench-celeba format={CACHE_FORMAT} crop={CROP} size={image_size}\n".encode())
+    crop = CROP if preprocess == "center_crop" else preprocess  # the default's caches stay valid
+    h.update(f"mtbench-celeba format={CACHE_FORMAT} crop={crop} size={image_size}\n".encode())
     h.update(hashlib.sha256(attr_raw).digest())
     h.update(hashlib.sha256(partition_raw).digest())
     folder = str(files.images)
@@ -392,10 +399,16 @@ def _valid_cache(folder: Path, fp: str, image_size: int, counts: dict[str, int])
     return meta
 
 
-def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One image -> uint8 [size, size, 3]: the centred square, resized (bilinear, antialiased)."""
+def decode_image(path: str | os.PathLike, size: int, preprocess: str = "center_crop") -> np.ndarray:
+    """One image -> uint8 [size, size, 3]: the centred square, resized (bilinear, antialiased);
+    or (``preprocess``) the whole image, bilinear (``full``) or nearest neighbour (``full_nearest``)."""
     from PIL import Image
 
+    if preprocess != "center_crop":
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            resample = Image.Resampling.NEAREST if preprocess == "full_nearest" else Image.Resampling.BILINEAR
+            return np.asarray(im.resize((size, size), resample))
     with Image.open(path) as im:
         w, h = im.size
         side = min(w, h)
@@ -416,11 +429,11 @@ class _Unreadable(Exception):
         self.reason = reason
 
 
-def _decode_into(out: np.ndarray, folder: Path, names: list[str], start: int, size: int) -> int:
+def _decode_into(out: np.ndarray, folder: Path, names: list[str], start: int, size: int, preprocess: str = "center_crop") -> int:
     for k, name in enumerate(names):
         path = folder / name
         try:
-            out[start + k] = decode_image(path, size).transpose(2, 0, 1)
+            out[start + k] = (decode_image(path, size) if preprocess == "center_crop" else decode_image(path, size, preprocess)).transpose(2, 0, 1)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
             raise _Unreadable(path, " ".join(f"{type(e).__name__}: {e}".split())) from None
     return len(names)
@@ -476,9 +489,11 @@ def build_cache(
     root: Path,
     workers: int | None = None,
     progress: bool | None = None,
+    preprocess: str = "center_crop",
 ) -> Path:
-    """Decode every image once into ``root/celeba-<S>px-<fp16>/`` (or reuse it); return the folder."""
-    prefix = f"celeba-{image_size}px-"
+    """Decode every image once into ``root/celeba-<S>px-<fp16>/`` (``celeba-<S>px-<preprocess>-<fp16>``
+    for a ``preprocess`` other than the default; or reuse it); return the folder."""
+    prefix = f"celeba-{image_size}px-" if preprocess == "center_crop" else f"celeba-{image_size}px-{preprocess}-"
     final = root / f"{prefix}{fp[:16]}"
     counts = {split: int((partition == s).sum()) for s, split in enumerate(SPLITS)}
     if _valid_cache(final, fp, image_size, counts) is not None:
@@ -514,7 +529,8 @@ def build_cache(
             for s, split in enumerate(SPLITS):
                 members = [names[i] for i in np.flatnonzero(partition == s)]
                 out = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), 3, image_size, image_size))
-                pending = {pool.submit(_decode_into, out, files.images, members[a : a + 64], a, image_size) for a in range(0, len(members), 64)}
+                args = () if preprocess == "center_crop" else (preprocess,)
+                pending = {pool.submit(_decode_into, out, files.images, members[a : a + 64], a, image_size, *args) for a in range(0, len(members), 64)}
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     for f in done:
@@ -532,7 +548,7 @@ def build_cache(
             "format": CACHE_FORMAT,
             "fingerprint": fp,
             "image_size": image_size,
-            "crop": CROP,
+            "crop": CROP if preprocess == "center_crop" else preprocess,
             "counts": counts,
             "mean": mean,
             "std": std,
@@ -599,6 +615,7 @@ def load_celeba(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    preprocess: str = "center_crop",
 ) -> CelebAData:
     """Find and check the files, build (or reuse) the cache, memory-map the splits."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
@@ -606,8 +623,8 @@ def load_celeba(
     files = find_files(root, download)
     names, image_names, labels, attr_raw = read_attributes(files.attr)
     partition, partition_raw = read_partition(files.partition, image_names, files.attr)
-    fp = fingerprint(files, image_names, attr_raw, partition_raw, image_size)
-    folder = build_cache(files, image_names, partition, fp, image_size, cache_root(files, cache_dir), workers, progress)
+    fp = fingerprint(files, image_names, attr_raw, partition_raw, image_size, preprocess)
+    folder = build_cache(files, image_names, partition, fp, image_size, cache_root(files, cache_dir), workers, progress, preprocess)
     meta = json.loads((folder / META).read_text())
     splits = {}
     for s, split in enumerate(SPLITS):
@@ -653,7 +670,9 @@ def check_options(cfg: Any) -> TaskSpec:
     check_str("data.cache_dir", cfg.get("cache_dir"), optional=True)
     check_int("data.workers", cfg.get("workers"), minimum=1, optional=True)
     check_bool("task.hflip", cfg.get("hflip", True))
-    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in CelebATask.metric_columns))
+    check_choice("task.preprocess", cfg.get("preprocess", "center_crop"), PREPROCESS)
+    check_binary_head(cfg)
+    return TaskSpec(NUM_ATTRIBUTES, tuple(c.key for c in binary_columns(cfg.get("columns"))))
 
 
 def build_celeba(cfg: Any) -> CelebATask:
@@ -666,8 +685,9 @@ def build_celeba(cfg: Any) -> CelebATask:
         download=bool(cfg.get("download", False)),
         cache_dir=cfg.get("cache_dir"),
         workers=cfg.get("workers"),
+        **({} if cfg.get("preprocess", "center_crop") == "center_crop" else {"preprocess": str(cfg.preprocess)}),
     )
-    return CelebATask(
+    task = CelebATask(
         "celeba",
         data.names,
         train=data.splits["train"],
@@ -678,3 +698,6 @@ def build_celeba(cfg: Any) -> CelebATask:
         hflip=bool(cfg.get("hflip", True)),
         cache=data.cache,
     )
+    task.metric_columns = binary_columns(cfg.get("columns"))
+    task.two_way = cfg.get("head", "sigmoid") == "softmax2"
+    return task

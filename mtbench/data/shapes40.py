@@ -449,14 +449,15 @@ def _make_split(seq: np.random.SeedSequence, n: int, size: int) -> Split:
 
 def check_options(cfg) -> "TaskSpec":
     """Check the ``task=shapes40`` options (no data is built); a one-line error names the option."""
-    from mtbench.data.base import BinaryAttributeTask, TaskSpec
+    from mtbench.data.base import TaskSpec, binary_columns, check_binary_head
     from mtbench.options import check_int
 
     check_int("task.data_seed", cfg.get("data_seed"), minimum=0)
     for key in ("n_train", "n_val", "n_test"):
         check_int(f"task.{key}", cfg.get(key), minimum=1)
     check_int("task.image_size", cfg.get("image_size"), minimum=16)
-    return TaskSpec(len(ATTRIBUTES), tuple(c.key for c in BinaryAttributeTask.metric_columns))
+    check_binary_head(cfg)
+    return TaskSpec(len(ATTRIBUTES), tuple(c.key for c in binary_columns(cfg.get("columns"))))
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -11,6 +11,9 @@ from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
+#: the built-in trunks (``model.name``)
+MODELS = ("small_cnn", "resnet18", "resnet50", "kurin_resnet18", "famo_cnn")
+
 __all__ = ["LinearHeads", "MultiTaskModel", "NamedHeads", "build_heads", "build_model", "build_trunk", "check_model"]
 
 
@@ -56,7 +59,18 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
         return resnet_trunk(
             name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"), input_size=cfg.get("input_size")
         )
-    raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50, or set model._target_ to a function")
+    if name == "kurin_resnet18":
+        from mtbench.models.published import KurinResNet18
+
+        trunk = KurinResNet18(in_channels, input_size=int(cfg.input_size), stem_dropout=float(cfg.stem_dropout),
+                              block_dropout=float(cfg.block_dropout), rep_dropout=float(cfg.rep_dropout), pool=int(cfg.pool))  # fmt: skip
+        return trunk, trunk.rep_dim
+    if name == "famo_cnn":
+        from mtbench.models.published import FamoCNN
+
+        trunk = FamoCNN(in_channels, width=int(cfg.get("width", 64)))
+        return trunk, trunk.rep_dim
+    raise MtbenchError(f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function")
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -75,8 +89,17 @@ def check_model(cfg: DictConfig) -> None:
         check_bool("model.small_input", cfg.get("small_input", True))
         check_str("model.weights", cfg.get("weights"), optional=True)
         check_int("model.input_size", cfg.get("input_size"), minimum=1, optional=True)
+    elif name == "kurin_resnet18":
+        from mtbench.options import check_number
+
+        check_int("model.pool", cfg.get("pool"), minimum=1)
+        check_int("model.input_size", cfg.get("input_size"), minimum=8 * int(cfg.get("pool")))
+        for key in ("stem_dropout", "block_dropout", "rep_dropout"):
+            check_number(f"model.{key}", cfg.get(key), minimum=0, maximum=1, max_open=True)
+    elif name == "famo_cnn":
+        check_int("model.width", cfg.get("width", 64), minimum=1)
     else:
-        raise MtbenchError(f"model.name={name!r} is unknown; choose small_cnn, resnet18 or resnet50, or set model._target_ to a function")
+        raise MtbenchError(f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function")
 
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:

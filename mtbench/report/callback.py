@@ -29,9 +29,13 @@ class TableCallback(Callback):
         self.plots = bool(plots)
         self.paper = paper
 
-    def _tables(self, folder: Path) -> None:
+    def _tables(self, folder: Path, config: DictConfig | None = None) -> None:
         try:
             report(folder, plots=self.plots, paper=self.paper)
+            if config is not None and config.get("logger") is not None:
+                from mtbench.report.loggers import log_table  # the table to the logger= backends too
+
+                log_table(config.logger, folder, Path(str(config.results_dir)))
         except NoRuns as e:
             print(f"mtbench: {e}", file=sys.stderr)
         except (OSError, ValueError) as e:
@@ -40,7 +44,7 @@ class TableCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         folders = sweep.folders() or [Path(config.hydra.sweep.dir)]
         for folder in folders:
-            self._tables(folder)
+            self._tables(folder, config)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._tables(Path(config.results_dir) / config.name)
+        self._tables(Path(config.results_dir) / config.name, config)

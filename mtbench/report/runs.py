@@ -58,6 +58,12 @@ ERROR_LOG = "error.log"
 #: config keys the configs no longer have: a saved run's config that holds them is not another config
 RETIRED_KEYS = ("task.kind",)
 
+#: config keys added since runs were first saved, with the value a saved config without them had
+ADDED_KEYS: dict[str, Any] = {
+    "task.columns": None, "task.preprocess": "center_crop", "task.head": "sigmoid",
+    "trainer.max_steps_per_epoch": None, "trainer.overfit_batches": None, "trainer.max_eval_examples": None,
+}  # fmt: skip
+
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
@@ -75,6 +81,8 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     a, b = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in a}}, **a}
+    b = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in b}}, **b}
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
@@ -142,7 +150,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove every file of a run (its checkpoint, metrics.json, the CSV files, error.log)."""
-        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log):
+        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log, self.path / "model.pt"):
             path.unlink(missing_ok=True)
 
     def begin(self, config: dict[str, Any], force: bool = False) -> bool:

@@ -110,7 +110,12 @@ class Trainer:
 
         self.epochs, self.batch_size = int(tcfg.epochs), int(tcfg.batch_size)
         self.eval_batch_size = int(tcfg.eval_batch_size)
+        _debug_splits(task, tcfg, self.batch_size)  # trainer.overfit_batches, trainer.max_eval_examples
         self.steps_per_epoch = math.ceil(len(task.train) / self.batch_size)
+        if tcfg.get("max_steps_per_epoch"):  # a few batches per epoch (debug=fast)
+            self.steps_per_epoch = min(self.steps_per_epoch, int(tcfg.max_steps_per_epoch))
+        self.profile_steps = int(tcfg.get("profile_steps") or 0)  # debug=profile: torch.profiler
+        self.run_dir = run_dir
         self.show = bool(tcfg.progress) and sys.stderr.isatty()
         self.clock = time.monotonic  # the progress bar's refresh clock
         self.bar: Any = None  # the epoch's progress bar, closed by close_bar
@@ -145,9 +150,14 @@ class Trainer:
         loss_sum = torch.full((), state.loss_sum, device=device)
         bar = self.bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
         refreshed = self.clock()
+        prof = _Profile(self.run_dir, self.profile_steps, device) if self.profile_steps and epoch == 1 and state.step == 0 else None
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
+            if i >= steps:
+                break  # trainer.max_steps_per_epoch
             if i < state.step:
                 continue  # replaying the order of an epoch resumed mid-way
+            if prof is not None:
+                prof.step(i)
             x, y = self.prep(images, labels)
             x, y = task.extend_batch(task.augment(x), y)
             if self.step.needs_input_grad:
@@ -174,6 +184,8 @@ class Trainer:
                 self.close_bar()  # the message that follows starts on its own line
                 self.checkpoint()
                 raise Interrupted(stop.signum, f"at epoch {epoch}, step {i + 1}")
+        if prof is not None:
+            prof.close()
         self.close_bar()
 
     def close_bar(self) -> None:
@@ -269,7 +281,12 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
                 raise Interrupted(stop.signum, f"after epoch {epoch}")
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
     pause_point("test")
+    save = str(cfg.trainer.get("save_model", "best")).lower()
+    last = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} if save == "last" else None
     result = run.test()
+    if run_dir is not None and save != "none":
+        epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
+        save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)
     stop.defer()
     return result
 
@@ -297,6 +314,80 @@ def _cpu_and_load(state: RunState, device: torch.device) -> dict[str, Any]:
         "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
         "load": {"cores": cores, "load_1m": samples, "max_1m": max(samples) if samples else None, "over_cores": bool(samples) and max(samples) > cores},
     }
+
+
+#: the trained weights a completed run keeps (``trainer.save_model``); ``mtbench-eval`` reads them
+MODEL = "model.pt"
+
+
+def save_model(path: Path, state_dict: dict[str, Any], which: str, epoch: int) -> None:
+    """``torch.save`` of ``{"state_dict", "which" (best | last), "epoch"}`` to ``path``, atomically
+    (a plain torch file: ``torch.load(path)["state_dict"]`` reads it)."""
+    import io
+
+    from mtbench.files import atomic_write
+
+    buf = io.BytesIO()
+    torch.save({"format": "mtbench-model", "which": which, "epoch": int(epoch), "state_dict": state_dict}, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), binary=True)
+
+
+def _debug_splits(task: Any, tcfg: Any, batch_size: int) -> None:
+    """``trainer.overfit_batches``: train on the first N batches' examples only, and validate on
+    them too (a handful of batches repeated every epoch: the loss should go to zero);
+    ``trainer.max_eval_examples``: validate and test on the first N examples of each split."""
+    from mtbench.data.base import Split, index_labels
+
+    def head(split: Any, n: int) -> Any:
+        n = min(n, len(split))
+        return Split(split.images[:n], index_labels(split.labels, torch.arange(n)))
+
+    if tcfg.get("overfit_batches"):
+        task.train = head(task.train, int(tcfg.overfit_batches) * batch_size)
+        task.val = task.train
+    if tcfg.get("max_eval_examples"):
+        task.val, task.test = head(task.val, int(tcfg.max_eval_examples)), head(task.test, int(tcfg.max_eval_examples))
+
+
+class _Profile:
+    """``torch.profiler`` over the first ``steps`` training steps of the run (after one warm-up
+    step); writes ``profile/trace.json`` (a Chrome / Perfetto trace) and ``profile/ops.txt`` (the
+    operators by total time) into the run folder."""
+
+    def __init__(self, run_dir: Path | None, steps: int, device: torch.device):
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        self.folder = Path(run_dir) / "profile" if run_dir is not None else None
+        self.steps, self.done = int(steps), False
+        self.prof = profile(activities=activities, record_shapes=True)
+        self.started = None
+
+    def step(self, i: int) -> None:
+        """Called before step ``i`` (0-based) of the first epoch."""
+        if self.done:
+            return
+        self.last = i
+        if i == 1 and self.started is None:  # step 0 is a warm-up
+            self.prof.__enter__()
+            self.started = i
+        elif self.started is not None and i - self.started >= self.steps:
+            self.close(i - self.started)
+
+    def close(self, count: int | None = None) -> None:
+        """Stop (after ``count`` profiled steps; None: at the end of the epoch) and write the files."""
+        if self.done or self.started is None:
+            self.done = True
+            return
+        self.done = True
+        count = count if count is not None else self.last + 1 - self.started
+        self.prof.__exit__(None, None, None)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.prof.export_chrome_trace(str(self.folder / "trace.json"))
+            sort = "cuda_time_total" if any(e.device_type.name == "CUDA" for e in self.prof.key_averages()) else "cpu_time_total"
+            (self.folder / "ops.txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n", encoding="utf-8")
+            log.info(f"mtbench: profile of {count} training step(s) written to {self.folder}")
 
 
 def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:

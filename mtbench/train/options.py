@@ -71,6 +71,11 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "amp": _amp,
     "channels_last": check_bool,
     "select_metric": lambda k, v: check_str(k, v, optional=True),
+    "save_model": lambda k, v: check_choice(k, v, ("best", "last", "none"), lower=True),
+    "max_steps_per_epoch": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "overfit_batches": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "max_eval_examples": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "profile_steps": lambda k, v: check_int(k, v, minimum=1, optional=True),
 }
 
 
