@@ -155,6 +155,8 @@ def test_mtbench_table_on_a_folder_where_every_run_failed(tmp_path):
 def test_tuned_and_compare_presets_share_the_budget_and_sweep_a_learning_rate_grid():
     from hydra import compose, initialize_config_module
 
+    import mtbench.combiners  # noqa: F401 - registers ${mtbench_combiners:...}, the sweep list
+
     with initialize_config_module(config_module="mtbench.configs", version_base=None):
         tuned = compose("config", ["experiment=shapes40_tuned"], return_hydra_config=True)
         compare = compose("config", ["experiment=shapes40_compare"], return_hydra_config=True)
