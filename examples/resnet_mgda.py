@@ -42,7 +42,10 @@ def main() -> None:
         images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
         labels = torch.randint(0, 2, (args.batch_size, TASKS), device=args.device).float()
         rep = trunk(images)
-        losses = [nn.functional.binary_cross_entropy_with_logits(head(rep)[:, 0], labels[:, i]) for i, head in enumerate(heads)]
+        losses = [
+            nn.functional.binary_cross_entropy_with_logits(head(rep)[:, 0], labels[:, i])
+            for i, head in enumerate(heads)
+        ]
         optimizer.zero_grad(set_to_none=True)
         info = mtbench.backward(losses, rep, args.combiner, generator=generator)  # mtbench
         optimizer.step()

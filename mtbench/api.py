@@ -18,7 +18,8 @@ gradient, as in the trainer.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -151,7 +152,9 @@ def backward(
         raise ValueError("features must be the shared representation, a tensor that requires grad (not detached)")
     comb = _combiner(combiner, int(stacked.numel()))
     if comb.needs_input_grad:
-        raise ValueError(f"combiner {comb.name!r} needs the network's inputs (the input gradient penalty); use target=representation, or mtbench's trainer")
+        raise ValueError(
+            f"combiner {comb.name!r} needs the network's inputs (the input gradient penalty); use target=representation, or mtbench's trainer"
+        )
     stop = _node(features)
     heads, reached = _walk([stacked.grad_fn], stop)
     if not reached:
@@ -165,6 +168,14 @@ def backward(
     if cpu_generator is None and generator is not None and generator.device.type == "cpu":
         cpu_generator = generator
     model = _Model(shared, heads, trunk)
-    step = Step(model=model, inputs=None, rep=features, outputs=None, losses=stacked, generator=generator, cpu_generator=cpu_generator)  # type: ignore[arg-type]
+    step = Step(
+        model=model,
+        inputs=None,
+        rep=features,
+        outputs=None,
+        losses=stacked,
+        generator=generator,
+        cpu_generator=cpu_generator,
+    )  # type: ignore[arg-type]
     comb.backward(step)
     return comb.log_values()

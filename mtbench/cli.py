@@ -77,7 +77,9 @@ def validate(cfg: DictConfig) -> None:
         return
     select = cfg.trainer.get("select_metric")
     if select and select not in spec.metric_keys:
-        raise MtbenchError(f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}")
+        raise MtbenchError(
+            f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}"
+        )
     build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
 
 
@@ -127,7 +129,9 @@ def _run_owned(cfg: DictConfig, run_dir: Path, stop: Any, ident: dict[str, str] 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     if folder.begin(resolved, force=bool(cfg.get("force", False))):
-        log.info(f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})")
+        log.info(
+            f"[{cfg.name}] {cfg.combiner.name} {variant_name(ident or {})} seed={cfg.seed}: already completed with this config, skipped ({run_dir})"
+        )
         assert folder.previous is not None
         return {**folder.previous, "skipped_earlier": True}  # not written: the run's file stays as it was
     record = folder.start(_base_record(cfg, ident), resolved)
@@ -194,7 +198,9 @@ def _apply_per_combiner(cfg: DictConfig, overrides: list[str]) -> None:
     if not table:
         return
     if not hasattr(table, "keys"):
-        raise MtbenchError(f"per_combiner must map combiner names to settings, e.g. per_combiner.mgda.trainer.lr=5e-4 (got {table!r})")
+        raise MtbenchError(
+            f"per_combiner must map combiner names to settings, e.g. per_combiner.mgda.trainer.lr=5e-4 (got {table!r})"
+        )
     given = {text.split("=", 1)[0].lstrip("+~") for text in overrides}
     name = str(cfg.combiner.name)
     for combiner, settings in table.items():
@@ -249,16 +255,25 @@ def _app(cfg: DictConfig) -> float:
         sys.exit(128 + e.signum)
     except OSError as e:
         hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
-        _error(f"cannot write the results in {run_dir}: {e.strerror or e}; {hint} (or set results_dir=...) and re-run: the run resumes from its last checkpoint", e)
+        _error(
+            f"cannot write the results in {run_dir}: {e.strerror or e}; {hint} (or set results_dir=...) and re-run: the run resumes from its last checkpoint",
+            e,
+        )
     sweep.record(run_dir, str(record.get("status")), record.get("reason"))
     if record["status"] == "failed":
         FAILED.append(str(run_dir))
         log.error(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})")
     elif record.get("wall_s") is not None and record["status"] == "completed":
         shown = "  ".join(f"test {header} {record['test'][key]:.2f}" for key, header, _ in record["metric_columns"])
-        label = cfg.combiner.name if record.get("variant", "default") == "default" else f"{cfg.combiner.name} {record['variant']}"
+        label = (
+            cfg.combiner.name
+            if record.get("variant", "default") == "default"
+            else f"{cfg.combiner.name} {record['variant']}"
+        )
         again = "  (skipped, completed earlier)" if record.get("skipped_earlier") else ""
-        log.info(f"[{cfg.name}] {label} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}{again}")
+        log.info(
+            f"[{cfg.name}] {label} seed={cfg.seed}: {shown}  step {1000 * record['train_step_s']:.1f} ms  -> {run_dir}{again}"
+        )
     return _objective(record)
 
 
@@ -335,7 +350,12 @@ def _rewrite_argv(argv: list[str]) -> tuple[list[str], bool]:
 def _check_run_folder(path: Path) -> None:
     """One line and exit 2 when the run folder ``path``, or its first existing parent, is a file
     or not writable, or a file Hydra and the log write into it is not writable."""
-    _check_folder(path, "", "move it away (or set name=... or results_dir=...)", "make it writable (chmod u+w) or set name=... or results_dir=...")
+    _check_folder(
+        path,
+        "",
+        "move it away (or set name=... or results_dir=...)",
+        "make it writable (chmod u+w) or set name=... or results_dir=...",
+    )
     inner = [path / ".hydra", path / "mtbench.log", *(path / ".hydra").glob("*.yaml")]
     for p in inner:
         if p.exists() and not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
@@ -22,7 +23,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: bool = False, tmp: Path | str | None = None) -> Path:
+def atomic_write(
+    path: Path | str, write: Callable[[IO[Any]], None], *, binary: bool = False, tmp: Path | str | None = None
+) -> Path:
     """Create ``path`` with the content that ``write(file)`` writes into an open file (text in
     UTF-8, or bytes with ``binary``): into a temporary file in the same folder, flushed and
     synced, then renamed onto ``path``. The temporary file is ``tmp`` when given, else a unique

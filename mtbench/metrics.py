@@ -74,7 +74,8 @@ The all-positive floor of max F1.  Predicting every example positive is one of t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -86,14 +87,9 @@ def _prepare(scores: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.as_tensor(scores)
     labels = torch.as_tensor(labels)
     if scores.dim() != 2:
-        raise ValueError(
-            f"scores must be a 2-D [N, T] tensor, got shape {tuple(scores.shape)}"
-        )
+        raise ValueError(f"scores must be a 2-D [N, T] tensor, got shape {tuple(scores.shape)}")
     if labels.shape != scores.shape:
-        raise ValueError(
-            f"labels shape {tuple(labels.shape)} does not match scores shape "
-            f"{tuple(scores.shape)}"
-        )
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match scores shape {tuple(scores.shape)}")
     if scores.shape[0] == 0:
         raise ValueError("scores/labels must contain at least one example (N >= 1)")
     if scores.is_complex() or labels.is_complex():
@@ -175,9 +171,7 @@ def max_f1_scores(scores: Any, labels: Any) -> torch.Tensor:
     return f1.amax(dim=1).cpu()
 
 
-def binary_attribute_metrics(
-    scores: Any, labels: Any, names: Sequence[str] | None = None
-) -> dict:
+def binary_attribute_metrics(scores: Any, labels: Any, names: Sequence[str] | None = None) -> dict:
     """Summary metrics for ``T`` binary attributes.
 
     Returns a dict::
@@ -203,9 +197,7 @@ def binary_attribute_metrics(
     else:
         names = [str(name) for name in names]
         if len(names) != t:
-            raise ValueError(
-                f"got {len(names)} attribute names for {t} attributes (columns)"
-            )
+            raise ValueError(f"got {len(names)} attribute names for {t} attributes (columns)")
 
     err = error_rates(scores, labels, threshold=0.5) * 100.0
     f1 = max_f1_scores(scores, labels) * 100.0
@@ -235,7 +227,9 @@ def f1_floor(attr_file: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     with open(attr_file, encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
     if len(lines) < 3 or not lines[0].strip().isdigit():
-        raise ValueError(f"{attr_file}: not a list_attr_celeba.txt (line 1: the image count, line 2: the attribute names, then one line per image)")
+        raise ValueError(
+            f"{attr_file}: not a list_attr_celeba.txt (line 1: the image count, line 2: the attribute names, then one line per image)"
+        )
     names = lines[1].split()
     rows = []
     for i, line in enumerate(lines[2:], start=3):
@@ -253,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mtbench.metrics", description="Metric facts computed from data files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mtbench.metrics", description="Metric facts computed from data files."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    floor = sub.add_parser("f1-floor", help="the F1 of predicting every attribute present: a lower bound of the mean max F1")
+    floor = sub.add_parser(
+        "f1-floor", help="the F1 of predicting every attribute present: a lower bound of the mean max F1"
+    )
     floor.add_argument("attr_file", help="a list_attr_celeba.txt (CelebA's attribute file)")
     floor.add_argument("--per-attribute", action="store_true", help="one line per attribute too")
     args = parser.parse_args(argv)
@@ -267,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_attribute:
         for name, b, f in zip(names, base.tolist(), f1.tolist()):
             print(f"{name:<22} base rate {100 * b:6.2f} %  all-positive F1 {100 * f:6.2f}")
-    print(f"mean all-positive F1 over {len(names)} attributes: {100 * float(f1.mean()):.2f} (every model's mean max F1 is at least this)")
+    print(
+        f"mean all-positive F1 over {len(names)} attributes: {100 * float(f1.mean()):.2f} (every model's mean max F1 is at least this)"
+    )
     return 0
 
 

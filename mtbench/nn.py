@@ -34,7 +34,8 @@ first layer instead.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -43,14 +44,14 @@ from mtbench.combiners.functional import GRADDROP_F, _leak_per_task, graddrop, r
 
 __all__ = ["GradDrop", "RandomGradDrop"]
 
-LeakLike = Union[float, Sequence[float], Tensor]
+LeakLike = Union[float, Sequence[float], Tensor]  # noqa: UP007 - a runtime alias, kept for Python 3.10
 
 
 class _SignDropFunction(torch.autograd.Function):
     """T identity views of ``A`` forward; GradDrop's combination of their gradients backward."""
 
     @staticmethod
-    def forward(ctx: Any, layer: "_GradDropBase", activation: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, layer: _GradDropBase, activation: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
         ctx.layer = layer
         ctx.save_for_backward(activation)
         ctx.set_materialize_grads(True)  # a view no loss uses arrives as zeros
@@ -65,7 +66,7 @@ class _SignDropFunction(torch.autograd.Function):
 
 
 @torch.compiler.disable
-def _apply(layer: "_GradDropBase", activation: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
+def _apply(layer: _GradDropBase, activation: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
     # outside any compiled graph: the masks need host-side checks that dynamo would break on
     return _SignDropFunction.apply(layer, activation, num_tasks)
 
@@ -79,14 +80,14 @@ class _GradDropBase(nn.Module):
         batch_separated: bool = True,
         renormalize: bool = False,
         eps: float = 1e-7,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         if isinstance(leak, Tensor):
             leak = leak.tolist()
         if isinstance(leak, (list, tuple)):  # one per task: the length is checked against num_tasks
             _leak_per_task(list(leak), len(leak))
-            self.leak: Union[float, list[float]] = [float(v) for v in leak]
+            self.leak: float | list[float] = [float(v) for v in leak]
         else:
             _leak_per_task(0.0 if leak is None else leak, 1)
             self.leak = 0.0 if leak is None else float(leak)
@@ -115,12 +116,16 @@ class _GradDropBase(nn.Module):
                 "output (computed with grad enabled), not a detached tensor"
             )
         if self.batch_separated and activation.dim() < 2:
-            raise ValueError(f"activation must be [batch, *features] with batch_separated=True; got shape {tuple(activation.shape)}")
+            raise ValueError(
+                f"activation must be [batch, *features] with batch_separated=True; got shape {tuple(activation.shape)}"
+            )
         if isinstance(self.leak, list) and len(self.leak) != num_tasks:
-            raise ValueError(f"leak has {len(self.leak)} values but num_tasks is {num_tasks}; give one number or one per task")
+            raise ValueError(
+                f"leak has {len(self.leak)} values but num_tasks is {num_tasks}; give one number or one per task"
+            )
         return _apply(self, activation, int(num_tasks))
 
-    def combine(self, grads: Tensor, activation: Optional[Tensor]) -> Tensor:  # pragma: no cover - abstract
+    def combine(self, grads: Tensor, activation: Tensor | None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -152,7 +157,7 @@ class GradDrop(_GradDropBase):
         batch_separated: bool = True,
         renormalize: bool = False,
         eps: float = 1e-7,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ):
         super().__init__(leak, batch_separated, renormalize, eps, generator)
         if not isinstance(f, str) or f not in GRADDROP_F:
@@ -162,9 +167,18 @@ class GradDrop(_GradDropBase):
         self.f = f
         self.k = float(k)
 
-    def combine(self, grads: Tensor, activation: Optional[Tensor]) -> Tensor:
+    def combine(self, grads: Tensor, activation: Tensor | None) -> Tensor:
         """GradDrop's combination of the per-task gradients ``grads`` [T, *A.shape]."""
-        return graddrop(grads, activation, leak=self.leak, f=self.f, k=self.k, generator=self.generator, eps=self.eps, renormalize=self.renormalize)
+        return graddrop(
+            grads,
+            activation,
+            leak=self.leak,
+            f=self.f,
+            k=self.k,
+            generator=self.generator,
+            eps=self.eps,
+            renormalize=self.renormalize,
+        )
 
     def extra_repr(self) -> str:
         return f"f={self.f!r}, k={self.k:g}, " + super().extra_repr()
@@ -174,6 +188,8 @@ class RandomGradDrop(_GradDropBase):
     """GradDrop with the sign chosen by a fair coin (the paper's random-GradDrop control):
     ``f(P) = 1/2`` whatever the gradients. Same options as :class:`GradDrop` but ``f``, ``k``."""
 
-    def combine(self, grads: Tensor, activation: Optional[Tensor]) -> Tensor:
+    def combine(self, grads: Tensor, activation: Tensor | None) -> Tensor:
         """Random GradDrop's combination of the per-task gradients ``grads`` [T, *A.shape]."""
-        return random_graddrop(grads, activation, leak=self.leak, generator=self.generator, eps=self.eps, renormalize=self.renormalize)
+        return random_graddrop(
+            grads, activation, leak=self.leak, generator=self.generator, eps=self.eps, renormalize=self.renormalize
+        )

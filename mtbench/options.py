@@ -15,8 +15,9 @@ import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from mtbench.errors import MtbenchError
 
@@ -34,7 +35,9 @@ def _bounds(minimum: float | None, maximum: float | None, min_open: bool, max_op
     return " and ".join(parts)
 
 
-def check_int(key: str, value: Any, minimum: int | None = None, maximum: int | None = None, optional: bool = False) -> int | None:
+def check_int(
+    key: str, value: Any, minimum: int | None = None, maximum: int | None = None, optional: bool = False
+) -> int | None:
     """An integer (not a bool, not a float) in [minimum, maximum]; ``None`` too if ``optional``."""
     if value is None and optional:
         return None
@@ -105,11 +108,15 @@ def import_target(key: str, path: Any) -> Any:
     text = str(path)
     module, _, attr = text.rpartition(".")
     if not module or not attr:
-        raise MtbenchError(f"{key}={text!r} is not a dotted path to an importable object (e.g. my_package.my_module.name)")
+        raise MtbenchError(
+            f"{key}={text!r} is not a dotted path to an importable object (e.g. my_package.my_module.name)"
+        )
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise MtbenchError(f"{key}={text!r} cannot be imported ({type(e).__name__}: {e}); check the module is on PYTHONPATH and spells the name") from None
+        raise MtbenchError(
+            f"{key}={text!r} cannot be imported ({type(e).__name__}: {e}); check the module is on PYTHONPATH and spells the name"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +145,7 @@ class Option:
     def validate(self, key: str, value: Any, owner: Any = None) -> Any:
         return value if self.check is None else self.check(key, value, owner)
 
-    def replace(self, **changes: Any) -> "Option":
+    def replace(self, **changes: Any) -> Option:
         """A copy with other fields (e.g. another default for a subclass)."""
         return dataclasses.replace(self, **changes)
 
@@ -149,7 +156,11 @@ def integer(minimum: int | None = None, maximum: int | None = None, optional: bo
 
 
 def number(
-    minimum: float | None = None, maximum: float | None = None, min_open: bool = False, max_open: bool = False, optional: bool = False
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    optional: bool = False,
 ) -> Check:
     """A check: :func:`check_number`."""
     return lambda key, value, owner: check_number(key, value, minimum, maximum, min_open, max_open, optional)

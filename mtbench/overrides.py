@@ -96,7 +96,9 @@ def _compose(group_choices: dict[str, list[str]], extra: list[str] | None = None
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    fixed = list(extra or []) + [f"{g}={v[0]}" for g, v in group_choices.items() if g not in ("task", "experiment") and v]
+    fixed = list(extra or []) + [
+        f"{g}={v[0]}" for g, v in group_choices.items() if g not in ("task", "experiment") and v
+    ]
     varying = [[f"{g}={x}" for x in group_choices[g]] for g in ("task", "experiment") if group_choices.get(g)]
     configs = []
     GlobalHydra.instance().clear()
@@ -146,7 +148,9 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
         elif not key.startswith("hydra") and not o.is_delete():
             keyed.append((text, o))
     out = list(overrides)
-    configs = _compose(group_choices, hydra_keep) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
+    configs = (
+        _compose(group_choices, hydra_keep) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
+    )
     if keyed and configs:
         known = sorted(set(itertools.chain.from_iterable(_keys(c) for c in configs)) - {"hydra"})
         known = [k for k in known if not k.startswith("hydra.")]
@@ -166,10 +170,18 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
             elif key not in known and not key.startswith("per_combiner."):  # per_combiner.<c>.*: checked by the job
                 hint = _suggest(key, known)
                 if o.input_line.startswith("+"):
-                    raise MtbenchError(f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint.strip() or 'see mtbench --cfg job for the keys'}")
-                raise MtbenchError(f"{key} is not an option of mtbench; {hint.strip() or 'see mtbench --cfg job for the keys'}")
+                    raise MtbenchError(
+                        f"{o.input_line.split('=')[0]}: no part of mtbench reads {key}; {hint.strip() or 'see mtbench --cfg job for the keys'}"
+                    )
+                raise MtbenchError(
+                    f"{key} is not an option of mtbench; {hint.strip() or 'see mtbench --cfg job for the keys'}"
+                )
     sweeper = next((o for o in parsed if o.key_or_group == "hydra/sweeper"), None)
-    if sweeper is not None and "optuna" in _values(sweeper) and not any(o.key_or_group == "hydra.sweeper.direction" for o in parsed):
+    if (
+        sweeper is not None
+        and "optuna" in _values(sweeper)
+        and not any(o.key_or_group == "hydra.sweeper.direction" for o in parsed)
+    ):
         out.append(f"hydra.sweeper.direction={_direction(configs, overrides, parsed)}")
     return out
 
@@ -212,7 +224,11 @@ def _combiner_key(text: str, o: Any, key: str, combiners: list[str]) -> str:
         names = [f"combiner.{x}" for x in everything]
         close = difflib.get_close_matches(option, everything, n=1, cutoff=0.6)
         hint = f"did you mean combiner.{close[0]}? " if close else ""
-        which = f"combiner={combiners[0]}" if len(combiners) == 1 else f"any of the combiners swept ({', '.join(combiners)})"
+        which = (
+            f"combiner={combiners[0]}"
+            if len(combiners) == 1
+            else f"any of the combiners swept ({', '.join(combiners)})"
+        )
         listed = f"its options are {', '.join(names)}" if names else "it has no options"
         raise MtbenchError(f"{key} is not an option of {which}; {hint}{listed}")
     if len(having) < len(combiners) and not text.startswith("+"):

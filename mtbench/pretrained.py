@@ -37,16 +37,22 @@ def _load_weights(net: nn.Module, arch: str, weights: str) -> None:
     source = f"{arch} {weights}"
     if path.suffix in {".pt", ".pth", ".bin"} or path.exists() or "/" in weights or os.sep in weights:
         if not path.is_file():
-            raise MtbenchError(f"model.weights: file {path} does not exist; give a state_dict file or a torchvision weights name such as IMAGENET1K_V1")
+            raise MtbenchError(
+                f"model.weights: file {path} does not exist; give a state_dict file or a torchvision weights name such as IMAGENET1K_V1"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated, or not a torch file
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MtbenchError(f"model.weights: file {path} is not a readable state_dict ({reason[:200]}); save one with torch.save(model.state_dict(), path)") from None
+            raise MtbenchError(
+                f"model.weights: file {path} is not a readable state_dict ({reason[:200]}); save one with torch.save(model.state_dict(), path)"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise MtbenchError(f"model.weights: file {path} holds a {type(state).__name__}, not a state_dict (a dict of tensors)")
+            raise MtbenchError(
+                f"model.weights: file {path} holds a {type(state).__name__}, not a state_dict (a dict of tensors)"
+            )
         if state and all(str(k).startswith("module.") for k in state):  # saved from DataParallel
             state = {str(k)[len("module.") :]: v for k, v in state.items()}
         source = f"file {path}"
@@ -58,7 +64,9 @@ def _load_weights(net: nn.Module, arch: str, weights: str) -> None:
             state = enum[weights].get_state_dict(progress=True)
         except KeyError:
             names = ", ".join(w.name for w in enum)
-            raise MtbenchError(f"model.weights={weights!r} is not a weights name of {arch}; choose one of {names} or give a file path") from None
+            raise MtbenchError(
+                f"model.weights={weights!r} is not a weights name of {arch}; choose one of {names} or give a file path"
+            ) from None
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -68,6 +76,7 @@ def _load_weights(net: nn.Module, arch: str, weights: str) -> None:
         if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
     ]
     if missing or unexpected or bad:
+
         def some(items: list[str]) -> str:
             return "[" + ", ".join(items[:5]) + (f", ... {len(items) - 5} more" if len(items) > 5 else "") + "]"
 

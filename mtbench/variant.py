@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 #: keys (and key prefixes) that never enter the identity: where files go, how fast a run goes,
 #: and the choices that already have their own folder level (name, combiner, seed)
@@ -97,7 +98,7 @@ def defaults_pieces(defaults: Iterable[Any]) -> list[tuple[str, str]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _combiner_file(name: str) -> dict | None:
     try:
         text = (resources.files("mtbench.configs") / "combiner" / f"{name}.yaml").read_text(encoding="utf-8")
@@ -123,7 +124,7 @@ def combiner_config(name: str) -> dict | None:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def combiner_options(name: str) -> frozenset[str] | None:
     """The options ``combiner=<name>`` declares (the keys of its composed config file, ``name``
     aside); None for a combiner without a config file of mtbench's."""

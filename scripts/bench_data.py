@@ -36,7 +36,9 @@ import torch
 REAL_TRAIN = 162770
 
 
-def throughput(task, device: torch.device, batch_size: int, seconds: float, augment: bool = True, prepare: bool = True) -> float:
+def throughput(
+    task, device: torch.device, batch_size: int, seconds: float, augment: bool = True, prepare: bool = True
+) -> float:
     """Images/s of training-ready batches (random batches of the train split for ``seconds``)."""
     from mtbench.train.batches import Preprocess, batches
 
@@ -65,23 +67,32 @@ def throughput(task, device: torch.device, batch_size: int, seconds: float, augm
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Benchmark of the CelebA data path (decoding pass, cache throughput).")
     p.add_argument("--root", required=True, help="data.root: a CelebA folder (or where --fake writes one)")
-    p.add_argument("--fake", type=int, default=0, help="write a fake CelebA of this many images into --root first (if none is there)")
+    p.add_argument(
+        "--fake",
+        type=int,
+        default=0,
+        help="write a fake CelebA of this many images into --root first (if none is there)",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
-    p.add_argument("--threads", default=None, help="torch CPU threads, a comma-separated list (default: 1 and torch's default)")
+    p.add_argument(
+        "--threads", default=None, help="torch CPU threads, a comma-separated list (default: 1 and torch's default)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=10.0, help="minimum duration of each throughput measurement")
-    p.add_argument("--cache-dir", default=None, help="where the temporary cache goes (default: a temporary folder in --root)")
+    p.add_argument(
+        "--cache-dir", default=None, help="where the temporary cache goes (default: a temporary folder in --root)"
+    )
     p.add_argument("--no-tile", action="store_true", help="skip the measurement on a real-size tiled cache")
     p.add_argument("--keep", action="store_true", help="keep the temporary cache")
     args = p.parse_args(argv)
 
     default_threads = torch.get_num_threads()
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, default_threads})
-    from mtbench.errors import MtbenchError
-    from mtbench.data.celeba import CelebATask, find_files, load_celeba
     from mtbench.data.base import Split
+    from mtbench.data.celeba import CelebATask, find_files, load_celeba
+    from mtbench.errors import MtbenchError
 
     root = Path(args.root)
     if args.fake:
@@ -108,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         first_wall = time.perf_counter() - t
         meta = json.loads((data.cache / "meta.json").read_text())
         n = sum(meta["counts"].values())
-        rows.append(("first pass: decode + crop + resize + write", f"{meta['images_per_s']:.0f} images/s ({n} images in {meta['build_s']:.1f} s; {first_wall:.1f} s with parsing)"))
+        rows.append(
+            (
+                "first pass: decode + crop + resize + write",
+                f"{meta['images_per_s']:.0f} images/s ({n} images in {meta['build_s']:.1f} s; {first_wall:.1f} s with parsing)",
+            )
+        )
 
         t = time.perf_counter()
         data = load_celeba(root, args.image_size, cache_dir=tmp)
@@ -116,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def task_of(train: Split) -> CelebATask:
             s = data.splits
-            return CelebATask("celeba", data.names, train=train, val=s["val"], test=s["test"], mean=data.mean, std=data.std)
+            return CelebATask(
+                "celeba", data.names, train=train, val=s["val"], test=s["test"], mean=data.mean, std=data.std
+            )
 
         task = task_of(data.splits["train"])
         ntrain = len(task.train)
@@ -125,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             # a cache of the real train split's size (the fake images repeated), so that random
             # gathers touch as much memory as they will on the real data
             src = np.load(data.cache / "train.npy", mmap_mode="r")
-            big = np.lib.format.open_memmap(tmp / "tiled_train.npy", mode="w+", dtype=np.uint8, shape=(REAL_TRAIN, *src.shape[1:]))
+            big = np.lib.format.open_memmap(
+                tmp / "tiled_train.npy", mode="w+", dtype=np.uint8, shape=(REAL_TRAIN, *src.shape[1:])
+            )
             for a in range(0, REAL_TRAIN, ntrain):
                 big[a : a + ntrain] = src[: REAL_TRAIN - a]
             big.flush()
@@ -139,15 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             gather = throughput(task, device, args.batch_size, args.seconds, prepare=False)
             ready = throughput(task, device, args.batch_size, args.seconds)
             rows.append((f"cache ({label}), {threads} torch thread(s): random uint8 batches", f"{gather:.0f} images/s"))
-            rows.append((f"cache ({label}), {threads} torch thread(s): training-ready batches (gather, to float, normalise, flip)", f"{ready:.0f} images/s"))
+            rows.append(
+                (
+                    f"cache ({label}), {threads} torch thread(s): training-ready batches (gather, to float, normalise, flip)",
+                    f"{ready:.0f} images/s",
+                )
+            )
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print()
-    print(f"CelebA data path, image_size {args.image_size}, batch {args.batch_size}, device {device}, "
-          f"{cores} cores, decoding threads {args.workers or cores}, load average {load:.1f} (other processes share the cores)")
+    print(
+        f"CelebA data path, image_size {args.image_size}, batch {args.batch_size}, device {device}, "
+        f"{cores} cores, decoding threads {args.workers or cores}, load average {load:.1f} (other processes share the cores)"
+    )
     print()
     print("| measurement | result |")
     print("|---|---:|")

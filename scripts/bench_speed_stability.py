@@ -59,8 +59,12 @@ def sweep(results: Path, name: str, combiners: str, extra: list[str]) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--combiners", default="baseline,clip,gradpenalty,gradnorm,graddrop", help="comma-separated, baseline first")
-    p.add_argument("--busy", type=int, default=os.cpu_count() or 1, help="background busy processes (default: one per core)")
+    p.add_argument(
+        "--combiners", default="baseline,clip,gradpenalty,gradnorm,graddrop", help="comma-separated, baseline first"
+    )
+    p.add_argument(
+        "--busy", type=int, default=os.cpu_count() or 1, help="background busy processes (default: one per core)"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("overrides", nargs="*", help="more mtbench overrides for both sweeps")
     args = p.parse_args(argv)
@@ -81,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         row = {"combiner": name}
         for clock in ("cpu", "wall"):
             a, b = first[clock][name], second[clock][name]
-            row[clock] = {"sweep_1": round(a, 4), "sweep_2": round(b, 4), "rel_diff": round(abs(a - b) / max(min(a, b), 1e-12), 4)}
+            row[clock] = {
+                "sweep_1": round(a, 4),
+                "sweep_2": round(b, 4),
+                "rel_diff": round(abs(a - b) / max(min(a, b), 1e-12), 4),
+            }
         rows.append(row)
     worst = {clock: max(r[clock]["rel_diff"] for r in rows) for clock in ("cpu", "wall")}
     result = {
@@ -103,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'combiner':<18} {'cpu 1':>7} {'cpu 2':>7} {'diff':>6}   {'wall 1':>7} {'wall 2':>7} {'diff':>6}")
     for r in rows:
         c, w = r["cpu"], r["wall"]
-        print(f"{r['combiner']:<18} {c['sweep_1']:7.3f} {c['sweep_2']:7.3f} {c['rel_diff']:6.1%}   {w['sweep_1']:7.3f} {w['sweep_2']:7.3f} {w['rel_diff']:6.1%}")
-    print(f"worst difference: CPU time {worst['cpu']:.1%}, wall time {worst['wall']:.1%} (load up to {result['load_max_1m']:.1f} on {os.cpu_count()} cores)")
+        print(
+            f"{r['combiner']:<18} {c['sweep_1']:7.3f} {c['sweep_2']:7.3f} {c['rel_diff']:6.1%}   {w['sweep_1']:7.3f} {w['sweep_2']:7.3f} {w['rel_diff']:6.1%}"
+        )
+    print(
+        f"worst difference: CPU time {worst['cpu']:.1%}, wall time {worst['wall']:.1%} (load up to {result['load_max_1m']:.1f} on {os.cpu_count()} cores)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -55,9 +55,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +71,16 @@ LAYER_ROWS = ("layer-graddrop", "layer-random_graddrop")
 BACKWARD_ROWS = ("backward-graddrop", "backward-mgda", "backward-pcgrad")
 #: every row, in the order of the table (the registry's order, each level of the combiners that
 #: have one, then the torchjd references)
-DEFAULT_ROWS = tuple(
-    row for name, cls in COMBINERS.items() for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
-) + LAYER_ROWS + BACKWARD_ROWS + ("torchjd-pcgrad@params", "torchjd-mgda@params")
+DEFAULT_ROWS = (
+    tuple(
+        row
+        for name, cls in COMBINERS.items()
+        for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
+    )
+    + LAYER_ROWS
+    + BACKWARD_ROWS
+    + ("torchjd-pcgrad@params", "torchjd-mgda@params")
+)
 
 #: the lowest speed vs baseline each row is designed for, on the CelebA-shaped problem (the
 #: table's "floor" column: ✓ at or above it)
@@ -157,7 +165,8 @@ class MLPHeads(torch.nn.Module):
     def __init__(self, rep_dim: int, num_tasks: int, hidden: int):
         super().__init__()
         self.heads = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(rep_dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)) for _ in range(num_tasks)
+            torch.nn.Sequential(torch.nn.Linear(rep_dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+            for _ in range(num_tasks)
         )
 
     def forward(self, rep: torch.Tensor) -> torch.Tensor:
@@ -338,14 +347,23 @@ def make_own_loop_row(row: str, cfg, problem: Problem, device: torch.device, com
             optimizer.step()
 
         options = dict(combiner.opts)
-    return Row(row, row, "representation" if kind == "backward" and "level" in options else None, options, model, optimizer, step, slow=False)
+    return Row(
+        row,
+        row,
+        "representation" if kind == "backward" and "level" in options else None,
+        options,
+        model,
+        optimizer,
+        step,
+        slow=False,
+    )
 
 
 def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
-    from mtbench.train.optim import build_optimizer
-
     from torchjd.aggregation import MGDA, PCGrad
     from torchjd.autojac import jac_to_grad, mtl_backward
+
+    from mtbench.train.optim import build_optimizer
 
     name, _ = split_row(row)
     aggregator = {"torchjd-pcgrad": PCGrad, "torchjd-mgda": MGDA}[name]()
@@ -370,7 +388,10 @@ def make_torchjd_row(row: str, cfg, problem: Problem, torchjd_mod) -> Row:
         optimizer.step()
 
     step.needs_input_grad = False  # type: ignore[attr-defined]
-    opts = {"aggregator": type(aggregator).__name__, "torchjd": torchjd_mod.__version__ if hasattr(torchjd_mod, "__version__") else "?"}
+    opts = {
+        "aggregator": type(aggregator).__name__,
+        "torchjd": torchjd_mod.__version__ if hasattr(torchjd_mod, "__version__") else "?",
+    }
     return Row(row, name, "params", opts, model, optimizer, step, slow=True)
 
 
@@ -482,9 +503,17 @@ def spread(k: int, start: int, n: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the mtbench config (model=..., trainer.device=..., combiner.level=...)")
-    parser.add_argument("--combiners", default=None, help=f"comma-separated rows <combiner>[@level] (default: {','.join(DEFAULT_ROWS)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides of the mtbench config (model=..., trainer.device=..., combiner.level=...)",
+    )
+    parser.add_argument(
+        "--combiners", default=None, help=f"comma-separated rows <combiner>[@level] (default: {','.join(DEFAULT_ROWS)})"
+    )
     parser.add_argument("--steps", type=int, default=15, help="timed steps per row (default 15)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     parser.add_argument("--slow-steps", type=int, default=3, help="timed steps of parameter-level rows (default 3)")
@@ -493,12 +522,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-tasks", type=int, default=40, help="tasks of the random problem (default 40)")
     parser.add_argument("--image-size", type=int, default=64, help="input side of the random problem (default 64)")
     parser.add_argument("--channels", type=int, default=3, help="input channels of the random problem (default 3)")
-    parser.add_argument("--heads", choices=("linear", "mlp"), default="linear", help="task heads of the random problem (default linear)")
+    parser.add_argument(
+        "--heads", choices=("linear", "mlp"), default="linear", help="task heads of the random problem (default linear)"
+    )
     parser.add_argument("--head-hidden", type=int, default=64, help="hidden units of each MLP head (default 64)")
     parser.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through (default 4)")
     parser.add_argument("--out", default=None, help="JSON output (default docs/results/bench/<problem>-<device>.json)")
     parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
-    parser.add_argument("--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)")
+    parser.add_argument(
+        "--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)"
+    )
     args = parser.parse_intermixed_args(argv)
 
     user = list(args.overrides)
@@ -564,9 +597,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if device.type == "cpu" and load > 0.5:
-        print(f"bench_step: warning: load average {load:.2f} before the run: other processes use the CPU, timings will be noisy", file=sys.stderr)
-    print(f"bench_step: {problem.description}; device {device}, {torch.get_num_threads()} threads; "
-          f"{len(rows)} rows, {args.warmup} warm-up + {args.steps} timed rounds ({args.slow_steps} for @params rows)", file=sys.stderr)
+        print(
+            f"bench_step: warning: load average {load:.2f} before the run: other processes use the CPU, timings will be noisy",
+            file=sys.stderr,
+        )
+    print(
+        f"bench_step: {problem.description}; device {device}, {torch.get_num_threads()} threads; "
+        f"{len(rows)} rows, {args.warmup} warm-up + {args.steps} timed rounds ({args.slow_steps} for @params rows)",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     for rnd in range(total):
         active = [r for r in rows if rnd in r.rounds]
@@ -690,7 +729,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "docs" / "results" / "bench" / f"{problem.name}-{device.type}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).resolve().parents[1] / "docs" / "results" / "bench" / f"{problem.name}-{device.type}.json"
+    )
     from mtbench.files import atomic_write_text
 
     atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")

@@ -52,8 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: the run every case disturbs: 3 epochs of 20 steps, a few seconds on one CPU thread
 CONFIG = [
@@ -137,12 +138,26 @@ def env(**extra: str) -> dict[str, str]:
 
 def start(cwd: Path, args: list[str], **extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        mtbench_command() + args, cwd=cwd, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+        mtbench_command() + args,
+        cwd=cwd,
+        env=env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
 
 
 def run(cwd: Path, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(mtbench_command() + args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        mtbench_command() + args,
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def run_folder(cwd: Path, combiner: str = "baseline", seed: int = 0) -> Path:
@@ -159,7 +174,13 @@ def numbers(folder: Path) -> dict[str, Any]:
     with open(folder / "history.csv", newline="") as f:
         history = [{k: v for k, v in row.items() if k != "train_step_s"} for row in csv.DictReader(f)]
     per_attr = (folder / "per_attribute.csv").read_text() if (folder / "per_attribute.csv").exists() else None
-    return {"test": m.get("test"), "val": m.get("val"), "best_epoch": m.get("best_epoch"), "history": history, "per_attribute": per_attr}
+    return {
+        "test": m.get("test"),
+        "val": m.get("val"),
+        "best_epoch": m.get("best_epoch"),
+        "history": history,
+        "per_attribute": per_attr,
+    }
 
 
 def consistency(folder: Path) -> list[str]:
@@ -276,7 +297,9 @@ class Injector:
         cwd = self.fresh(case.name)
         if moment in PAUSE:
             marker = cwd / "paused"
-            proc = start(cwd, CONFIG, MTBENCH_PAUSE_AT=PAUSE[moment], MTBENCH_PAUSE_MARKER=str(marker), MTBENCH_PAUSE_S="60")
+            proc = start(
+                cwd, CONFIG, MTBENCH_PAUSE_AT=PAUSE[moment], MTBENCH_PAUSE_MARKER=str(marker), MTBENCH_PAUSE_S="60"
+            )
             reached = wait_for(marker.exists, proc)
         else:  # mid_run: right after the first epoch's checkpoint
             marker = None
@@ -346,7 +369,9 @@ class Injector:
             for p in consistency(folder):
                 case.check(False, f"{combiner}: {p}")
             if folder.exists() and not consistency(folder):
-                case.check(numbers(folder) == self.refs[combiner], f"{combiner}: numbers differ from the undisturbed run")
+                case.check(
+                    numbers(folder) == self.refs[combiner], f"{combiner}: numbers differ from the undisturbed run"
+                )
         skipped = sum(err.count("skipped") for _, err in results)
         case.details.update(skip_lines=skipped)
 
@@ -421,7 +446,9 @@ class Injector:
         for p in consistency(folder):
             case.check(False, p)
         if not case.problems:
-            case.check(numbers(folder) == self.refs["baseline"], "completed with other numbers than the undisturbed run")
+            case.check(
+                numbers(folder) == self.refs["baseline"], "completed with other numbers than the undisturbed run"
+            )
 
     def order(self, case: Case) -> None:
         cwd = self.fresh(case.name)
@@ -429,7 +456,10 @@ class Injector:
         if not case.check(proc.returncode == 0, f"sweep exit {proc.returncode}: {last_line(proc.stderr)}"):
             return
         for combiner in ("baseline", "clip"):
-            case.check(numbers(run_folder(cwd, combiner)) == self.refs[combiner], f"{combiner} in a sweep differs from its single run")
+            case.check(
+                numbers(run_folder(cwd, combiner)) == self.refs[combiner],
+                f"{combiner} in a sweep differs from its single run",
+            )
 
     def bad_option(self, case: Case, overrides: list[str]) -> None:
         cwd = self.fresh(case.name)
@@ -466,12 +496,23 @@ def all_cases(inj: Injector, n_random: int) -> list[tuple[str, str, Callable[[Ca
     return cases
 
 
-QUICK = ["sigterm@test", "sigkill@mid_run", "second_sigint", "duplicate_sweep_x2", "corrupt_metrics_truncated_completed", "badopt_lr_negative"]
+QUICK = [
+    "sigterm@test",
+    "sigkill@mid_run",
+    "second_sigint",
+    "duplicate_sweep_x2",
+    "corrupt_metrics_truncated_completed",
+    "badopt_lr_negative",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/results/reliability/fault_inject.json", help="JSON results (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--out", default="docs/results/reliability/fault_inject.json", help="JSON results (default: %(default)s)"
+    )
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--cases", help="comma-separated case names (see --list)")
     ap.add_argument("--random", type=int, default=24, help="signals at random moments (default: %(default)s)")
@@ -505,12 +546,25 @@ def main(argv: list[str] | None = None) -> int:
             fn(case)
         except Exception as e:  # noqa: BLE001 - a broken case is a case that did not hold
             case.problems.append(f"{type(e).__name__}: {e}")
-        entry = {"case": name, "kind": kind, "held": not case.problems, "problems": case.problems, "details": case.details, "seconds": round(time.time() - t0, 1)}
+        entry = {
+            "case": name,
+            "kind": kind,
+            "held": not case.problems,
+            "problems": case.problems,
+            "details": case.details,
+            "seconds": round(time.time() - t0, 1),
+        }
         done.append(entry)
-        print(f"{'held' if entry['held'] else 'FAILED':6} {name:40} {entry['seconds']:6.1f} s  {'; '.join(case.problems)}", file=sys.stderr)
+        print(
+            f"{'held' if entry['held'] else 'FAILED':6} {name:40} {entry['seconds']:6.1f} s  {'; '.join(case.problems)}",
+            file=sys.stderr,
+        )
 
     kinds = list(dict.fromkeys(d["kind"] for d in done))
-    summary = {k: {"tried": sum(d["kind"] == k for d in done), "held": sum(d["kind"] == k and d["held"] for d in done)} for k in kinds}
+    summary = {
+        k: {"tried": sum(d["kind"] == k for d in done), "held": sum(d["kind"] == k and d["held"] for d in done)}
+        for k in kinds
+    }
     total = {"tried": len(done), "held": sum(d["held"] for d in done)}
     print("\n| kind | tried | held |\n|---|---|---|")
     for k, s in summary.items():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Thin wrapper of ``mtbench-fake celeba`` (:mod:`mtbench.data.fake.celeba`), kept for old command lines:
 
-    python scripts/make_fake_celeba.py --root DIR --n N   # = mtbench-fake celeba --root DIR --n N
+python scripts/make_fake_celeba.py --root DIR --n N   # = mtbench-fake celeba --root DIR --n N
 """
 
 from __future__ import annotations

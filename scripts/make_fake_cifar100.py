@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Thin wrapper of ``mtbench-fake cifar100`` (:mod:`mtbench.data.fake.cifar100`), kept for old command lines:
 
-    python scripts/make_fake_cifar100.py --root DIR --n N   # = mtbench-fake cifar100 --root DIR --n N
+python scripts/make_fake_cifar100.py --root DIR --n N   # = mtbench-fake cifar100 --root DIR --n N
 """
 
 from __future__ import annotations

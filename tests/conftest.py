@@ -32,15 +32,28 @@ def command(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"mtbench": "mtbench", "mtbench-table": "mtbench.report.table", "mtbench-fake": "mtbench.data.fake", "mtbench-eval": "mtbench.train.evaluate"}[name]
+    module = {
+        "mtbench": "mtbench",
+        "mtbench-table": "mtbench.report.table",
+        "mtbench-fake": "mtbench.data.fake",
+        "mtbench-eval": "mtbench.train.evaluate",
+    }[name]
     return [sys.executable, "-m", module]
 
 
-def run_cli(name: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    name: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update(env or {})
     return subprocess.run(
-        command(name) + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        command(name) + args,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 

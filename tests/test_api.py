@@ -63,7 +63,15 @@ def via_trainer(model, name, options, seed):
     comb = COMBINERS[name](T, **options)
     comb.prepare(model)
     rep, outputs = model(x)
-    step = Step(model, x, rep, outputs, task_losses(outputs, y), torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1))
+    step = Step(
+        model,
+        x,
+        rep,
+        outputs,
+        task_losses(outputs, y),
+        torch.Generator().manual_seed(seed),
+        torch.Generator().manual_seed(seed + 1),
+    )
     comb.backward(step)
     return grads(model), comb
 
@@ -82,7 +90,9 @@ def via_layer(model, layer_cls, options, seed):
     x, y = batch()
     layer = layer_cls(**options, generator=torch.Generator().manual_seed(seed))
     views = layer(model.trunk(x), T)
-    losses = [nn.functional.binary_cross_entropy_with_logits(head_output(model, i, v), y[:, i]) for i, v in enumerate(views)]
+    losses = [
+        nn.functional.binary_cross_entropy_with_logits(head_output(model, i, v), y[:, i]) for i, v in enumerate(views)
+    ]
     sum(losses).backward()
     return grads(model)
 
@@ -94,7 +104,9 @@ def close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("heads", ["mlp", "linear"])
-@pytest.mark.parametrize("name, options", [("graddrop", {}), ("graddrop", {"leak": 0.25, "f": "sigmoid", "k": 2.0}), ("random_graddrop", {})])
+@pytest.mark.parametrize(
+    "name, options", [("graddrop", {}), ("graddrop", {"leak": 0.25, "f": "sigmoid", "k": 2.0}), ("random_graddrop", {})]
+)
 def test_trainer_layer_and_backward_agree_for_graddrop(heads, name, options):
     model = make(heads)
     trainer, _ = via_trainer(model, name, options, seed=11)
@@ -123,7 +135,11 @@ def test_backward_returns_the_combiners_diagnostics_and_keeps_state_in_an_instan
     x, y = batch()
     for _ in range(2):
         rep = model.trunk(x)
-        out = mtbench.backward([nn.functional.binary_cross_entropy_with_logits(model.heads.head(i, rep), y[:, i]) for i in range(T)], rep, comb)
+        out = mtbench.backward(
+            [nn.functional.binary_cross_entropy_with_logits(model.heads.head(i, rep), y[:, i]) for i in range(T)],
+            rep,
+            comb,
+        )
         model.zero_grad()
     assert out == comb.log_values() and out  # GradNorm's weight range, after two steps of its own update
 
@@ -133,7 +149,10 @@ def test_backward_returns_the_combiners_diagnostics_and_keeps_state_in_an_instan
     [
         (lambda rep, ls: mtbench.backward([], rep, "graddrop"), "losses"),
         (lambda rep, ls: mtbench.backward(ls, rep.detach(), "graddrop"), "features"),
-        (lambda rep, ls: mtbench.backward(ls, torch.randn(3, requires_grad=True), "graddrop"), "do not depend on features"),
+        (
+            lambda rep, ls: mtbench.backward(ls, torch.randn(3, requires_grad=True), "graddrop"),
+            "do not depend on features",
+        ),
         (lambda rep, ls: mtbench.backward(ls, rep, "nosuch"), "combiner must be"),
         (lambda rep, ls: mtbench.backward(ls, rep, "gradnorm"), "keeps state across steps"),
         (lambda rep, ls: mtbench.backward(ls, rep, "gradpenalty"), "needs the network's inputs"),
@@ -158,7 +177,20 @@ def test_the_resnet_example_trains(tmp_path, combiner):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "resnet_mgda.py"
-    args = [sys.executable, str(script), "--steps", "2", "--image-size", "32", "--batch-size", "4", "--device", "cpu", "--combiner", combiner]
+    args = [
+        sys.executable,
+        str(script),
+        "--steps",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--combiner",
+        combiner,
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [x.split(":")[0] for x in proc.stdout.splitlines() if x.startswith("step ")] == ["step 1/2", "step 2/2"]

@@ -21,14 +21,22 @@ def test_bench_step_tiny_problem(tmp_path):
         "model.width=4",
         "model.rep_dim=8",
         "trainer.device=cpu",
-        "--num-tasks", "3",
-        "--image-size", "8",
-        "--batch-size", "4",
-        "--steps", "2",
-        "--warmup", "1",
-        "--slow-steps", "1",
-        "--combiners", "graddrop,pcgrad@params,pcgrad@representation,mgda@params,torchjd-pcgrad@params",
-        "--out", str(out),
+        "--num-tasks",
+        "3",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--slow-steps",
+        "1",
+        "--combiners",
+        "graddrop,pcgrad@params,pcgrad@representation,mgda@params,torchjd-pcgrad@params",
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
@@ -61,10 +69,34 @@ def test_bench_step_says_when_torchjd_is_absent(tmp_path):
     shim.mkdir()
     (shim / "torchjd.py").write_text("raise ImportError('hidden for the test')\n")
     out = tmp_path / "bench.json"
-    args = [sys.executable, str(SCRIPT), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu",
-            "--num-tasks", "2", "--image-size", "8", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--no-memory",
-            "--combiners", "baseline,torchjd-mgda@params", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "model=small_cnn",
+        "model.width=4",
+        "model.rep_dim=8",
+        "trainer.device=cpu",
+        "--num-tasks",
+        "2",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--combiners",
+        "baseline,torchjd-mgda@params",
+        "--out",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "torchjd is not installed" in proc.stderr
@@ -83,11 +115,15 @@ def test_bench_step_rows_outside_the_trainer_with_mlp_heads(tmp_path):
         args = [sys.executable, str(SCRIPT), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu",
                 "--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--no-memory",
                 "--heads", heads, "--combiners", rows, "--out", str(out)]  # fmt: skip
-        proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         assert proc.returncode == 0, proc.stderr
         report = json.loads(out.read_text())
         got = {r["row"]: r for r in report["rows"]}
         assert list(got) == ["baseline", *rows.split(",")]
         assert all(r["error"] is None and r["ms_per_step"] > 0 for r in got.values()), got
-        assert got["backward-mgda"]["level"] == "representation" and got["layer-graddrop"]["combiner"] == "layer-graddrop"
+        assert (
+            got["backward-mgda"]["level"] == "representation" and got["layer-graddrop"]["combiner"] == "layer-graddrop"
+        )
         assert ("two-layer heads" in report["problem"]["description"]) == (heads == "mlp")

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli, run_dir
 from PIL import Image
 
-from conftest import run_cli, run_dir
-from mtbench.errors import MtbenchError
 from mtbench.data import celeba
+from mtbench.errors import MtbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_fake_celeba.py"
@@ -97,7 +97,12 @@ def one_line_error(excinfo) -> str:
 
 
 def test_fake_generator_writes_the_real_layout(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path), "--n", "25", "--seed", "3"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(tmp_path), "--n", "25", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     attr = (tmp_path / "list_attr_celeba.txt").read_text().split("\n")
     assert attr[0] == "25" and attr[1] == REAL_NAMES_LINE and attr[-1] == ""
@@ -115,7 +120,11 @@ def test_fake_generator_writes_the_real_layout(tmp_path):
         assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (178, 218))
     # the torchvision layout: the same files under celeba/
     _generator().make_fake_celeba(tmp_path / "tv", 5, layout="torchvision")
-    assert {p.name for p in (tmp_path / "tv" / "celeba").iterdir()} == {"img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"}
+    assert {p.name for p in (tmp_path / "tv" / "celeba").iterdir()} == {
+        "img_align_celeba",
+        "list_attr_celeba.txt",
+        "list_eval_partition.txt",
+    }
 
 
 # ------------------------------------------------------------------------------ loading
@@ -149,7 +158,9 @@ def test_both_layouts_give_the_same_data(pristine, tmp_path):
     assert (tv / "celeba" / ".mtbench_cache").is_dir()
     assert a.names == b.names
     for s in ("train", "val", "test"):
-        assert torch.equal(a.splits[s].labels, b.splits[s].labels) and torch.equal(a.splits[s].images, b.splits[s].images)
+        assert torch.equal(a.splits[s].labels, b.splits[s].labels) and torch.equal(
+            a.splits[s].images, b.splits[s].images
+        )
 
 
 def test_crlf_line_ends_are_read(fake):
@@ -163,7 +174,11 @@ def test_crlf_line_ends_are_read(fake):
 def test_hflip_flips_a_random_subset_in_place():
     torch.manual_seed(0)
     x = torch.randn(64, 3, 4, 5)
-    task = celeba.CelebATask("celeba", ["a"], *(celeba.Split(torch.zeros(1, 3, 4, 5, dtype=torch.uint8), torch.zeros(1, 1)) for _ in range(3)))
+    task = celeba.CelebATask(
+        "celeba",
+        ["a"],
+        *(celeba.Split(torch.zeros(1, 3, 4, 5, dtype=torch.uint8), torch.zeros(1, 1)) for _ in range(3)),
+    )
     y = task.augment(x.clone())
     flipped = [bool(torch.equal(y[i], x[i].flip(-1))) for i in range(64)]
     kept = [bool(torch.equal(y[i], x[i])) for i in range(64)]
@@ -228,7 +243,9 @@ def test_partial_cache_is_detected_and_rebuilt(fake, decodes):
     # a temporary folder left by a killed build (its process is gone) is removed
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(done.stdout)
-    stale = fake / ".mtbench_cache" / f".celeba-{SIZE * 3}px-0123456789abcdef.tmp-{socket.gethostname()}-{dead}-deadbeef"
+    stale = (
+        fake / ".mtbench_cache" / f".celeba-{SIZE * 3}px-0123456789abcdef.tmp-{socket.gethostname()}-{dead}-deadbeef"
+    )
     stale.mkdir()
     (stale / "train.npy").write_bytes(b"\x93NUMPY partial")
     load(fake, image_size=SIZE * 3)
@@ -284,8 +301,13 @@ def test_interrupted_build_leaves_nothing(fake, monkeypatch):
 
 @pytest.mark.parametrize(
     "damage",
-    [lambda m: m.pop("mean"), lambda m: m.pop("std"), lambda m: m.update(std=[0.2, 0.0, 0.2]), lambda m: m.update(mean=[0.5, "x", 0.5]),
-     lambda m: m.update(mean=[0.5, 0.5])],
+    [
+        lambda m: m.pop("mean"),
+        lambda m: m.pop("std"),
+        lambda m: m.update(std=[0.2, 0.0, 0.2]),
+        lambda m: m.update(mean=[0.5, "x", 0.5]),
+        lambda m: m.update(mean=[0.5, 0.5]),
+    ],
     ids=["no mean", "no std", "zero std", "text in mean", "two channels"],
 )
 def test_cache_without_usable_statistics_is_rebuilt(fake, decodes, damage):
@@ -485,8 +507,16 @@ def test_config_composition():
         cfg = compose("config", overrides=["task=celeba", "data.root=/data/celeba"])
         assert (cfg.task.name, cfg.model.name, cfg.model.small_input) == ("celeba", "resnet18", True)
         assert (cfg.task.root, cfg.task.image_size, cfg.data.image_size) == ("/data/celeba", 64, 64)
-        assert (cfg.trainer.optimizer, cfg.trainer.lr, cfg.trainer.batch_size, cfg.trainer.epochs) == ("adam", 0.001, 256, 15)
-        cfg = compose("config", overrides=["task=celeba", "model=small_cnn", "trainer.epochs=2", "trainer.lr=0.01", "data.image_size=32"])
+        assert (cfg.trainer.optimizer, cfg.trainer.lr, cfg.trainer.batch_size, cfg.trainer.epochs) == (
+            "adam",
+            0.001,
+            256,
+            15,
+        )
+        cfg = compose(
+            "config",
+            overrides=["task=celeba", "model=small_cnn", "trainer.epochs=2", "trainer.lr=0.01", "data.image_size=32"],
+        )
         assert (cfg.model.name, cfg.trainer.epochs, cfg.trainer.lr, cfg.task.image_size) == ("small_cnn", 2, 0.01, 32)
         cfg = compose("config")
         assert (cfg.task.name, cfg.model.name, cfg.trainer.batch_size) == ("shapes40", "small_cnn", 64)
@@ -537,6 +567,11 @@ def test_sweep_end_to_end(pristine, tmp_path):
     def numbers(run: Path) -> dict:
         m = json.loads((run / "metrics.json").read_text())
         history = pd.read_csv(run / "history.csv").drop(columns=["train_step_s"])
-        return {"test": m["test"], "val": m["val"], "history": history.to_dict("list"), "per_attribute": (run / "per_attribute.csv").read_text()}
+        return {
+            "test": m["test"],
+            "val": m["val"],
+            "history": history.to_dict("list"),
+            "per_attribute": (run / "per_attribute.csv").read_text(),
+        }
 
     assert numbers(run_dir(tmp_path / "alone" / "celeba", "graddrop", 0)) == numbers(run_dir(folder, "graddrop", 0))

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from conftest import run_cli, run_dir
 from omegaconf import OmegaConf
 
-from conftest import run_cli, run_dir
-from mtbench.errors import MtbenchError
-from mtbench.combiners import COMBINERS, PAPER, build_combiner
+from mtbench.combiners import PAPER, build_combiner
 from mtbench.data import build_task
 from mtbench.data import cifar100 as c100
+from mtbench.errors import MtbenchError
 from mtbench.models import build_heads, build_model
 from mtbench.models.resnet import InputResize, load_resnet
 from mtbench.train.loop import Preprocess, evaluate
@@ -63,10 +63,23 @@ def weights(tmp_path_factory) -> Path:
 
 def task_cfg(root, weights, **over):
     cfg = {
-        "name": "cifar100_transfer", "root": str(root), "download": False, "source_root": None, "image_size": 32,
-        "arch": "resnet18", "weights": None if weights is None else str(weights), "device": "cpu", "val_size": VAL, "val_seed": 0,
-        "temperature": 2.0, "coarse": False, "leak": {"target": 1.0, "source": 0.0, "coarse": 0.0},
-        "teacher_batch_size": 64, "source_batch_size": 8, "source_workers": 0, "seed": 0,
+        "name": "cifar100_transfer",
+        "root": str(root),
+        "download": False,
+        "source_root": None,
+        "image_size": 32,
+        "arch": "resnet18",
+        "weights": None if weights is None else str(weights),
+        "device": "cpu",
+        "val_size": VAL,
+        "val_seed": 0,
+        "temperature": 2.0,
+        "coarse": False,
+        "leak": {"target": 1.0, "source": 0.0, "coarse": 0.0},
+        "teacher_batch_size": 64,
+        "source_batch_size": 8,
+        "source_workers": 0,
+        "seed": 0,
     }
     cfg.update(over)
     return OmegaConf.create(cfg)
@@ -87,8 +100,12 @@ def model_cfg(weights, size=32):
 
 
 def test_fake_writer_script_writes_the_python_layout(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path), "--n", "120", "--n-test", "30"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(tmp_path), "--n", "120", "--n-test", "30"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "cifar-100-python"
     assert sorted(p.name for p in folder.iterdir()) == ["meta", "test", "train"]
@@ -150,8 +167,13 @@ def test_task_loads_weights_file_into_trunk_teacher_and_source_head(data_root, w
     assert [c.key for c in task.metric_columns] == ["top1_error", "top5_error", "source_agreement"]
     model = build_model(model_cfg(weights), task=task)
     # trunk: the file's weights, pretrained stem kept; source head: the file's classifier
-    assert torch.equal(model.trunk.net.conv1.weight, state["conv1.weight"]) and model.trunk.net.conv1.kernel_size == (7, 7)
-    assert torch.equal(model.heads.source.weight, state["fc.weight"]) and torch.equal(model.heads.source.bias, state["fc.bias"])
+    assert torch.equal(model.trunk.net.conv1.weight, state["conv1.weight"]) and model.trunk.net.conv1.kernel_size == (
+        7,
+        7,
+    )
+    assert torch.equal(model.heads.source.weight, state["fc.weight"]) and torch.equal(
+        model.heads.source.bias, state["fc.bias"]
+    )
     assert model.heads.target.out_features == 100 and model.heads.coarse is None
     # distillation targets: the frozen network's logits on the same (ImageNet-normalised) images
     net = torchvision.models.resnet18()
@@ -216,7 +238,9 @@ def test_metrics_count_top1_top5_and_agreement(data_root, weights):
     m = task.evaluate(scores, labels)
     assert (m["top1_error"], m["top5_error"], m["source_agreement"]) == (50.0, 25.0, 50.0)
     rows = {r["attribute"]: r for r in m["per_attribute"]}
-    assert rows["fine_04"]["error"] == 100.0 and rows["fine_03"]["error"] == 0.0 and rows["fine_03"]["base_rate"] == 0.25
+    assert (
+        rows["fine_04"]["error"] == 100.0 and rows["fine_03"]["error"] == 0.0 and rows["fine_03"]["base_rate"] == 0.25
+    )
 
 
 # -- real ImageNet batches drawn alongside (data.source_root) ---------------------------------------
@@ -258,12 +282,25 @@ def test_imagenet_source_runs_through_the_training_loop(data_root, weights, imag
     from mtbench.train import train
 
     with initialize_config_module(version_base="1.3", config_module="mtbench.configs"):
-        cfg = compose("config", [
-            "task=cifar100_transfer", f"data.root={data_root}", f"model.weights={weights}", f"data.source_root={imagenet_root}",
-            "data.image_size=40", f"task.val_size={VAL}", "task.source_workers=0", "task.source_batch_size=4",
-            "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1", "combiner=graddrop",
-            f"results_dir={tmp_path}",
-        ])
+        cfg = compose(
+            "config",
+            [
+                "task=cifar100_transfer",
+                f"data.root={data_root}",
+                f"model.weights={weights}",
+                f"data.source_root={imagenet_root}",
+                "data.image_size=40",
+                f"task.val_size={VAL}",
+                "task.source_workers=0",
+                "task.source_batch_size=4",
+                "trainer.epochs=1",
+                "trainer.batch_size=32",
+                "trainer.device=cpu",
+                "trainer.num_threads=1",
+                "combiner=graddrop",
+                f"results_dir={tmp_path}",
+            ],
+        )
     result = train(cfg)
     assert result["steps"] == 2 and result["examples_per_s"] > 0
     assert set(result["test"]) == {"top1_error", "top5_error", "source_agreement"}
@@ -290,7 +327,10 @@ def test_weights_of_another_architecture_name_file_keys_and_shapes(weights):
     msg = str(err.value)
     assert str(weights) in msg and "not a resnet50 state_dict" in msg and "\n" not in msg
     assert "missing keys [" in msg and "layer1.0.conv3.weight" in msg
-    assert "mismatched shapes [" in msg and "layer1.0.conv1.weight: (64, 64, 3, 3) in the file, (64, 64, 1, 1) expected" in msg
+    assert (
+        "mismatched shapes [" in msg
+        and "layer1.0.conv1.weight: (64, 64, 3, 3) in the file, (64, 64, 1, 1) expected" in msg
+    )
 
 
 def test_weights_with_another_classifier_name_the_shape(tmp_path):
@@ -328,15 +368,21 @@ def test_missing_cifar_names_the_expected_layout(tmp_path):
 def test_partial_cifar_names_the_missing_file(tmp_path):
     folder = _script().write_fake_cifar100(tmp_path, n=10, n_test=5)
     (folder / "meta").unlink()
-    with pytest.raises(MtbenchError, match=f"CIFAR-100 files missing: {folder / 'meta'}; expected <root>/cifar-100-python"):
+    with pytest.raises(
+        MtbenchError, match=f"CIFAR-100 files missing: {folder / 'meta'}; expected <root>/cifar-100-python"
+    ):
         c100.load_cifar100(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"garbage, not a pickle", b"\x80\x02}q\x00(X\x04\x00\x00\x00data"])  # junk, truncated
+@pytest.mark.parametrize(
+    "content", [b"garbage, not a pickle", b"\x80\x02}q\x00(X\x04\x00\x00\x00data"]
+)  # junk, truncated
 def test_corrupt_pickle_names_the_file_and_layout(tmp_path, content):
     folder = _script().write_fake_cifar100(tmp_path, n=10, n_test=5)
     (folder / "train").write_bytes(content)
-    with pytest.raises(MtbenchError, match=f"CIFAR-100 file {folder / 'train'} is corrupt.*expected <root>/cifar-100-python"):
+    with pytest.raises(
+        MtbenchError, match=f"CIFAR-100 file {folder / 'train'} is corrupt.*expected <root>/cifar-100-python"
+    ):
         c100.load_cifar100(tmp_path)
 
 
@@ -347,7 +393,9 @@ def test_pickle_with_wrong_content_or_code_is_refused(tmp_path):
     with pytest.raises(MtbenchError, match=f"{folder / 'test'} lacks key\\(s\\) coarse_labels"):
         c100.load_cifar100(tmp_path)
     with open(folder / "test", "wb") as f:
-        pickle.dump({"data": np.zeros((5, 100), np.uint8), "fine_labels": [0] * 5, "coarse_labels": [0] * 5}, f, protocol=2)
+        pickle.dump(
+            {"data": np.zeros((5, 100), np.uint8), "fine_labels": [0] * 5, "coarse_labels": [0] * 5}, f, protocol=2
+        )
     with pytest.raises(MtbenchError, match=r"data is uint8 \(5, 100\), expected uint8 \[N, 3072\]"):
         c100.load_cifar100(tmp_path)
 
@@ -383,7 +431,9 @@ def test_task_config_switches_model_and_keeps_shapes40_defaults():
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(version_base="1.3", config_module="mtbench.configs"):
-        cfg = compose("config", ["task=cifar100_transfer", "data.root=/data", "model.weights=IMAGENET1K_V1", "data.image_size=64"])
+        cfg = compose(
+            "config", ["task=cifar100_transfer", "data.root=/data", "model.weights=IMAGENET1K_V1", "data.image_size=64"]
+        )
         r50 = compose("config", ["task=cifar100_transfer", "model=resnet50"])
         plain = compose("config", [])
     assert cfg.model.name == "resnet18" and cfg.model.small_input is False and cfg.model.input_size == 64
@@ -395,8 +445,19 @@ def test_task_config_switches_model_and_keeps_shapes40_defaults():
 
 def test_cli_bad_weights_is_a_one_line_error(tmp_path, data_root):
     missing = tmp_path / "missing.pth"
-    proc = run_cli("mtbench", ["task=cifar100_transfer", f"data.root={data_root}", f"model.weights={missing}",
-                               "trainer.device=cpu", "trainer.num_threads=1", f"task.val_size={VAL}"], cwd=tmp_path, timeout=120)
+    proc = run_cli(
+        "mtbench",
+        [
+            "task=cifar100_transfer",
+            f"data.root={data_root}",
+            f"model.weights={missing}",
+            "trainer.device=cpu",
+            "trainer.num_threads=1",
+            f"task.val_size={VAL}",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"mtbench: error: model.weights: file {missing} does not exist" in proc.stderr
 
@@ -404,8 +465,18 @@ def test_cli_bad_weights_is_a_one_line_error(tmp_path, data_root):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_root, weights):
     cwd = tmp_path_factory.mktemp("sweep")
-    args = ["-m", "task=cifar100_transfer", f"data.root={data_root}", f"model.weights={weights}", f"task.val_size={VAL}",
-            "trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.device=cpu", "trainer.num_threads=1"]
+    args = [
+        "-m",
+        "task=cifar100_transfer",
+        f"data.root={data_root}",
+        f"model.weights={weights}",
+        f"task.val_size={VAL}",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        "trainer.eval_batch_size=64",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+    ]
     proc = run_cli("mtbench", args, cwd=cwd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd / "results" / "cifar100_transfer", proc
@@ -443,9 +514,18 @@ RESUMED = ["baseline", "pcgrad", "mgda_params", "gradnorm", "graddrop"]
 
 def short_args(data_root, weights) -> list[str]:
     """3 epochs of 2 steps (48 images, then 16) on the fake CIFAR-100."""
-    return ["task=cifar100_transfer", f"data.root={data_root}", f"model.weights={weights}", f"task.val_size={VAL}",
-            "trainer.epochs=3", "trainer.batch_size=48", "trainer.eval_batch_size=64", "trainer.device=cpu",
-            "trainer.num_threads=1", f"hydra.searchpath=[file://{FIXTURES / 'configs'}]"]
+    return [
+        "task=cifar100_transfer",
+        f"data.root={data_root}",
+        f"model.weights={weights}",
+        f"task.val_size={VAL}",
+        "trainer.epochs=3",
+        "trainer.batch_size=48",
+        "trainer.eval_batch_size=64",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        f"hydra.searchpath=[file://{FIXTURES / 'configs'}]",
+    ]
 
 
 def numbers(run: Path) -> dict:
@@ -463,7 +543,9 @@ def short_sweep(tmp_path_factory, data_root, weights) -> Path:
     """The combiners of RESUMED, uninterrupted, in one process (the teacher's predictions are
     computed by the first run and reused by the others)."""
     cwd = tmp_path_factory.mktemp("short_sweep")
-    proc = run_cli("mtbench", ["-m", f"combiner={','.join(RESUMED)}", *short_args(data_root, weights)], cwd=cwd, timeout=300)
+    proc = run_cli(
+        "mtbench", ["-m", f"combiner={','.join(RESUMED)}", *short_args(data_root, weights)], cwd=cwd, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd / "results" / "cifar100_transfer"
 
@@ -471,7 +553,12 @@ def short_sweep(tmp_path_factory, data_root, weights) -> Path:
 def test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep(tmp_path, data_root, weights, short_sweep):
     """Alone, the run builds the teacher itself (a cache miss): the new heads' initialisation
     must not depend on it."""
-    proc = run_cli("mtbench", [*short_args(data_root, weights), "combiner=graddrop", "~hydra.callbacks.tables"], cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "mtbench",
+        [*short_args(data_root, weights), "combiner=graddrop", "~hydra.callbacks.tables"],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     alone = numbers(run_dir(tmp_path / "results" / "cifar100_transfer", "graddrop"))
     assert alone == numbers(run_dir(short_sweep, "graddrop"))
@@ -483,8 +570,15 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, data_root, weights, sh
     checkpoint and ends with the uninterrupted run's exact numbers."""
     args = [*short_args(data_root, weights), f"combiner={choice}", "~hydra.callbacks.tables"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    first = subprocess.run([sys.executable, str(FIXTURES / "interrupt_at.py"), "3", "SIGKILL", *args], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    first = subprocess.run(
+        [sys.executable, str(FIXTURES / "interrupt_at.py"), "3", "SIGKILL", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     run = run_dir(tmp_path / "results" / "cifar100_transfer", combiner_name(choice))
     assert json.loads((run / "metrics.json").read_text())["status"] == "running"

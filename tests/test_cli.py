@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import run_cli, run_dir, run_path
+
 from mtbench.combiners import COMBINERS, PAPER
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -73,7 +73,9 @@ def test_sweep_writes_every_run(sweep):
 
 def test_sweep_seeds_differ_and_table_is_printed(sweep):
     cwd, proc = sweep
-    a, b = (json.loads((run_dir(cwd / "results" / "shapes40", "baseline", s) / "metrics.json").read_text()) for s in (0, 1))
+    a, b = (
+        json.loads((run_dir(cwd / "results" / "shapes40", "baseline", s) / "metrics.json").read_text()) for s in (0, 1)
+    )
     assert a["val"] != b["val"], "two seeds gave identical results"
     assert "| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds |" in proc.stdout
     for name in PAPER:
@@ -89,7 +91,9 @@ def test_table_files(sweep):
     base = csv.set_index("combiner").loc["baseline"]
     assert base["speed_mean"] == pytest.approx(1.0, abs=0.5)
     # the table's means are the means of the runs' own numbers
-    errs = [json.loads((run_dir(folder, "baseline", s) / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)]
+    errs = [
+        json.loads((run_dir(folder, "baseline", s) / "metrics.json").read_text())["test"]["error_rate"] for s in (0, 1)
+    ]
     assert base["test_error_rate_mean"] == pytest.approx(sum(errs) / 2)
     md = (folder / "table.md").read_text()
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
@@ -123,7 +127,14 @@ def test_mtbench_table_with_no_runs(tmp_path):
 
 def test_single_run_with_overrides(tmp_path, tiny):
     data = [o for o in tiny if not o.startswith("trainer.")]
-    args = ["task=shapes40", "combiner=baseline", "seed=3", "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu"]
+    args = [
+        "task=shapes40",
+        "combiner=baseline",
+        "seed=3",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        "trainer.device=cpu",
+    ]
     proc = run_cli("mtbench", args + data, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / run_path(args + data, "baseline", 3) / "metrics.json").read_text())
@@ -173,7 +184,13 @@ def test_help_is_mtbench_own(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "is powered by Hydra" not in text and text.startswith("mtbench: a benchmark of gradient combiners")
-    assert "mtbench -m" in text and "mtbench-table results/<name>" in text and "mtbench-fake celeba" in text and "docs/" in text and "README" in text
+    assert (
+        "mtbench -m" in text
+        and "mtbench-table results/<name>" in text
+        and "mtbench-fake celeba" in text
+        and "docs/" in text
+        and "README" in text
+    )
     assert "results/<name>/runs/<combiner>/<variant>/seed=<seed>/" in text
     # the config groups and their choices, as packaged
     for group in ("combiner", "task", "model", "experiment"):
@@ -191,7 +208,10 @@ def test_cfg_job_is_resolved(tmp_path):
 
 
 def test_mtbench_fake_bad_input_is_one_line(tmp_path):
-    for args, fix in ((["celeba", "--root", str(tmp_path / "d"), "--n", "0"], "give at least 1 image"), ([], "name the dataset")):
+    for args, fix in (
+        (["celeba", "--root", str(tmp_path / "d"), "--n", "0"], "give at least 1 image"),
+        ([], "name the dataset"),
+    ):
         proc = run_cli("mtbench-fake", args, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mtbench-fake: error:") and fix in proc.stderr

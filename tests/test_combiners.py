@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, Step
 from mtbench.combiners.functional import mgda_weights, pcgrad
+from mtbench.errors import MtbenchError
 from mtbench.models import LinearHeads, MultiTaskModel
 
 T, B, D_IN, D_REP = 3, 5, 4, 6
@@ -87,7 +85,9 @@ def test_baseline_is_grad_of_sum():
 @pytest.mark.parametrize("name", ["graddrop", "random_graddrop"])
 def test_graddrop_with_leak_one_is_the_baseline(name):
     assert_close_list(run_combiner(name, leak=1.0)[2], baseline_grads(), rtol=1e-12, atol=1e-12)
-    assert_close_list(run_combiner(name, leak=[1.0] * T, batch_separated=False)[2], baseline_grads(), rtol=1e-12, atol=1e-12)
+    assert_close_list(
+        run_combiner(name, leak=[1.0] * T, batch_separated=False)[2], baseline_grads(), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_graddrop_masks_apply_to_trunk_only_and_drop_something():
@@ -148,7 +148,9 @@ def test_mgda_shared_gradient_is_T_times_weighted_sum(level, normalization):
     st = step_for(model, x, y)
     per_task = per_task_param_grads(model, x, y)
     if level == "representation":
-        basis = torch.stack([torch.autograd.grad(st.losses[i], st.rep, retain_graph=True)[0].flatten() for i in range(T)])
+        basis = torch.stack(
+            [torch.autograd.grad(st.losses[i], st.rep, retain_graph=True)[0].flatten() for i in range(T)]
+        )
     else:
         basis = per_task
     n = {
@@ -196,7 +198,7 @@ def test_gradnorm_first_update_by_hand():
     # r = (2/3, 4/3). G = (0.9 * n_1, 1.1 * n_2) with n_1 = 9 sqrt(2) * 0.5... computed explicitly:
     model.zero_grad()
     with torch.no_grad():
-        model.heads.linear.weight.mul_(torch.tensor([[2 ** -0.25], [1.0]], dtype=torch.float64))
+        model.heads.linear.weight.mul_(torch.tensor([[2**-0.25], [1.0]], dtype=torch.float64))
     rep, out = model(x)
     losses = 0.5 * out[0] ** 2
     n = torch.stack([torch.autograd.grad(losses[i], W.weight, retain_graph=True)[0].norm() for i in range(2)])
@@ -386,7 +388,11 @@ def test_rep_task_grads_match_batched_autograd(kind):
         model.heads = nn.Sequential(nn.Linear(D_REP, T)).double()
     x, y = make_batch()
     rep, out = model(x)
-    losses = _mixing_losses(out, y) if kind == "mixing" else F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    losses = (
+        _mixing_losses(out, y)
+        if kind == "mixing"
+        else F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    )
     st = Step(model, x, rep, out, losses)
     rg = Combiner.rep_task_grads(st)
     assert rg.factored == (kind != "other_heads")
@@ -434,15 +440,21 @@ def test_params_level_factored_layers_and_memory_budget(name, budget):
     st = conv_step(model)
     params = model.shared_parameters()
     per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
-    expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0)) if name == "pcgrad" else T * (mgda_weights(per_task) @ per_task)
+    expected = (
+        pcgrad(per_task, generator=torch.Generator().manual_seed(0))
+        if name == "pcgrad"
+        else T * (mgda_weights(per_task) @ per_task)
+    )
     comb = COMBINERS[name](T, level="params", memory_budget_mb=budget)
-    for step in range(3):  # step 0: plain backward passes (the hooks start watching); then factored
+    for _ in range(3):  # step 0: plain backward passes (the hooks start watching); then factored
         model.zero_grad()
         comb.backward(conv_step(model))
         got = flat([p.grad for p in params])
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
         heads = [p.grad for p in model.head_parameters()]
-        torch.testing.assert_close(flat(heads), flat(torch.autograd.grad(st.losses.sum(), model.head_parameters(), retain_graph=True)))
+        torch.testing.assert_close(
+            flat(heads), flat(torch.autograd.grad(st.losses.sum(), model.head_parameters(), retain_graph=True))
+        )
     factored = comb.last_factored_layers
     assert {type(m) for m in factored} == {nn.Conv2d, nn.Linear}
 
@@ -494,7 +506,7 @@ def test_gradnorm_norms_match_per_task_gradients(grad_at, monkeypatch):
     monkeypatch.setattr(gradnorm_module, "factored_gram", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = make_conv_model()
     comb = COMBINERS["gradnorm"](T, grad_at=grad_at)
-    for step in range(3):
+    for _ in range(3):
         st = conv_step(model)
         at = st.rep if grad_at == "representation" else comb.last_shared_weight(model)
         expected = torch.stack([torch.autograd.grad(st.losses[i], at, retain_graph=True)[0].norm() for i in range(T)])

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, run_cli, run_dir
+
 from mtbench.metrics import all_positive_f1, binary_attribute_metrics, f1_at_threshold, max_f1_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +61,26 @@ def test_f1_floor_command_on_the_fake_attribute_file(tmp_path):
     labels = np.array([[v == "1" for v in row[1:]] for row in rows], dtype=float)
     p = labels.mean(axis=0)
     expected = 100 * float(np.mean(2 * p / (1 + p)))
-    proc = subprocess.run([sys.executable, "-m", "mtbench.metrics", "f1-floor", str(attr), "--per-attribute"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtbench.metrics", "f1-floor", str(attr), "--per-attribute"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("mean all-positive F1 over 40 attributes: ")
     assert float(last.split(": ")[1].split()[0]) == pytest.approx(expected, abs=0.006)
     assert len(proc.stdout.strip().splitlines()) == 41 and proc.stdout.startswith("5_o_Clock_Shadow")
-    bad = subprocess.run([sys.executable, "-m", "mtbench.metrics", "f1-floor", str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("mtbench: error:") and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "mtbench.metrics", "f1-floor", str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("mtbench: error:") and len(bad.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_columns_reach_metrics_json_and_the_table(tmp_path):
@@ -82,7 +94,14 @@ def test_columns_reach_metrics_json_and_the_table(tmp_path):
     assert "max F1" not in header
 
 
-@pytest.mark.parametrize("value, needle", [("[mean_accuracy]", "'mean_accuracy' is not a metric"), ("[]", "at least one metric"), ("mean_acc", "must be a list")])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("[mean_accuracy]", "'mean_accuracy' is not a metric"),
+        ("[]", "at least one metric"),
+        ("mean_acc", "must be a list"),
+    ],
+)
 def test_bad_columns(tmp_path, value, needle):
     proc = run_cli("mtbench", [f"task.columns={value}", *TINY], cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, Combiner, GramWeighted, Step, build_combiner
 from mtbench.combiners.compose import Reweighted
+from mtbench.errors import MtbenchError
 from mtbench.models import LinearHeads, MultiTaskModel
 from mtbench.variant import combiner_config
 
@@ -83,7 +83,9 @@ def make_step(model, comb: Combiner, seed: int = 1, gen_seed: int = 0) -> Step:
     y = (torch.rand(B, T, generator=g) < 0.5).double()
     rep, out = model(x)
     losses = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
-    return Step(model, x, rep, out, losses, torch.Generator().manual_seed(gen_seed), torch.Generator().manual_seed(gen_seed))
+    return Step(
+        model, x, rep, out, losses, torch.Generator().manual_seed(gen_seed), torch.Generator().manual_seed(gen_seed)
+    )
 
 
 def grads_after(model, comb: Combiner, seed: int = 1, gen_seed: int = 0) -> list[torch.Tensor]:
@@ -255,7 +257,15 @@ def test_a_gram_weighted_combiner_is_its_weights_only(level):
     assert gram.dtype == torch.float64 and gram.shape == (T, T)
     if level == "params":
         per_task = torch.stack(
-            [torch.cat([g.flatten() for g in torch.autograd.grad(make_step(model, comb).losses[i], model.shared_parameters())]) for i in range(T)]
+            [
+                torch.cat(
+                    [
+                        g.flatten()
+                        for g in torch.autograd.grad(make_step(model, comb).losses[i], model.shared_parameters())
+                    ]
+                )
+                for i in range(T)
+            ]
         )
         torch.testing.assert_close(gram, per_task @ per_task.T, rtol=1e-12, atol=1e-14)
 
@@ -269,10 +279,15 @@ def test_the_sweeps_are_read_from_the_registry():
     assert raw["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:paper}"  # no list restated
     zoo = yaml.safe_load((CONFIGS / "experiment" / "zoo.yaml").read_text())
     assert zoo["hydra"]["sweeper"]["params"]["combiner"] == "${mtbench_combiners:all}"
-    cfg = OmegaConf.create({"paper": "${mtbench_combiners:paper}", "all": "${mtbench_combiners:all}", "bare": "${mtbench_combiners:}"})
+    cfg = OmegaConf.create(
+        {"paper": "${mtbench_combiners:paper}", "all": "${mtbench_combiners:all}", "bare": "${mtbench_combiners:}"}
+    )
     assert cfg.all.split(",") == cfg.bare.split(",") == list(COMBINERS)
     assert cfg.paper.split(",") == list(PAPER) == list(COMBINERS)[: len(PAPER)] and len(PAPER) == 9
     from omegaconf.errors import InterpolationResolutionError
 
-    with pytest.raises(InterpolationResolutionError, match=r"MtbenchError .*mtbench_combiners:mine\} is not a selection of combiners; choose one of: paper, all"):
-        OmegaConf.create({"x": "${mtbench_combiners:mine}"}).x
+    with pytest.raises(
+        InterpolationResolutionError,
+        match=r"MtbenchError .*mtbench_combiners:mine\} is not a selection of combiners; choose one of: paper, all",
+    ):
+        _ = OmegaConf.create({"x": "${mtbench_combiners:mine}"}).x

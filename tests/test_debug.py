@@ -6,11 +6,13 @@ import csv
 import json
 
 import pytest
-
 from conftest import TINY, run_cli, run_dir
 
 #: TINY but with more training data (12 batches of 16) and without the epochs, which each preset sets
-BASE = [o for o in TINY if not o.startswith(("trainer.epochs", "trainer.batch_size", "task.n_train"))] + ["task.n_train=192", "trainer.batch_size=16"]
+BASE = [o for o in TINY if not o.startswith(("trainer.epochs", "trainer.batch_size", "task.n_train"))] + [
+    "task.n_train=192",
+    "trainer.batch_size=16",
+]
 
 
 def _history(folder):
@@ -30,7 +32,11 @@ def test_fast(tmp_path):
 
 
 def test_max_steps_per_epoch_and_eval_examples(tmp_path):
-    proc = run_cli("mtbench", ["trainer.max_steps_per_epoch=2", "trainer.max_eval_examples=40", *BASE, "trainer.epochs=2"], cwd=tmp_path)
+    proc = run_cli(
+        "mtbench",
+        ["trainer.max_steps_per_epoch=2", "trainer.max_eval_examples=40", *BASE, "trainer.epochs=2"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = run_dir(tmp_path / "results" / "shapes40", "baseline")
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -41,13 +47,19 @@ def test_max_steps_per_epoch_and_eval_examples(tmp_path):
 
 
 def test_overfit_drives_the_training_loss_down(tmp_path):
-    proc = run_cli("mtbench", ["debug=overfit", "trainer.overfit_batches=2", "trainer.epochs=12", "trainer.lr=0.01", *BASE], cwd=tmp_path)
+    proc = run_cli(
+        "mtbench",
+        ["debug=overfit", "trainer.overfit_batches=2", "trainer.epochs=12", "trainer.lr=0.01", *BASE],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = run_dir(tmp_path / "debug" / "shapes40", "baseline")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["steps"] == 12 * 2  # two batches per epoch
     losses = [float(r["train_loss"]) for r in _history(folder)]
-    assert losses[-1] < 0.7 * losses[0] and losses == sorted(losses, reverse=True), losses  # the same batches: it only falls
+    assert losses[-1] < 0.7 * losses[0] and losses == sorted(losses, reverse=True), (
+        losses
+    )  # the same batches: it only falls
 
 
 def test_profile_writes_a_trace(tmp_path):
@@ -61,7 +73,9 @@ def test_profile_writes_a_trace(tmp_path):
     assert "profile of 5 training step(s)" in proc.stderr
 
 
-@pytest.mark.parametrize("arg", ["trainer.max_steps_per_epoch=0", "trainer.overfit_batches=-1", "trainer.profile_steps=x"])
+@pytest.mark.parametrize(
+    "arg", ["trainer.max_steps_per_epoch=0", "trainer.overfit_batches=-1", "trainer.profile_steps=x"]
+)
 def test_bad_debug_options(tmp_path, arg):
     proc = run_cli("mtbench", [arg, *TINY], cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]

@@ -18,7 +18,9 @@ from conftest import TINY, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLES = ROOT / "examples"
-PAGES = sorted(p for p in DOCS.rglob("*.md") if not p.is_relative_to(DOCS / "results"))  # docs/results/: outputs, not pages
+PAGES = sorted(
+    p for p in DOCS.rglob("*.md") if not p.is_relative_to(DOCS / "results")
+)  # docs/results/: outputs, not pages
 #: the folders of repository files that a page may name in a code span
 REPO_PREFIXES = ("mtbench/", "configs/", "scripts/", "tests/", "examples/", "docs/", ".ci/")
 
@@ -72,7 +74,9 @@ def _resolve(page: Path, target: str) -> Path | None:
     return (page.parent / target).resolve()
 
 
-@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md", DOCS / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "README.md", DOCS / "results" / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_every_link_and_named_file_exists(page):
     text = page.read_text(encoding="utf-8")
     missing = []
@@ -117,7 +121,13 @@ def test_mkdocs_build_strict(tmp_path):
     mkdocs = Path(sys.executable).parent / "mkdocs"
     cmd = [str(mkdocs) if mkdocs.exists() else "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
     proc = subprocess.run(
-        cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+        cmd,
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (tmp_path / "site" / "results" / "shapes40_compare" / "error_vs_speed.png").is_file()
@@ -128,7 +138,9 @@ def test_mkdocs_build_strict(tmp_path):
 def test_runs_never_write_over_committed_files():
     """`results/` is the user's (ignored by git, nothing committed there); the reference outputs
     the docs quote live in docs/results/, where no run writes."""
-    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert tracked == [], f"committed files under results/, which runs rewrite: {tracked[:5]}"
     ignored = subprocess.run(["git", "check-ignore", "-q", "results/shapes40/table.md"], cwd=ROOT)
     assert ignored.returncode == 0, "results/ must be ignored by git"

@@ -14,11 +14,21 @@ def test_fault_inject_quick(tmp_path):
     out = tmp_path / "fault_inject.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = json.loads(out.read_text())
     cases = {c["case"]: c for c in report["cases"]}
-    assert set(cases) == {"sigterm@test", "sigkill@mid_run", "second_sigint", "duplicate_sweep_x2", "corrupt_metrics_truncated_completed", "badopt_lr_negative"}
+    assert set(cases) == {
+        "sigterm@test",
+        "sigkill@mid_run",
+        "second_sigint",
+        "duplicate_sweep_x2",
+        "corrupt_metrics_truncated_completed",
+        "badopt_lr_negative",
+    }
     assert all(c["held"] for c in cases.values()), [(c["case"], c["problems"]) for c in cases.values() if not c["held"]]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["total"] == {"tried": 6, "held": 6}

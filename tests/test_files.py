@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, run_cli, run_dir
 from hydra import compose, initialize_config_module
 
-from conftest import TINY, run_cli, run_dir
 from mtbench.errors import MtbenchError
 from mtbench.train import checkpoint as ckpt
 

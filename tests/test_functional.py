@@ -513,7 +513,9 @@ def test_graddrop_generator_reproducibility_and_consumption():
         graddrop(grads, act, generator=gen)
         torch.rand(draw_shape, generator=ref)
         assert torch.equal(torch.rand(5, generator=gen), torch.rand(5, generator=ref))
-        assert torch.equal(random_graddrop(grads, act, generator=seeded(22)), random_graddrop(grads, act, generator=seeded(22)))
+        assert torch.equal(
+            random_graddrop(grads, act, generator=seeded(22)), random_graddrop(grads, act, generator=seeded(22))
+        )
 
 
 def test_graddrop_dtype_and_shape():

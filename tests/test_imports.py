@@ -11,7 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mtbench"
 
 #: the layers, in the order of the flow: a module may import its own layer and the ones before it
 LAYERS = {
-    "base": ("mtbench.errors", "mtbench.files", "mtbench.options", "mtbench.metrics", "mtbench.pretrained", "mtbench.variant"),
+    "base": (
+        "mtbench.errors",
+        "mtbench.files",
+        "mtbench.options",
+        "mtbench.metrics",
+        "mtbench.pretrained",
+        "mtbench.variant",
+    ),
     "data": ("mtbench.data",),
     "models": ("mtbench.models",),
     "combiners": ("mtbench.combiners",),

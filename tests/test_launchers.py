@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, run_cli, run_dir
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY, run_cli, run_dir
 from mtbench.combiners import PAPER
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -30,7 +30,10 @@ def sweep_values(cfg, key: str) -> list[str]:
     return [v.strip() for v in str(cfg.hydra.sweeper.params[key]).split(",")]
 
 
-@pytest.mark.parametrize("preset, task", [("shapes40_compare", "shapes40"), ("paper_celeba", "celeba"), ("paper_cifar100", "cifar100_transfer")])
+@pytest.mark.parametrize(
+    "preset, task",
+    [("shapes40_compare", "shapes40"), ("paper_celeba", "celeba"), ("paper_cifar100", "cifar100_transfer")],
+)
 def test_preset_sweeps_the_papers_combiners_over_three_seeds(preset, task):
     if not (CONFIGS / "task" / f"{task}.yaml").exists():
         pytest.skip(f"configs/task/{task}.yaml does not exist yet")
@@ -59,7 +62,12 @@ def test_joblib_launcher_takes_n_jobs_from_the_config():
 
 
 def test_slurm_launcher_defaults_and_overrides():
-    cfg = composed("experiment=shapes40_compare", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64")
+    cfg = composed(
+        "experiment=shapes40_compare",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.mem_gb=64",
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.mem_gb, launcher.gpus_per_node, launcher.cpus_per_task) == ("gpu", 64, 1, 8)
@@ -71,7 +79,14 @@ def test_slurm_launcher_defaults_and_overrides():
 
 def test_submitit_local_sweep_end_to_end(tmp_path):
     """2 combiners x 2 seeds of the shapes40 preset on tiny data, each run a submitit job."""
-    args = ["-m", "experiment=shapes40_compare", "hydra/launcher=submitit_local", "combiner=baseline,graddrop", "seed=0,1", *TINY]
+    args = [
+        "-m",
+        "experiment=shapes40_compare",
+        "hydra/launcher=submitit_local",
+        "combiner=baseline,graddrop",
+        "seed=0,1",
+        *TINY,
+    ]
     proc = run_cli("mtbench", args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     folder = tmp_path / "results" / "shapes40_compare"

@@ -13,14 +13,16 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli, run_dir
 
 _MISSING = [m for m in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(m) is None]
 if _MISSING:
     if os.environ.get("CI"):  # .ci/run installs the extras: the tests must run there
         raise ImportError(f"{', '.join(_MISSING)} missing: pip install -e '.[tensorboard,wandb,mlflow]'")
-    pytest.skip(f"needs the logger extras: pip install -e '.[tensorboard,wandb,mlflow]' ({', '.join(_MISSING)} missing)", allow_module_level=True)
+    pytest.skip(
+        f"needs the logger extras: pip install -e '.[tensorboard,wandb,mlflow]' ({', '.join(_MISSING)} missing)",
+        allow_module_level=True,
+    )
 
 #: the files every run folder holds after a completed run with logger=csv
 TODAY = {"metrics.json", "history.csv", "per_attribute.csv", "mtbench.log", ".hydra", "model.pt"}
@@ -30,7 +32,12 @@ TODAY = {"metrics.json", "history.csv", "per_attribute.csv", "mtbench.log", ".hy
 def swept(tmp_path_factory):
     """One sweep (of one gradnorm run) with the three backends at once."""
     cwd = tmp_path_factory.mktemp("loggers")
-    proc = run_cli("mtbench", ["-m", "logger=[tensorboard,mlflow,wandb]", "combiner=gradnorm", *TINY], cwd=cwd, env={"WANDB_MODE": "offline"})
+    proc = run_cli(
+        "mtbench",
+        ["-m", "logger=[tensorboard,mlflow,wandb]", "combiner=gradnorm", *TINY],
+        cwd=cwd,
+        env={"WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = cwd / "results" / "shapes40"
     folder = run_dir(results, "gradnorm")
@@ -52,7 +59,9 @@ def test_tensorboard_event_files(swept):
     loss = ea.Scalars("train_loss")
     assert [e.step for e in loss] == [1, 2]
     assert [e.value for e in loss] == pytest.approx([float(r["train_loss"]) for r in history], rel=1e-6)
-    assert [e.value for e in ea.Scalars("combiner_w_max")] == pytest.approx([float(r["combiner_w_max"]) for r in history], rel=1e-6)
+    assert [e.value for e in ea.Scalars("combiner_w_max")] == pytest.approx(
+        [float(r["combiner_w_max"]) for r in history], rel=1e-6
+    )
     (test,) = ea.Scalars("test_error_rate")
     assert test.step == metrics["best_epoch"] and test.value == pytest.approx(metrics["test"]["error_rate"], rel=1e-6)
     texts = ea.Tags()["tensors"]
@@ -77,10 +86,16 @@ def test_mlflow_store(swept):
     (run,) = [r for r in runs if r.data.tags.get("combiner") == "gradnorm"]
     assert run.info.status == "FINISHED"
     assert run.data.tags["variant"] == metrics["variant"] and run.data.tags["seed"] == "0"
-    assert run.data.params["seed"] == "0" and run.data.params["trainer.epochs"] == "2" and run.data.params["combiner.name"] == "gradnorm"
+    assert (
+        run.data.params["seed"] == "0"
+        and run.data.params["trainer.epochs"] == "2"
+        and run.data.params["combiner.name"] == "gradnorm"
+    )
     loss = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in loss) == [1, 2]
-    assert [m.value for m in sorted(loss, key=lambda m: m.step)] == pytest.approx([float(r["train_loss"]) for r in history], rel=1e-9)
+    assert [m.value for m in sorted(loss, key=lambda m: m.step)] == pytest.approx(
+        [float(r["train_loss"]) for r in history], rel=1e-9
+    )
     assert len(client.get_metric_history(run.info.run_id, "val_max_f1")) == 2
     assert len(client.get_metric_history(run.info.run_id, "combiner_w_min")) == 2
     assert run.data.metrics["test_max_f1"] == pytest.approx(metrics["test"]["max_f1"])
@@ -140,7 +155,9 @@ def test_wandb_offline_run(swept):
     for r in records:
         if r.WhichOneof("record_type") == "summary":
             summary.update({(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in r.summary.update})
-    assert summary["test_error_rate"] == pytest.approx(metrics["test"]["error_rate"]) and summary["status"] == "completed"
+    assert (
+        summary["test_error_rate"] == pytest.approx(metrics["test"]["error_rate"]) and summary["status"] == "completed"
+    )
     # the comparison table: its own offline run in the results folder
     tables = [p for p in glob.glob(str(results / "wandb" / "offline-run-*" / "run-*.wandb"))]
     assert len(tables) == 1
@@ -156,7 +173,10 @@ def test_default_logger_writes_todays_files_only(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = run_dir(tmp_path / "results" / "shapes40", "baseline")
     assert {p.name for p in folder.iterdir()} == TODAY
-    assert not (tmp_path / "results" / "mlruns").exists() and not (tmp_path / "results" / "shapes40" / "tensorboard").exists()
+    assert (
+        not (tmp_path / "results" / "mlruns").exists()
+        and not (tmp_path / "results" / "shapes40" / "tensorboard").exists()
+    )
     # logger=csv is the default: the same folder (the variant does not change), skipped as completed
     again = run_cli("mtbench", ["logger=tensorboard", *TINY], cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stderr + again.stdout
@@ -166,7 +186,9 @@ def test_missing_library_names_the_extra(tmp_path):
     """Without the package: one line naming the extra, exit 2, no run folder."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
-    proc = run_cli("mtbench", ["logger=[tensorboard,wandb]", *TINY], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")})
+    proc = run_cli(
+        "mtbench", ["logger=[tensorboard,wandb]", *TINY], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert 'pip install -e ".[wandb]"' in errors[0]

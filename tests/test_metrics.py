@@ -1,7 +1,5 @@
 """Tests for mtbench.metrics (hand-computed cases plus a brute-force reference)."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -239,15 +237,9 @@ def test_binary_attribute_metrics_aggregate_is_mean_of_per_attribute():
     assert [p["attribute"] for p in per] == [f"attr_{j}" for j in range(5)]
     assert out["error_rate"] == pytest.approx(np.mean([p["error"] for p in per]))
     assert out["max_f1"] == pytest.approx(np.mean([p["max_f1"] for p in per]))
-    assert [p["error"] for p in per] == pytest.approx(
-        (100 * error_rates(scores, labels)).tolist()
-    )
-    assert [p["max_f1"] for p in per] == pytest.approx(
-        (100 * max_f1_scores(scores, labels)).tolist()
-    )
-    assert [p["base_rate"] for p in per] == pytest.approx(
-        labels.double().mean(0).tolist()
-    )
+    assert [p["error"] for p in per] == pytest.approx((100 * error_rates(scores, labels)).tolist())
+    assert [p["max_f1"] for p in per] == pytest.approx((100 * max_f1_scores(scores, labels)).tolist())
+    assert [p["base_rate"] for p in per] == pytest.approx(labels.double().mean(0).tolist())
 
 
 # --------------------------------------------------------------------------- #

@@ -24,12 +24,17 @@ def mlp_heads(seed: int = 0) -> nn.ModuleList:
 
 
 def losses_of(heads: nn.ModuleList, views, y: torch.Tensor) -> list[torch.Tensor]:
-    return [nn.functional.binary_cross_entropy_with_logits(h(v).squeeze(1), y[:, i]) for i, (h, v) in enumerate(zip(heads, views))]
+    return [
+        nn.functional.binary_cross_entropy_with_logits(h(v).squeeze(1), y[:, i])
+        for i, (h, v) in enumerate(zip(heads, views))
+    ]
 
 
 def per_task_grads(heads: nn.ModuleList, rep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """dL_i/dA, one autograd call per task: the independent reference."""
-    return torch.stack([torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses_of(heads, [rep] * T, y)])
+    return torch.stack(
+        [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses_of(heads, [rep] * T, y)]
+    )
 
 
 def data(seed: int = 1):
@@ -75,7 +80,12 @@ def test_layer_backward_is_graddrop_of_the_arriving_gradients(kind, options):
     grads = per_task_grads(heads, rep, y)
     fn = graddrop if kind == "graddrop" else random_graddrop
     kw = {k: v for k, v in options.items() if k != "batch_separated"}
-    combined = fn(grads, None if options.get("batch_separated") is False else rep.detach(), generator=torch.Generator().manual_seed(7), **kw)
+    combined = fn(
+        grads,
+        None if options.get("batch_separated") is False else rep.detach(),
+        generator=torch.Generator().manual_seed(7),
+        **kw,
+    )
     torch.autograd.backward(rep, combined)
     assert torch.equal(got_trunk, trunk.weight.grad)
     # each head's parameters get their own loss's plain gradient

@@ -10,7 +10,6 @@ import os
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import TINY, run_cli
 
 SMALL = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.progress=false"]

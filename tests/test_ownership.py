@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY, command, run_cli, run_dir
 
 SWEEP = "results/shapes40"
@@ -26,7 +25,13 @@ def _env(**extra: str) -> dict:
 
 def _start(cwd: Path, args: list[str], **extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        command("mtbench") + args, cwd=cwd, env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+        command("mtbench") + args,
+        cwd=cwd,
+        env=_env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"mtbench." + ".".join(p.parent.relative_to(ROOT / "mtbench").parts) for p in (ROOT / "mtbench").rglob("__init__.py")}
+    found = {
+        "mtbench." + ".".join(p.parent.relative_to(ROOT / "mtbench").parts)
+        for p in (ROOT / "mtbench").rglob("__init__.py")
+    }
     found = {f.rstrip(".") for f in found} | {"mtbench.configs"}
     assert found == listed
 
@@ -31,11 +33,18 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=600,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     (wheel,) = wheel_dir.glob("mtbench-*.whl")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=600,
+    )
     return wheel, site
 
 
@@ -51,11 +60,21 @@ def test_wheel_installs_and_finds_its_configs(installed, tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import mtbench, sys; print(mtbench.__file__)"], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", "import mtbench, sys; print(mtbench.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip().startswith(str(site))
     proc = subprocess.run(
-        [sys.executable, "-m", "mtbench", "--cfg", "job", "combiner=graddrop"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mtbench", "--cfg", "job", "combiner=graddrop"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "name: graddrop" in proc.stdout and "name: shapes40" in proc.stdout
@@ -64,16 +83,29 @@ def test_wheel_installs_and_finds_its_configs(installed, tmp_path):
     for dataset, expected in (("celeba", "list_attr_celeba.txt"), ("cifar100", "cifar-100-python/meta")):
         fake = subprocess.run(
             [sys.executable, "-m", "mtbench.data.fake", dataset, "--root", str(elsewhere / dataset), "--n", "3"],
-            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert fake.returncode == 0, fake.stderr
         assert (elsewhere / dataset / expected).is_file()
     # the tables find the paper's numbers inside the installed package
     probe = subprocess.run(
-        [sys.executable, "-c", "from mtbench.report.table import find_paper; print(find_paper('results/celeba', 'celeba'))"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from mtbench.report.table import find_paper; print(find_paper('results/celeba', 'celeba'))",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip() == str(site / "mtbench" / "report" / "paper" / "celeba.csv")
+
 
 MINE = """
 from mtbench.combiners.base import Combiner
@@ -99,11 +131,15 @@ def test_your_own_combiner_from_your_own_folder(installed, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     args = ["-m", "--config-dir", ".", "combiner=baseline,mine", "combiner.scale=2", *TINY]
     runner = "import sys; from mtbench.cli import main; sys.argv = ['mtbench', *sys.argv[1:]]; main()"
-    proc = subprocess.run([sys.executable, "-P", "-c", runner, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", runner, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted((folder / "results" / "shapes40" / "runs").glob("*/*/seed=0/metrics.json"))
     metrics = [json.loads(p.read_text()) for p in found]
-    assert sorted(m["combiner"] for m in metrics) == ["baseline", "mine"] and all(m["status"] == "completed" for m in metrics)
+    assert sorted(m["combiner"] for m in metrics) == ["baseline", "mine"] and all(
+        m["status"] == "completed" for m in metrics
+    )
     mine = next(m for m in metrics if m["combiner"] == "mine")
     assert mine["config"]["combiner"]["scale"] == 2 and mine["config"]["combiner"]["_target_"] == "mine.Mine"
     assert "| mine (scale=2) |" in (folder / "results" / "shapes40" / "table.md").read_text()

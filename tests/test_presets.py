@@ -12,15 +12,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli, run_dir
 from omegaconf import OmegaConf
 
-from conftest import run_cli, run_dir
 from mtbench.errors import MtbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_fake_celeba.py"
 #: small enough for 2 CPU cores: 40 images (32 train), 32x32, one epoch of two steps
-SMALL = ["data.image_size=32", "trainer.epochs=1", "trainer.batch_size=16", "trainer.eval_batch_size=64", "trainer.device=cpu", "trainer.num_threads=1"]
+SMALL = [
+    "data.image_size=32",
+    "trainer.epochs=1",
+    "trainer.batch_size=16",
+    "trainer.eval_batch_size=64",
+    "trainer.device=cpu",
+    "trainer.num_threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,9 @@ def test_two_way_softmax_heads_are_nll_of_log_softmax():
     assert task.head_spec().outputs == 6
     out = torch.randn(5, 6)
     y = (torch.rand(5, 3) < 0.5).float()
-    expected = torch.stack([F.nll_loss(F.log_softmax(out[:, 2 * j : 2 * j + 2], dim=1), y[:, j].long()) for j in range(3)])
+    expected = torch.stack(
+        [F.nll_loss(F.log_softmax(out[:, 2 * j : 2 * j + 2], dim=1), y[:, j].long()) for j in range(3)]
+    )
     assert torch.allclose(task.losses(out, y), expected, atol=1e-6)
     assert torch.allclose(task.scores(out), torch.softmax(out.view(5, 3, 2), dim=-1)[..., 1])
 
@@ -89,7 +98,17 @@ def test_per_combiner_settings_and_the_command_line_wins():
 
 
 def test_kurin_celeba_end_to_end(celeba_root, tmp_path):
-    proc = run_cli("mtbench", ["experiment=kurin_celeba", f"data.root={celeba_root}", "data.cache_dir=" + str(tmp_path / "cache"), "combiner=mgda", *SMALL], cwd=tmp_path)
+    proc = run_cli(
+        "mtbench",
+        [
+            "experiment=kurin_celeba",
+            f"data.root={celeba_root}",
+            "data.cache_dir=" + str(tmp_path / "cache"),
+            "combiner=mgda",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run_dir(tmp_path / "results" / "kurin_celeba", "mgda") / "metrics.json").read_text())
     assert m["status"] == "completed" and m["model"] == "kurin_resnet18"
@@ -105,7 +124,17 @@ def test_kurin_celeba_end_to_end(celeba_root, tmp_path):
 
 
 def test_famo_celeba_end_to_end(celeba_root, tmp_path):
-    proc = run_cli("mtbench", ["experiment=famo_celeba", f"data.root={celeba_root}", "data.cache_dir=" + str(tmp_path / "cache"), "model.width=8", *SMALL], cwd=tmp_path)
+    proc = run_cli(
+        "mtbench",
+        [
+            "experiment=famo_celeba",
+            f"data.root={celeba_root}",
+            "data.cache_dir=" + str(tmp_path / "cache"),
+            "model.width=8",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run_dir(tmp_path / "results" / "famo_celeba", "baseline") / "metrics.json").read_text())
     assert m["status"] == "completed" and m["model"] == "famo_cnn"
@@ -116,7 +145,13 @@ def test_famo_celeba_end_to_end(celeba_root, tmp_path):
     assert "mean F1@0.5" in (tmp_path / "results" / "famo_celeba" / "table.md").read_text()
 
 
-@pytest.mark.parametrize("arg, needle", [("task.preprocess=crop", "task.preprocess='crop' is not allowed"), ("task.head=softmax", "task.head='softmax' is not allowed")])
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("task.preprocess=crop", "task.preprocess='crop' is not allowed"),
+        ("task.head=softmax", "task.head='softmax' is not allowed"),
+    ],
+)
 def test_bad_preset_options(celeba_root, tmp_path, arg, needle):
     proc = run_cli("mtbench", ["experiment=kurin_celeba", f"data.root={celeba_root}", arg, *SMALL], cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
@@ -127,13 +162,19 @@ def test_per_combiner_from_the_command_line(tmp_path):
     """+per_combiner.<c>.*: applied to that combiner's runs, and in their variant only."""
     from conftest import TINY
 
-    proc = run_cli("mtbench", ["-m", "combiner=baseline,mgda", "+per_combiner.mgda.trainer.lr=0.0005", *TINY], cwd=tmp_path)
+    proc = run_cli(
+        "mtbench", ["-m", "combiner=baseline,mgda", "+per_combiner.mgda.trainer.lr=0.0005", *TINY], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = tmp_path / "results" / "shapes40"
     mgda = json.loads((run_dir(results, "mgda") / "metrics.json").read_text())
     base = json.loads((run_dir(results, "baseline") / "metrics.json").read_text())
     assert mgda["config"]["trainer"]["lr"] == 0.0005 and base["config"]["trainer"]["lr"] == 0.003
-    assert "per_combiner.mgda.trainer.lr" in mgda["overrides"] and "per_combiner.mgda.trainer.lr" not in base["overrides"]
+    assert (
+        "per_combiner.mgda.trainer.lr" in mgda["overrides"] and "per_combiner.mgda.trainer.lr" not in base["overrides"]
+    )
     bad = run_cli("mtbench", ["+per_combiner.mgda.model.width=4", "combiner=mgda", *TINY], cwd=tmp_path)
     errors = [line for line in bad.stderr.splitlines() if line.startswith("mtbench: error:")]
-    assert bad.returncode == 2 and len(errors) == 1 and "trainer.* and combiner.* keys only" in errors[0], bad.stderr[-2000:]
+    assert bad.returncode == 2 and len(errors) == 1 and "trainer.* and combiner.* keys only" in errors[0], bad.stderr[
+        -2000:
+    ]

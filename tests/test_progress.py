@@ -6,14 +6,13 @@ import signal
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import TINY
 
 
 class FakeBar:
     """Stands in for tqdm: records the postfixes and whether the bar was closed."""
 
-    made: list["FakeBar"] = []
+    made: list[FakeBar] = []
 
     def __init__(self, *args, total=0, initial=0, **kwargs):
         self.n, self.total, self.postfixes, self.closed = initial, total, [], False

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from mtbench.report.significance import betainc, t_cdf, t_sf_two_sided, welch_t_test
 from mtbench.report.table import SIG_HEADER, build_tables, report
 
@@ -35,7 +35,10 @@ def write_run(folder: Path, combiner: str, seed: int, error: float, f1: float, s
             m.update(train_step_cpu_s=cpu_s, speed_clock="cpu")
         if load is not None:
             m["load"] = {"cores": cores, "load_1m": load, "max_1m": max(load), "over_cores": max(load) > cores}
-        rows = [{"epoch": e, "train_loss": 1.0 / e, **{f"val_{k}": v + (epochs - e) for k, v in test.items()}} for e in range(1, epochs + 1)]
+        rows = [
+            {"epoch": e, "train_loss": 1.0 / e, **{f"val_{k}": v + (epochs - e) for k, v in test.items()}}
+            for e in range(1, epochs + 1)
+        ]
         pd.DataFrame(rows).to_csv(run / "history.csv", index=False)
         if attr_errors is not None:
             pd.DataFrame(
@@ -116,7 +119,10 @@ def test_welch_edge_cases():
 def test_welch_false_positive_rate_is_near_alpha():
     rng = random.Random(0)
     trials = 2000
-    hits = sum(welch_t_test([rng.gauss(0, 1) for _ in range(3)], [rng.gauss(0, 2) for _ in range(3)]).p < 0.05 for _ in range(trials))
+    hits = sum(
+        welch_t_test([rng.gauss(0, 1) for _ in range(3)], [rng.gauss(0, 2) for _ in range(3)]).p < 0.05
+        for _ in range(trials)
+    )
     assert 0.02 < hits / trials < 0.07  # Welch's test is close to its nominal level, slightly conservative
 
 
@@ -155,7 +161,10 @@ def test_celeba_table(celeba):
     assert "| better, p=" in rows["graddrop"] and "| n.s., p=" in rows["pcgrad"]
     assert md.count("**") == 2 * 6
     # old runs (no CPU step time): the speed is from wall time, and the footnote says so
-    assert "from train_step_s, the wall (on a GPU: device) time per training step, because 12 of 12 runs have no CPU time" in md
+    assert (
+        "from train_step_s, the wall (on a GPU: device) time per training step, because 12 of 12 runs have no CPU time"
+        in md
+    )
     assert "baseline step time 10.10 ± 0.10 ms (wall time, 3 seed(s))" in md
 
     csv = pd.read_csv(celeba / "table.csv").set_index("combiner")
@@ -209,7 +218,11 @@ def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
 
 def test_other_metric_columns_and_explicit_paper_file(tmp_path):
     """A transfer task: its own metric columns (no max F1); a paper file given by hand."""
-    cols = [["top1_error", "top-1 error (%)", False], ["top5_error", "top-5 error (%)", False], ["agreement", "source agreement (%)", True]]
+    cols = [
+        ["top1_error", "top-1 error (%)", False],
+        ["top5_error", "top-5 error (%)", False],
+        ["agreement", "source agreement (%)", True],
+    ]
     folder = tmp_path / "cifar"
     for seed in range(3):
         write_run(folder, "baseline", seed, 30.0 + seed, 10.0, 0.01, task="cifar100_transfer", columns=cols)
@@ -281,7 +294,9 @@ def test_plot_legends_list_only_what_is_drawn(tmp_path):
     assert len(ax.collections) == 2  # one marker per row: no per-seed marks under the means
     assert _legend_texts(curves.legends[0]) == ["the run", "the baseline, for reference"]
     # a 1-epoch curve: integer epoch ticks only
-    ticks = [t for t in curves.axes[0].get_xticks() if curves.axes[0].get_xlim()[0] <= t <= curves.axes[0].get_xlim()[1]]
+    ticks = [
+        t for t in curves.axes[0].get_xticks() if curves.axes[0].get_xlim()[0] <= t <= curves.axes[0].get_xlim()[1]
+    ]
     assert ticks == [1.0]
 
     three = tmp_path / "three"
@@ -289,8 +304,17 @@ def test_plot_legends_list_only_what_is_drawn(tmp_path):
         for name, err in (("baseline", 10.0), ("graddrop", 9.0)):
             write_run(three, name, seed, err + 0.1 * seed, 50.0, 0.01, task="shapes40", epochs=2)
     speed, curves = _figures(three)
-    assert _legend_texts(speed.axes[0].get_legend()) == ["baseline (n=3)", "graddrop (n=3)", "mean over seeds", "one seed"]
-    assert _legend_texts(curves.legends[0]) == ["mean over seeds", "lowest to highest seed", "the baseline, for reference"]
+    assert _legend_texts(speed.axes[0].get_legend()) == [
+        "baseline (n=3)",
+        "graddrop (n=3)",
+        "mean over seeds",
+        "one seed",
+    ]
+    assert _legend_texts(curves.legends[0]) == [
+        "mean over seeds",
+        "lowest to highest seed",
+        "the baseline, for reference",
+    ]
     axis = curves.axes[0]
     assert [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]] == [1.0, 2.0]
 
@@ -314,7 +338,9 @@ def test_packaged_paper_numbers_and_the_note_without_them(tmp_path):
     tables = report(shapes, out=out, plots=False)
     assert tables.paper_file is None and "paper" not in tables.markdown
     notes = [line for line in out.getvalue().splitlines() if line.startswith("Paper columns")]
-    assert notes == ["Paper columns: none, the paper reports no numbers for task shapes40 (no paper/shapes40.csv; --paper FILE gives some)."]
+    assert notes == [
+        "Paper columns: none, the paper reports no numbers for task shapes40 (no paper/shapes40.csv; --paper FILE gives some)."
+    ]
 
 
 def test_speed_from_cpu_time_under_load_and_baseline_spread_apart(tmp_path):
@@ -328,16 +354,31 @@ def test_speed_from_cpu_time_under_load_and_baseline_spread_apart(tmp_path):
     for name in walls:
         for seed in range(3):
             load = [1.0, 5.5] if (name, seed) == ("graddrop", 0) else [1.0, 1.5]
-            write_run(folder, name, seed, 9.0 + seed, 29.0, walls[name][seed], task="shapes40", cpu_s=cpus[name][seed], load=load)
+            write_run(
+                folder,
+                name,
+                seed,
+                9.0 + seed,
+                29.0,
+                walls[name][seed],
+                task="shapes40",
+                cpu_s=cpus[name][seed],
+                load=load,
+            )
     out = io.StringIO()
     tables = report(folder, out=out, plots=True)
     frame = tables.frame.set_index("combiner")
     assert frame.loc["baseline", "speed_mean"] == 1.0 and math.isnan(frame.loc["baseline", "speed_std"])
-    assert frame.loc["graddrop", "speed_mean"] == pytest.approx(0.5, rel=0.02)  # CPU time: 2x slower, whatever the wall times
+    assert frame.loc["graddrop", "speed_mean"] == pytest.approx(
+        0.5, rel=0.02
+    )  # CPU time: 2x slower, whatever the wall times
     md = (folder / "table.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("|")}
     assert "| **1.00** | 3 |" in rows["baseline"] and "| 0.50 ± 0.01 † | 3 |" in rows["graddrop"]
-    assert "from process CPU time per training step" in md and "baseline step time 10.00 ± 0.20 ms (CPU time, 3 seed(s))" in md
+    assert (
+        "from process CPU time per training step" in md
+        and "baseline step time 10.00 ± 0.20 ms (CPU time, 3 seed(s))" in md
+    )
     assert "†: the machine's 1-minute load average exceeded its 2 cores during 1 of 6 runs (up to 5.5)" in md
     assert "†" in out.getvalue() and "% †: the machine's" in (folder / "table.tex").read_text()
 
@@ -350,7 +391,9 @@ def test_speed_from_cpu_time_under_load_and_baseline_spread_apart(tmp_path):
     for name in ("baseline", "graddrop"):
         run = write_run(gpu, name, 0, 9.0, 29.0, 0.01, task="shapes40")
         m = json.loads((run / "metrics.json").read_text())
-        (run / "metrics.json").write_text(json.dumps({**m, "device": "cuda:0", "train_step_cpu_s": None, "speed_clock": "device"}))
+        (run / "metrics.json").write_text(
+            json.dumps({**m, "device": "cuda:0", "train_step_cpu_s": None, "speed_clock": "device"})
+        )
     assert "from the GPU's time per training step (CUDA events around each step)" in build_tables(gpu).markdown
 
 

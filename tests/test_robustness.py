@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY, command, run_cli, run_dir, run_path
+
 from mtbench.combiners import COMBINERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -52,7 +52,9 @@ def test_same_seed_same_numbers(tmp_path, reference):
 
 def _start(cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen(command("mtbench") + LONGER, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command("mtbench") + LONGER, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -92,7 +94,10 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
 
 
 #: 3 epochs of 2 steps: 64 examples, then 8 (a last batch of another shape)
-SHORT = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs"))] + ["task.n_train=72", "trainer.epochs=3"]
+SHORT = [o for o in TINY if not o.startswith(("task.n_train", "trainer.epochs"))] + [
+    "task.n_train=72",
+    "trainer.epochs=3",
+]
 #: single runs below skip the results table and plots (a second or so per process)
 NO_TABLE = "~hydra.callbacks.tables"
 
@@ -100,8 +105,15 @@ NO_TABLE = "~hydra.callbacks.tables"
 def interrupt_at(step: int, sig: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`mtbench args` in a subprocess that gets ``sig`` right after its ``step``-th training step."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, str(FIXTURES / "interrupt_at.py"), str(step), sig, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, str(FIXTURES / "interrupt_at.py"), str(step), sig, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +236,9 @@ def test_bad_options_one_line_no_traceback(tmp_path, args, words):
 
 
 def test_full_error_shows_the_traceback(tmp_path):
-    proc = run_cli("mtbench", [*TINY, "combiner=graddrop", "combiner.leak=1.5"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    proc = run_cli(
+        "mtbench", [*TINY, "combiner=graddrop", "combiner.leak=1.5"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -250,7 +264,11 @@ def test_disk_full_while_writing_results_loses_nothing(tmp_path, monkeypatch):
 
     def full_disk_on_final_metrics(fd):
         name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
-        if ".metrics.json." in name and (run_dir / "history.csv").exists() and len(pd.read_csv(run_dir / "history.csv")) == 2:
+        if (
+            ".metrics.json." in name
+            and (run_dir / "history.csv").exists()
+            and len(pd.read_csv(run_dir / "history.csv")) == 2
+        ):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
@@ -272,7 +290,9 @@ def test_table_tolerates_running_and_corrupt_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "results/shapes40/runs"
     (runs / "graddrop/seed=0").mkdir(parents=True)
-    (runs / "graddrop/seed=0/metrics.json").write_text(json.dumps({"status": "running", "combiner": "graddrop", "seed": 0}))
+    (runs / "graddrop/seed=0/metrics.json").write_text(
+        json.dumps({"status": "running", "combiner": "graddrop", "seed": 0})
+    )
     (runs / "pcgrad/seed=0").mkdir(parents=True)
     (runs / "pcgrad/seed=0/metrics.json").write_text('{"status": "compl')  # cut off
     table = run_cli("mtbench-table", [str(tmp_path / "results/shapes40")], cwd=tmp_path)

@@ -11,7 +11,11 @@ from mtbench.errors import MtbenchError
 from mtbench.files import atomic_write_bytes, atomic_write_text
 from mtbench.report.runs import RunDir, config_diff
 
-CONFIG = {"task": {"name": "shapes40", "n_train": 192}, "trainer": {"lr": 0.003, "progress": True}, "results_dir": "results"}
+CONFIG = {
+    "task": {"name": "shapes40", "n_train": 192},
+    "trainer": {"lr": 0.003, "progress": True},
+    "results_dir": "results",
+}
 BASE = {"task": "shapes40", "combiner": "baseline", "seed": 0}
 
 
@@ -22,7 +26,11 @@ def saved(folder: RunDir, status: str, config=CONFIG, checkpoint: bool = False) 
 
 
 def test_config_diff_names_identity_keys_only_and_ignores_retired_ones():
-    old = {**CONFIG, "task": {**CONFIG["task"], "kind": "binary_attributes"}, "trainer": {"lr": 0.01, "progress": False}}
+    old = {
+        **CONFIG,
+        "task": {**CONFIG["task"], "kind": "binary_attributes"},
+        "trainer": {"lr": 0.01, "progress": False},
+    }
     assert config_diff(old, CONFIG) == ["trainer.lr: 0.01 -> 0.003"]
 
 
@@ -30,10 +38,18 @@ def test_an_empty_folder_starts_and_completes(tmp_path):
     folder = RunDir(tmp_path / "run")
     assert folder.begin(CONFIG) is False and folder.previous is None
     record = folder.start(BASE, CONFIG)
-    assert json.loads(folder.metrics.read_text())["status"] == "running" and list(record)[:4] == ["task", "combiner", "seed", "status"]
+    assert json.loads(folder.metrics.read_text())["status"] == "running" and list(record)[:4] == [
+        "task",
+        "combiner",
+        "seed",
+        "status",
+    ]
     atomic_write_bytes(folder.checkpoint, b"x")
     history = [{"epoch": 1, "val_error_rate": 10.0}]
-    done = folder.complete(record, {"test": {"error_rate": 9.0}, "history": history, "test_per_attribute": [{"attribute": "a", "error": 1.0}]})
+    done = folder.complete(
+        record,
+        {"test": {"error_rate": 9.0}, "history": history, "test_per_attribute": [{"attribute": "a", "error": 1.0}]},
+    )
     assert done["status"] == "completed" and list(done)[-1] == "config" and "history" not in done
     assert folder.history.read_text().splitlines() == ["epoch,val_error_rate", "1,10.0"]
     assert folder.per_attribute.exists() and not folder.checkpoint.exists()
@@ -49,7 +65,9 @@ def test_a_completed_run_with_the_same_config_is_skipped(tmp_path):
 def test_another_config_is_refused_in_one_line_unless_forced(tmp_path):
     folder = RunDir(tmp_path)
     saved(folder, "completed", config={**CONFIG, "trainer": {"lr": 0.1}})
-    with pytest.raises(MtbenchError, match=r"holds a completed run with another config \(trainer.lr: 0.1 -> 0.003\); use force=true") as e:
+    with pytest.raises(
+        MtbenchError, match=r"holds a completed run with another config \(trainer.lr: 0.1 -> 0.003\); use force=true"
+    ) as e:
         folder.begin(CONFIG)
     assert "\n" not in str(e.value)
     assert folder.begin(CONFIG, force=True) is False and not folder.metrics.exists()

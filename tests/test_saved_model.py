@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, run_cli, run_dir
 
 
@@ -58,6 +57,11 @@ def test_last_and_none(tmp_path):
 def test_bad_inputs(tmp_path):
     proc = run_cli("mtbench", ["trainer.save_model=first", *TINY], cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and "trainer.save_model" in errors[0] and "best, last, none" in errors[0]
+    assert (
+        proc.returncode == 2
+        and len(errors) == 1
+        and "trainer.save_model" in errors[0]
+        and "best, last, none" in errors[0]
+    )
     bad = run_cli("mtbench-eval", [str(tmp_path / "nowhere")], cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("mtbench: error:") and "is not a folder" in bad.stderr

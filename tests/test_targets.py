@@ -9,16 +9,16 @@ import textwrap
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 from hydra import compose, initialize_config_module
 
-from conftest import TINY, run_cli
-from mtbench.errors import MtbenchError
 from mtbench.cli import validate
+from mtbench.errors import MtbenchError
 from mtbench.models import build_model
 from mtbench.train import train
 from mtbench.train.optim import build_optimizer, build_scheduler
 
-MODULE = '''
+MODULE = """
 import torch
 from torch import nn
 
@@ -36,7 +36,7 @@ def not_a_pair(in_channels, **options):
 
 
 NOT_CALLABLE = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -67,8 +67,10 @@ def test_model_target_builds_the_users_trunk_with_the_models_options(user_module
 
 def test_dotted_optimizer_and_scheduler_are_torch_classes_with_their_options():
     cfg = config(
-        "trainer.optimizer=torch.optim.RMSprop", "+trainer.optimizer_options.alpha=0.9",
-        "trainer.scheduler=torch.optim.lr_scheduler.ExponentialLR", "+trainer.scheduler_options.gamma=0.5",
+        "trainer.optimizer=torch.optim.RMSprop",
+        "+trainer.optimizer_options.alpha=0.9",
+        "trainer.scheduler=torch.optim.lr_scheduler.ExponentialLR",
+        "+trainer.scheduler_options.gamma=0.5",
     )
     validate(cfg)
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -82,8 +84,17 @@ def test_dotted_optimizer_and_scheduler_are_torch_classes_with_their_options():
     assert math.isclose(opt.param_groups[0]["lr"], cfg.trainer.lr * 0.5)
 
 
-@pytest.mark.parametrize("optimizer,kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("SGD", torch.optim.SGD)])
-@pytest.mark.parametrize("scheduler,skind", [("none", type(None)), ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR), ("step", torch.optim.lr_scheduler.StepLR)])
+@pytest.mark.parametrize(
+    "optimizer,kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("SGD", torch.optim.SGD)]
+)
+@pytest.mark.parametrize(
+    "scheduler,skind",
+    [
+        ("none", type(None)),
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR),
+        ("step", torch.optim.lr_scheduler.StepLR),
+    ],
+)
 def test_the_built_in_names_keep_working(optimizer, kind, scheduler, skind):
     cfg = config(f"trainer.optimizer={optimizer}", f"trainer.scheduler={scheduler}")
     validate(cfg)
@@ -93,8 +104,10 @@ def test_the_built_in_names_keep_working(optimizer, kind, scheduler, skind):
 
 def test_a_run_trains_with_the_users_trunk_optimizer_and_scheduler(user_module):
     cfg = config(
-        "+model._target_=my_trunks.build", "trainer.optimizer=torch.optim.RMSprop",
-        "trainer.scheduler=torch.optim.lr_scheduler.ExponentialLR", "+trainer.scheduler_options.gamma=0.5",
+        "+model._target_=my_trunks.build",
+        "trainer.optimizer=torch.optim.RMSprop",
+        "trainer.scheduler=torch.optim.lr_scheduler.ExponentialLR",
+        "+trainer.scheduler_options.gamma=0.5",
     )
     result = train(cfg)
     assert [row["lr"] for row in result["history"]] == [cfg.trainer.lr * 0.5, cfg.trainer.lr * 0.25]
@@ -105,11 +118,17 @@ def test_a_run_trains_with_the_users_trunk_optimizer_and_scheduler(user_module):
     "override,match",
     [
         ("+model._target_=no_such_module.build", r"model._target_='no_such_module.build' cannot be imported"),
-        ("+model._target_=my_trunks.no_such_function", r"model._target_='my_trunks.no_such_function' cannot be imported"),
+        (
+            "+model._target_=my_trunks.no_such_function",
+            r"model._target_='my_trunks.no_such_function' cannot be imported",
+        ),
         ("+model._target_=my_trunks.NOT_CALLABLE", r"is not callable"),
         ("trainer.optimizer=no_such_module.Opt", r"trainer.optimizer='no_such_module.Opt' cannot be imported"),
         ("trainer.optimizer=torch.nn.Linear", r"is not a torch.optim.Optimizer subclass"),
-        ("trainer.scheduler=torch.optim.lr_scheduler.NoSuch", r"trainer.scheduler='torch.optim.lr_scheduler.NoSuch' cannot be imported"),
+        (
+            "trainer.scheduler=torch.optim.lr_scheduler.NoSuch",
+            r"trainer.scheduler='torch.optim.lr_scheduler.NoSuch' cannot be imported",
+        ),
         ("trainer.scheduler=torch.optim.Adam", r"is not a torch.optim.lr_scheduler.LRScheduler subclass"),
     ],
 )

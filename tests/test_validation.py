@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from hydra import compose, initialize_config_module
 
-from conftest import TINY
-from mtbench.errors import MtbenchError
 from mtbench.cli import validate
 from mtbench.combiners import COMBINERS
+from mtbench.errors import MtbenchError
 
 #: TINY without the shapes40 and small_cnn sizes, for the other tasks
 OTHER = [o for o in TINY if not o.startswith(("task.", "model."))]
@@ -85,6 +85,7 @@ BAD = [
     (CELEBA, "task.hflip=abc"),
 ]
 
+
 def args_for(extra: list[str]) -> list[str]:
     return [*(OTHER if any(o.startswith("task=") for o in extra) else TINY), *extra]
 
@@ -130,7 +131,9 @@ def bad_runs(tmp_path_factory) -> list[tuple[Path, int, str]]:
         (base / str(i)).mkdir()
         cases.append([str(base / str(i)), str(base / f"{i}.err"), [*args_for(extra), bad]])
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     return [(Path(c[0]), code, Path(c[1]).read_text()) for c, code in zip(cases, codes, strict=True)]
@@ -163,8 +166,17 @@ def test_shipped_configs_pass_the_checks(compose_cfg, task, combiner):
 
 @pytest.mark.parametrize(
     "override",
-    ["trainer.optimizer=sgd", "trainer.scheduler=step", "trainer.num_threads=null", "trainer.amp=bf16", "trainer.select_metric=max_f1",
-     "trainer.momentum=0", "trainer.gamma=1", "combiner=mgda", "seed=12"],
+    [
+        "trainer.optimizer=sgd",
+        "trainer.scheduler=step",
+        "trainer.num_threads=null",
+        "trainer.amp=bf16",
+        "trainer.select_metric=max_f1",
+        "trainer.momentum=0",
+        "trainer.gamma=1",
+        "combiner=mgda",
+        "seed=12",
+    ],
 )
 def test_good_values_pass_the_checks(compose_cfg, override):
     validate(compose_cfg([*TINY, override]))

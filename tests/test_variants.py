@@ -8,23 +8,33 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, run_cli
 
-from conftest import TINY, run_cli, variant_of
 from mtbench.variant import identity, variant_name
 
 SMALL = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.progress=false"]
 
 
 def test_variant_names():
-    assert variant_name(identity(["combiner=graddrop", "seed=3", "name=x", "trainer.progress=false"], "graddrop")) == "default"
-    assert variant_name(identity(["trainer.lr=1e-3", "combiner.leak=0.5"], "graddrop")) == "combiner.leak=0.5,trainer.lr=0.001"
+    assert (
+        variant_name(identity(["combiner=graddrop", "seed=3", "name=x", "trainer.progress=false"], "graddrop"))
+        == "default"
+    )
+    assert (
+        variant_name(identity(["trainer.lr=1e-3", "combiner.leak=0.5"], "graddrop"))
+        == "combiner.leak=0.5,trainer.lr=0.001"
+    )
     # an option the combiner does not have is not part of its identity
     assert variant_name(identity(["++combiner.leak=0.5", "trainer.lr=0.001"], "baseline")) == "trainer.lr=0.001"
     for key in ("results_dir=/x", "force=true", "data.root=/d", "data.cache_dir=/c", "data.workers=4", "trainer.num_threads=2",
                 "trainer.eval_batch_size=64", "hydra/launcher=joblib", "experiment=paper_celeba", "task=celeba"):  # fmt: skip
         assert variant_name(identity([key], "baseline")) == "default", key
     long = variant_name(identity([f"task.k{i}={i}" for i in range(40)], "baseline"))
-    assert len(long) <= 100 and long.startswith("task.k0=0,task.k1=1,") and long != variant_name(identity(["task.k0=1"], "baseline"))
+    assert (
+        len(long) <= 100
+        and long.startswith("task.k0=0,task.k1=1,")
+        and long != variant_name(identity(["task.k0=1"], "baseline"))
+    )
     assert "/" not in variant_name(identity(["task.name=a/b"], "baseline"))
 
 
@@ -145,7 +155,9 @@ def test_a_sweep_over_name_writes_each_folders_table(tmp_path):
 def test_mtbench_table_on_a_folder_where_every_run_failed(tmp_path):
     run = tmp_path / "r" / "runs" / "baseline" / "default" / "seed=0"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"combiner": "baseline", "seed": 0, "status": "failed", "reason": "non-finite loss"}))
+    (run / "metrics.json").write_text(
+        json.dumps({"combiner": "baseline", "seed": 0, "status": "failed", "reason": "non-finite loss"})
+    )
     proc = run_cli("mtbench-table", [str(tmp_path / "r")], cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "no completed run" in proc.stderr

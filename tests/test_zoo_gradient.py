@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 import torchjd.aggregation as jd
+from conftest import TINY, run_cli, run_dir
+from omegaconf import OmegaConf
 from torchjd.linalg import QuadprogProjector
 
-from conftest import TINY, run_cli, run_dir
-from mtbench.errors import MtbenchError
 from mtbench.combiners import COMBINERS, GramWeighted, build_combiner
 from mtbench.combiners import functional as F
-from omegaconf import OmegaConf
+from mtbench.errors import MtbenchError
 
 NEW = ["upgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj", "fairgrad", "config", "gradvac"]
 
@@ -50,7 +50,9 @@ def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-6, floor: floa
     (and of ``floor``, e.g. the plain sum's norm, for results that are nearly zero)."""
     scale = max(float(ref.norm()), float(ours.norm()), floor)
     err = float((ours - ref).norm())
-    assert err <= rtol * scale, f"|ours - ref| = {err:.3g}, |ref| = {float(ref.norm()):.3g}, |ours| = {float(ours.norm()):.3g}"
+    assert err <= rtol * scale, (
+        f"|ours - ref| = {err:.3g}, |ref| = {float(ref.norm()):.3g}, |ours| = {float(ours.norm()):.3g}"
+    )
 
 
 # (our function, torchjd's aggregator, the documented factor ours / torchjd's)
@@ -80,7 +82,9 @@ def test_equals_torchjd_times_the_documented_factor(method, matrix):
         # torchjd's QP on the raw Gram matrix: its ridge drowns the small tasks; the same
         # projections of the unit rows (same dual cone), preference scaled by the norms
         n = J.norm(dim=1)
-        agg = (jd.UPGrad if method == "upgrad" else jd.DualProj)(pref_vector=n / T, projector=QuadprogProjector(reg_eps=1e-9))
+        agg = (jd.UPGrad if method == "upgrad" else jd.DualProj)(
+            pref_vector=n / T, projector=QuadprogProjector(reg_eps=1e-9)
+        )
         close(ours_fn(J), agg(J / n[:, None]) * T)
         return
     close(ours_fn(J), ref_agg(T)(J) * factor(T), floor=float(J.sum(0).norm()))
@@ -255,7 +259,17 @@ def build(name: str, **options):
 
 def test_registered_after_the_papers_nine_and_gram_weighted():
     names = list(COMBINERS)
-    assert names[:9] == ["baseline", "clip", "gradpenalty", "mgda", "pcgrad", "gradnorm", "random_graddrop", "graddrop", "gradnorm_graddrop"]
+    assert names[:9] == [
+        "baseline",
+        "clip",
+        "gradpenalty",
+        "mgda",
+        "pcgrad",
+        "gradnorm",
+        "random_graddrop",
+        "graddrop",
+        "gradnorm_graddrop",
+    ]
     assert [n for n in names[9:] if n in NEW] == NEW  # after the nine (with any other additions)
     for name in NEW:
         cls = COMBINERS[name]
@@ -274,7 +288,12 @@ def test_registered_after_the_papers_nine_and_gram_weighted():
         ("gradvac", "beta", 1.5, "combiner.beta must be a finite number >= 0 and <= 1 (got 1.5)"),
         ("nash_mtl", "max_norm", -1.0, "combiner.max_norm must be a finite number >= 0 (got -1.0)"),
         ("nash_mtl", "update_weights_every", 0, "combiner.update_weights_every must be an integer >= 1 (got 0)"),
-        ("aligned_mtl", "scale_mode", "max", "combiner.scale_mode='max' is not allowed for combiner=aligned_mtl; choose one of: min, median, rmse"),
+        (
+            "aligned_mtl",
+            "scale_mode",
+            "max",
+            "combiner.scale_mode='max' is not allowed for combiner=aligned_mtl; choose one of: min, median, rmse",
+        ),
     ],
 )
 def test_an_option_out_of_range_is_one_line_naming_it(name, option, value, message):
@@ -293,7 +312,7 @@ def test_a_missing_solver_is_one_line_naming_the_package_and_extra(monkeypatch):
     with pytest.raises(MtbenchError) as err:
         build("upgrad")
     text = str(err.value)
-    assert "\n" not in text and "quadprog" in text and 'mtbench[zoo]' in text
+    assert "\n" not in text and "quadprog" in text and "mtbench[zoo]" in text
     assert bridge.NEEDS["CAGradWeighting"] == ("cvxpy", "clarabel")
     build("nash_mtl")  # mtbench's own solver: needs none
 

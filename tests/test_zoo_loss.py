@@ -13,10 +13,10 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, run_cli, run_dir
-from mtbench.errors import MtbenchError
+
 from mtbench.combiners import COMBINERS, PAPER, Step
+from mtbench.errors import MtbenchError
 
 LOSS_LEVEL = ["uw", "dwa", "rlw", "gls", "famo"]
 
@@ -51,7 +51,9 @@ def test_gls_is_t_times_the_geometric_mean():
     grad = backward_of(COMBINERS["gls"](2), [1.0, 2.0])
     assert grad.tolist() == pytest.approx([2 * math.sqrt(6), 3 * math.sqrt(6) / 6], rel=1e-12)
     # the same as the gradient of 2 sqrt(L_0 L_1) = 2 sqrt(3 th_0^2 th_1) = 2 sqrt(3) |th_0| sqrt(th_1)
-    assert grad.tolist() == pytest.approx([2 * math.sqrt(3) * math.sqrt(2), 2 * math.sqrt(3) / (2 * math.sqrt(2))], rel=1e-12)
+    assert grad.tolist() == pytest.approx(
+        [2 * math.sqrt(3) * math.sqrt(2), 2 * math.sqrt(3) / (2 * math.sqrt(2))], rel=1e-12
+    )
     # equal losses: the baseline's gradient (weights 1 each)
     th = torch.tensor([2.0, 4.0 / 3.0], dtype=torch.float64, requires_grad=True)  # L = (4, 4)
     COMBINERS["gls"](2).backward(scalar_step(th, torch.stack([th[0] ** 2, 3 * th[1]])))
@@ -159,7 +161,9 @@ def test_uw_weights_come_to_rest_at_one_over_twice_the_loss():
 
 
 def test_uw_bad_learning_rate_is_one_line():
-    with pytest.raises(MtbenchError, match=r"^combiner.weight_lr must be a positive number for combiner=uw \(got -1\)$"):
+    with pytest.raises(
+        MtbenchError, match=r"^combiner.weight_lr must be a positive number for combiner=uw \(got -1\)$"
+    ):
         COMBINERS["uw"](2, weight_lr=-1)
 
 
@@ -219,7 +223,9 @@ def test_dwa_resumed_mid_epoch_gives_the_same_weights():
 
 @pytest.mark.parametrize("bad", [0, -1.0, "hot"])
 def test_dwa_temperature_must_be_positive(bad):
-    with pytest.raises(MtbenchError, match=rf"^combiner.temperature must be a positive number for combiner=dwa \(got {bad!r}\)$"):
+    with pytest.raises(
+        MtbenchError, match=rf"^combiner.temperature must be a positive number for combiner=dwa \(got {bad!r}\)$"
+    ):
         COMBINERS["dwa"](2, temperature=bad)
 
 
@@ -260,7 +266,9 @@ def test_famo_weights_sum_to_t_and_gamma_pulls_the_logits_back():
 def test_famo_bad_options_are_one_line():
     with pytest.raises(MtbenchError, match=r"^combiner.gamma must be a finite number >= 0 \(got -0.1\)$"):
         COMBINERS["famo"](2, gamma=-0.1)
-    with pytest.raises(MtbenchError, match=r"^combiner.weight_lr must be a positive number for combiner=famo \(got 0\)$"):
+    with pytest.raises(
+        MtbenchError, match=r"^combiner.weight_lr must be a positive number for combiner=famo \(got 0\)$"
+    ):
         COMBINERS["famo"](2, weight_lr=0)
 
 
@@ -272,7 +280,12 @@ def zoo_sweep(tmp_path_factory):
     """`mtbench -m combiner=<the loss-level ones>` on the tiny shapes40 config, 3 epochs (DWA's
     weights move from the third)."""
     cwd = tmp_path_factory.mktemp("zoo_loss")
-    args = ["-m", f"combiner={','.join(LOSS_LEVEL)}", *[o for o in TINY if not o.startswith("trainer.epochs")], "trainer.epochs=3"]
+    args = [
+        "-m",
+        f"combiner={','.join(LOSS_LEVEL)}",
+        *[o for o in TINY if not o.startswith("trainer.epochs")],
+        "trainer.epochs=3",
+    ]
     proc = run_cli("mtbench", args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd / "results" / "shapes40", proc
@@ -300,7 +313,10 @@ def test_each_runs_end_to_end_from_the_cli(zoo_sweep, name):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("combiner=dwa combiner.temperature=0", "combiner.temperature must be a positive number for combiner=dwa (got 0)"),
+        (
+            "combiner=dwa combiner.temperature=0",
+            "combiner.temperature must be a positive number for combiner=dwa (got 0)",
+        ),
         (
             "combiner=rlw combiner.distribution=gaussian",
             (
@@ -327,7 +343,9 @@ def test_zoo_preset_sweeps_every_combiner_and_composes_with_another_task():
         with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
             plain = compose(config_name="config", return_hydra_config=True)
             zoo = compose(config_name="config", overrides=["experiment=zoo"], return_hydra_config=True)
-            celeba = compose(config_name="config", overrides=["experiment=zoo", "task=celeba"], return_hydra_config=True)
+            celeba = compose(
+                config_name="config", overrides=["experiment=zoo", "task=celeba"], return_hydra_config=True
+            )
     finally:
         GlobalHydra.instance().clear()
     assert str(plain.hydra.sweeper.params.combiner).split(",") == list(PAPER)

@@ -17,32 +17,32 @@ import importlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from mtbench.errors import MtbenchError
+from mtbench.combiners.aligned_mtl import AlignedMTL
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.baseline import Baseline
+from mtbench.combiners.cagrad import CAGrad
 from mtbench.combiners.clip import Clip
+from mtbench.combiners.config import ConFIG
+from mtbench.combiners.dualproj import DualProj
 from mtbench.combiners.dwa import DWA
+from mtbench.combiners.fairgrad import FairGrad
 from mtbench.combiners.famo import FAMO
 from mtbench.combiners.gls import GLS
 from mtbench.combiners.graddrop import GradDrop
 from mtbench.combiners.gradnorm import GradNorm
 from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.gradpenalty import GradPenalty
+from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.imtl_g import IMTLG
 from mtbench.combiners.mgda import MGDA
+from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
-from mtbench.combiners.upgrad import UPGrad
-from mtbench.combiners.cagrad import CAGrad
-from mtbench.combiners.nash_mtl import NashMTL
-from mtbench.combiners.imtl_g import IMTLG
-from mtbench.combiners.aligned_mtl import AlignedMTL
-from mtbench.combiners.dualproj import DualProj
-from mtbench.combiners.fairgrad import FairGrad
-from mtbench.combiners.config import ConFIG
-from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.upgrad import UPGrad
 from mtbench.combiners.uw import UW
+from mtbench.errors import MtbenchError
 from mtbench.variant import register_resolver
 
 #: the built-in combiners by config name: the paper's nine in the paper's order (the table's
@@ -51,8 +51,24 @@ from mtbench.variant import register_resolver
 COMBINERS: dict[str, type[Combiner]] = {
     cls.name: cls
     for cls in (
-        Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop,
-        UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac,
+        Baseline,
+        Clip,
+        GradPenalty,
+        MGDA,
+        PCGrad,
+        GradNorm,
+        RandomGradDrop,
+        GradDrop,
+        GradNormGradDrop,
+        UPGrad,
+        CAGrad,
+        NashMTL,
+        IMTLG,
+        AlignedMTL,
+        DualProj,
+        FairGrad,
+        ConFIG,
+        GradVac,
     )
 }
 #: the loss-level combiners (one weight per task from the losses alone), after the paper's
@@ -62,7 +78,15 @@ COMBINERS.update({cls.name: cls for cls in (UW, DWA, RLW, GLS, FAMO)})
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``
 PAPER: tuple[str, ...] = (
-    "baseline", "clip", "gradpenalty", "mgda", "pcgrad", "gradnorm", "random_graddrop", "graddrop", "gradnorm_graddrop",
+    "baseline",
+    "clip",
+    "gradpenalty",
+    "mgda",
+    "pcgrad",
+    "gradnorm",
+    "random_graddrop",
+    "graddrop",
+    "gradnorm_graddrop",
 )
 
 __all__ = ["COMBINERS", "PAPER", "Combiner", "GramWeighted", "Step", "build_combiner"]
@@ -81,7 +105,9 @@ def resolve_combiners(which: str = "all") -> str:
         return ",".join(name for name in COMBINERS if name in PAPER)
     if which == "all":
         return ",".join(COMBINERS)
-    raise MtbenchError(f"${{mtbench_combiners:{which}}} is not a selection of combiners; choose one of: {', '.join(SELECTIONS)}")
+    raise MtbenchError(
+        f"${{mtbench_combiners:{which}}} is not a selection of combiners; choose one of: {', '.join(SELECTIONS)}"
+    )
 
 
 register_resolver("mtbench_combiners", resolve_combiners)

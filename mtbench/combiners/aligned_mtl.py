@@ -27,7 +27,11 @@ class AlignedMTL(GramWeighted):
     style = ("#ffbb78", "d")
     options = {
         **GramWeighted.level_default("representation"),
-        "scale_mode": Option("min", "the common length of the aligned gradients: min | median | rmse (eigenvalue of G)", one_of(*ALIGNED_MTL_SCALES)),
+        "scale_mode": Option(
+            "min",
+            "the common length of the aligned gradients: min | median | rmse (eigenvalue of G)",
+            one_of(*ALIGNED_MTL_SCALES),
+        ),
     }
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners import taskgrads
 from mtbench.combiners.taskgrads import RepGrads
+from mtbench.errors import MtbenchError
 from mtbench.options import Check, Option
 
 
@@ -74,7 +74,9 @@ class Combiner:
             cls.defaults = {k: o.default for k, o in cls.options.items()}
         elif "defaults" in cls.__dict__:  # a plain dict: keep any inherited declaration of the same key
             inherited = cls.options
-            cls.options = {k: inherited[k].replace(default=v) if k in inherited else Option(v) for k, v in cls.defaults.items()}
+            cls.options = {
+                k: inherited[k].replace(default=v) if k in inherited else Option(v) for k, v in cls.defaults.items()
+            }
 
     def __init__(self, num_tasks: int, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -170,7 +172,9 @@ def one_of(*allowed: str) -> Check:
 
     def check(key: str, value: Any, owner: Any) -> Any:
         if value not in allowed:
-            raise MtbenchError(f"{key}={value!r} is not allowed for combiner={owner.name}; choose one of: {', '.join(allowed)}")
+            raise MtbenchError(
+                f"{key}={value!r} is not allowed for combiner={owner.name}; choose one of: {', '.join(allowed)}"
+            )
         return value
 
     return check
@@ -196,4 +200,6 @@ def positive(optional: bool = False) -> Check:
 def check_choice(option: str, value: Any, allowed: tuple[str, ...], combiner: str) -> None:
     """``value`` one of ``allowed``, or a one-line error naming ``combiner.<option>``."""
     if value not in allowed:
-        raise MtbenchError(f"combiner.{option}={value!r} is not allowed for combiner={combiner}; choose one of: {', '.join(allowed)}")
+        raise MtbenchError(
+            f"combiner.{option}={value!r} is not allowed for combiner={combiner}; choose one of: {', '.join(allowed)}"
+        )

@@ -27,7 +27,11 @@ class CAGrad(GramWeighted):
     style = ("#98df8a", "H")
     options = {
         **GramWeighted.level_default("representation"),
-        "c": Option(0.4, "radius of the ball around the mean gradient, relative to its norm (>= 0; the paper's 0.4)", number(minimum=0)),
+        "c": Option(
+            0.4,
+            "radius of the ball around the mean gradient, relative to its norm (>= 0; the paper's 0.4)",
+            number(minimum=0),
+        ),
     }
 
     def __init__(self, num_tasks: int, **options):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step
+from mtbench.errors import MtbenchError
 
 
 class Reweighted(Combiner):

@@ -36,7 +36,9 @@ class DWA(LossWeighted):
     name = "dwa"
     style = ("#393b79", "3")
     options = {
-        "temperature": Option(2.0, "the softmax temperature of the loss ratios (larger: weights closer to 1)", positive()),
+        "temperature": Option(
+            2.0, "the softmax temperature of the loss ratios (larger: weights closer to 1)", positive()
+        ),
     }
 
     def __init__(self, num_tasks: int, **options: Any):

@@ -30,9 +30,17 @@ class FairGrad(GramWeighted):
     style = ("#ff9896", "8")
     options = {
         **GramWeighted.level_default("representation"),
-        "alpha": Option(1.0, "the fairness parameter alpha (> 0; 1: proportional fairness)", number(minimum=0, min_open=True)),
-        "max_iters": Option(None, "iterations of the least-squares solver; null: scipy's default (100 T)", integer(minimum=1, optional=True)),
-        "rescale": Option(True, "scale the update to the projection of the baseline's sum on it (the baseline's scale)", boolean()),
+        "alpha": Option(
+            1.0, "the fairness parameter alpha (> 0; 1: proportional fairness)", number(minimum=0, min_open=True)
+        ),
+        "max_iters": Option(
+            None,
+            "iterations of the least-squares solver; null: scipy's default (100 T)",
+            integer(minimum=1, optional=True),
+        ),
+        "rescale": Option(
+            True, "scale the update to the projection of the baseline's sum on it (the baseline's scale)", boolean()
+        ),
     }
 
     def __init__(self, num_tasks: int, **options):

@@ -87,7 +87,11 @@ class FAMO(LossWeighted):
         if self.logits is None:
             return {}
         assert self.optimizer is not None
-        state = {"logits": self.logits.detach(), "optimizer": self.optimizer.state_dict(), "prev_losses": self.prev_losses}
+        state = {
+            "logits": self.logits.detach(),
+            "optimizer": self.optimizer.state_dict(),
+            "prev_losses": self.prev_losses,
+        }
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ and the MGDA weights carry no graph.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ __all__ = [
 #: allowed values of ``graddrop(f=...)``
 GRADDROP_F = ("identity", "linear", "sigmoid")
 
-LeakLike = Union[None, float, Sequence[float], Tensor]
+LeakLike = Union[None, float, Sequence[float], Tensor]  # noqa: UP007 - a runtime alias, kept for Python 3.10
 
 
 # ----------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _check_grads(grads: Tensor, fn: str, min_dim: int = 1) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def _leak_per_task(leak: LeakLike, n_tasks: int) -> Optional[Tensor]:
+def _leak_per_task(leak: LeakLike, n_tasks: int) -> Tensor | None:
     """Validate ``leak`` and return it as a float64 CPU tensor of shape [T] (or None)."""
     if leak is None:
         return None
@@ -131,10 +132,10 @@ def _leak_per_task(leak: LeakLike, n_tasks: int) -> Optional[Tensor]:
 
 def _graddrop_core(
     grads: Tensor,
-    activation: Optional[Tensor],
+    activation: Tensor | None,
     leak: LeakLike,
     transfer,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
     eps: float,
     renormalize: bool,
     fn: str,
@@ -189,11 +190,11 @@ def _graddrop_core(
 
 def graddrop(
     grads: Tensor,
-    activation: Optional[Tensor] = None,
+    activation: Tensor | None = None,
     leak: LeakLike = None,
     f: str = "identity",
     k: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     *,
     eps: float = 1e-7,
     renormalize: bool = False,
@@ -273,9 +274,9 @@ def graddrop(
 
 def random_graddrop(
     grads: Tensor,
-    activation: Optional[Tensor] = None,
+    activation: Tensor | None = None,
     leak: LeakLike = None,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     *,
     eps: float = 1e-7,
     renormalize: bool = False,
@@ -305,7 +306,7 @@ def random_graddrop(
 # ----------------------------------------------------------------------------------
 
 
-def _pcgrad_coefficients(gram: Tensor, generator: Optional[torch.Generator]) -> Tuple[Tensor, bool]:
+def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tuple[Tensor, bool]:
     """Run PCGrad's projections in coefficient space.
 
     Row ``i`` of the returned [T, T] float64 matrix holds the coefficients of task
@@ -319,9 +320,11 @@ def _pcgrad_coefficients(gram: Tensor, generator: Optional[torch.Generator]) -> 
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
     g = 0.5 * (g + g.T)
     perm_device = generator.device if generator is not None else torch.device("cpu")
-    perms = torch.stack(
-        [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
-    ).cpu().numpy()
+    perms = (
+        torch.stack([torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)])
+        .cpu()
+        .numpy()
+    )
     rows = np.arange(n_tasks)
     # the other tasks of task i are (0..i-1, i+1..T-1): perm value p -> task p + (p >= i)
     order = perms + (perms >= rows[:, None])  # [T, T-1]
@@ -341,7 +344,7 @@ def _pcgrad_coefficients(gram: Tensor, generator: Optional[torch.Generator]) -> 
     return torch.from_numpy(coeff), projected
 
 
-def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """PCGrad, "gradient surgery" (Yu et al., NeurIPS 2020, Algorithm 1).
 
     Args:
@@ -387,7 +390,7 @@ def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
     return combine(weights, flat).reshape(grads.shape[1:])
 
 
-def pcgrad_weights_from_gram(gram: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def pcgrad_weights_from_gram(gram: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """PCGrad from the Gram matrix: ``[T]`` float64 weights ``c`` with ``sum_i g_i' = sum_k c_k g_k``.
 
     ``gram[i, j] = g_i . g_j`` (any floating dtype and device; used in float64 on the CPU).
@@ -430,7 +433,7 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
-def _affine_minimizer_np(gram: "np.ndarray", support: List[int]) -> "np.ndarray":
+def _affine_minimizer_np(gram: np.ndarray, support: list[int]) -> np.ndarray:
     """Barycentric weights of the min-norm point of the affine hull of ``support``.
 
     Solves the KKT system ``[[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1]`` by LU, falling back
@@ -728,7 +731,13 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
     with equal singular values, sigma_min, the median or the mean eigenvalue's root)."""
     from mtbench.combiners.jd import gram_cpu64, weighting
 
-    _check_option("aligned_mtl", "scale_mode", scale_mode, scale_mode in ALIGNED_MTL_SCALES, "one of " + ", ".join(ALIGNED_MTL_SCALES))
+    _check_option(
+        "aligned_mtl",
+        "scale_mode",
+        scale_mode,
+        scale_mode in ALIGNED_MTL_SCALES,
+        "one of " + ", ".join(ALIGNED_MTL_SCALES),
+    )
     g = gram_cpu64(gram, "aligned_mtl")
     return g.shape[0] * weighting("AlignedMTLWeighting", "aligned_mtl", scale_mode=scale_mode)(g)
 
@@ -746,7 +755,13 @@ def cagrad_weights_from_gram(gram: Tensor, c: float = 0.4) -> Tensor:
     1 + c too)."""
     from mtbench.combiners.jd import gram_cpu64, weighting
 
-    _check_option("cagrad", "c", c, isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0, "a finite number >= 0")
+    _check_option(
+        "cagrad",
+        "c",
+        c,
+        isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0,
+        "a finite number >= 0",
+    )
     g = gram_cpu64(gram, "cagrad")
     w = weighting("CAGradWeighting", "cagrad", c=float(c))(g)
     return w * (g.shape[0] / (1.0 + float(c)))
@@ -768,7 +783,9 @@ def _projection_scale(g: Tensor, w: Tensor) -> Tensor:
     return w.new_tensor(max(along, 0.0) / norm2)
 
 
-def fairgrad_weights_from_gram(gram: Tensor, alpha: float = 1.0, max_iters: Optional[int] = None, rescale: bool = True) -> Tensor:
+def fairgrad_weights_from_gram(
+    gram: Tensor, alpha: float = 1.0, max_iters: int | None = None, rescale: bool = True
+) -> Tensor:
     """FairGrad (Ban & Ji 2024, eq. 4): torchjd's ``FairGradWeighting(alpha, max_iters)``,
     w > 0 solving G w = w^(-1/alpha) (scipy's bounded least squares).
 
@@ -779,7 +796,13 @@ def fairgrad_weights_from_gram(gram: Tensor, alpha: float = 1.0, max_iters: Opti
     the paper's raw weights. A zero Gram matrix gives ones (the combination is zero anyway)."""
     from mtbench.combiners.jd import gram_cpu64, weighting
 
-    _check_option("fairgrad", "alpha", alpha, isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0, "a finite number > 0")
+    _check_option(
+        "fairgrad",
+        "alpha",
+        alpha,
+        isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0,
+        "a finite number > 0",
+    )
     g = gram_cpu64(gram, "fairgrad")
     if not float(g.diagonal().max()) > 0:
         return torch.ones(g.shape[0], dtype=torch.float64)
@@ -787,9 +810,11 @@ def fairgrad_weights_from_gram(gram: Tensor, alpha: float = 1.0, max_iters: Opti
     return w * _projection_scale(g, w) if rescale else w
 
 
-def fairgrad(grads: Tensor, alpha: float = 1.0, max_iters: Optional[int] = None, rescale: bool = True) -> Tensor:
+def fairgrad(grads: Tensor, alpha: float = 1.0, max_iters: int | None = None, rescale: bool = True) -> Tensor:
     """FairGrad of the rows of ``grads`` (see :func:`fairgrad_weights_from_gram` for the scale)."""
-    return _combine_rows(grads, "fairgrad", fairgrad_weights_from_gram, alpha=alpha, max_iters=max_iters, rescale=rescale)
+    return _combine_rows(
+        grads, "fairgrad", fairgrad_weights_from_gram, alpha=alpha, max_iters=max_iters, rescale=rescale
+    )
 
 
 def config_weights_from_gram(gram: Tensor) -> Tensor:
@@ -834,8 +859,12 @@ def config(grads: Tensor) -> Tensor:
 
 
 def gradvac_weights_from_gram(
-    gram: Tensor, phi: Optional[Tensor] = None, beta: float = 0.5, eps: float = 1e-8, generator: Optional[torch.Generator] = None
-) -> Tuple[Tensor, Tensor]:
+    gram: Tensor,
+    phi: Tensor | None = None,
+    beta: float = 0.5,
+    eps: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """GradVac (Wang et al. 2021, Algorithm 1) from the Gram matrix: ``(weights, phi)``.
 
     For each task i, visiting the other tasks j in a fresh random order: phi_ij is the cosine
@@ -857,14 +886,20 @@ def gradvac_weights_from_gram(
     g = gram_cpu64(gram, "gradvac")
     n_tasks = g.shape[0]
     _check_option("gradvac", "beta", beta, isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0, "a number in [0, 1]")
-    phi_t = torch.zeros(n_tasks, n_tasks, dtype=torch.float64) if phi is None else phi.detach().to(device="cpu", dtype=torch.float64).clone()
+    phi_t = (
+        torch.zeros(n_tasks, n_tasks, dtype=torch.float64)
+        if phi is None
+        else phi.detach().to(device="cpu", dtype=torch.float64).clone()
+    )
     if tuple(phi_t.shape) != (n_tasks, n_tasks):
         raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
     coeff = torch.eye(n_tasks, dtype=torch.float64)
     if n_tasks < 2:
         return coeff.sum(dim=0), phi_t
     perm_device = generator.device if generator is not None else torch.device("cpu")
-    perms = torch.stack([torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]).cpu()
+    perms = torch.stack(
+        [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
+    ).cpu()
     rows = torch.arange(n_tasks)
     order = perms + (perms >= rows[:, None]).long()  # [T, T-1]: task i's s-th visit
     norms_j = g.diagonal().clamp_min(0).sqrt()
@@ -888,7 +923,13 @@ def gradvac_weights_from_gram(
     return coeff.sum(dim=0), phi_t
 
 
-def gradvac(grads: Tensor, phi: Optional[Tensor] = None, beta: float = 0.5, eps: float = 1e-8, generator: Optional[torch.Generator] = None) -> Tensor:
+def gradvac(
+    grads: Tensor,
+    phi: Tensor | None = None,
+    beta: float = 0.5,
+    eps: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """GradVac of the rows of ``grads`` (one step from the EMA ``phi``; see
     :func:`gradvac_weights_from_gram`); the updated EMA is not returned (use the weights
     function to carry it)."""
@@ -906,7 +947,7 @@ def gram_square_root(gram: Tensor) -> Tensor:
 NASH_RIDGE = 1e-8
 
 
-def _nash_alpha(g: Tensor, alpha0: Optional[Tensor], max_iter: int) -> Tensor:
+def _nash_alpha(g: Tensor, alpha0: Tensor | None, max_iter: int) -> Tensor:
     """alpha > 0 with (Gn + ridge diag(Gn)) alpha = 1 / alpha, Gn = G / ||G||_F (no zero
     gradient in G), by damped Newton steps."""
     n_tasks = g.shape[0]
@@ -943,8 +984,8 @@ def _nash_alpha(g: Tensor, alpha0: Optional[Tensor], max_iter: int) -> Tensor:
 
 
 def nash_mtl_weights_from_gram(
-    gram: Tensor, alpha0: Optional[Tensor] = None, max_norm: float = 0.0, rescale: bool = True, max_iter: int = 100
-) -> Tuple[Tensor, Tensor]:
+    gram: Tensor, alpha0: Tensor | None = None, max_norm: float = 0.0, rescale: bool = True, max_iter: int = 100
+) -> tuple[Tensor, Tensor]:
     """Nash-MTL (Navon et al. 2022, eq. 4 and Algorithm 1) from the Gram matrix, mtbench's own
     solver: ``(weights, alpha)``.
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.functional import GRADDROP_F, graddrop
 from mtbench.combiners.taskgrads import rep_task_grads
+from mtbench.errors import MtbenchError
 from mtbench.options import Option, boolean, number
 
 
@@ -36,16 +36,26 @@ class GradDrop(Combiner):
         "f": Option("identity", "the map of the purity P: identity | linear | sigmoid", one_of(*GRADDROP_F)),
         "k": Option(1.0, "slope of f (linear, sigmoid)", number(minimum=0, min_open=True)),
         "batch_separated": Option(
-            True, "G_i summed over the batch with sign(A): one mask per feature for the whole batch (the paper's Sec. 3.2); false: per element",
+            True,
+            "G_i summed over the batch with sign(A): one mask per feature for the whole batch (the paper's Sec. 3.2); false: per element",
             boolean(),
         ),
-        "renormalize": Option(False, "rescale the output to the L2 norm of the plain sum of the task gradients at A", boolean()),
+        "renormalize": Option(
+            False, "rescale the output to the L2 norm of the plain sum of the task gradients at A", boolean()
+        ),
         "eps": Option(1e-7, "added to the purity's denominator (0/0 gives P = 1/2)", positive()),
     }
 
     def drop(self, grads, activation, step: Step):
         return graddrop(
-            grads, activation, leak=self.leak, f=self.f, k=self.k, generator=step.generator, eps=self.eps, renormalize=bool(self.renormalize)
+            grads,
+            activation,
+            leak=self.leak,
+            f=self.f,
+            k=self.k,
+            generator=step.generator,
+            eps=self.eps,
+            renormalize=bool(self.renormalize),
         )
 
     def backward(self, step: Step) -> None:

@@ -87,10 +87,14 @@ class GradNorm(Combiner):
     @staticmethod
     def last_shared_layer(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
         """(module, weight) of the trunk's last layer with a weight matrix or kernel."""
-        layers = [(m, m.weight) for m in model.trunk.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
+        layers = [
+            (m, m.weight) for m in model.trunk.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter)
+        ]
         layers = [(m, w) for m, w in layers if w.dim() >= 2 and w.requires_grad]
         if not layers:
-            raise ValueError("gradnorm: the trunk has no layer with a weight matrix; use combiner.grad_at=representation")
+            raise ValueError(
+                "gradnorm: the trunk has no layer with a weight matrix; use combiner.grad_at=representation"
+            )
         return layers[-1]
 
     def grad_norms(self, step: Step) -> torch.Tensor:

@@ -34,7 +34,9 @@ class GradVac(GramWeighted):
     style = ("#dbdb8d", "1")
     options = {
         **GramWeighted.level_default("representation"),
-        "beta": Option(0.5, "EMA rate of the target cosines, in [0, 1] (torchjd's default 0.5)", number(minimum=0, maximum=1)),
+        "beta": Option(
+            0.5, "EMA rate of the target cosines, in [0, 1] (torchjd's default 0.5)", number(minimum=0, maximum=1)
+        ),
         "eps": Option(1e-8, "added to the denominators (>= 0)", number(minimum=0)),
     }
 
@@ -43,7 +45,9 @@ class GradVac(GramWeighted):
         self.phi: torch.Tensor | None = None
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
-        weights, self.phi = gradvac_weights_from_gram(gram, self.phi, beta=self.beta, eps=self.eps, generator=step.cpu_generator)
+        weights, self.phi = gradvac_weights_from_gram(
+            gram, self.phi, beta=self.beta, eps=self.eps, generator=step.cpu_generator
+        )
         return weights
 
     def state_dict(self) -> dict[str, Any]:

@@ -35,14 +35,18 @@ class GramWeighted(Combiner):
 
     options: ClassVar[dict[str, Option]] = {
         "level": Option(
-            "representation", "representation: gradients at the shared representation; params: of all shared parameters", one_of(*LEVELS)
+            "representation",
+            "representation: gradients at the shared representation; params: of all shared parameters",
+            one_of(*LEVELS),
         ),
         "chunk_size": Option(
-            None, "tasks per batched backward pass at level=params; null: 1 on a CPU (a plain loop, faster there), 8 on a GPU",
+            None,
+            "tasks per batched backward pass at level=params; null: 1 on a CPU (a plain loop, faster there), 8 on a GPU",
             integer(minimum=1, optional=True),
         ),
         "memory_budget_mb": Option(
-            None, "level=params: memory for the per-task gradient rows held at once; null: all T rows (fewer: more backward passes, same result)",
+            None,
+            "level=params: memory for the per-task gradient rows held at once; null: all T rows (fewer: more backward passes, same result)",
             positive(optional=True),
         ),
     }

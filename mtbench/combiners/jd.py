@@ -9,7 +9,8 @@ one-line :class:`~mtbench.MtbenchError` naming the package and the extra.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,7 +40,7 @@ def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
     missing = _missing(("torchjd",) + NEEDS.get(cls_name, ()))
     if missing:
         raise MtbenchError(
-            f"{method} needs the package(s) {', '.join(missing)}: pip install \"mtbench[zoo]\" (or pip install {' '.join(missing)})"
+            f'{method} needs the package(s) {", ".join(missing)}: pip install "mtbench[zoo]" (or pip install {" ".join(missing)})'
         )
     import torchjd.aggregation as aggregation
 
@@ -47,7 +48,7 @@ def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
     try:
         return factory(**kwargs)
     except ImportError as e:  # a dependency torchjd checks for itself
-        raise MtbenchError(f"{method}: {e} (pip install \"mtbench[zoo]\")") from None
+        raise MtbenchError(f'{method}: {e} (pip install "mtbench[zoo]")') from None
 
 
 def gram_cpu64(gram: Tensor, fn: str) -> Tensor:

@@ -14,7 +14,7 @@ float32 accumulation nor a global TF32 setting can degrade the float64 products.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -88,13 +88,24 @@ def batched_vjp(
         try:
             return list(
                 torch.autograd.grad(
-                    outputs, inputs, grad_outputs=cotangents, is_grads_batched=True, retain_graph=retain_graph, allow_unused=allow_unused
+                    outputs,
+                    inputs,
+                    grad_outputs=cotangents,
+                    is_grads_batched=True,
+                    retain_graph=retain_graph,
+                    allow_unused=allow_unused,
                 )
             )
         except RuntimeError:
             pass  # vmap cannot run this backward: one at a time
     rows = [
-        torch.autograd.grad(outputs, inputs, grad_outputs=cotangents[i], retain_graph=retain_graph or i < n - 1, allow_unused=allow_unused)
+        torch.autograd.grad(
+            outputs,
+            inputs,
+            grad_outputs=cotangents[i],
+            retain_graph=retain_graph or i < n - 1,
+            allow_unused=allow_unused,
+        )
         for i in range(n)
     ]
     out: list[Tensor | None] = []

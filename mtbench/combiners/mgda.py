@@ -29,7 +29,9 @@ class MGDA(GramWeighted):
     style = ("#9467bd", "D")
     options = {
         **GramWeighted.level_default("representation"),
-        "normalization": Option("none", "the normaliser n_i of each gradient: none | l2 | loss | loss+", one_of(*NORMALIZATIONS)),
+        "normalization": Option(
+            "none", "the normaliser n_i of each gradient: none | l2 | loss | loss+", one_of(*NORMALIZATIONS)
+        ),
         "rescale": Option(True, "multiply the shared gradient by T (the baseline's scale)", boolean()),
     }
 

@@ -38,9 +38,13 @@ class NashMTL(GramWeighted):
     style = ("#9edae5", "2")
     options = {
         **GramWeighted.level_default("representation"),
-        "max_norm": Option(0.0, "clip the update to this norm (>= 0; 0: off; the authors' code uses 1.0)", number(minimum=0)),
+        "max_norm": Option(
+            0.0, "clip the update to this norm (>= 0; 0: off; the authors' code uses 1.0)", number(minimum=0)
+        ),
         "update_weights_every": Option(1, "recompute the weights every this many steps (>= 1)", integer(minimum=1)),
-        "rescale": Option(True, "scale the update to the projection of the baseline's sum on it (the baseline's scale)", boolean()),
+        "rescale": Option(
+            True, "scale the update to the projection of the baseline's sum on it (the baseline's scale)", boolean()
+        ),
     }
 
     def __init__(self, num_tasks: int, **options: Any):
@@ -51,7 +55,9 @@ class NashMTL(GramWeighted):
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
         if self.weights is None or self.steps % self.update_weights_every == 0:
-            self.weights, self.alpha = nash_mtl_weights_from_gram(gram, self.alpha, max_norm=self.max_norm, rescale=self.rescale)
+            self.weights, self.alpha = nash_mtl_weights_from_gram(
+                gram, self.alpha, max_norm=self.max_norm, rescale=self.rescale
+            )
         self.steps += 1
         return self.weights
 

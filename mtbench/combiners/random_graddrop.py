@@ -19,4 +19,11 @@ class RandomGradDrop(GradDrop):
     options = {k: v for k, v in GradDrop.options.items() if k not in ("f", "k")}
 
     def drop(self, grads, activation, step):
-        return random_graddrop(grads, activation, leak=self.leak, generator=step.generator, eps=self.eps, renormalize=bool(self.renormalize))
+        return random_graddrop(
+            grads,
+            activation,
+            leak=self.leak,
+            generator=step.generator,
+            eps=self.eps,
+            renormalize=bool(self.renormalize),
+        )

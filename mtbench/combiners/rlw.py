@@ -41,7 +41,8 @@ class RLW(LossWeighted):
     style = ("#aec7e8", "d")
     options = {
         "distribution": Option(
-            "normal", "the weights' draw: normal | uniform (softmax of the draws) | dirichlet | bernoulli | constrained_bernoulli",
+            "normal",
+            "the weights' draw: normal | uniform (softmax of the draws) | dirichlet | bernoulli | constrained_bernoulli",
             one_of(*DISTRIBUTIONS),
         ),
     }

@@ -37,7 +37,8 @@ Every result here equals the plain computation up to floating-point rounding.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,15 @@ class RepGrads:
     reads only its own logit column, ``g_i[b] = e[b, i] W_i``.
     """
 
-    def __init__(self, rep: Tensor, *, full: Tensor | None = None, jac: Tensor | None = None, weight: Tensor | None = None, diag: Tensor | None = None):
+    def __init__(
+        self,
+        rep: Tensor,
+        *,
+        full: Tensor | None = None,
+        jac: Tensor | None = None,
+        weight: Tensor | None = None,
+        diag: Tensor | None = None,
+    ):
         self.shape = tuple(rep.shape)
         self.dtype = rep.dtype
         self.device = rep.device
@@ -169,7 +178,11 @@ class RepGrads:
         """``||g_i||^2``, float64 [T]."""
         if self._diag is not None:
             return self._diag.double().pow(2).sum(0) * self._weight.double().pow(2).sum(1)
-        return self.gram().diagonal().clone() if self.factored else self._full.reshape(self.num_tasks, -1).double().pow(2).sum(1)
+        return (
+            self.gram().diagonal().clone()
+            if self.factored
+            else self._full.reshape(self.num_tasks, -1).double().pow(2).sum(1)
+        )
 
     def combine(self, weights: Tensor) -> Tensor:
         """``sum_i w_i g_i``, shape [B, *F], in the representation's dtype."""
@@ -191,7 +204,9 @@ def _no_hooks(*modules: nn.Module) -> bool:
             return False
     from torch.nn.modules import module as module_mod
 
-    return not getattr(module_mod, "_global_forward_hooks", None) and not getattr(module_mod, "_global_forward_pre_hooks", None)
+    return not getattr(module_mod, "_global_forward_hooks", None) and not getattr(
+        module_mod, "_global_forward_pre_hooks", None
+    )
 
 
 def linear_heads_of(step: Any) -> nn.Linear | None:
@@ -239,8 +254,8 @@ def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
         jac = loss_jacobian(step.losses, step.outputs)
         if jac is not None and jac.dtype == step.rep.dtype:
             weight = lin.weight.detach()
-            T, _, O = jac.shape
-            if T == O and jac.device.type == "cpu":  # (the check reads the values: on a GPU it would synchronise)
+            T, _, n_out = jac.shape
+            if T == n_out and jac.device.type == "cpu":  # (the check reads the values: on a GPU it would synchronise)
                 diag = jac.diagonal(dim1=0, dim2=2)  # [B, T]: dL_i/dO[b, i]
                 if int(torch.count_nonzero(jac)) == int(torch.count_nonzero(diag)):
                     return RepGrads(step.rep, jac=jac, weight=weight, diag=diag)
@@ -310,7 +325,13 @@ class LayerCapture:
         return module in self._handles
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad and args and isinstance(args[0], Tensor):
+        if (
+            torch.is_grad_enabled()
+            and isinstance(output, Tensor)
+            and output.requires_grad
+            and args
+            and isinstance(args[0], Tensor)
+        ):
             self._calls.setdefault(module, []).append((args[0].detach(), output))
 
     def take(self, module: nn.Module) -> tuple[Tensor, Tensor] | None:
@@ -341,7 +362,9 @@ def _uses(root: Any, targets: set) -> dict:
     return counts
 
 
-def captured_layers(step: Any, capture: LayerCapture, modules: Sequence[nn.Module], select: Any = None) -> list[tuple[nn.Module, Tensor, Tensor]]:
+def captured_layers(
+    step: Any, capture: LayerCapture, modules: Sequence[nn.Module], select: Any = None
+) -> list[tuple[nn.Module, Tensor, Tensor]]:
     """The (module, input, output) of ``modules`` captured for this step whose weight enters the
     graph of ``step.rep`` exactly once (through that call); with ``select(module, input,
     output)``, only those it accepts (checked first: the graph is walked for them only). Every
@@ -567,7 +590,11 @@ class TaskGrads:
         if self._trunk is trunk:
             return
         shared = {id(p) for p in shared_parameters(model)}
-        mods = [m for m in trunk.modules() if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared]
+        mods = [
+            m
+            for m in trunk.modules()
+            if factored_layer(m) and getattr(m, "weight", None) is not None and id(m.weight) in shared
+        ]
         self._trunk, self._candidates = trunk, mods
         self.capture.watch(mods)
 
@@ -604,4 +631,6 @@ class TaskGrads:
         layers = captured_layers(step, self.capture, self._candidates, select=pays)
         self.last_factored_layers = [m for m, _, _ in layers]
         chunk = default_chunk(self.chunk_size, step.rep.device)
-        return ParamTaskGrads(step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(self.memory_budget_mb), layers=layers)
+        return ParamTaskGrads(
+            step, rep_grads.full(), params, chunk=chunk, budget_bytes=budget_bytes(self.memory_budget_mb), layers=layers
+        )

@@ -6,12 +6,12 @@ file in ``configs/task/`` (its ``name`` selects the builder below).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from mtbench.errors import MtbenchError
 from mtbench.data.base import BinaryAttributeTask, MetricColumn, Split, Task, TaskSpec, binary_columns, channel_stats
+from mtbench.errors import MtbenchError
 
 __all__ = ["BinaryAttributeTask", "MetricColumn", "Split", "Task", "TaskSpec", "build_task", "check_task", "TASKS"]
 
@@ -48,7 +48,11 @@ def _celeba(cfg: DictConfig) -> Task:
 
 
 #: task builders by ``task.name``
-TASKS: dict[str, Callable[[DictConfig], Task]] = {"shapes40": _shapes40, "cifar100_transfer": _cifar100_transfer, "celeba": _celeba}
+TASKS: dict[str, Callable[[DictConfig], Task]] = {
+    "shapes40": _shapes40,
+    "cifar100_transfer": _cifar100_transfer,
+    "celeba": _celeba,
+}
 
 
 def _check_shapes40(cfg: DictConfig) -> TaskSpec:

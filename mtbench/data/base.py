@@ -106,7 +106,7 @@ class Task:
         task is built and before the model is (e.g. a frozen network's predictions); nothing by
         default. The trainer calls it on the same fork of the global generator as the build."""
 
-    def head_spec(self) -> "HeadSpec":
+    def head_spec(self) -> HeadSpec:
         """What the task heads produce (``mtbench.models.heads.build_heads`` builds them)."""
         raise NotImplementedError
 
@@ -157,7 +157,7 @@ class BinaryAttributeTask(Task):
     #: two-way softmax heads (``task.head: softmax2``) instead of one logit per attribute
     two_way: bool = False
 
-    def head_spec(self) -> "HeadSpec":
+    def head_spec(self) -> HeadSpec:
         if self.two_way:
             return HeadSpec(2 * self.num_tasks)  # two logits per attribute, [B, 2T] -> [B, T, 2]
         return HeadSpec(self.num_tasks)  # one logit per attribute: T linear heads, stacked
@@ -199,13 +199,19 @@ def binary_columns(columns: Any) -> tuple[MetricColumn, ...]:
     if columns is None:
         return BinaryAttributeTask.metric_columns
     if isinstance(columns, str) or not hasattr(columns, "__iter__"):
-        raise MtbenchError(f"task.columns must be a list of metrics, e.g. task.columns=[mean_acc,min_acc] (got {columns!r}); choose among {', '.join(BINARY_COLUMNS)}")
+        raise MtbenchError(
+            f"task.columns must be a list of metrics, e.g. task.columns=[mean_acc,min_acc] (got {columns!r}); choose among {', '.join(BINARY_COLUMNS)}"
+        )
     keys = [str(c) for c in columns]
     for key in keys:
         if key not in BINARY_COLUMNS:
-            raise MtbenchError(f"task.columns: {key!r} is not a metric of binary-attribute tasks; choose among {', '.join(BINARY_COLUMNS)}")
+            raise MtbenchError(
+                f"task.columns: {key!r} is not a metric of binary-attribute tasks; choose among {', '.join(BINARY_COLUMNS)}"
+            )
     if not keys or len(set(keys)) != len(keys):
-        raise MtbenchError(f"task.columns={keys} must name at least one metric, each once; choose among {', '.join(BINARY_COLUMNS)}")
+        raise MtbenchError(
+            f"task.columns={keys} must name at least one metric, each once; choose among {', '.join(BINARY_COLUMNS)}"
+        )
     return tuple(BINARY_COLUMNS[k] for k in keys)
 
 

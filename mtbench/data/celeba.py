@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtbench.errors import MtbenchError
 from mtbench.data.base import BinaryAttributeTask, Split, TaskSpec, binary_columns, check_binary_head
+from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_str
 
 log = logging.getLogger("mtbench")
@@ -127,7 +127,9 @@ def find_files(root: str | os.PathLike | None, download: bool = False) -> CelebA
     neither layout is complete. Raises ``MtbenchError`` naming the first missing file.
     """
     if root is None or not str(root).strip():
-        raise MtbenchError(f"data.root is not set: task=celeba needs data.root=/path/to/celeba; {LAYOUT}; data.download=true fetches it with torchvision")
+        raise MtbenchError(
+            f"data.root is not set: task=celeba needs data.root=/path/to/celeba; {LAYOUT}; data.download=true fetches it with torchvision"
+        )
     root = Path(str(root)).expanduser().absolute()
     if root.exists() and not root.is_dir():
         raise MtbenchError(f"data.root={root} is not a folder; {LAYOUT}")
@@ -144,7 +146,9 @@ def find_files(root: str | os.PathLike | None, download: bool = False) -> CelebA
     # name the first missing file of the layout that is most nearly there (root/ on a tie)
     base = max(candidates, key=lambda b: sum(_present(b)))
     missing = [name for name, ok in zip((IMAGE_DIR + "/", ATTR_FILE, PARTITION_FILE), _present(base)) if not ok][0]
-    raise MtbenchError(f"CelebA file not found: {base / missing}; {LAYOUT}; data.download=true fetches it with torchvision")
+    raise MtbenchError(
+        f"CelebA file not found: {base / missing}; {LAYOUT}; data.download=true fetches it with torchvision"
+    )
 
 
 def _download(root: Path) -> None:
@@ -189,7 +193,9 @@ def _check_row(path: Path, line_no: int, line: str, n_names: int) -> None:
     values = parts[1:]
     if len(values) != n_names:
         hint = " (the file looks truncated)" if len(values) < n_names else ""
-        raise MtbenchError(f"{path}, line {line_no}: {len(values)} attribute values for {parts[0]}, expected {n_names}{hint}")
+        raise MtbenchError(
+            f"{path}, line {line_no}: {len(values)} attribute values for {parts[0]}, expected {n_names}{hint}"
+        )
     bad = [v for v in values if v not in ("1", "-1")]
     if bad:
         raise MtbenchError(f"{path}, line {line_no}: value {bad[0]!r} for {parts[0]}; attribute values must be -1 or 1")
@@ -220,10 +226,16 @@ def read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray, bytes
     lines, raw = _read_lines(path)
     first = lines[0].split() if lines else []
     if len(first) != 1 or not first[0].isdigit() or int(first[0]) == 0:
-        raise MtbenchError(f"{path}, line 1: expected the number of images, found {lines[0].strip()[:40]!r}" if lines and lines[0].strip() else f"{path}, line 1: empty; expected the number of images")
+        raise MtbenchError(
+            f"{path}, line 1: expected the number of images, found {lines[0].strip()[:40]!r}"
+            if lines and lines[0].strip()
+            else f"{path}, line 1: empty; expected the number of images"
+        )
     count = int(first[0])
     if len(lines) < 2 or not lines[1].strip():
-        raise MtbenchError(f"{path}, line 2: missing; expected the {NUM_ATTRIBUTES} attribute names (the file looks truncated)")
+        raise MtbenchError(
+            f"{path}, line 2: missing; expected the {NUM_ATTRIBUTES} attribute names (the file looks truncated)"
+        )
     names = lines[1].split()
     if len(names) != NUM_ATTRIBUTES:
         raise MtbenchError(f"{path}, line 2: {len(names)} attribute names, expected {NUM_ATTRIBUTES}")
@@ -299,7 +311,9 @@ def read_partition(path: Path, files: list[str], attr_path: Path) -> tuple[np.nd
         part[k] = int(parts[1])
     if (part < 0).any():
         k = int(np.flatnonzero(part < 0)[0])
-        raise MtbenchError(f"{path}: {files[k]} (line {k + 3} of {attr_path.name}) has no split (the file looks truncated)")
+        raise MtbenchError(
+            f"{path}: {files[k]} (line {k + 3} of {attr_path.name}) has no split (the file looks truncated)"
+        )
     for s, split in enumerate(SPLITS):
         if not (part == s).any():
             raise MtbenchError(f"{path}: no image in the {split} split (value {s})")
@@ -310,7 +324,14 @@ def read_partition(path: Path, files: list[str], attr_path: Path) -> tuple[np.nd
 # fingerprint and cache
 
 
-def fingerprint(files: CelebAFiles, names: list[str], attr_raw: bytes, partition_raw: bytes, image_size: int, preprocess: str = "center_crop") -> str:
+def fingerprint(
+    files: CelebAFiles,
+    names: list[str],
+    attr_raw: bytes,
+    partition_raw: bytes,
+    image_size: int,
+    preprocess: str = "center_crop",
+) -> str:
     """A hash of everything the cache's content depends on; stats every listed image (a listed
     image that is missing is an error naming it and its line)."""
     h = hashlib.sha256()
@@ -333,7 +354,9 @@ def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -
     if cache_dir:
         root = Path(str(cache_dir)).expanduser().absolute()
         if root.exists() and not root.is_dir():
-            raise MtbenchError(f"data.cache_dir={root} is a file, not a folder; remove it or choose another data.cache_dir")
+            raise MtbenchError(
+                f"data.cache_dir={root} is a file, not a folder; remove it or choose another data.cache_dir"
+            )
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -354,7 +377,9 @@ def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -
     try:
         user.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MtbenchError(f"the CelebA cache folder {user} cannot be created ({e.strerror or e}); set data.cache_dir=<a writable folder>") from None
+        raise MtbenchError(
+            f"the CelebA cache folder {user} cannot be created ({e.strerror or e}); set data.cache_dir=<a writable folder>"
+        ) from None
     return user
 
 
@@ -371,6 +396,7 @@ def _expected_bytes(path: Path, shape: tuple[int, ...]) -> bool:
 
 def _usable_stats(meta: dict[str, Any]) -> bool:
     """Does ``meta`` hold a per-channel ``mean`` (3 finite numbers) and ``std`` (3 finite numbers > 0)?"""
+
     def numbers(key: str) -> list[float] | None:
         value = meta.get(key)
         if not isinstance(value, list) or len(value) != 3:
@@ -394,7 +420,9 @@ def _valid_cache(folder: Path, fp: str, image_size: int, counts: dict[str, int])
     if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fp or meta.get("image_size") != image_size:
         return None
     for split, n in counts.items():
-        if meta.get("counts", {}).get(split) != n or not _expected_bytes(folder / f"{split}.npy", (n, 3, image_size, image_size)):
+        if meta.get("counts", {}).get(split) != n or not _expected_bytes(
+            folder / f"{split}.npy", (n, 3, image_size, image_size)
+        ):
             return None
     return meta
 
@@ -429,11 +457,15 @@ class _Unreadable(Exception):
         self.reason = reason
 
 
-def _decode_into(out: np.ndarray, folder: Path, names: list[str], start: int, size: int, preprocess: str = "center_crop") -> int:
+def _decode_into(
+    out: np.ndarray, folder: Path, names: list[str], start: int, size: int, preprocess: str = "center_crop"
+) -> int:
     for k, name in enumerate(names):
         path = folder / name
         try:
-            out[start + k] = (decode_image(path, size) if preprocess == "center_crop" else decode_image(path, size, preprocess)).transpose(2, 0, 1)
+            out[start + k] = (
+                decode_image(path, size) if preprocess == "center_crop" else decode_image(path, size, preprocess)
+            ).transpose(2, 0, 1)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
             raise _Unreadable(path, " ".join(f"{type(e).__name__}: {e}".split())) from None
     return len(names)
@@ -472,7 +504,9 @@ def _remove_stale(root: Path, prefix: str) -> None:
     for tmp in root.glob(f".{prefix}*.tmp-*"):
         try:
             owner, pid = tmp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)[:2]
-            dead = (owner == host and not _pid_alive(int(pid))) or (owner != host and time.time() - tmp.stat().st_mtime > 86400)
+            dead = (owner == host and not _pid_alive(int(pid))) or (
+                owner != host and time.time() - tmp.stat().st_mtime > 86400
+            )
         except (ValueError, OSError):
             continue
         if dead:
@@ -499,7 +533,9 @@ def build_cache(
     if _valid_cache(final, fp, image_size, counts) is not None:
         return final
     if final.exists() and not final.is_dir():
-        raise MtbenchError(f"the CelebA cache path {final} is a file, not a folder; remove it or set data.cache_dir=<another folder>")
+        raise MtbenchError(
+            f"the CelebA cache path {final} is a file, not a folder; remove it or set data.cache_dir=<another folder>"
+        )
     if final.exists():
         log.warning(f"celeba: {final} is incomplete or outdated (an interrupted build?); rebuilding it")
         shutil.rmtree(final, ignore_errors=True)
@@ -509,8 +545,14 @@ def build_cache(
     need = n * 3 * image_size * image_size
     free = shutil.disk_usage(root).free
     if free < need * 1.02 + (64 << 20):
-        raise MtbenchError(f"not enough disk space for the CelebA cache in {root}: needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free; set data.cache_dir=")
-    workers = int(workers) if workers else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        raise MtbenchError(
+            f"not enough disk space for the CelebA cache in {root}: needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free; set data.cache_dir="
+        )
+    workers = (
+        int(workers)
+        if workers
+        else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
     tmp = root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -518,19 +560,33 @@ def build_cache(
         tmp.mkdir(parents=True)
     except OSError as e:
         raise _cache_error(root, e) from None
-    log.info(f"celeba: decoding {n} images into a {image_size}x{image_size} uint8 cache ({need / 1e9:.2f} GB) in {final}, {workers} thread(s); only the first run does this")
+    log.info(
+        f"celeba: decoding {n} images into a {image_size}x{image_size} uint8 cache ({need / 1e9:.2f} GB) in {final}, {workers} thread(s); only the first run does this"
+    )
     t0 = time.perf_counter()
     try:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc=f"celeba: decoding ({image_size}px cache)", unit="img", disable=not show, file=sys.stderr, smoothing=0.1)
+        bar = tqdm(
+            total=n,
+            desc=f"celeba: decoding ({image_size}px cache)",
+            unit="img",
+            disable=not show,
+            file=sys.stderr,
+            smoothing=0.1,
+        )
         pool = ThreadPoolExecutor(workers)
         try:
             for s, split in enumerate(SPLITS):
                 members = [names[i] for i in np.flatnonzero(partition == s)]
-                out = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), 3, image_size, image_size))
+                out = np.lib.format.open_memmap(
+                    tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(members), 3, image_size, image_size)
+                )
                 args = () if preprocess == "center_crop" else (preprocess,)
-                pending = {pool.submit(_decode_into, out, files.images, members[a : a + 64], a, image_size, *args) for a in range(0, len(members), 64)}
+                pending = {
+                    pool.submit(_decode_into, out, files.images, members[a : a + 64], a, image_size, *args)
+                    for a in range(0, len(members), 64)
+                }
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     for f in done:
@@ -570,7 +626,9 @@ def build_cache(
                 os.rename(tmp, final)
     except _Unreadable as e:
         line = names.index(e.path.name) + 3
-        raise MtbenchError(f"{e.path}: unreadable image ({e.reason}); replace the file (listed in {files.attr}, line {line})") from None
+        raise MtbenchError(
+            f"{e.path}: unreadable image ({e.reason}); replace the file (listed in {files.attr}, line {line})"
+        ) from None
     except OSError as e:  # writing the cache (reading an image is _Unreadable)
         raise _cache_error(root, e) from None
     finally:
@@ -585,7 +643,9 @@ def _cache_error(root: Path, e: OSError) -> MtbenchError:
     """The one-line error of a cache that cannot be written: it names the cache folder."""
     hint = "free some disk space or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     where = f" ({e.filename})" if e.filename else ""
-    return MtbenchError(f"cannot write the CelebA cache in {root}{where}: {e.strerror or e}; {hint}set data.cache_dir=<a writable folder>")
+    return MtbenchError(
+        f"cannot write the CelebA cache in {root}{where}: {e.strerror or e}; {hint}set data.cache_dir=<a writable folder>"
+    )
 
 
 def _remove_outdated(root: Path, prefix: str, keep: Path, source: Path) -> None:
@@ -624,7 +684,9 @@ def load_celeba(
     names, image_names, labels, attr_raw = read_attributes(files.attr)
     partition, partition_raw = read_partition(files.partition, image_names, files.attr)
     fp = fingerprint(files, image_names, attr_raw, partition_raw, image_size, preprocess)
-    folder = build_cache(files, image_names, partition, fp, image_size, cache_root(files, cache_dir), workers, progress, preprocess)
+    folder = build_cache(
+        files, image_names, partition, fp, image_size, cache_root(files, cache_dir), workers, progress, preprocess
+    )
     meta = json.loads((folder / META).read_text())
     splits = {}
     for s, split in enumerate(SPLITS):

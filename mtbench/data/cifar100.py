@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.data.base import HeadSpec, MetricColumn, Split, Task, TaskSpec
+from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_int, check_number, check_str
 
 log = logging.getLogger("mtbench")
@@ -84,7 +84,9 @@ def _read_pickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - any failure means the file is not usable
-        raise MtbenchError(f"CIFAR-100 file {path} is corrupt or not a CIFAR-100 pickle ({type(e).__name__}: {e}); {LAYOUT}") from None
+        raise MtbenchError(
+            f"CIFAR-100 file {path} is corrupt or not a CIFAR-100 pickle ({type(e).__name__}: {e}); {LAYOUT}"
+        ) from None
     if not isinstance(obj, dict):
         raise MtbenchError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict; {LAYOUT}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -114,7 +116,9 @@ def _split_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         raise MtbenchError(f"CIFAR-100 file {path} lacks key(s) {', '.join(missing)}; {LAYOUT}")
     data = np.asarray(d["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise MtbenchError(f"CIFAR-100 file {path}: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]; {LAYOUT}")
+        raise MtbenchError(
+            f"CIFAR-100 file {path}: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]; {LAYOUT}"
+        )
     n = data.shape[0]
     labels = []
     for key, classes in (("fine_labels", NUM_FINE), ("coarse_labels", NUM_COARSE)):
@@ -148,7 +152,9 @@ def load_cifar100(root: str | Path | None, download: bool = False) -> Cifar100:
     """Read CIFAR-100 from ``root`` (see :data:`LAYOUT`); with ``download`` fetch it there first
     (torchvision's downloader) when it is not there yet."""
     if root is None or str(root) == "":
-        raise MtbenchError(f"data.root is not set: give the folder that holds {FOLDER}/ (data.root=/path), or add data.download=true to fetch it there")
+        raise MtbenchError(
+            f"data.root is not set: give the folder that holds {FOLDER}/ (data.root=/path), or add data.download=true to fetch it there"
+        )
     root = Path(str(root)).expanduser()
     if download and not (all((root / FOLDER / f).is_file() for f in FILES) or all((root / f).is_file() for f in FILES)):
         import torchvision
@@ -157,7 +163,9 @@ def load_cifar100(root: str | Path | None, download: bool = False) -> Cifar100:
         try:
             torchvision.datasets.CIFAR100(str(root), train=True, download=True)
         except Exception as e:  # noqa: BLE001
-            raise MtbenchError(f"data.download=true: could not download CIFAR-100 into {root} ({type(e).__name__}: {e})") from None
+            raise MtbenchError(
+                f"data.download=true: could not download CIFAR-100 into {root} ({type(e).__name__}: {e})"
+            ) from None
     folder = find_cifar100(root)
     train = _split_arrays(folder / "train")
     test = _split_arrays(folder / "test")
@@ -193,10 +201,15 @@ def normalize(images: torch.Tensor, size: int, device: torch.device) -> torch.Te
 
 
 @torch.no_grad()
-def teacher_logits(net: nn.Module, images: torch.Tensor, size: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def teacher_logits(
+    net: nn.Module, images: torch.Tensor, size: int, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """The frozen network's logits (float32, on the host) for uint8 images, in eval mode."""
     net.eval()
-    out = [net(normalize(images[i : i + batch_size], size, device)).float().cpu() for i in range(0, len(images), batch_size)]
+    out = [
+        net(normalize(images[i : i + batch_size], size, device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -240,7 +253,16 @@ def _load(root, download: bool, val_size: int, val_seed: int) -> _Loaded:
     return _DATA_CACHE[key]
 
 
-def _teacher(loaded: _Loaded, key: tuple, arch: str, weights: str, size: int, device: torch.device, batch_size: int, distill: bool) -> _Teacher:
+def _teacher(
+    loaded: _Loaded,
+    key: tuple,
+    arch: str,
+    weights: str,
+    size: int,
+    device: torch.device,
+    batch_size: int,
+    distill: bool,
+) -> _Teacher:
     """The pretrained network's classifier and its predictions on the three splits (cached by ``key``)."""
     from mtbench.pretrained import load_resnet
 
@@ -256,11 +278,15 @@ def _teacher(loaded: _Loaded, key: tuple, arch: str, weights: str, size: int, de
     fc_weight, fc_bias = fc.weight.detach().clone(), fc.bias.detach().clone()
     net = net.to(device)
     t0 = time.perf_counter()
-    train_teacher = teacher_logits(net, data.train_images[train_idx], size, device, batch_size).half() if distill else None
+    train_teacher = (
+        teacher_logits(net, data.train_images[train_idx], size, device, batch_size).half() if distill else None
+    )
     val_top1 = teacher_logits(net, data.train_images[val_idx], size, device, batch_size).argmax(1)
     test_top1 = teacher_logits(net, data.test_images, size, device, batch_size).argmax(1)
     n = (len(train_idx) if distill else 0) + len(val_idx) + len(data.test_images)
-    log.info(f"cifar100_transfer: pretrained {arch} predictions for {n} images at {size}x{size} in {time.perf_counter() - t0:.1f} s ({device})")
+    log.info(
+        f"cifar100_transfer: pretrained {arch} predictions for {n} images at {size}x{size} in {time.perf_counter() - t0:.1f} s ({device})"
+    )
     del net
     teacher = _Teacher(fc_weight, fc_bias, train_teacher, val_top1, test_top1)
     _TEACHER_CACHE[key] = teacher
@@ -282,7 +308,9 @@ class ImageNetSource:
 
         root = Path(str(root)).expanduser()
         if not root.is_dir():
-            raise MtbenchError(f"data.source_root={root} is not a folder; give an ImageNet ImageFolder (one sub-folder per class) or leave it null to distil")
+            raise MtbenchError(
+                f"data.source_root={root} is not a folder; give an ImageNet ImageFolder (one sub-folder per class) or leave it null to distil"
+            )
         transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
         try:
             self.dataset = torchvision.datasets.ImageFolder(str(root), transform=transform, allow_empty=True)
@@ -296,8 +324,13 @@ class ImageNetSource:
         if len(self.dataset) == 0:
             raise MtbenchError(f"data.source_root={root} holds no images")
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=int(batch_size), shuffle=True, drop_last=False, num_workers=int(workers),
-            generator=torch.Generator().manual_seed(int(seed)), persistent_workers=int(workers) > 0,
+            self.dataset,
+            batch_size=int(batch_size),
+            shuffle=True,
+            drop_last=False,
+            num_workers=int(workers),
+            generator=torch.Generator().manual_seed(int(seed)),
+            persistent_workers=int(workers) > 0,
         )
         self._it = None
 
@@ -355,26 +388,49 @@ class Cifar100Transfer(Task):
         opts, self._setup = self._setup, None
         device = torch.device(opts["device"]) if opts["device"] not in (None, "auto") else device
         loaded = opts["loaded"]
-        t = _teacher(loaded, opts["key"], opts["arch"], opts["weights"], self.image_size, device, opts["batch_size"], opts["distill"])
+        t = _teacher(
+            loaded,
+            opts["key"],
+            opts["arch"],
+            opts["weights"],
+            self.image_size,
+            device,
+            opts["batch_size"],
+            opts["distill"],
+        )
         self.fc_weight, self.fc_bias = t.fc_weight, t.fc_bias
         if t.train_teacher is not None:
             self.train.labels["teacher"] = t.train_teacher
         self.val.labels["teacher_top1"] = t.val_teacher_top1
         self.test.labels["teacher_top1"] = t.test_teacher_top1
         if opts["source_root"]:
-            self.source = ImageNetSource(opts["source_root"], self.image_size, opts["source_batch_size"], t.fc_weight.shape[0],
-                                         seed=opts["seed"], workers=opts["workers"])
+            self.source = ImageNetSource(
+                opts["source_root"],
+                self.image_size,
+                opts["source_batch_size"],
+                t.fc_weight.shape[0],
+                seed=opts["seed"],
+                workers=opts["workers"],
+            )
 
     def head_spec(self) -> HeadSpec:
         """``target`` (new, 100-way), ``source`` (the pretrained classifier, 1000-way) and
         optionally ``coarse`` (new, 20-way); the heads' outputs are a dict of logits by task name."""
         if self._setup is not None:
-            raise RuntimeError("the cifar100_transfer task's heads need its pretrained classifier: call task.setup(device) first")
+            raise RuntimeError(
+                "the cifar100_transfer task's heads need its pretrained classifier: call task.setup(device) first"
+            )
         coarse = "coarse" in self.task_names
-        outputs = {"target": NUM_FINE, "source": int(self.fc_weight.shape[0]), **({"coarse": NUM_COARSE} if coarse else {})}
+        outputs = {
+            "target": NUM_FINE,
+            "source": int(self.fc_weight.shape[0]),
+            **({"coarse": NUM_COARSE} if coarse else {}),
+        }
         return HeadSpec(outputs, init={"source": (self.fc_weight, self.fc_bias)}, absent=() if coarse else ("coarse",))
 
-    def extend_batch(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def extend_batch(
+        self, x: torch.Tensor, labels: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """With ``data.source_root``: append an ImageNet batch (rows after the CIFAR ones);
         its class indices go in ``labels["source"]``. CIFAR images are first resized to
         ``image_size`` (what the trunk would do) so the two can share one batch."""
@@ -432,13 +488,15 @@ class Cifar100Transfer(Task):
         for c, name in enumerate(self.fine_names):
             mask = fine == c
             count = int(mask.sum())
-            rows.append({
-                "attribute": name,
-                "base_rate": count / n,
-                "error": 100.0 * (1.0 - hit1[mask].double().mean().item()) if count else float("nan"),
-                "top5_error": 100.0 * (1.0 - hit5[mask].double().mean().item()) if count else float("nan"),
-                "count": count,
-            })
+            rows.append(
+                {
+                    "attribute": name,
+                    "base_rate": count / n,
+                    "error": 100.0 * (1.0 - hit1[mask].double().mean().item()) if count else float("nan"),
+                    "top5_error": 100.0 * (1.0 - hit5[mask].double().mean().item()) if count else float("nan"),
+                    "count": count,
+                }
+            )
         result["per_attribute"] = rows
         return result
 
@@ -452,7 +510,9 @@ def _leaks(cfg: DictConfig, names: list[str]) -> list[float]:
         raise MtbenchError(f"task.leak must map task names to leaks, e.g. {{target: 1.0, source: 0.0}} (got {leak!r})")
     unknown = sorted(set(leak) - {"target", "source", "coarse"})
     if unknown:
-        raise MtbenchError(f"task.leak.{unknown[0]}: not a task of cifar100_transfer; its tasks are target, source, coarse")
+        raise MtbenchError(
+            f"task.leak.{unknown[0]}: not a task of cifar100_transfer; its tasks are target, source, coarse"
+        )
     for key, value in leak.items():
         check_number(f"task.leak.{key}", value, minimum=0, maximum=1)
     return [float(leak.get(n, 0.0)) for n in names]
@@ -463,9 +523,13 @@ def check_options(cfg: DictConfig) -> TaskSpec:
     one-line error names the option, the value and what is allowed."""
     arch = str(cfg.get("arch"))
     if arch not in ("resnet18", "resnet50"):
-        raise MtbenchError(f"task=cifar100_transfer needs an ImageNet ResNet trunk: model=resnet18 or model=resnet50 (got model={arch})")
+        raise MtbenchError(
+            f"task=cifar100_transfer needs an ImageNet ResNet trunk: model=resnet18 or model=resnet50 (got model={arch})"
+        )
     if not cfg.get("weights"):
-        raise MtbenchError("task=cifar100_transfer needs pretrained weights: model.weights=IMAGENET1K_V1 (torchvision's, downloaded once) or model.weights=/path/to/state_dict.pth")
+        raise MtbenchError(
+            "task=cifar100_transfer needs pretrained weights: model.weights=IMAGENET1K_V1 (torchvision's, downloaded once) or model.weights=/path/to/state_dict.pth"
+        )
     check_str("data.root", cfg.get("root"), optional=True)
     check_bool("data.download", cfg.get("download", False))
     check_str("data.source_root", cfg.get("source_root"), optional=True)
@@ -498,22 +562,45 @@ def build_cifar100_transfer(cfg: DictConfig) -> Cifar100Transfer:
     loaded = _load(cfg.root, bool(cfg.download), int(cfg.val_size), int(cfg.val_seed))
     d, train_idx, val_idx = loaded.data, loaded.train_idx, loaded.val_idx
     splits = {
-        "train": Split(d.train_images[train_idx], {"fine": d.train_fine[train_idx], "coarse": d.train_coarse[train_idx]}),
+        "train": Split(
+            d.train_images[train_idx], {"fine": d.train_fine[train_idx], "coarse": d.train_coarse[train_idx]}
+        ),
         "val": Split(d.train_images[val_idx], {"fine": d.train_fine[val_idx], "coarse": d.train_coarse[val_idx]}),
         "test": Split(d.test_images, {"fine": d.test_fine, "coarse": d.test_coarse}),
     }
     device = cfg.get("device", "cpu")
     setup = {
-        "loaded": loaded, "key": (str(cfg.root), int(cfg.val_size), int(cfg.val_seed)), "arch": arch, "weights": str(weights),
-        "device": None if device is None else str(device), "batch_size": int(cfg.teacher_batch_size), "distill": not source_root,
-        "source_root": source_root, "source_batch_size": int(cfg.source_batch_size), "seed": int(cfg.get("seed", 0)),
+        "loaded": loaded,
+        "key": (str(cfg.root), int(cfg.val_size), int(cfg.val_seed)),
+        "arch": arch,
+        "weights": str(weights),
+        "device": None if device is None else str(device),
+        "batch_size": int(cfg.teacher_batch_size),
+        "distill": not source_root,
+        "source_root": source_root,
+        "source_batch_size": int(cfg.source_batch_size),
+        "seed": int(cfg.get("seed", 0)),
         "workers": int(cfg.get("source_workers", 0)),
     }
     return Cifar100Transfer(
-        "cifar100_transfer", names, **splits,
-        mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD), default_leak=leak,
-        temperature=temperature, image_size=size, fine_names=d.fine_names, _setup=setup,
+        "cifar100_transfer",
+        names,
+        **splits,
+        mean=torch.tensor(IMAGENET_MEAN),
+        std=torch.tensor(IMAGENET_STD),
+        default_leak=leak,
+        temperature=temperature,
+        image_size=size,
+        fine_names=d.fine_names,
+        _setup=setup,
     )
 
 
-__all__ = ["Cifar100Transfer", "ImageNetSource", "build_cifar100_transfer", "find_cifar100", "load_cifar100", "split_train_val"]
+__all__ = [
+    "Cifar100Transfer",
+    "ImageNetSource",
+    "build_cifar100_transfer",
+    "find_cifar100",
+    "load_cifar100",
+    "split_train_val",
+]

@@ -44,9 +44,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from mtbench.data.base import TaskSpec
 
 __all__ = [
     "ATTRIBUTES",
@@ -447,7 +451,7 @@ def _make_split(seq: np.random.SeedSequence, n: int, size: int) -> Split:
 # --------------------------------------------------------------------------- entry point
 
 
-def check_options(cfg) -> "TaskSpec":
+def check_options(cfg) -> TaskSpec:
     """Check the ``task=shapes40`` options (no data is built); a one-line error names the option."""
     from mtbench.data.base import TaskSpec, binary_columns, check_binary_head
     from mtbench.options import check_int
@@ -486,7 +490,5 @@ def make_shapes40(
     n_test = _check_int("n_test", n_test, 1)
     image_size = _check_int("image_size", image_size, 16)
     seqs = np.random.SeedSequence(seed).spawn(3)
-    train, val, test = (
-        _make_split(sq, n, image_size) for sq, n in zip(seqs, (n_train, n_val, n_test), strict=True)
-    )
+    train, val, test = (_make_split(sq, n, image_size) for sq, n in zip(seqs, (n_train, n_val, n_test), strict=True))
     return Shapes40(attribute_names=list(ATTRIBUTES), train=train, val=val, test=test)

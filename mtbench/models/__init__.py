@@ -23,7 +23,9 @@ def _target(cfg: DictConfig):
 
     build = import_target("model._target_", cfg._target_)
     if not callable(build):
-        raise MtbenchError(f"model._target_={cfg._target_!r} is not callable; give a function build(in_channels, **options) -> (trunk, rep_dim)")
+        raise MtbenchError(
+            f"model._target_={cfg._target_!r} is not callable; give a function build(in_channels, **options) -> (trunk, rep_dim)"
+        )
     return build
 
 
@@ -40,9 +42,19 @@ def _build_target(cfg: DictConfig, in_channels: int) -> tuple[nn.Module, int]:
     try:
         out = build(in_channels=in_channels, **options)
     except TypeError as e:
-        raise MtbenchError(f"model._target_={cfg._target_!r} cannot be called with in_channels and {sorted(options)} ({e})") from None
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module) and isinstance(out[1], int) and not isinstance(out[1], bool)):
-        raise MtbenchError(f"model._target_={cfg._target_!r} must return (trunk, rep_dim): an nn.Module and an int (got {type(out).__name__})")
+        raise MtbenchError(
+            f"model._target_={cfg._target_!r} cannot be called with in_channels and {sorted(options)} ({e})"
+        ) from None
+    if not (
+        isinstance(out, tuple)
+        and len(out) == 2
+        and isinstance(out[0], nn.Module)
+        and isinstance(out[1], int)
+        and not isinstance(out[1], bool)
+    ):
+        raise MtbenchError(
+            f"model._target_={cfg._target_!r} must return (trunk, rep_dim): an nn.Module and an int (got {type(out).__name__})"
+        )
     return out
 
 
@@ -57,7 +69,10 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
         return trunk, trunk.rep_dim
     if name in ("resnet18", "resnet50"):
         return resnet_trunk(
-            name, small_input=bool(cfg.get("small_input", True)), weights=cfg.get("weights"), input_size=cfg.get("input_size")
+            name,
+            small_input=bool(cfg.get("small_input", True)),
+            weights=cfg.get("weights"),
+            input_size=cfg.get("input_size"),
         )
     if name == "kurin_resnet18":
         from mtbench.models.published import KurinResNet18
@@ -70,7 +85,9 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
 
         trunk = FamoCNN(in_channels, width=int(cfg.get("width", 64)))
         return trunk, trunk.rep_dim
-    raise MtbenchError(f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function")
+    raise MtbenchError(
+        f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function"
+    )
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -80,7 +97,9 @@ def check_model(cfg: DictConfig) -> None:
     name = cfg.get("name")
     if cfg.get("_target_"):
         if not name:
-            raise MtbenchError(f"model._target_={cfg._target_!r} needs a model.name too (what metrics.json and the tables call the model)")
+            raise MtbenchError(
+                f"model._target_={cfg._target_!r} needs a model.name too (what metrics.json and the tables call the model)"
+            )
         _target(cfg)  # importable and callable; its options are its own
     elif name == "small_cnn":
         check_int("model.width", cfg.get("width"), minimum=1)
@@ -99,7 +118,9 @@ def check_model(cfg: DictConfig) -> None:
     elif name == "famo_cnn":
         check_int("model.width", cfg.get("width", 64), minimum=1)
     else:
-        raise MtbenchError(f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function")
+        raise MtbenchError(
+            f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function"
+        )
 
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.data.base import HeadSpec
+from mtbench.errors import MtbenchError
 from mtbench.models.multitask import LinearHeads
 
 __all__ = ["LinearHeads", "NamedHeads", "build_heads"]
@@ -20,13 +20,20 @@ class NamedHeads(nn.Module):
     into that head (e.g. a pretrained classifier kept as a head); each name in ``absent`` is an
     attribute that is None (an optional head that is not there)."""
 
-    def __init__(self, rep_dim: int, outputs: dict[str, int], init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 absent: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        rep_dim: int,
+        outputs: dict[str, int],
+        init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        absent: tuple[str, ...] = (),
+    ):
         super().__init__()
         init = init or {}
         for name, (weight, _) in init.items():
             if weight.shape[1] != rep_dim:
-                raise MtbenchError(f"the {name} head's initial weights (a pretrained classifier) read {weight.shape[1]} features but the trunk gives {rep_dim}")
+                raise MtbenchError(
+                    f"the {name} head's initial weights (a pretrained classifier) read {weight.shape[1]} features but the trunk gives {rep_dim}"
+                )
         self.names = list(outputs)
         for name, width in outputs.items():  # created in this order: the initialisation draws in it
             head = nn.Linear(rep_dim, int(width) if name not in init else init[name][0].shape[0])

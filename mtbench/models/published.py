@@ -76,7 +76,11 @@ class FamoCNN(nn.Module):
         w = width
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         self.net = nn.Sequential(
             *conv(in_channels, w), nn.MaxPool2d(2, 2),

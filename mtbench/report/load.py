@@ -17,8 +17,17 @@ from mtbench.combiners import COMBINERS
 from mtbench.report.runs import METRICS
 
 __all__ = [
-    "DEFAULT_COLUMNS", "ORDER", "common_settings", "completed_with_speed", "label", "load_runs", "ordered", "reference",
-    "row_keys", "run_files", "speed_clock",
+    "DEFAULT_COLUMNS",
+    "ORDER",
+    "common_settings",
+    "completed_with_speed",
+    "label",
+    "load_runs",
+    "ordered",
+    "reference",
+    "row_keys",
+    "run_files",
+    "speed_clock",
 ]
 
 #: the paper's order (the registry ``mtbench.combiners.COMBINERS``); other combiners follow alphabetically
@@ -26,6 +35,7 @@ ORDER = tuple(COMBINERS)
 
 #: the table's metric columns when the runs do not name theirs: (key in "test", header, higher is better)
 DEFAULT_COLUMNS = (("error_rate", "error rate (%)", False), ("max_f1", "max F1", True))
+
 
 def run_files(folder: Path | str) -> list[Path]:
     """Every run's ``metrics.json`` under ``folder``: ``runs/<combiner>/<variant>/seed=<seed>/``
@@ -35,13 +45,19 @@ def run_files(folder: Path | str) -> list[Path]:
     return sorted(found)
 
 
-def label(combiner: str, variant: str, overrides: dict[str, str] | None = None, common: dict[str, str] | None = None) -> str:
+def label(
+    combiner: str, variant: str, overrides: dict[str, str] | None = None, common: dict[str, str] | None = None
+) -> str:
     """A row's label: the combiner and, unless ``default``, its settings (``graddrop (leak=0.5)``),
     leaving out the ``common`` ones (those every row of the table shares)."""
     common = common or {}
     if variant == "default" or overrides is None:
         return combiner if variant == "default" else f"{combiner} ({variant})"
-    shown = [f"{k[len('combiner.'):] if k.startswith('combiner.') else k}={v}" for k, v in overrides.items() if common.get(k) != v]
+    shown = [
+        f"{k[len('combiner.') :] if k.startswith('combiner.') else k}={v}"
+        for k, v in overrides.items()
+        if common.get(k) != v
+    ]
     return f"{combiner} ({', '.join(shown)})" if shown else combiner
 
 
@@ -76,9 +92,17 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             status = m["status"]
             overrides = {str(k): str(v) for k, v in dict(m.get("overrides") or {}).items()}
             variant = str(m.get("variant") or "default")
-            record = {"combiner": str(m["combiner"]), "variant": variant, "overrides": overrides, "seed": m["seed"], "status": status}
+            record = {
+                "combiner": str(m["combiner"]),
+                "variant": variant,
+                "overrides": overrides,
+                "seed": m["seed"],
+                "status": status,
+            }
             record.update(label=label(record["combiner"], variant, overrides), reason=m.get("reason"))
-            record.update(task=str(m.get("task", "")), run_dir=str(path.parent), started_at=str(m.get("started_at") or ""))
+            record.update(
+                task=str(m.get("task", "")), run_dir=str(path.parent), started_at=str(m.get("started_at") or "")
+            )
             if status == "completed":
                 cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
                 record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
@@ -93,10 +117,16 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 select = str(m.get("select_metric") or cols[0][0])
                 higher = {k: hi for k, _, hi in cols}.get(select, cols[0][2])
                 value = (m.get("val") or {}).get(select)
-                record.update(val_select=float(value) if value is not None else math.nan, select_metric=select, select_higher=bool(higher))
+                record.update(
+                    val_select=float(value) if value is not None else math.nan,
+                    select_metric=select,
+                    select_higher=bool(higher),
+                )
                 columns = columns or cols
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            warnings.warn(f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2)
+            warnings.warn(
+                f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2
+            )
             skipped.append(str(path))
             continue
         if status == "running":
@@ -106,7 +136,9 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     frame = pd.DataFrame.from_records(records)
     if len(frame):
         common = common_settings(frame)
-        frame["label"] = [label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])]
+        frame["label"] = [
+            label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])
+        ]
     return frame, skipped, in_progress, columns or DEFAULT_COLUMNS
 
 
@@ -166,7 +198,9 @@ def completed_with_speed(runs: pd.DataFrame) -> pd.DataFrame:
     ``reference`` (that baseline's variant; empty without one)."""
     done = runs[runs["status"] == "completed"].copy()
     if done.empty:
-        return done.assign(speed=pd.Series(dtype=float), step_s=pd.Series(dtype=float), reference=pd.Series(dtype=object))
+        return done.assign(
+            speed=pd.Series(dtype=float), step_s=pd.Series(dtype=float), reference=pd.Series(dtype=object)
+        )
     refs = {key: reference(runs, *key) for key in row_keys(done)}
     done["step_s"] = done["train_step_cpu_s"] if speed_clock(done) == "cpu" else done["train_step_s"]
     base = done[done["combiner"] == "baseline"].groupby("variant")["step_s"].mean()

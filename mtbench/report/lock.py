@@ -99,7 +99,12 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.token = uuid.uuid4().hex
-        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": self.token}
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "token": self.token,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -191,7 +196,7 @@ class RunLock:
         if info is not None and info.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             self.acquire()
         except BaseException:

@@ -51,7 +51,9 @@ def selected(logger_cfg: Any) -> list[str]:
         return [logger_cfg]
     if hasattr(logger_cfg, "keys"):
         return [str(k) for k in logger_cfg.keys()]
-    raise MtbenchError(f"logger={logger_cfg!r} is not a logger choice; use logger=csv, logger=tensorboard or logger=[tensorboard,mlflow]")
+    raise MtbenchError(
+        f"logger={logger_cfg!r} is not a logger choice; use logger=csv, logger=tensorboard or logger=[tensorboard,mlflow]"
+    )
 
 
 def _installed(module: str) -> bool:
@@ -67,10 +69,12 @@ def check_loggers(logger_cfg: Any) -> list[str]:
     names = selected(logger_cfg)
     for name in names:
         if name not in BACKENDS:
-            raise MtbenchError(f"logger {name!r} is unknown; choose among {', '.join(BACKENDS)} (e.g. logger=[tensorboard,mlflow])")
+            raise MtbenchError(
+                f"logger {name!r} is unknown; choose among {', '.join(BACKENDS)} (e.g. logger=[tensorboard,mlflow])"
+            )
         module, extra = BACKENDS[name]
         if module and not _installed(module):
-            raise MtbenchError(f"logger={name} needs the {module} package; install it with pip install -e \".[{extra}]\"")
+            raise MtbenchError(f'logger={name} needs the {module} package; install it with pip install -e ".[{extra}]"')
         options = logger_cfg.get(name) if hasattr(logger_cfg, "get") else None
         if options is not None and not hasattr(options, "keys"):
             raise MtbenchError(f"logger.{name} must hold the backend's options (got {options!r})")
@@ -81,7 +85,9 @@ def check_loggers(logger_cfg: Any) -> list[str]:
     if "wandb" in names:
         mode = logger_cfg.wandb.get("mode")
         if mode is not None and mode not in ("online", "offline", "disabled"):
-            raise MtbenchError(f"logger.wandb.mode={mode!r} is not allowed; choose online, offline, disabled or null (WANDB_MODE decides)")
+            raise MtbenchError(
+                f"logger.wandb.mode={mode!r} is not allowed; choose online, offline, disabled or null (WANDB_MODE decides)"
+            )
     return [n for n in names if n != "csv"]
 
 
@@ -123,9 +129,8 @@ class Logger:
 
 class TensorBoardLogger(Logger):
     def start(self, config, tags):
-        from torch.utils.tensorboard import SummaryWriter
-
         import yaml
+        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir / self.options.get("dir", "tensorboard")))
         self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
@@ -172,9 +177,13 @@ def mlflow_experiment(client, name: str) -> str:
 class MlflowLogger(Logger):
     def start(self, config, tags):
         self.client = mlflow_client(mlflow_uri(self.options, self.results_root))
-        experiment = mlflow_experiment(self.client, str(self.options.get("experiment") or config.get("name", "mtbench")))
+        experiment = mlflow_experiment(
+            self.client, str(self.options.get("experiment") or config.get("name", "mtbench"))
+        )
         run_name = f"{tags['combiner']}/{tags['variant']}/seed={tags['seed']}"
-        self.run_id = self.client.create_run(experiment, tags={**tags, "run_dir": str(self.run_dir)}, run_name=run_name).info.run_id
+        self.run_id = self.client.create_run(
+            experiment, tags={**tags, "run_dir": str(self.run_dir)}, run_name=run_name
+        ).info.run_id
         params = {k: str(v)[:6000] for k, v in _flat(config).items() if not k.startswith("hydra.")}
         params.update(variant=tags["variant"], seed=tags["seed"])
         from mlflow.entities import Param
@@ -185,8 +194,9 @@ class MlflowLogger(Logger):
         self.client.log_dict(self.run_id, config, "config.json")
 
     def epoch(self, step, values):
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
@@ -196,7 +206,9 @@ class MlflowLogger(Logger):
             step = int(final.pop("best_epoch", 0))
             for k, v in final.items():
                 self.client.log_metric(self.run_id, k, v, step=step)
-        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED" if status == "failed" else "KILLED")
+        self.client.set_terminated(
+            self.run_id, "FINISHED" if status == "completed" else "FAILED" if status == "failed" else "KILLED"
+        )
 
 
 class WandbLogger(Logger):
@@ -234,7 +246,9 @@ class RunLoggers:
 
     def __init__(self, logger_cfg: Any, run_dir: Path, results_root: Path):
         names = [n for n in selected(logger_cfg) if n != "csv"]
-        self.loggers: list[tuple[str, Logger]] = [(n, CLASSES[n](logger_cfg.get(n), run_dir, results_root)) for n in names]
+        self.loggers: list[tuple[str, Logger]] = [
+            (n, CLASSES[n](logger_cfg.get(n), run_dir, results_root)) for n in names
+        ]
         self.logged = 0
         self.started = False
 
@@ -308,7 +322,9 @@ def log_table(logger_cfg: Any, folder: Path, results_root: Path) -> None:
             elif name == "mlflow":
                 client = mlflow_client(mlflow_uri(options, results_root))
                 experiment = mlflow_experiment(client, str(options.get("experiment") or folder.name))
-                run_id = client.create_run(experiment, tags={"kind": "table", "folder": str(folder)}, run_name="comparison table").info.run_id
+                run_id = client.create_run(
+                    experiment, tags={"kind": "table", "folder": str(folder)}, run_name="comparison table"
+                ).info.run_id
                 for path in (table_md, table_csv):
                     if path.exists():
                         client.log_artifact(run_id, str(path))
@@ -319,8 +335,15 @@ def log_table(logger_cfg: Any, folder: Path, results_root: Path) -> None:
 
                 kwargs = {k: options[k] for k in ("project", "entity", "mode") if options.get(k) is not None}
                 kwargs.setdefault("project", "mtbench")
-                run = wandb.init(dir=str(folder), group=folder.name, name="comparison table", job_type="table", reinit="create_new",
-                                 settings=wandb.Settings(silent=True, console="off"), **kwargs)
+                run = wandb.init(
+                    dir=str(folder),
+                    group=folder.name,
+                    name="comparison table",
+                    job_type="table",
+                    reinit="create_new",
+                    settings=wandb.Settings(silent=True, console="off"),
+                    **kwargs,
+                )
                 if table_csv.exists():
                     run.log({"comparison_table": wandb.Table(dataframe=pd.read_csv(table_csv))})
                 run.summary["comparison_table_md"] = text

@@ -25,7 +25,15 @@ from mtbench.report.load import completed_with_speed, load_runs, ordered, row_ke
 #: (colour, marker) of the registered combiners (each class's ``style``); GradDrop red, the baseline dark grey
 _STYLES = {name: cls.style for name, cls in COMBINERS.items() if cls.style is not None}
 #: for other combiners, in alphabetical order
-_EXTRA = (("#e377c2", "<"), ("#7f7f7f", ">"), ("#393b79", "p"), ("#637939", "d"), ("#8c6d31", "H"), ("#843c39", "8"), ("#7b4173", "o"))
+_EXTRA = (
+    ("#e377c2", "<"),
+    ("#7f7f7f", ">"),
+    ("#393b79", "p"),
+    ("#637939", "d"),
+    ("#8c6d31", "H"),
+    ("#843c39", "8"),
+    ("#7b4173", "o"),
+)
 
 
 def style(names: list[str]) -> dict[str, tuple[str, str]]:
@@ -112,10 +120,20 @@ def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
         colour, marker = styles[name]
         big = 1.7 if marker == "*" else 1.0  # a star looks smaller than the other markers at the same size
         if several:
-            ax.scatter(sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2)
+            ax.scatter(
+                sub["speed"], sub[col], s=26 * big, color=colour, marker=marker, alpha=0.45, linewidths=0, zorder=2
+            )
         label = f"{name} (n={seeds[name]})"
         ax.scatter(
-            [sub["speed"].mean()], [sub[col].mean()], s=120 * big, color=colour, marker=marker, edgecolors="black", linewidths=0.9, label=label, zorder=3
+            [sub["speed"].mean()],
+            [sub[col].mean()],
+            s=120 * big,
+            color=colour,
+            marker=marker,
+            edgecolors="black",
+            linewidths=0.9,
+            label=label,
+            zorder=3,
         )
     ax.set_xscale("log")
     lo, hi = done["speed"].min(), done["speed"].max()
@@ -169,7 +187,9 @@ def load_histories(done: pd.DataFrame) -> pd.DataFrame:
 def _epoch_stats(histories: pd.DataFrame, name: str, col: str) -> pd.DataFrame:
     """Per epoch: mean, lowest and highest over the combiner's seeds, and their number."""
     sub = histories[histories["label"] == name].groupby("epoch")[col]
-    return pd.DataFrame({"mean": sub.mean(), "lo": sub.min(), "hi": sub.max(), "n": sub.count()}).dropna(subset=["mean"])
+    return pd.DataFrame({"mean": sub.mean(), "lo": sub.min(), "hi": sub.max(), "n": sub.count()}).dropna(
+        subset=["mean"]
+    )
 
 
 def plot_val_curves(histories: pd.DataFrame, columns, folder: Path) -> list[Path]:
@@ -221,7 +241,7 @@ def val_curves_figure(histories: pd.DataFrame, columns, title: str):
         ax.grid(True, color="0.9", lw=0.6)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(labelsize=8)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     for i in range(max(0, len(names) - ncols), len(names)):  # the lowest panel of each column
         axes[i].set_xlabel("epoch", fontsize=9)
@@ -236,8 +256,20 @@ def val_curves_figure(histories: pd.DataFrame, columns, title: str):
     if banded:
         marks.append((Patch(color="0.2", alpha=0.22, lw=0), "lowest to highest seed"))
     if referenced:
-        marks.append(((Patch(color="0.5", alpha=0.12, lw=0), Line2D([], [], color="0.45", lw=1.2, ls="--")), "the baseline, for reference"))
-    fig.legend([h for h, _ in marks], [t for _, t in marks], loc="outside lower center", ncols=len(marks), frameon=False, fontsize=9)
+        marks.append(
+            (
+                (Patch(color="0.5", alpha=0.12, lw=0), Line2D([], [], color="0.45", lw=1.2, ls="--")),
+                "the baseline, for reference",
+            )
+        )
+    fig.legend(
+        [h for h, _ in marks],
+        [t for _, t in marks],
+        loc="outside lower center",
+        ncols=len(marks),
+        frameon=False,
+        fontsize=9,
+    )
     return fig
 
 

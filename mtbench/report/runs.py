@@ -83,7 +83,11 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
     a = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in a}}, **a}
     b = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in b}}, **b}
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in keys
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
 
 
 def _now() -> str:
@@ -150,7 +154,14 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove every file of a run (its checkpoint, metrics.json, the CSV files, error.log)."""
-        for path in (self.checkpoint, self.metrics, self.history, self.per_attribute, self.error_log, self.path / "model.pt"):
+        for path in (
+            self.checkpoint,
+            self.metrics,
+            self.history,
+            self.per_attribute,
+            self.error_log,
+            self.path / "model.pt",
+        ):
             path.unlink(missing_ok=True)
 
     def begin(self, config: dict[str, Any], force: bool = False) -> bool:

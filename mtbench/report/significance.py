@@ -13,8 +13,8 @@ out significant, and "not significant" does not mean "equal".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 #: the significance level the tables use
 ALPHA = 0.05

@@ -37,7 +37,10 @@ def record(run_dir: Path | str, outcome: str, reason: str | None = None) -> None
     path = os.environ.get(ENV)
     if not path:
         return
-    line = json.dumps({"run_dir": str(Path(run_dir).resolve()), "outcome": outcome, "reason": reason, "pid": os.getpid()}) + "\n"
+    line = (
+        json.dumps({"run_dir": str(Path(run_dir).resolve()), "outcome": outcome, "reason": reason, "pid": os.getpid()})
+        + "\n"
+    )
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -143,7 +143,11 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         sub = done[(done["combiner"] == name) & (done["variant"] == variant)]
         settings = _settings(runs, name, variant)
         mine = runs[(runs["combiner"] == name) & (runs["variant"] == variant)]
-        row: dict[str, Any] = {"combiner": name, "variant": variant, "label": str(mine["label"].iloc[0]) if "label" in mine else name}
+        row: dict[str, Any] = {
+            "combiner": name,
+            "variant": variant,
+            "label": str(mine["label"].iloc[0]) if "label" in mine else name,
+        }
         row.update({k: settings.get(k, "") for k in keys})
         ref = reference(runs, name, variant)
         row["reference"] = ref or ""
@@ -155,15 +159,29 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         if (name, variant) == ("baseline", ref) and len(sub):  # 1.00 by definition; its spread: step_s_std
             row["speed_mean"], row["speed_std"] = 1.0, math.nan
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
-        row["load_max"] = float(sub["load_max"].max()) if "load_max" in sub and sub["load_max"].notna().any() else math.nan
+        row["load_max"] = (
+            float(sub["load_max"].max()) if "load_max" in sub and sub["load_max"].notna().any() else math.nan
+        )
         row["failed"] = int((mine["status"] == "failed").sum())
         vals = sub[primary].dropna().tolist() if primary in sub else []
         base = done[(done["combiner"] == "baseline") & (done["variant"] == ref)]
         base_vals = base[primary].dropna().tolist() if primary in base else []
-        row.update(diff_vs_baseline=math.nan, t_vs_baseline=math.nan, df_vs_baseline=math.nan, p_vs_baseline=math.nan, significant=None)
+        row.update(
+            diff_vs_baseline=math.nan,
+            t_vs_baseline=math.nan,
+            df_vs_baseline=math.nan,
+            p_vs_baseline=math.nan,
+            significant=None,
+        )
         if (name, variant) != ("baseline", ref) and len(vals) >= 2 and len(base_vals) >= 2:
             res = welch_t_test(vals, base_vals)
-            row.update(diff_vs_baseline=res.diff, t_vs_baseline=res.t, df_vs_baseline=res.df, p_vs_baseline=res.p, significant=res.significant())
+            row.update(
+                diff_vs_baseline=res.diff,
+                t_vs_baseline=res.t,
+                df_vs_baseline=res.df,
+                p_vs_baseline=res.p,
+                significant=res.significant(),
+            )
         if paper is not None:
             for key in [k for k, _, _ in columns] + ["speed"]:
                 if key in paper.columns:
@@ -255,7 +273,9 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
         best[col] = _best(values, bool(higher))
     rows = []
-    labels = {(r["combiner"], r["variant"]): r["label"] for _, r in table.iterrows()} if "label" in table.columns else {}
+    labels = (
+        {(r["combiner"], r["variant"]): r["label"] for _, r in table.iterrows()} if "label" in table.columns else {}
+    )
     shows_reference = _shows_reference(table)
     for i, (_, row) in enumerate(table.iterrows()):
         cells = [str(row.get("label", row["combiner"]))]
@@ -282,7 +302,10 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
 def to_markdown(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     head = _headers(columns, table)
     numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * numeric + ["---"] * (len(head) - 1 - numeric)) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * numeric + ["---"] * (len(head) - 1 - numeric)) + "|",
+    ]
     lines += ["| " + " | ".join(cells) + " |" for cells in _rows(table, columns, " ± ", lambda s: f"**{s}**")]
     return "\n".join(lines) + "\n"
 
@@ -294,7 +317,13 @@ def _tex_escape(s: str) -> str:
 
 
 def _tex_text(s: str) -> str:
-    return _tex_escape(s).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$").replace("—", "---").replace("<", r"$<$")
+    return (
+        _tex_escape(s)
+        .replace("↓", r"$\downarrow$")
+        .replace("↑", r"$\uparrow$")
+        .replace("—", "---")
+        .replace("<", r"$<$")
+    )
 
 
 def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
@@ -302,7 +331,11 @@ def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     n_numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
     lines = [r"\begin{tabular}{l" + "r" * (len(head) - 2) + "l}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     for cells in _rows(table, columns, r" $\pm$ ", lambda s: r"\textbf{" + s + "}"):
-        cells = [_tex_text(cells[0])] + [c if i < n_numeric else _tex_text(c) for i, c in enumerate(cells[1:-1])] + [_tex_text(cells[-1])]
+        cells = (
+            [_tex_text(cells[0])]
+            + [c if i < n_numeric else _tex_text(c) for i, c in enumerate(cells[1:-1])]
+            + [_tex_text(cells[-1])]
+        )
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -377,7 +410,9 @@ def _per_attribute_rows(frame: pd.DataFrame, combiners: list[str], minus: str) -
 
     rows = []
     for _, r in frame.iterrows():
-        rows.append([str(r["attribute"]), f"{r['base_rate']:.1f}", f"{r['baseline']:.2f}"] + [delta(r[c]) for c in combiners])
+        rows.append(
+            [str(r["attribute"]), f"{r['base_rate']:.1f}", f"{r['baseline']:.2f}"] + [delta(r[c]) for c in combiners]
+        )
     rows.append(["helped (Δ < 0)", "", ""] + [str(int((frame[c] < 0).sum())) for c in combiners])
     rows.append(["hurt (Δ > 0)", "", ""] + [str(int((frame[c] > 0).sum())) for c in combiners])
     rows.append(["mean Δ", "", ""] + [delta(frame[c].mean()) for c in combiners])
@@ -443,7 +478,9 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
             chosen[name] = (variant, score, n_keys, rank)
     primary = f"test_{columns[0][0]}"
     base_variant = chosen.get("baseline", (None,))[0]
-    base = done[(done["combiner"] == "baseline") & (done["variant"] == base_variant)] if base_variant else done.iloc[0:0]
+    base = (
+        done[(done["combiner"] == "baseline") & (done["variant"] == base_variant)] if base_variant else done.iloc[0:0]
+    )
     step_col = "train_step_cpu_s" if speed_clock(done) == "cpu" else "train_step_s"
     base_step = base[step_col].mean() if len(base) else math.nan
     base_vals = base[primary].dropna().tolist() if primary in base else []
@@ -471,10 +508,22 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
         row["failed"] = 0
         vals = sub[primary].dropna().tolist()
-        row.update(diff_vs_baseline=math.nan, t_vs_baseline=math.nan, df_vs_baseline=math.nan, p_vs_baseline=math.nan, significant=None)
+        row.update(
+            diff_vs_baseline=math.nan,
+            t_vs_baseline=math.nan,
+            df_vs_baseline=math.nan,
+            p_vs_baseline=math.nan,
+            significant=None,
+        )
         if name != "baseline" and len(vals) >= 2 and len(base_vals) >= 2:
             res = welch_t_test(vals, base_vals)
-            row.update(diff_vs_baseline=res.diff, t_vs_baseline=res.t, df_vs_baseline=res.df, p_vs_baseline=res.p, significant=res.significant())
+            row.update(
+                diff_vs_baseline=res.diff,
+                t_vs_baseline=res.t,
+                df_vs_baseline=res.df,
+                p_vs_baseline=res.p,
+                significant=res.significant(),
+            )
         rows.append(row)
     return pd.DataFrame.from_records(rows)
 
@@ -483,7 +532,10 @@ def _tuned_markdown(frame: pd.DataFrame, columns) -> str:
     body = to_markdown(frame.drop(columns="reference").assign(variant="default"), columns).splitlines()
     head = body[0][:-1] + "| settings chosen on validation | variants tried |"
     rule = body[1] + "---|---:|"
-    rows = [line[:-1] + f"| {r['settings']} | {int(r['variants_tried'])} |" for line, (_, r) in zip(body[2:], frame.iterrows())]
+    rows = [
+        line[:-1] + f"| {r['settings']} | {int(r['variants_tried'])} |"
+        for line, (_, r) in zip(body[2:], frame.iterrows())
+    ]
     return "\n".join([head, rule, *rows]) + "\n"
 
 
@@ -497,7 +549,9 @@ def _tuned_latex(frame: pd.DataFrame, columns) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tuned(folder: Path | str, runs: pd.DataFrame | None = None, columns=None) -> tuple[pd.DataFrame, str, list[Path]]:
+def write_tuned(
+    folder: Path | str, runs: pd.DataFrame | None = None, columns=None
+) -> tuple[pd.DataFrame, str, list[Path]]:
     """Write ``table_tuned.{md,csv,tex}`` in ``folder``; the frame, its markdown and the files."""
     folder = Path(folder)
     if runs is None or columns is None:
@@ -529,7 +583,9 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     folder = Path(folder)
     runs, skipped, in_progress, columns = load_runs(folder)
     if runs.empty:
-        raise NoRuns(f"no finished runs in {folder} (expected {folder}/runs/<combiner>/<variant>/seed=<seed>/{METRICS})")
+        raise NoRuns(
+            f"no finished runs in {folder} (expected {folder}/runs/<combiner>/<variant>/seed=<seed>/{METRICS})"
+        )
     if not (runs["status"] == "completed").any():
         atomic_write_text(folder / "table.md", status_table(runs))
         counts = runs["status"].value_counts()
@@ -540,8 +596,10 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     paper_frame = None
     if paper_file is None:
         paper_note = (
-            f"the runs are of several tasks ({', '.join(tasks)})" if len(tasks) > 1
-            else f"the paper reports no numbers for task {tasks[0]} (no paper/{tasks[0]}.csv; --paper FILE gives some)" if tasks
+            f"the runs are of several tasks ({', '.join(tasks)})"
+            if len(tasks) > 1
+            else f"the paper reports no numbers for task {tasks[0]} (no paper/{tasks[0]}.csv; --paper FILE gives some)"
+            if tasks
             else "the runs do not name their task (--paper FILE gives the numbers)"
         )
     if paper_file is not None:
@@ -599,10 +657,17 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         if mean is None or pd.isna(mean):
             continue
         spread = f"{1000 * mean:.2f} ± {1000 * std:.2f} ms" if pd.notna(std) else f"{1000 * mean:.2f} ms"
-        name = "" if row["variant"] == "default" or len(table[table["combiner"] == "baseline"]) == 1 else f" ({row['label']})"
+        name = (
+            ""
+            if row["variant"] == "default" or len(table[table["combiner"] == "baseline"]) == 1
+            else f" ({row['label']})"
+        )
         bases.append(f"baseline{name} step time {spread} ({unit} time, {int(row['seeds'])} seed(s))")
-    lines = [f"Speed vs baseline: the baseline's mean step time over each run's, from {how}; the baseline is 1.00 by definition"
-             + (", " + "; ".join(bases) if bases else "") + "."]
+    lines = [
+        f"Speed vs baseline: the baseline's mean step time over each run's, from {how}; the baseline is 1.00 by definition"
+        + (", " + "; ".join(bases) if bases else "")
+        + "."
+    ]
     if "overloaded" in done and bool(done["overloaded"].any()):
         cores = done["cores"].dropna()
         n = int(cores.max()) if len(cores) else "its"
@@ -610,8 +675,11 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         hit = int(done["overloaded"].sum())
         lines.append(
             f"†: the machine's 1-minute load average exceeded its {n} cores during {hit} of {len(done)} runs (up to {worst:.1f}): "
-            + ("their wall times are inflated; the CPU-time speed is far less affected, but cache and memory contention remain."
-               if clock == "cpu" else "their wall times, and so these speed ratios, are inflated; re-run on an idle machine to compare speeds.")
+            + (
+                "their wall times are inflated; the CPU-time speed is far less affected, but cache and memory contention remain."
+                if clock == "cpu"
+                else "their wall times, and so these speed ratios, are inflated; re-run on an idle machine to compare speeds."
+            )
         )
     return lines
 
@@ -619,7 +687,7 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
 def significance_note(tables: Tables) -> str:
     key, header, higher = tables.columns[0]
     if tables.frame["p_vs_baseline"].isna().all():
-        return f"Significance vs baseline: n/a, it needs at least 2 seeds per combiner (e.g. mtbench -m seed=0,1,2)."
+        return "Significance vs baseline: n/a, it needs at least 2 seeds per combiner (e.g. mtbench -m seed=0,1,2)."
     return (
         f"Significance: Welch's two-sided t-test of each combiner's test {header} over seeds against "
         f"the baseline's, alpha = {ALPHA:g}, not corrected for the number of combiners; "
@@ -639,7 +707,9 @@ def tuned_note(tables: Tables) -> str:
     )
 
 
-def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path | str | None = None, select: str | None = None) -> Tables:
+def report(
+    folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path | str | None = None, select: str | None = None
+) -> Tables:
     """Build and print the tables (and, with ``plots``, draw the plots) of ``folder``."""
     folder = Path(folder)
     tables = build_tables(folder, paper=paper, select=select)
@@ -657,7 +727,10 @@ def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path |
     if common:
         print("Settings of every row: " + ", ".join(f"{k}={v}" for k, v in common.items()) + ".", file=out)
     if _shows_reference(tables.frame):
-        print("Compared with: each row's speed and t-test are against the baseline run with the same non-combiner settings, else the default baseline.", file=out)
+        print(
+            "Compared with: each row's speed and t-test are against the baseline run with the same non-combiner settings, else the default baseline.",
+            file=out,
+        )
     print(significance_note(tables), file=out)
     if tables.paper_file is not None:
         print(f"Paper columns: the paper's reported numbers, from {tables.paper_file}.", file=out)
@@ -683,7 +756,9 @@ def report(folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtbench-table", description="Rebuild the comparison tables (and plots) from finished runs.")
+    parser = argparse.ArgumentParser(
+        prog="mtbench-table", description="Rebuild the comparison tables (and plots) from finished runs."
+    )
     parser.add_argument("folders", nargs="+", type=Path, help="results folder(s), e.g. results/shapes40")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument(
@@ -693,7 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also write table_tuned.{md,csv,tex}: per combiner, the variant best on validation (the test split never chooses)",
     )
     parser.add_argument(
-        "--paper", type=Path, default=None, help="CSV of the paper's numbers to show beside ours (default: paper/<task>.csv next to the results folder, else the packaged numbers)"
+        "--paper",
+        type=Path,
+        default=None,
+        help="CSV of the paper's numbers to show beside ours (default: paper/<task>.csv next to the results folder, else the packaged numbers)",
     )
     args = parser.parse_args(argv)
     status = 0
@@ -702,7 +780,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for folder in args.folders:
         if not folder.is_dir():
-            print(f"mtbench-table: {folder} is not a folder; give a results folder such as results/shapes40", file=sys.stderr)
+            print(
+                f"mtbench-table: {folder} is not a folder; give a results folder such as results/shapes40",
+                file=sys.stderr,
+            )
             status = 1
             continue
         try:

@@ -1,6 +1,27 @@
 """Training: optimizer, schedule, the step, the loop and evaluation."""
 
-from mtbench.train.loop import AGAIN, CHECKPOINT, Interrupted, RunState, StopFlag, StopNow, Trainer, TrainingFailed, train
+from mtbench.train.loop import (
+    AGAIN,
+    CHECKPOINT,
+    Interrupted,
+    RunState,
+    StopFlag,
+    StopNow,
+    Trainer,
+    TrainingFailed,
+    train,
+)
 from mtbench.train.step import TrainStep
 
-__all__ = ["AGAIN", "CHECKPOINT", "Interrupted", "RunState", "StopFlag", "StopNow", "Trainer", "TrainStep", "TrainingFailed", "train"]
+__all__ = [
+    "AGAIN",
+    "CHECKPOINT",
+    "Interrupted",
+    "RunState",
+    "StopFlag",
+    "StopNow",
+    "Trainer",
+    "TrainStep",
+    "TrainingFailed",
+    "train",
+]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -13,7 +14,9 @@ from mtbench.train.device import channels_last as _channels_last
 __all__ = ["Preprocess", "batches", "evaluate"]
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, Labels]]:
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, Labels]]:
     """Mini-batches of (uint8 images, labels); shuffled by ``generator``, in order without one."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else None

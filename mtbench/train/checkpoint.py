@@ -54,7 +54,9 @@ def load(path: Path) -> Any:
     if raw.startswith(MAGIC):
         header = _HEADER.match(raw)
         if header is None:
-            raise MtbenchError(f"checkpoint {path} is corrupt (its SHA-256 header is damaged); delete it to start the run again, or use force=true")
+            raise MtbenchError(
+                f"checkpoint {path} is corrupt (its SHA-256 header is damaged); delete it to start the run again, or use force=true"
+            )
         body = memoryview(raw)[header.end() :]
         if hashlib.sha256(body).hexdigest() != header.group(1).decode():
             raise MtbenchError(
@@ -127,5 +129,7 @@ def resume_run(path: Path, model, optimizer, scheduler, combiner, gens: dict[str
     except MtbenchError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
-        raise MtbenchError(f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e}); delete it to start the run again, or use force=true") from None
+        raise MtbenchError(
+            f"checkpoint {path} cannot be resumed ({type(e).__name__}: {e}); delete it to start the run again, or use force=true"
+        ) from None
     return ckpt["state"]

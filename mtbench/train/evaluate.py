@@ -23,7 +23,9 @@ from mtbench.errors import MtbenchError
 METRICS = "metrics.json"
 
 
-def evaluate_run(run_dir: Path | str, split: str = "test", device: str = "cpu", batch_size: int | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path | str, split: str = "test", device: str = "cpu", batch_size: int | None = None
+) -> dict[str, Any]:
     """The task's metrics of ``run_dir``'s saved model on ``split`` (``test`` | ``val`` | ``train``):
     ``{"metrics": {key: value}, "columns": [(key, header, higher)], "which", "epoch"}``."""
     import torch
@@ -39,14 +41,22 @@ def evaluate_run(run_dir: Path | str, split: str = "test", device: str = "cpu", 
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise MtbenchError(f"{run_dir} is not a folder; give a run folder such as results/shapes40/runs/baseline/default/seed=0")
+        raise MtbenchError(
+            f"{run_dir} is not a folder; give a run folder such as results/shapes40/runs/baseline/default/seed=0"
+        )
     metrics_path, model_path = run_dir / METRICS, run_dir / MODEL
     if not metrics_path.is_file():
-        raise MtbenchError(f"{run_dir} has no {METRICS}; give a run folder such as results/shapes40/runs/baseline/default/seed=0")
+        raise MtbenchError(
+            f"{run_dir} has no {METRICS}; give a run folder such as results/shapes40/runs/baseline/default/seed=0"
+        )
     record = json.loads(metrics_path.read_text(encoding="utf-8"))
     if not model_path.is_file():
-        why = "the run is not completed" if record.get("status") != "completed" else "it ran with trainer.save_model=none"
-        raise MtbenchError(f"{run_dir} has no {MODEL} ({why}); re-run it with trainer.save_model=best (and force=true if it is completed)")
+        why = (
+            "the run is not completed" if record.get("status") != "completed" else "it ran with trainer.save_model=none"
+        )
+        raise MtbenchError(
+            f"{run_dir} has no {MODEL} ({why}); re-run it with trainer.save_model=best (and force=true if it is completed)"
+        )
     cfg = OmegaConf.create(record["config"])
     dev = resolve_device(device)
     with forked_global_rng(0, "task build"):  # as the trainer builds it
@@ -59,20 +69,33 @@ def evaluate_run(run_dir: Path | str, split: str = "test", device: str = "cpu", 
     try:
         model.load_state_dict(saved["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:
-        raise MtbenchError(f"{model_path} does not fit the run's model ({type(e).__name__}: {str(e).splitlines()[0]}); re-run the run with force=true") from None
+        raise MtbenchError(
+            f"{model_path} does not fit the run's model ({type(e).__name__}: {str(e).splitlines()[0]}); re-run the run with force=true"
+        ) from None
     size = int(batch_size or cfg.trainer.get("eval_batch_size", 512))
     with torch.no_grad():
         values = evaluate(model, task, getattr(task, split), Preprocess(task, dev), size)
     columns = [(c.key, c.header, c.higher_is_better) for c in task.metric_columns]
-    return {"metrics": {k: values[k] for k, _, _ in columns}, "columns": columns, "which": saved.get("which"), "epoch": saved.get("epoch")}
+    return {
+        "metrics": {k: values[k] for k, _, _ in columns},
+        "columns": columns,
+        "which": saved.get("which"),
+        "epoch": saved.get("epoch"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtbench-eval", description="Re-evaluate a completed run's saved model (model.pt) on a split.")
+    parser = argparse.ArgumentParser(
+        prog="mtbench-eval", description="Re-evaluate a completed run's saved model (model.pt) on a split."
+    )
     parser.add_argument("run_dir", type=Path, help="a run folder: results/<name>/runs/<combiner>/<variant>/seed=<s>")
-    parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="the split to evaluate (default: test)")
+    parser.add_argument(
+        "--split", choices=("test", "val", "train"), default="test", help="the split to evaluate (default: test)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default; the numbers of metrics.json), cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's trainer.eval_batch_size)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="evaluation batch (default: the run's trainer.eval_batch_size)"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = parser.parse_args(argv)
     try:

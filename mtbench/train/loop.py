@@ -27,9 +27,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mtbench.errors import MtbenchError
 from mtbench.combiners import build_combiner
 from mtbench.data import build_task
+from mtbench.errors import MtbenchError
 from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
 from mtbench.train.batches import Preprocess, batches, evaluate
@@ -42,9 +42,26 @@ from mtbench.train.state import RunState
 from mtbench.train.step import TrainStep
 
 __all__ = [
-    "AGAIN", "AMP_DTYPES", "CHECKPOINT", "LOG_EVERY", "Interrupted", "Preprocess", "RunState", "StepTimer", "StopFlag",
-    "StopNow", "Trainer", "TrainingFailed", "amp_dtype", "atomic_save", "autocast", "batches", "evaluate", "pause_point",
-    "resolve_device", "train",
+    "AGAIN",
+    "AMP_DTYPES",
+    "CHECKPOINT",
+    "LOG_EVERY",
+    "Interrupted",
+    "Preprocess",
+    "RunState",
+    "StepTimer",
+    "StopFlag",
+    "StopNow",
+    "Trainer",
+    "TrainingFailed",
+    "amp_dtype",
+    "atomic_save",
+    "autocast",
+    "batches",
+    "evaluate",
+    "pause_point",
+    "resolve_device",
+    "train",
 ]
 
 log = logging.getLogger("mtbench")
@@ -100,12 +117,16 @@ class Trainer:
         self.gens = run_generators(seed, device)  # saved in checkpoints
         self.data_gen = self.gens["batch order"]
         task.augment_generator = self.gens["augmentation"]
-        self.step = TrainStep(model, combiner, self.optimizer, task.losses, device, amp, self.gens["combiner"], self.gens["combiner cpu"])
+        self.step = TrainStep(
+            model, combiner, self.optimizer, task.losses, device, amp, self.gens["combiner"], self.gens["combiner cpu"]
+        )
         torch.manual_seed(derive_seed(seed, "training"))  # anything else drawn while training (dropout)
         self.columns = {c.key: c for c in task.metric_columns}
         select = self.select = str(tcfg.select_metric) if tcfg.get("select_metric") else task.metric_columns[0].key
         if select not in self.columns:
-            raise MtbenchError(f"trainer.select_metric={select!r} is not a metric of task {task.name}; choose one of: {', '.join(self.columns)}")
+            raise MtbenchError(
+                f"trainer.select_metric={select!r} is not a metric of task {task.name}; choose one of: {', '.join(self.columns)}"
+            )
         self.higher = self.columns[select].higher_is_better
 
         self.epochs, self.batch_size = int(tcfg.epochs), int(tcfg.batch_size)
@@ -123,9 +144,13 @@ class Trainer:
         self.state = RunState(epoch_start_data_rng=self.data_gen.get_state())  # saved in checkpoints
         self.ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
         if self.ckpt_path is not None and self.ckpt_path.exists():
-            saved = checkpoint_file.resume_run(self.ckpt_path, model, self.optimizer, self.scheduler, combiner, self.gens)
+            saved = checkpoint_file.resume_run(
+                self.ckpt_path, model, self.optimizer, self.scheduler, combiner, self.gens
+            )
             self.state = RunState.from_dict(saved)
-            log.info(f"[{cfg.name}] {combiner.name} seed={seed}: resuming from {self.ckpt_path} (epoch {self.state.epoch}, step {self.state.step})")
+            log.info(
+                f"[{cfg.name}] {combiner.name} seed={seed}: resuming from {self.ckpt_path} (epoch {self.state.epoch}, step {self.state.step})"
+            )
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.higher else a < b
@@ -133,7 +158,9 @@ class Trainer:
     def checkpoint(self) -> None:
         """Write the checkpoint (atomically; nothing without a run folder)."""
         if self.ckpt_path is not None:
-            checkpoint_file.save_run(self.ckpt_path, self.state, self.model, self.optimizer, self.scheduler, self.combiner, self.gens)
+            checkpoint_file.save_run(
+                self.ckpt_path, self.state, self.model, self.optimizer, self.scheduler, self.combiner, self.gens
+            )
 
     def train_epoch(self, stop: StopFlag) -> None:
         """The steps of the epoch in progress, from ``state.step`` on (its batch order replayed).
@@ -148,9 +175,20 @@ class Trainer:
         bad_tasks = torch.zeros(task.num_tasks, dtype=torch.bool, device=device)
         bad_kind = torch.zeros((), dtype=torch.long, device=device)  # 1 loss, 2 gradient
         loss_sum = torch.full((), state.loss_sum, device=device)
-        bar = self.bar = tqdm(total=steps, initial=state.step, desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}", disable=not self.show, leave=False, file=sys.stderr)
+        bar = self.bar = tqdm(
+            total=steps,
+            initial=state.step,
+            desc=f"{self.combiner.name} epoch {epoch}/{self.epochs}",
+            disable=not self.show,
+            leave=False,
+            file=sys.stderr,
+        )
         refreshed = self.clock()
-        prof = _Profile(self.run_dir, self.profile_steps, device) if self.profile_steps and epoch == 1 and state.step == 0 else None
+        prof = (
+            _Profile(self.run_dir, self.profile_steps, device)
+            if self.profile_steps and epoch == 1 and state.step == 0
+            else None
+        )
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
             if i >= steps:
                 break  # trainer.max_steps_per_epoch
@@ -177,7 +215,13 @@ class Trainer:
                 if int(first_bad) >= 0:
                     raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
                 state.loss_sum = float(loss_sum)
-                bar.set_postfix({"loss": f"{state.loss_sum / (i + 1):.4f}", "img/s": f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}"}, refresh=False)
+                bar.set_postfix(
+                    {
+                        "loss": f"{state.loss_sum / (i + 1):.4f}",
+                        "img/s": f"{bs * (i + 1) / max(state.epoch_step_s, 1e-9):.0f}",
+                    },
+                    refresh=False,
+                )
                 bar.update(i + 1 - bar.n)
                 refreshed = self.clock()
             if stop.signum is not None and not last:
@@ -202,7 +246,9 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
-            raise TrainingFailed(f"non-finite parameters or statistics after epoch {epoch} (every step's losses and gradients were finite)")
+            raise TrainingFailed(
+                f"non-finite parameters or statistics after epoch {epoch} (every step's losses and gradients were finite)"
+            )
         val = evaluate(model, self.task, self.task.val, self.prep, self.eval_batch_size)
         row = {
             "epoch": epoch,
@@ -218,7 +264,9 @@ class Trainer:
             state.best = {"epoch": epoch, "val": val}
             state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         shown = "  ".join(f"val {c.header} {val[c.key]:.2f}" for c in self.task.metric_columns)
-        log.info(f"[{self.cfg.name}] {self.combiner.name} seed={self.seed} epoch {epoch}/{self.epochs}: loss {row['train_loss']:.4f}  {shown}")
+        log.info(
+            f"[{self.cfg.name}] {self.combiner.name} seed={self.seed} epoch {epoch}/{self.epochs}: loss {row['train_loss']:.4f}  {shown}"
+        )
         state.next_epoch(self.data_gen.get_state())
         self.checkpoint()
         return row
@@ -312,7 +360,12 @@ def _cpu_and_load(state: RunState, device: torch.device) -> dict[str, Any]:
     return {
         "train_step_cpu_s": statistics.median(cpu) if cpu else None,
         "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
-        "load": {"cores": cores, "load_1m": samples, "max_1m": max(samples) if samples else None, "over_cores": bool(samples) and max(samples) > cores},
+        "load": {
+            "cores": cores,
+            "load_1m": samples,
+            "max_1m": max(samples) if samples else None,
+            "over_cores": bool(samples) and max(samples) > cores,
+        },
     }
 
 
@@ -385,8 +438,14 @@ class _Profile:
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.prof.export_chrome_trace(str(self.folder / "trace.json"))
-            sort = "cuda_time_total" if any(e.device_type.name == "CUDA" for e in self.prof.key_averages()) else "cpu_time_total"
-            (self.folder / "ops.txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n", encoding="utf-8")
+            sort = (
+                "cuda_time_total"
+                if any(e.device_type.name == "CUDA" for e in self.prof.key_averages())
+                else "cpu_time_total"
+            )
+            (self.folder / "ops.txt").write_text(
+                self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n", encoding="utf-8"
+            )
             log.info(f"mtbench: profile of {count} training step(s) written to {self.folder}")
 
 
@@ -395,7 +454,9 @@ def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:
     finite_losses = torch.isfinite(losses.detach())
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     norms = torch._foreach_norm(grads) if grads else []
-    finite_grads = torch.stack(norms).isfinite().all() if norms else torch.ones((), dtype=torch.bool, device=losses.device)
+    finite_grads = (
+        torch.stack(norms).isfinite().all() if norms else torch.ones((), dtype=torch.bool, device=losses.device)
+    )
     bad_now = ~(finite_losses.all() & finite_grads)
     new = bad_now & (first_bad < 0)
     first_bad.copy_(torch.where(new, torch.full_like(first_bad, step), first_bad))
@@ -408,7 +469,9 @@ def _bad_reason(epoch: int, step: int, kind: int, bad_tasks: torch.Tensor, names
     if kind == 1:
         tasks = [names[j] for j in torch.nonzero(bad_tasks.cpu()).flatten().tolist()]
         return f"non-finite loss at epoch {epoch}, step {step}, task(s): {', '.join(tasks)}"
-    return f"non-finite gradient at epoch {epoch}, step {step} (all task losses finite; the combined gradient overflowed)"
+    return (
+        f"non-finite gradient at epoch {epoch}, step {step} (all task losses finite; the combined gradient overflowed)"
+    )
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -31,7 +31,9 @@ def optimizer_class(value: Any) -> type[torch.optim.Optimizer]:
     """The class a dotted ``trainer.optimizer`` names; a one-line error when it is not one."""
     cls = import_target("trainer.optimizer", value)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise MtbenchError(f"trainer.optimizer={value!r} is not a torch.optim.Optimizer subclass; give one (e.g. torch.optim.RMSprop) or one of: {', '.join(OPTIMIZERS)}")
+        raise MtbenchError(
+            f"trainer.optimizer={value!r} is not a torch.optim.Optimizer subclass; give one (e.g. torch.optim.RMSprop) or one of: {', '.join(OPTIMIZERS)}"
+        )
     return cls
 
 
@@ -52,7 +54,9 @@ def _options(cfg: DictConfig, key: str) -> dict[str, Any]:
         return {}
     options = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
     if not isinstance(options, dict):
-        raise MtbenchError(f"trainer.{key} must map argument names to values, e.g. {{betas: [0.9, 0.99]}} (got {options!r})")
+        raise MtbenchError(
+            f"trainer.{key} must map argument names to values, e.g. {{betas: [0.9, 0.99]}} (got {options!r})"
+        )
     return options
 
 
@@ -60,7 +64,9 @@ def _build(kind: str, value: Any, cls: type, *args: Any, **kwargs: Any) -> Any:
     try:
         return cls(*args, **kwargs)
     except (TypeError, ValueError) as e:
-        raise MtbenchError(f"trainer.{kind}={value!r} cannot be built with {sorted(kwargs)} ({e}); set trainer.{kind}_options") from None
+        raise MtbenchError(
+            f"trainer.{kind}={value!r} cannot be built with {sorted(kwargs)} ({e}); set trainer.{kind}_options"
+        ) from None
 
 
 def build_optimizer(params, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -73,8 +79,12 @@ def build_optimizer(params, cfg: DictConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(cfg.momentum))
     if is_dotted(cfg.optimizer):
         cls = optimizer_class(cfg.optimizer)
-        return _build("optimizer", cfg.optimizer, cls, params, lr=lr, weight_decay=wd, **_options(cfg, "optimizer_options"))
-    raise MtbenchError(f"trainer.optimizer={cfg.optimizer!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}, or a dotted path to a torch.optim.Optimizer class")
+        return _build(
+            "optimizer", cfg.optimizer, cls, params, lr=lr, weight_decay=wd, **_options(cfg, "optimizer_options")
+        )
+    raise MtbenchError(
+        f"trainer.optimizer={cfg.optimizer!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}, or a dotted path to a torch.optim.Optimizer class"
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -89,4 +99,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> torch.
     if is_dotted(cfg.scheduler):
         cls = scheduler_class(cfg.scheduler)
         return _build("scheduler", cfg.scheduler, cls, optimizer, **_options(cfg, "scheduler_options"))
-    raise MtbenchError(f"trainer.scheduler={cfg.scheduler!r} is unknown; choose one of: {', '.join(SCHEDULERS)}, or a dotted path to a torch.optim.lr_scheduler.LRScheduler class")
+    raise MtbenchError(
+        f"trainer.scheduler={cfg.scheduler!r} is unknown; choose one of: {', '.join(SCHEDULERS)}, or a dotted path to a torch.optim.lr_scheduler.LRScheduler class"
+    )

@@ -7,7 +7,8 @@ naming ``trainer.<option>``, the value and what is allowed.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_number, check_str

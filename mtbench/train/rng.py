@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -54,7 +55,9 @@ def run_generators(seed: int, device: torch.device) -> dict[str, torch.Generator
         "augmentation": make_generator(seed, "augmentation"),
         "combiner": make_generator(seed, "combiner", device),
     }
-    gens["combiner cpu"] = make_generator(seed, "combiner cpu") if torch.device(device).type != "cpu" else gens["combiner"]
+    gens["combiner cpu"] = (
+        make_generator(seed, "combiner cpu") if torch.device(device).type != "cpu" else gens["combiner"]
+    )
     return gens
 
 

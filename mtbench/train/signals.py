@@ -31,7 +31,11 @@ class StopNow(KeyboardInterrupt):
 
     def __init__(self, signum: int, where: str, again: bool = False):
         name = signal.Signals(signum).name
-        text = f"stopped by a second {name}" if again else f"interrupted by {name} {where}; re-run the same command to resume"
+        text = (
+            f"stopped by a second {name}"
+            if again
+            else f"interrupted by {name} {where}; re-run the same command to resume"
+        )
         super().__init__(text)
         self.signum = signum
         self.again = again
@@ -86,7 +90,7 @@ class StopFlag:
         """From here on a first signal only sets ``signum`` (checked after each step)."""
         self.immediate = False
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread() and "SUBMITIT_EXECUTOR" not in os.environ:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)

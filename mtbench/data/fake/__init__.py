@@ -18,8 +18,14 @@ __all__ = ["WRITERS", "main"]
 
 #: the datasets ``mtbench-fake`` writes: name -> (module, one line of help)
 WRITERS = {
-    "celeba": ("mtbench.data.fake.celeba", "a fake CelebA in the real layout (178 x 218 JPEGs, list_attr_celeba.txt, list_eval_partition.txt)"),
-    "cifar100": ("mtbench.data.fake.cifar100", "a small CIFAR-100 stand-in in the python pickle layout (cifar-100-python/)"),
+    "celeba": (
+        "mtbench.data.fake.celeba",
+        "a fake CelebA in the real layout (178 x 218 JPEGs, list_attr_celeba.txt, list_eval_partition.txt)",
+    ),
+    "cifar100": (
+        "mtbench.data.fake.cifar100",
+        "a small CIFAR-100 stand-in in the python pickle layout (cifar-100-python/)",
+    ),
 }
 
 
@@ -48,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(modules[args.dataset].run(args))
     except OSError as e:
-        print(f"mtbench-fake: error: cannot write into {args.root}: {e.strerror or e}; choose another --root", file=sys.stderr)
+        print(
+            f"mtbench-fake: error: cannot write into {args.root}: {e.strerror or e}; choose another --root",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -41,9 +41,46 @@ assert len(ATTRIBUTES) == 40
 
 #: approximate positive rates of the real attributes (only to make the fake labels look plausible)
 RATES = (
-    0.11, 0.27, 0.51, 0.20, 0.02, 0.15, 0.24, 0.23, 0.24, 0.15, 0.05, 0.20, 0.14, 0.06, 0.05, 0.07, 0.06,
-    0.04, 0.39, 0.45, 0.42, 0.48, 0.04, 0.12, 0.83, 0.28, 0.04, 0.28, 0.08, 0.07, 0.06, 0.48, 0.21,
-    0.32, 0.19, 0.05, 0.47, 0.12, 0.07, 0.77,
+    0.11,
+    0.27,
+    0.51,
+    0.20,
+    0.02,
+    0.15,
+    0.24,
+    0.23,
+    0.24,
+    0.15,
+    0.05,
+    0.20,
+    0.14,
+    0.06,
+    0.05,
+    0.07,
+    0.06,
+    0.04,
+    0.39,
+    0.45,
+    0.42,
+    0.48,
+    0.04,
+    0.12,
+    0.83,
+    0.28,
+    0.04,
+    0.28,
+    0.08,
+    0.07,
+    0.06,
+    0.48,
+    0.21,
+    0.32,
+    0.19,
+    0.05,
+    0.47,
+    0.12,
+    0.07,
+    0.77,
 )
 assert len(RATES) == 40
 
@@ -77,7 +114,12 @@ def draw_face(labels: np.ndarray, seed: int) -> Image.Image:
     cx, cy = w / 2 + rng.normal(0, 4), h / 2 + 8 + rng.normal(0, 4)
     fw, fh = rng.uniform(50, 62) * (1.12 if has("Chubby") else 1.0), rng.uniform(68, 80)
     hair = None
-    for name, colour in (("Black_Hair", (25, 20, 20)), ("Blond_Hair", (225, 195, 110)), ("Brown_Hair", (110, 70, 40)), ("Gray_Hair", (165, 165, 165))):
+    for name, colour in (
+        ("Black_Hair", (25, 20, 20)),
+        ("Blond_Hair", (225, 195, 110)),
+        ("Brown_Hair", (110, 70, 40)),
+        ("Gray_Hair", (165, 165, 165)),
+    ):
         if has(name):
             hair = colour
             break
@@ -139,10 +181,14 @@ def draw_face(labels: np.ndarray, seed: int) -> Image.Image:
 def attr_lines(names: list[str], labels: np.ndarray) -> list[str]:
     """``list_attr_celeba.txt`` as the real file writes it (-1 / 1, "%2d" after one space)."""
     head = [f"{len(names)}", " ".join(ATTRIBUTES) + " "]
-    return head + [name + "".join(f" {v:2d}" for v in (2 * row.astype(np.int64) - 1)) for name, row in zip(names, labels)]
+    return head + [
+        name + "".join(f" {v:2d}" for v in (2 * row.astype(np.int64) - 1)) for name, row in zip(names, labels)
+    ]
 
 
-def make_fake_celeba(root: str | Path, n: int = 200, seed: int = 0, layout: str = "plain", quality: int = 90, workers: int = 2) -> Path:
+def make_fake_celeba(
+    root: str | Path, n: int = 200, seed: int = 0, layout: str = "plain", quality: int = 90, workers: int = 2
+) -> Path:
     """Write the fake dataset; return the folder holding the files (``root`` or ``root/celeba``)."""
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -170,7 +216,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="folder to write into (created if needed)")
     p.add_argument("--n", type=int, default=200, help="number of images, at least 1 (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=("plain", "torchvision"), default="plain", help="files in ROOT (plain) or ROOT/celeba (torchvision)")
+    p.add_argument(
+        "--layout",
+        choices=("plain", "torchvision"),
+        default="plain",
+        help="files in ROOT (plain) or ROOT/celeba (torchvision)",
+    )
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--workers", type=int, default=2, help="threads writing images (default 2)")
 

@@ -45,7 +45,9 @@ def _split(rng: np.random.Generator, palette: np.ndarray, count: int, name: str)
     }
 
 
-def write_fake_cifar100(root: str | Path, n: int = 256, n_test: int | None = None, seed: int = 0, flat: bool = False) -> Path:
+def write_fake_cifar100(
+    root: str | Path, n: int = 256, n_test: int | None = None, seed: int = 0, flat: bool = False
+) -> Path:
     """Write the fake dataset under ``root``; return the folder holding ``train``, ``test``, ``meta``."""
     if n < 1:
         raise ValueError("--n must be at least 1")
@@ -56,10 +58,13 @@ def write_fake_cifar100(root: str | Path, n: int = 256, n_test: int | None = Non
     palette = rng.uniform(30, 225, size=(FINE, 3))
     _write(folder / "train", _split(rng, palette, int(n), "training"))
     _write(folder / "test", _split(rng, palette, n_test, "testing"))
-    _write(folder / "meta", {
-        "fine_label_names": [f"fine_{i:02d}" for i in range(FINE)],
-        "coarse_label_names": [f"coarse_{i:02d}" for i in range(COARSE)],
-    })
+    _write(
+        folder / "meta",
+        {
+            "fine_label_names": [f"fine_{i:02d}" for i in range(FINE)],
+            "coarse_label_names": [f"coarse_{i:02d}" for i in range(COARSE)],
+        },
+    )
     return folder
 
 
