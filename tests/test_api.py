@@ -194,3 +194,16 @@ def test_the_resnet_example_trains(tmp_path, combiner):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [x.split(":")[0] for x in proc.stdout.splitlines() if x.startswith("step ")] == ["step 1/2", "step 2/2"]
+
+
+@pytest.mark.parametrize("name", ["mgda", "pcgrad"])
+def test_gram_weighted_combiners_report_their_weight_range(name):
+    """The range of the last step's task weights: what history.csv and the loggers record."""
+    model = make("mlp")
+    x, y = batch()
+    rep = model.trunk(x)
+    comb = COMBINERS[name](T, level="representation")
+    info = mtbench.backward([nn.functional.binary_cross_entropy_with_logits(model.heads.head(i, rep), y[:, i]) for i in range(T)], rep, comb)
+    w = comb.last_weights
+    assert w is not None and w.shape == (T,)
+    assert info == {"w_min": float(w.min()), "w_max": float(w.max())} and info["w_min"] <= info["w_max"]

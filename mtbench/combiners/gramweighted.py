@@ -54,6 +54,8 @@ class GramWeighted(Combiner):
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
         self.task_grads = TaskGrads(chunk_size=self.chunk_size, memory_budget_mb=self.memory_budget_mb)
+        #: the weights of the last step (their range is logged per epoch: ``log_values``)
+        self.last_weights: torch.Tensor | None = None
 
     @classmethod
     def level_default(cls, level: str) -> dict[str, Option]:
@@ -84,3 +86,12 @@ class GramWeighted(Combiner):
             per_task = self.task_grads.at_params(step, rep_grads)
             weights = self.gram_weights(per_task.gram(), step)
             per_task.add_combination(weights)
+        self.last_weights = weights
+
+    def log_values(self) -> dict[str, float]:
+        """The range of the last step's task weights (``history.csv``'s ``combiner_w_min`` and
+        ``combiner_w_max``, the loggers' diagnostics); read once per epoch."""
+        if self.last_weights is None:
+            return {}
+        w = self.last_weights.detach()
+        return {"w_min": float(w.min()), "w_max": float(w.max())}
