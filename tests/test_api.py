@@ -203,7 +203,9 @@ def test_gram_weighted_combiners_report_their_weight_range(name):
     x, y = batch()
     rep = model.trunk(x)
     comb = COMBINERS[name](T, level="representation")
-    info = mtbench.backward([nn.functional.binary_cross_entropy_with_logits(model.heads.head(i, rep), y[:, i]) for i in range(T)], rep, comb)
+    info = mtbench.backward(
+        [nn.functional.binary_cross_entropy_with_logits(model.heads.head(i, rep), y[:, i]) for i in range(T)], rep, comb
+    )
     w = comb.last_weights
     assert w is not None and w.shape == (T,)
     assert info == {"w_min": float(w.min()), "w_max": float(w.max())} and info["w_min"] <= info["w_max"]
