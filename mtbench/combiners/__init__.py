@@ -45,49 +45,21 @@ from mtbench.combiners.uw import UW
 from mtbench.errors import MtbenchError
 from mtbench.variant import register_resolver
 
-#: the built-in combiners by config name: the paper's nine in the paper's order (the table's
-#: row order, the sweep's order), then the gradient-level methods of the Gram matrix; each
-#: class carries its options (``options``) and plot style (``style``)
-COMBINERS: dict[str, type[Combiner]] = {
-    cls.name: cls
-    for cls in (
-        Baseline,
-        Clip,
-        GradPenalty,
-        MGDA,
-        PCGrad,
-        GradNorm,
-        RandomGradDrop,
-        GradDrop,
-        GradNormGradDrop,
-        UPGrad,
-        CAGrad,
-        NashMTL,
-        IMTLG,
-        AlignedMTL,
-        DualProj,
-        FairGrad,
-        ConFIG,
-        GradVac,
-    )
-}
-#: the loss-level combiners (one weight per task from the losses alone), after the paper's
-COMBINERS.update({cls.name: cls for cls in (UW, DWA, RLW, GLS, FAMO)})
+#: the paper's comparison (its eight combiners and GradNorm+GradDrop), in the paper's order
+_PAPER = (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, GradDrop, GradNormGradDrop)
+#: the gradient-level methods of the Gram matrix
+_GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac)
+#: the loss-level combiners (one weight per task from the losses alone)
+_LOSS = (UW, DWA, RLW, GLS, FAMO)
 
-#: the paper's comparison (its eight combiners and GradNorm+GradDrop), in the registry's order:
+#: the built-in combiners by config name: the paper's nine first (the table's row order, the
+#: sweep's order), then the others; each class carries its options (``options``) and plot style
+#: (``style``)
+COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS)}
+
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``
-PAPER: tuple[str, ...] = (
-    "baseline",
-    "clip",
-    "gradpenalty",
-    "mgda",
-    "pcgrad",
-    "gradnorm",
-    "random_graddrop",
-    "graddrop",
-    "gradnorm_graddrop",
-)
+PAPER: tuple[str, ...] = tuple(cls.name for cls in _PAPER)
 
 __all__ = ["COMBINERS", "PAPER", "Combiner", "GramWeighted", "Step", "build_combiner"]
 

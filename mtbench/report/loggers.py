@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.errors import MtbenchError
+from mtbench.report.runs import flatten
 
 log = logging.getLogger("mtbench")
 
@@ -100,15 +101,6 @@ def numbers(row: dict[str, Any]) -> dict[str, float]:
         if math.isfinite(float(v)):
             out[k] = float(v)
     return out
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
 
 
 class Logger:
@@ -184,7 +176,7 @@ class MlflowLogger(Logger):
         self.run_id = self.client.create_run(
             experiment, tags={**tags, "run_dir": str(self.run_dir)}, run_name=run_name
         ).info.run_id
-        params = {k: str(v)[:6000] for k, v in _flat(config).items() if not k.startswith("hydra.")}
+        params = {k: str(v)[:6000] for k, v in flatten(config).items() if not k.startswith("hydra.")}
         params.update(variant=tags["variant"], seed=tags["seed"])
         from mlflow.entities import Param
 

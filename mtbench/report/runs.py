@@ -65,11 +65,12 @@ ADDED_KEYS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}`` (a saved config, for diffs and the loggers' params)."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
 
@@ -79,7 +80,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     where files go, how fast it runs; and ``RETIRED_KEYS``)."""
     from mtbench.variant import is_identity_key
 
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     keys = sorted(k for k in set(a) | set(b) if is_identity_key(k) and k not in RETIRED_KEYS)
     a = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in a}}, **a}
     b = {**{k: v for k, v in ADDED_KEYS.items() if k.split(".")[0] in {x.split(".")[0] for x in b}}, **b}

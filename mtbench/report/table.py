@@ -123,6 +123,33 @@ def swept_keys(runs: pd.DataFrame) -> list[str]:
     return sorted({k for o in runs["overrides"] for k in (o or {})}) if "overrides" in runs else []
 
 
+def _mean_std(frame: pd.DataFrame, col: str) -> tuple[float, float]:
+    """Mean and sample standard deviation of a column over seeds (NaN where too few values)."""
+    vals = frame[col].dropna() if col in frame else pd.Series(dtype=float)
+    return (vals.mean() if len(vals) else math.nan), (vals.std(ddof=1) if len(vals) > 1 else math.nan)
+
+
+def _welch_fields(vals: list[float], base_vals: list[float], compare: bool) -> dict[str, Any]:
+    """The table's t-test columns against the baseline's seeds: empty unless ``compare`` and
+    both sides have at least two values."""
+    if not (compare and len(vals) >= 2 and len(base_vals) >= 2):
+        return dict(
+            diff_vs_baseline=math.nan,
+            t_vs_baseline=math.nan,
+            df_vs_baseline=math.nan,
+            p_vs_baseline=math.nan,
+            significant=None,
+        )
+    res = welch_t_test(vals, base_vals)
+    return dict(
+        diff_vs_baseline=res.diff,
+        t_vs_baseline=res.t,
+        df_vs_baseline=res.df,
+        p_vs_baseline=res.p,
+        significant=res.significant(),
+    )
+
+
 def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numeric table, one row per (combiner, variant), in the order of :func:`row_keys`.
 
@@ -153,9 +180,7 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         row["reference"] = ref or ""
         row["seeds"] = len(sub)
         for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s", "train_step_cpu_s", "step_s"]:
-            vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
-            row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
-            row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
+            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub, col)
         if (name, variant) == ("baseline", ref) and len(sub):  # 1.00 by definition; its spread: step_s_std
             row["speed_mean"], row["speed_std"] = 1.0, math.nan
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
@@ -166,22 +191,7 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         vals = sub[primary].dropna().tolist() if primary in sub else []
         base = done[(done["combiner"] == "baseline") & (done["variant"] == ref)]
         base_vals = base[primary].dropna().tolist() if primary in base else []
-        row.update(
-            diff_vs_baseline=math.nan,
-            t_vs_baseline=math.nan,
-            df_vs_baseline=math.nan,
-            p_vs_baseline=math.nan,
-            significant=None,
-        )
-        if (name, variant) != ("baseline", ref) and len(vals) >= 2 and len(base_vals) >= 2:
-            res = welch_t_test(vals, base_vals)
-            row.update(
-                diff_vs_baseline=res.diff,
-                t_vs_baseline=res.t,
-                df_vs_baseline=res.df,
-                p_vs_baseline=res.p,
-                significant=res.significant(),
-            )
+        row.update(_welch_fields(vals, base_vals, compare=(name, variant) != ("baseline", ref)))
         if paper is not None:
             for key in [k for k, _, _ in columns] + ["speed"]:
                 if key in paper.columns:
@@ -497,33 +507,13 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
         row["val_mean"] = float(sub["val_select"].mean())
         row["seeds"] = len(sub)
         for col in [f"test_{k}" for k, _, _ in columns]:
-            vals = sub[col].dropna() if col in sub else pd.Series(dtype=float)
-            row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
-            row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
-        speed = base_step / sub[step_col]
-        row["speed_mean"] = speed.mean() if len(speed) else math.nan
-        row["speed_std"] = speed.std(ddof=1) if len(speed) > 1 else math.nan
+            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub, col)
+        row["speed_mean"], row["speed_std"] = _mean_std(pd.DataFrame({"speed": base_step / sub[step_col]}), "speed")
         if name == "baseline":  # 1.00 by definition
             row["speed_mean"], row["speed_std"] = 1.0, math.nan
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
         row["failed"] = 0
-        vals = sub[primary].dropna().tolist()
-        row.update(
-            diff_vs_baseline=math.nan,
-            t_vs_baseline=math.nan,
-            df_vs_baseline=math.nan,
-            p_vs_baseline=math.nan,
-            significant=None,
-        )
-        if name != "baseline" and len(vals) >= 2 and len(base_vals) >= 2:
-            res = welch_t_test(vals, base_vals)
-            row.update(
-                diff_vs_baseline=res.diff,
-                t_vs_baseline=res.t,
-                df_vs_baseline=res.df,
-                p_vs_baseline=res.p,
-                significant=res.significant(),
-            )
+        row.update(_welch_fields(sub[primary].dropna().tolist(), base_vals, compare=name != "baseline"))
         rows.append(row)
     return pd.DataFrame.from_records(rows)
 
