@@ -159,35 +159,30 @@ def test_lock_heartbeat_refreshes_and_release_leaves_other_locks(tmp_path, monke
 # -- signals ---------------------------------------------------------------------------------
 
 
-def test_sigterm_before_the_first_step(tmp_path, reference):
-    proc, marker = _paused(tmp_path, TINY, "setup")
+@pytest.mark.parametrize(
+    "moment, reason, resumes",
+    [("setup", "SIGTERM before the first step", False), ("test", "during the final test evaluation", True)],
+    ids=["before_the_first_step", "during_the_final_test_evaluation"],
+)
+def test_sigterm_at_either_end_of_the_run(tmp_path, reference, moment, reason, resumes):
+    """Before the first step: nothing to resume; during the final test evaluation: the
+    checkpoint is kept and the next run resumes from it."""
+    proc, marker = _paused(tmp_path, TINY, moment)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err
     folder = run_dir(tmp_path / SWEEP, "baseline")
     m = _metrics(folder)
-    assert m["status"] == "interrupted" and "SIGTERM before the first step" in m["reason"]
+    assert m["status"] == "interrupted" and reason in m["reason"]
     assert not (folder / ".lock").exists()
+    if resumes:
+        assert (folder / "checkpoint.pt").exists()
     again = run_cli("mtbench", TINY, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert numbers(folder) == reference
-
-
-def test_sigterm_during_the_final_test_evaluation_resumes(tmp_path, reference):
-    proc, marker = _paused(tmp_path, TINY, "test")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "Traceback" not in err
-    folder = run_dir(tmp_path / SWEEP, "baseline")
-    m = _metrics(folder)
-    assert m["status"] == "interrupted" and "during the final test evaluation" in m["reason"]
-    assert (folder / "checkpoint.pt").exists() and not (folder / ".lock").exists()
-    again = run_cli("mtbench", TINY, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stderr
-    consistent(folder)
+    if resumes:
+        assert "resuming from" in again.stderr
+        consistent(folder)
     assert numbers(folder) == reference
 
 
