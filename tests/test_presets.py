@@ -97,20 +97,22 @@ def test_per_combiner_settings_and_the_command_line_wins():
         _apply_per_combiner(bad, [])
 
 
-def test_kurin_celeba_end_to_end(celeba_root, tmp_path):
-    proc = run_cli(
-        "mtbench",
-        [
-            "experiment=kurin_celeba",
-            f"data.root={celeba_root}",
-            "data.cache_dir=" + str(tmp_path / "cache"),
-            "combiner=mgda",
-            *SMALL,
-        ],
-        cwd=tmp_path,
-    )
+def _run_preset(preset: str, combiner: str, extra: list[str], celeba_root, tmp_path) -> dict:
+    """``experiment=<preset>`` on the fake CelebA, SMALL sizes: the run's metrics.json."""
+    args = [
+        f"experiment={preset}",
+        f"data.root={celeba_root}",
+        "data.cache_dir=" + str(tmp_path / "cache"),
+        *extra,
+        *SMALL,
+    ]
+    proc = run_cli("mtbench", args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads((run_dir(tmp_path / "results" / "kurin_celeba", "mgda") / "metrics.json").read_text())
+    return json.loads((run_dir(tmp_path / "results" / preset, combiner) / "metrics.json").read_text())
+
+
+def test_kurin_celeba_end_to_end(celeba_root, tmp_path):
+    m = _run_preset("kurin_celeba", "mgda", ["combiner=mgda"], celeba_root, tmp_path)
     assert m["status"] == "completed" and m["model"] == "kurin_resnet18"
     assert set(m["test"]) == {"mean_acc", "min_acc"} and m["select_metric"] == "mean_acc"
     assert 0 <= m["test"]["min_acc"] <= m["test"]["mean_acc"] <= 100
@@ -124,19 +126,7 @@ def test_kurin_celeba_end_to_end(celeba_root, tmp_path):
 
 
 def test_famo_celeba_end_to_end(celeba_root, tmp_path):
-    proc = run_cli(
-        "mtbench",
-        [
-            "experiment=famo_celeba",
-            f"data.root={celeba_root}",
-            "data.cache_dir=" + str(tmp_path / "cache"),
-            "model.width=8",
-            *SMALL,
-        ],
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads((run_dir(tmp_path / "results" / "famo_celeba", "baseline") / "metrics.json").read_text())
+    m = _run_preset("famo_celeba", "baseline", ["model.width=8"], celeba_root, tmp_path)
     assert m["status"] == "completed" and m["model"] == "famo_cnn"
     assert set(m["test"]) == {"mean_f1"} and m["select_metric"] == "mean_f1"
     c = m["config"]
