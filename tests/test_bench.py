@@ -10,17 +10,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_step.py"
+#: the script on a tiny random problem's model, on the CPU
+TINY_PROBLEM = [
+    sys.executable,
+    str(SCRIPT),
+    "model=small_cnn",
+    "model.width=4",
+    "model.rep_dim=8",
+    "trainer.device=cpu",
+]
 
 
 def test_bench_step_tiny_problem(tmp_path):
     out = tmp_path / "bench.json"
     args = [
-        sys.executable,
-        str(SCRIPT),
-        "model=small_cnn",
-        "model.width=4",
-        "model.rep_dim=8",
-        "trainer.device=cpu",
+        *TINY_PROBLEM,
         "--num-tasks",
         "3",
         "--image-size",
@@ -70,12 +74,7 @@ def test_bench_step_says_when_torchjd_is_absent(tmp_path):
     (shim / "torchjd.py").write_text("raise ImportError('hidden for the test')\n")
     out = tmp_path / "bench.json"
     args = [
-        sys.executable,
-        str(SCRIPT),
-        "model=small_cnn",
-        "model.width=4",
-        "model.rep_dim=8",
-        "trainer.device=cpu",
+        *TINY_PROBLEM,
         "--num-tasks",
         "2",
         "--image-size",
@@ -112,7 +111,7 @@ def test_bench_step_rows_outside_the_trainer_with_mlp_heads(tmp_path):
     for heads in ("linear", "mlp"):
         out = tmp_path / f"bench-{heads}.json"
         rows = "layer-graddrop,layer-random_graddrop,backward-graddrop,backward-mgda,backward-pcgrad"
-        args = [sys.executable, str(SCRIPT), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu",
+        args = [*TINY_PROBLEM,
                 "--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--no-memory",
                 "--heads", heads, "--combiners", rows, "--out", str(out)]  # fmt: skip
         proc = subprocess.run(
