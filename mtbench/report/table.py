@@ -123,9 +123,9 @@ def swept_keys(runs: pd.DataFrame) -> list[str]:
     return sorted({k for o in runs["overrides"] for k in (o or {})}) if "overrides" in runs else []
 
 
-def _mean_std(frame: pd.DataFrame, col: str) -> tuple[float, float]:
-    """Mean and sample standard deviation of a column over seeds (NaN where too few values)."""
-    vals = frame[col].dropna() if col in frame else pd.Series(dtype=float)
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (NaN where too few values)."""
+    vals = values.dropna()
     return (vals.mean() if len(vals) else math.nan), (vals.std(ddof=1) if len(vals) > 1 else math.nan)
 
 
@@ -180,7 +180,7 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
         row["reference"] = ref or ""
         row["seeds"] = len(sub)
         for col in [f"test_{k}" for k, _, _ in columns] + ["speed", "train_step_s", "train_step_cpu_s", "step_s"]:
-            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub, col)
+            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub.get(col, pd.Series(dtype=float)))
         if (name, variant) == ("baseline", ref) and len(sub):  # 1.00 by definition; its spread: step_s_std
             row["speed_mean"], row["speed_std"] = 1.0, math.nan
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
@@ -507,8 +507,8 @@ def tuned(runs: pd.DataFrame, columns=DEFAULT_COLUMNS) -> pd.DataFrame:
         row["val_mean"] = float(sub["val_select"].mean())
         row["seeds"] = len(sub)
         for col in [f"test_{k}" for k, _, _ in columns]:
-            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub, col)
-        row["speed_mean"], row["speed_std"] = _mean_std(pd.DataFrame({"speed": base_step / sub[step_col]}), "speed")
+            row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub.get(col, pd.Series(dtype=float)))
+        row["speed_mean"], row["speed_std"] = _mean_std(base_step / sub[step_col])
         if name == "baseline":  # 1.00 by definition
             row["speed_mean"], row["speed_std"] = 1.0, math.nan
         row["overloaded"] = bool(sub["overloaded"].any()) if "overloaded" in sub else False
