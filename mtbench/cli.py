@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtbench.errors import MtbenchError
 from mtbench.report import sweep
 from mtbench.report.runs import METRICS, RETIRED_KEYS, RunDir, atomic_write_text, config_diff, write_csv, write_json  # noqa: F401 - re-exported
-from mtbench.variant import applies, identity, register_resolver, variant_name
+from mtbench.variant import applies, identity, named_classes, register_resolver, variant_name
 
 register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
@@ -178,7 +178,7 @@ def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
     """Remove the ``++combiner.<option>`` keys that this job's combiner does not declare (an
     option given to a sweep of several combiners applies to those that have it)."""
     name = str(cfg.combiner.name)
-    if any(text.split("=", 1)[0].lstrip("+") == "combiner._target_" for text in overrides):
+    if "combiner" in named_classes(overrides):
         return  # a class given on the command line decides its own options
     for text in overrides:
         key = text.split("=", 1)[0].lstrip("+")

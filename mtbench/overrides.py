@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.errors import MtbenchError
-from mtbench.variant import combiner_options
+from mtbench.variant import combiner_options, named_classes
 
 #: mtbench's own config groups (Hydra's ``hydra/...`` groups are Hydra's business)
 GROUPS = ("combiner", "task", "model", "trainer", "experiment", "logger", "debug")
@@ -156,7 +156,7 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
         known = [k for k in known if not k.startswith("hydra.")]
         combiners = group_choices.get("combiner") or _default_combiners(configs, multirun)
         # a class or builder given on the command line (``_target_``) checks its own options
-        custom = {g for g in ("combiner", "model") if any(o.key_or_group == f"{g}._target_" for _, o in keyed)}
+        custom = named_classes(o.key_or_group for _, o in keyed)
         open_dicts = _open_dicts(configs)
         for text, o in keyed:
             key = o.key_or_group

@@ -134,6 +134,13 @@ def combiner_options(name: str) -> frozenset[str] | None:
     return frozenset(k for k in data if k not in ("name", "defaults"))
 
 
+def named_classes(keys: Iterable[str]) -> set[str]:
+    """The groups (``combiner``, ``model``) whose ``_target_`` the given override keys set: the
+    class or builder named there checks its own options, so mtbench passes them on unchecked."""
+    given = {k.split("=", 1)[0].lstrip("+") for k in keys}
+    return {g for g in ("combiner", "model") if f"{g}._target_" in given}
+
+
 def applies(key: str, combiner: str) -> bool:
     """Whether the override key ``key`` applies to ``combiner`` (only ``combiner.<option>`` keys
     may not: an option the combiner does not declare)."""
@@ -166,7 +173,7 @@ def identity(overrides: Iterable[str], combiner: str) -> dict[str, str]:
     out = {}
     pairs = parse(overrides)
     # a class given on the command line (combiner._target_) decides its own options
-    custom = any(key.lstrip("+") == "combiner._target_" for key, _ in pairs)
+    custom = "combiner" in named_classes(key for key, _ in pairs)
     for key, value in pairs:
         bare = key.lstrip("+")
         if is_identity_key(bare) and (custom or applies(bare, combiner)):
