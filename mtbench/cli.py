@@ -407,6 +407,15 @@ def _swept_combiners(config: DictConfig) -> list[str] | None:
     return names if all(n and all(c.isalnum() or c in "_-." for c in n) for n in names) else None
 
 
+def _register_sweeper() -> None:
+    """Register mtbench's sweeper (``hydra/sweeper=interleaved``) with Hydra by hand: Hydra finds
+    plugins by listing its ``hydra_plugins`` package, which an editable install cannot list."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.mtbench_sweeper import InterleavedSweeper
+
+    Plugins.instance().register(InterleavedSweeper)
+
+
 def main() -> None:
     """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
     command failed or was interrupted, 2 if any was refused (a bad input)."""
@@ -423,6 +432,7 @@ def main() -> None:
     sys.argv[1:] = argv
     manifest = None
     if multirun:
+        _register_sweeper()
         root = next((a.split("=", 1)[1] for a in argv if a.startswith("results_dir=")), "results")
         manifest = sweep.start(root.split(",")[0])
     _app()

@@ -39,21 +39,32 @@ def mtbench() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mtbench"]
 
 
-def sweep(results: Path, name: str, combiners: str, extra: list[str]) -> dict[str, dict[str, float]]:
-    """Run one sweep; per combiner, its speed ratio from CPU time and from wall time."""
+def sweep(results: Path, name: str, combiners: str, seeds: int, extra: list[str]) -> dict[str, dict[str, float]]:
+    """Run one sweep (every combiner x seeds 0..seeds-1); per combiner, its speed ratio from CPU
+    time and from wall time, as the table computes it: the baseline's mean step time over its
+    seeds divided by the combiner's."""
     from mtbench.report.load import load_runs
 
-    cmd = [*mtbench(), "-m", f"combiner={combiners}", f"name={name}", f"results_dir={results}", *SMALL, *extra]
+    seed_list = ",".join(str(s) for s in range(seeds))
+    # mtbench's sweeper runs every combiner of a seed in turn (hydra/sweeper=interleaved); pass
+    # hydra/sweeper=basic as an override to see each combiner's seeds back to back instead
+    cmd = [*mtbench(), "-m", f"combiner={combiners}", f"seed={seed_list}", f"name={name}", f"results_dir={results}"]
+    cmd += [*SMALL, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         sys.exit(f"bench_speed_stability: the sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     runs, _, _, _ = load_runs(results / name)
-    done = runs[runs["status"] == "completed"].set_index("combiner")
+    done = runs[runs["status"] == "completed"]
     out = {}
     for clock, col in (("cpu", "train_step_cpu_s"), ("wall", "train_step_s")):
-        base = float(done.loc["baseline", col])
-        out[clock] = {c: base / float(done.loc[c, col]) for c in done.index}
+        mean = done.groupby("combiner")[col].mean()
+        out[clock] = {c: float(mean["baseline"]) / float(mean[c]) for c in mean.index}
     out["load_max"] = float(done["load_max"].max())
+    # each run's CPU time per step (ms), by combiner, in seed order
+    ordered = done.sort_values("seed")
+    out["runs_cpu_ms"] = {
+        c: [round(1e3 * float(v), 3) for v in g["train_step_cpu_s"]] for c, g in ordered.groupby("combiner", sort=False)
+    }
     return out
 
 
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--busy", type=int, default=os.cpu_count() or 1, help="background busy processes (default: one per core)"
     )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per combiner in each sweep (default 3)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("overrides", nargs="*", help="more mtbench overrides for both sweeps")
     args = p.parse_args(argv)
@@ -74,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            first = sweep(Path(tmp), "sweep_1", args.combiners, args.overrides)
-            second = sweep(Path(tmp), "sweep_2", args.combiners, args.overrides)
+            first = sweep(Path(tmp), "sweep_1", args.combiners, args.seeds, args.overrides)
+            second = sweep(Path(tmp), "sweep_2", args.combiners, args.seeds, args.overrides)
     finally:
         for proc in busy:
             proc.kill()
@@ -96,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "speed ratio vs baseline of two identical mtbench -m sweeps under background load, from CPU time and from wall time",
         "command_overrides": SMALL + args.overrides,
         "combiners": args.combiners.split(","),
+        "seeds": args.seeds,
         "busy_processes": args.busy,
         "cores": os.cpu_count(),
         "load_max_1m": max(first["load_max"], second["load_max"]),
@@ -104,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "seconds": round(time.time() - started, 1),
         "rows": rows,
+        "runs_cpu_ms": {"sweep_1": first["runs_cpu_ms"], "sweep_2": second["runs_cpu_ms"]},
         "worst_rel_diff": worst,
         "target": "cpu ratios within 10 % of each other",
         "within_target": worst["cpu"] <= 0.10,

@@ -26,7 +26,7 @@ LAYERS = {
     "api": ("mtbench", "mtbench.nn", "mtbench.api"),
     "train": ("mtbench.train",),
     "report": ("mtbench.report",),
-    "cli": ("mtbench.cli", "mtbench.__main__", "mtbench.overrides", "mtbench.configs"),
+    "cli": ("mtbench.cli", "mtbench.__main__", "mtbench.overrides", "mtbench.sweep_order", "mtbench.configs"),
 }
 ORDER = list(LAYERS)
 

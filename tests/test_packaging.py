@@ -23,6 +23,8 @@ def test_every_subpackage_is_listed_in_pyproject():
         for p in (ROOT / "mtbench").rglob("__init__.py")
     }
     found = {f.rstrip(".") for f in found} | {"mtbench.configs"}
+    # mtbench's Hydra sweeper: Hydra loads plugins from its hydra_plugins namespace only
+    found |= {"hydra_plugins." + p.parent.name for p in (ROOT / "hydra_plugins").glob("*/__init__.py")}
     assert found == listed
 
 
@@ -54,6 +56,8 @@ def test_wheel_installs_and_finds_its_configs(installed, tmp_path):
     configs = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     assert configs and {f"mtbench/configs/{c}" for c in configs} <= names
     assert "mtbench/report/paper/celeba.csv" in names  # the paper's numbers, package data
+    assert "hydra_plugins/mtbench_sweeper/__init__.py" in names  # the sweeper, found by Hydra's plugin scan
+    assert "hydra_plugins/__init__.py" not in names  # a namespace shared with Hydra's other plugins
     entry_points = next(zipfile.Path(wheel, n).read_text() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "mtbench-fake = mtbench.data.fake:main" in entry_points
     elsewhere = tmp_path / "elsewhere"
