@@ -411,6 +411,7 @@ def _register_sweeper() -> None:
     """Register mtbench's sweeper (``hydra/sweeper=interleaved``) with Hydra by hand: Hydra finds
     plugins by listing its ``hydra_plugins`` package, which an editable install cannot list."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.mtbench_sweeper import InterleavedSweeper
 
     Plugins.instance().register(InterleavedSweeper)
