@@ -150,6 +150,8 @@ class Problem:
     losses: Callable[[Any, Any], torch.Tensor]
     default_leak: list[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: loss i reads output column i only (``Task.column_losses``; the random problem's BCE: yes)
+    column_losses: bool = False
 
 
 def bce_losses(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -217,6 +219,7 @@ def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
             losses=task.losses,
             default_leak=task.default_leak,
             info={"task": task.name, "input_shape": list(shape)},
+            column_losses=task.column_losses,
         )
     T, C, S = args.num_tasks, args.channels, args.image_size
     model = build_model(cfg.model, num_tasks=T, in_channels=C)
@@ -244,6 +247,7 @@ def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
         batches=data,
         losses=bce_losses,
         info={"task": "random", "input_shape": [bs, C, S, S], "num_tasks": T},
+        column_losses=True,
     )
 
 
@@ -303,7 +307,8 @@ def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gen
     options.pop("_target_", None)
     name = options.pop("name")
     # the trainer's own step: forward (autocast under trainer.amp), combiner.backward, optimizer step
-    step = TrainStep(model, combiner, optimizer, problem.losses, device, amp_dtype(cfg_row.trainer), gen, cpu_gen)
+    amp = amp_dtype(cfg_row.trainer)
+    step = TrainStep(model, combiner, optimizer, problem.losses, device, amp, gen, cpu_gen, problem.column_losses)
     return Row(row, name, options.get("level"), options, model, optimizer, step, slow)
 
 

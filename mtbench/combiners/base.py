@@ -46,6 +46,9 @@ class Step:
     generator: torch.Generator | None = None
     #: random numbers on the host (e.g. PCGrad's permutations)
     cpu_generator: torch.Generator | None = None
+    #: loss i reads column i of ``outputs`` [B, T] only (``Task.column_losses``): the per-task
+    #: gradients at the outputs are then the columns of one backward pass of sum_i L_i
+    column_losses: bool = False
 
 
 class Combiner:

@@ -46,6 +46,8 @@ from mtbench.combiners.linalg import BLOCK_COLUMNS, combine, gram64
 __all__ = [
     "graddrop",
     "random_graddrop",
+    "graddrop_factored",
+    "graddrop_transfer",
     "pcgrad",
     "pcgrad_weights_from_gram",
     "mgda_weights",
@@ -245,6 +247,14 @@ def graddrop(
         ValueError: leak of the wrong length or outside [0, 1], unknown ``f``,
             non-finite ``k``, or ``activation`` not shaped like one task gradient.
     """
+    return _graddrop_core(grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop")
+
+
+def graddrop_transfer(f: str = "identity", k: float = 1.0):
+    """GradDrop's map of the purity, ``f(P)`` (see :func:`graddrop`), as a function of a tensor;
+    ``f="random"``: the constant 1/2 of :func:`random_graddrop`."""
+    if f == "random":
+        return lambda p: torch.full_like(p, 0.5)
     if not isinstance(f, str) or f not in GRADDROP_F:
         raise ValueError(f"f must be one of {', '.join(repr(x) for x in GRADDROP_F)}; got {f!r}")
     try:
@@ -253,23 +263,88 @@ def graddrop(
         raise ValueError(f"k must be a finite number; got {k!r}") from None
     if not math.isfinite(slope):
         raise ValueError(f"k must be a finite number; got {k!r}")
-
     if f == "identity":
+        return lambda p: p
+    if f == "linear":
+        return lambda p: 0.5 + slope * (p - 0.5)
+    return lambda p: torch.sigmoid((4.0 * slope) * (p - 0.5))
 
-        def transfer(p: Tensor) -> Tensor:
-            return p
 
-    elif f == "linear":
+def graddrop_factored(
+    e: Tensor,
+    weight: Tensor,
+    activation: Tensor | None = None,
+    leak: LeakLike = None,
+    f: str = "identity",
+    k: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    eps: float = 1e-7,
+    renormalize: bool = False,
+) -> Tensor:
+    """:func:`graddrop` (``f="random"``: :func:`random_graddrop`) of per-task gradients that
+    factor as ``grads[i, b] = e[b, i] * weight[i]``: linear heads (logits ``A W^T + b``, one
+    per task) under per-column losses, ``e[b, i] = dL_i/dO[b, i]``.
 
-        def transfer(p: Tensor) -> Tensor:
-            return 0.5 + slope * (p - 0.5)
+    Args:
+        e: ``[B, T]``; weight: ``[T, D]`` (the heads' weight); activation: ``[B, D]`` for the
+            batch-separated rule, or None. The other arguments as :func:`graddrop`.
 
+    Returns:
+        ``[B, D]``: the same rule as :func:`graddrop` on the stack ``[T, B, D]``, which is
+        never formed. Batch-separated: ``G = weight * (e^T sign(A))`` [T, D], and the output is
+        ``e @ (M' * weight)`` with ``M' = l + (1 - l) M`` (two [T, B] x [B, D]-sized products).
+        Per element: the sums of the positive and of the negative parts of the ``g_i`` are
+        products of the positive and negative parts of ``e`` and ``weight``, and the output is
+        ``sum_i l_i g_i + [f(P) > U] S+ + [f(P) < U] S-`` with ``S+-`` those sums weighted by
+        ``1 - l_i``. The same uniform draw (one ``torch.rand`` of the purity's shape) as
+        :func:`graddrop`; equal to it up to floating-point rounding (a mask can differ only
+        where ``f(P)`` and ``U`` agree to rounding).
+    """
+    transfer = graddrop_transfer(f, k)
+    fn = "random_graddrop_factored" if f == "random" else "graddrop_factored"
+    if e.dim() != 2 or weight.dim() != 2 or e.shape[1] != weight.shape[0]:
+        raise ValueError(f"{fn}: need e [B, T] and weight [T, D]; got {tuple(e.shape)} and {tuple(weight.shape)}")
+    n_tasks = e.shape[1]
+    leak_values = _leak_per_task(leak, n_tasks)
+    lk = None if leak_values is None else leak_values.to(device=e.device, dtype=e.dtype)
+    if activation is not None:
+        if tuple(activation.shape) != (e.shape[0], weight.shape[1]):
+            raise ValueError(f"{fn}: activation must be [B, D] = {(e.shape[0], weight.shape[1])}")
+        sign = torch.sign(activation).to(dtype=e.dtype)
+        signed = weight * (e.T @ sign)  # [T, D]: G_i = sum_b sign(A_b) g_i[b]
+        purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
+        uniform = torch.rand(purity.shape, generator=generator, device=e.device, dtype=e.dtype)
+        p = transfer(purity)
+        keep = ((p > uniform) & (signed > 0)) | ((p < uniform) & (signed < 0))
+        mask = keep.to(e.dtype)
+        if lk is not None:
+            mask = lk[:, None] + (1.0 - lk[:, None]) * mask
+        out = e @ (mask * weight)
     else:
-
-        def transfer(p: Tensor) -> Tensor:
-            return torch.sigmoid((4.0 * slope) * (p - 0.5))
-
-    return _graddrop_core(grads, activation, leak, transfer, generator, eps, renormalize, "graddrop")
+        e_pos, e_neg = e.clamp(min=0), e.clamp(max=0)
+        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        total = e @ weight  # sum_i g_i
+        purity = 0.5 * (1.0 + total / ((e.abs() @ weight.abs()) + eps))
+        uniform = torch.rand(purity.shape, generator=generator, device=e.device, dtype=e.dtype)
+        p = transfer(purity)
+        if lk is not None:  # (1 - l_i) into the tasks' columns, l_i g_i passes untouched
+            drop = 1.0 - lk
+            e_pos, e_neg = e_pos * drop, e_neg * drop
+        pos = e_pos @ w_pos + e_neg @ w_neg  # sum of the positive parts g_i > 0
+        neg = e_pos @ w_neg + e_neg @ w_pos  # ... and of the negative parts
+        out = torch.where(p > uniform, pos, torch.zeros_like(pos)) + torch.where(
+            p < uniform, neg, torch.zeros_like(neg)
+        )
+        if lk is not None:
+            out = out + (e * lk) @ weight
+    if renormalize:
+        target = (e @ weight).norm()
+        norm = out.norm()
+        nonzero = norm > 0
+        scale = torch.where(nonzero, target / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
+        out = out * scale
+    return out
 
 
 def random_graddrop(
@@ -295,10 +370,9 @@ def random_graddrop(
         The combined gradient, shape ``grads.shape[1:]``.
     """
 
-    def transfer(p: Tensor) -> Tensor:
-        return torch.full_like(p, 0.5)
-
-    return _graddrop_core(grads, activation, leak, transfer, generator, eps, renormalize, "random_graddrop")
+    return _graddrop_core(
+        grads, activation, leak, graddrop_transfer("random"), generator, eps, renormalize, "random_graddrop"
+    )
 
 
 # ----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbench.combiners.base import Combiner, Step, one_of, positive
-from mtbench.combiners.functional import GRADDROP_F, graddrop
+from mtbench.combiners.functional import GRADDROP_F, graddrop, graddrop_factored
 from mtbench.combiners.taskgrads import rep_task_grads
 from mtbench.errors import MtbenchError
 from mtbench.options import Option, boolean, number
@@ -16,7 +16,8 @@ class GradDrop(Combiner):
 
     Forward: the identity. Backward: from the T per-task gradients dL_i/dA ([T, B, *F],
     :func:`taskgrads.rep_task_grads`: through the stock linear heads by the chain rule, else
-    one batched autograd call), keep at each feature either the positive-signed or the
+    one batched autograd call; with linear heads and per-column losses never stacked,
+    :func:`functional.graddrop_factored`), keep at each feature either the positive-signed or the
     negative-signed tasks with probability f(P), P the sign purity
     1/2 (1 + sum_i G_i / (sum_i |G_i| + eps)); see :func:`functional.graddrop` for the
     exact rule. The combined gradient flows into the trunk; each head gets its own loss's
@@ -58,10 +59,34 @@ class GradDrop(Combiner):
             renormalize=bool(self.renormalize),
         )
 
+    def transfer_name(self) -> str:
+        """``f`` of :func:`functional.graddrop_factored` (RandomGradDrop: ``"random"``)."""
+        return self.f
+
+    def drop_factored(self, e, weight, activation, step: Step):
+        """:meth:`drop` of the gradients ``g_i[b] = e[b, i] weight_i`` (never stacked)."""
+        return graddrop_factored(
+            e,
+            weight,
+            activation,
+            leak=self.leak,
+            f=self.transfer_name(),
+            k=getattr(self, "k", 1.0),
+            generator=step.generator,
+            eps=self.eps,
+            renormalize=bool(self.renormalize),
+        )
+
     def backward(self, step: Step) -> None:
-        grads = rep_task_grads(step).full()
-        activation = step.rep.detach() if self.batch_separated else None
-        combined = self.drop(grads, activation, step)
+        rep_grads = rep_task_grads(step)
+        factors = rep_grads.column_factors()
+        if factors is not None:  # linear heads, per-column losses: two products, no [T, B, D] stack
+            flat = step.rep.detach().reshape(step.rep.shape[0], -1)
+            combined = self.drop_factored(*factors, flat if self.batch_separated else None, step)
+            combined = combined.reshape(step.rep.shape)
+        else:
+            activation = step.rep.detach() if self.batch_separated else None
+            combined = self.drop(rep_grads.full(), activation, step)
         self.backward_heads(step)
         self.backward_trunk(step, combined)
 

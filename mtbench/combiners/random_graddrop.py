@@ -18,6 +18,9 @@ class RandomGradDrop(GradDrop):
     style = ("#17becf", "X")
     options = {k: v for k, v in GradDrop.options.items() if k not in ("f", "k")}
 
+    def transfer_name(self) -> str:
+        return "random"
+
     def drop(self, grads, activation, step):
         return random_graddrop(
             grads,

@@ -10,7 +10,9 @@ Two places need the T per-task gradients g_i of the losses L_i:
   tiny Jacobian of the losses with respect to the logits is taken by autograd; and when each
   loss reads its own logit column only (per-attribute losses), ``dL_i/dA[b] = e[b, i] W_i``
   with ``e[b, i] = dL_i/dO[b, i]``: the T x B x D stack costs O(T B D) memory at most and the
-  Gram matrix ``g_i . g_j = (sum_b e[b, i] e[b, j]) (W_i . W_j)`` never needs it.
+  Gram matrix ``g_i . g_j = (sum_b e[b, i] e[b, j]) (W_i . W_j)`` never needs it. When the
+  task promises per-column losses (``Task.column_losses``, passed on as ``Step.column_losses``),
+  ``e`` is the gradient of ``sum_i L_i`` at the logits: one backward pass, no Jacobian at all.
 
 * **at the shared parameters** (PCGrad and MGDA at ``level: params``):
   :class:`ParamTaskGrads` runs the T backward passes through the trunk (``chunk`` tasks per
@@ -50,6 +52,7 @@ __all__ = [
     "TaskGrads",
     "RepGrads",
     "rep_task_grads",
+    "column_loss_grads",
     "task_grads_at",
     "param_grad_stack",
     "shared_parameters",
@@ -125,7 +128,8 @@ class RepGrads:
 
     Either held as a stack [T, B, *F] (``full``) or factored through linear heads with weight
     W [O, D] (D = prod F): ``g_i = J_i W`` with ``J_i = dL_i/dO`` [B, O], or, when each loss
-    reads only its own logit column, ``g_i[b] = e[b, i] W_i``.
+    reads only its own logit column, ``g_i[b] = e[b, i] W_i`` (``diag`` = e [B, T]; ``jac`` may
+    then be omitted).
     """
 
     def __init__(
@@ -148,12 +152,21 @@ class RepGrads:
             self.num_tasks = int(full.shape[0])
         elif jac is not None:
             self.num_tasks = int(jac.shape[0])
+        elif diag is not None and weight is not None:
+            self.num_tasks = int(diag.shape[1])
         else:
             raise ValueError("RepGrads needs a full stack or a factored form")
 
     @property
     def factored(self) -> bool:
         return self._full is None
+
+    def column_factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(e, W)`` with ``g_i[b] = e[b, i] W_i`` (e [B, T], W [T, D]) when the gradients are
+        held in that form (linear heads, per-column losses), else None."""
+        if self._diag is None or self._full is not None:
+            return None
+        return self._diag, self._weight
 
     def full(self) -> Tensor:
         """The stack [T, B, *F] (materialised once)."""
@@ -245,11 +258,26 @@ def loss_jacobian(losses: Tensor, outputs: Tensor) -> Tensor | None:
     return jac
 
 
+def column_loss_grads(losses: Tensor, outputs: Tensor) -> Tensor | None:
+    """``e[b, i] = dL_i/d outputs[b, i]`` [B, T] when loss i reads column i of ``outputs`` [B, T]
+    only (the caller's promise, ``Step.column_losses``): then dL_i/d outputs is zero outside
+    column i, and the gradient of sum_i L_i is every task's column at once (one backward pass
+    through the losses' graph, instead of T). None when the shapes do not fit that promise."""
+    if losses.dim() != 1 or outputs.dim() != 2 or outputs.shape[1] != losses.shape[0] or losses.shape[0] == 0:
+        return None
+    (e,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True, allow_unused=True)
+    return e if e is not None and e.dtype == outputs.dtype else None
+
+
 def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
     """Per-task gradients at ``step.rep`` (see the module docstring): through the linear heads
     by the chain rule when :func:`linear_heads_of` finds them, else ``general(losses, rep)``
     (default :func:`task_grads_at`)."""
     lin = linear_heads_of(step)
+    if lin is not None and getattr(step, "column_losses", False):
+        diag = column_loss_grads(step.losses, step.outputs)
+        if diag is not None:
+            return RepGrads(step.rep, weight=lin.weight.detach(), diag=diag)
     if lin is not None:
         jac = loss_jacobian(step.losses, step.outputs)
         if jac is not None and jac.dtype == step.rep.dtype:

@@ -131,6 +131,13 @@ class Task:
         """The T per-task losses of a batch, a vector [T] (each a mean over the batch)."""
         raise NotImplementedError
 
+    @property
+    def column_losses(self) -> bool:
+        """True when ``outputs`` is a [B, T] tensor and loss i reads its column i only (one logit
+        per task, a per-attribute loss): then every dL_i/d outputs is column i of the gradient of
+        sum_i L_i, one backward pass instead of T. False (the default) for any other task."""
+        return False
+
     def scores(self, outputs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
         """What evaluation keeps of a batch's outputs (concatenated over the split)."""
         raise NotImplementedError
@@ -161,6 +168,12 @@ class BinaryAttributeTask(Task):
         if self.two_way:
             return HeadSpec(2 * self.num_tasks)  # two logits per attribute, [B, 2T] -> [B, T, 2]
         return HeadSpec(self.num_tasks)  # one logit per attribute: T linear heads, stacked
+
+    @property
+    def column_losses(self) -> bool:
+        # binary cross-entropy per logit column; not for two-way heads (two columns per loss), nor
+        # for a subclass with losses of its own
+        return not self.two_way and type(self).losses is BinaryAttributeTask.losses
 
     def losses(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.two_way:

@@ -118,7 +118,15 @@ class Trainer:
         self.data_gen = self.gens["batch order"]
         task.augment_generator = self.gens["augmentation"]
         self.step = TrainStep(
-            model, combiner, self.optimizer, task.losses, device, amp, self.gens["combiner"], self.gens["combiner cpu"]
+            model,
+            combiner,
+            self.optimizer,
+            task.losses,
+            device,
+            amp,
+            self.gens["combiner"],
+            self.gens["combiner cpu"],
+            column_losses=task.column_losses,
         )
         torch.manual_seed(derive_seed(seed, "training"))  # anything else drawn while training (dropout)
         self.columns = {c.key: c for c in task.metric_columns}

@@ -20,7 +20,8 @@ class TrainStep:
 
     ``losses(outputs, labels)`` gives the per-task losses (``Task.losses``); ``amp``: the
     autocast dtype of the forward pass (``train.device.amp_dtype``) or None; ``generator`` /
-    ``cpu_generator``: the combiner's random numbers on the training device and on the host.
+    ``cpu_generator``: the combiner's random numbers on the training device and on the host;
+    ``column_losses``: loss i reads output column i only (``Task.column_losses``).
     A combiner that needs the input's gradient (``needs_input_grad``) needs ``x`` to require
     it: the caller sets that, outside whatever it times.
     """
@@ -35,10 +36,12 @@ class TrainStep:
         amp: torch.dtype | None = None,
         generator: torch.Generator | None = None,
         cpu_generator: torch.Generator | None = None,
+        column_losses: bool = False,
     ):
         self.model, self.combiner, self.optimizer, self.losses = model, combiner, optimizer, losses
         self.device, self.amp = device, amp
         self.generator, self.cpu_generator = generator, cpu_generator
+        self.column_losses = bool(column_losses)
 
     @property
     def needs_input_grad(self) -> bool:
@@ -49,6 +52,7 @@ class TrainStep:
         with autocast(self.device, self.amp):
             rep, outputs = self.model(x)
             losses = self.losses(outputs, labels)
-        self.combiner.backward(Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator))
+        step = Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator, self.column_losses)
+        self.combiner.backward(step)
         self.optimizer.step()
         return losses
