@@ -155,8 +155,12 @@ class Combiner:
         return taskgrads.param_grad_stack(step, rep_grads, params, chunk_size)
 
     @staticmethod
-    def backward_heads(step: Step, weights: torch.Tensor | None = None) -> None:
-        """Each head gets its own loss's gradient (weighted by ``weights`` if given)."""
+    def backward_heads(step: Step, weights: torch.Tensor | None = None, rep_grads: RepGrads | None = None) -> None:
+        """Each head gets its own loss's gradient (weighted by ``weights`` if given); from the
+        step's per-task gradients at the representation in closed form where they allow it
+        (:meth:`RepGrads.add_head_grads`), else by autograd."""
+        if weights is None and rep_grads is not None and rep_grads.add_head_grads(step.rep):
+            return
         heads = step.model.head_parameters()
         total = step.losses.sum() if weights is None else (weights * step.losses).sum()
         torch.autograd.backward(total, inputs=heads, retain_graph=True)

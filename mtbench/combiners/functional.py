@@ -967,34 +967,41 @@ def gradvac_weights_from_gram(
     )
     if tuple(phi_t.shape) != (n_tasks, n_tasks):
         raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
-    coeff = torch.eye(n_tasks, dtype=torch.float64)
     if n_tasks < 2:
-        return coeff.sum(dim=0), phi_t
+        return torch.ones(n_tasks, dtype=torch.float64), phi_t
     perm_device = generator.device if generator is not None else torch.device("cpu")
     perms = torch.stack(
         [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
     ).cpu()
-    rows = torch.arange(n_tasks)
-    order = perms + (perms >= rows[:, None]).long()  # [T, T-1]: task i's s-th visit
-    norms_j = g.diagonal().clamp_min(0).sqrt()
-    cg = coeff @ g  # row i: g_i' . g_k for every k
+    # the T - 1 visits run in NumPy: many operations on small float64 arrays
+    gn, phi_n = g.numpy(), phi_t.numpy()
+    rows = np.arange(n_tasks)
+    perms_n = perms.numpy()
+    order = perms_n + (perms_n >= rows[:, None])  # [T, T-1]: task i's s-th visit
+    norms_j = np.sqrt(np.clip(gn.diagonal(), 0.0, None))
+    coeff = np.eye(n_tasks)
+    cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
+    sq_i = gn.diagonal().copy()  # ||g_i'||^2 = coeff_i . cg_i
     for step in range(n_tasks - 1):
         other = order[:, step]
         dot = cg[rows, other]
-        norm_i = (cg * coeff).sum(dim=1).clamp_min(0).sqrt()
+        norm_i = np.sqrt(np.clip(sq_i, 0.0, None))
         norm_j = norms_j[other]
         cos = dot / (norm_i * norm_j + eps)
-        target = phi_t[rows, other]
+        target = phi_n[rows, other]
         low = cos < target
-        if bool(low.any()):
-            s_cos = (1.0 - cos * cos).clamp_min(0).sqrt()
-            s_tgt = (1.0 - target * target).clamp_min(0).sqrt()
-            w = norm_i * (target * s_cos - cos * s_tgt) / (norm_j * s_tgt + eps)
-            w = torch.where(low, w, torch.zeros_like(w))
-            coeff[rows, other] += w
-            cg = cg + w[:, None] * g[other]
-        phi_t[rows, other] = (1.0 - beta) * target + beta * cos
-    return coeff.sum(dim=0), phi_t
+        if low.any():
+            t, o = rows[low], other[low]
+            c, tg = cos[low], target[low]
+            s_cos = np.sqrt(np.clip(1.0 - c * c, 0.0, None))
+            s_tgt = np.sqrt(np.clip(1.0 - tg * tg, 0.0, None))
+            w = norm_i[low] * (tg * s_cos - c * s_tgt) / (norm_j[low] * s_tgt + eps)
+            # ||g_i' + w g_j||^2 = ||g_i'||^2 + 2 w (g_i' . g_j) + w^2 ||g_j||^2
+            sq_i[t] += 2.0 * w * dot[low] + w * w * gn[o, o]
+            coeff[t, o] += w
+            cg[t] += w[:, None] * gn[o]
+        phi_n[rows, other] = (1.0 - beta) * target + beta * cos
+    return torch.from_numpy(coeff.sum(axis=0)), phi_t
 
 
 def gradvac(

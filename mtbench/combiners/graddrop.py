@@ -87,7 +87,7 @@ class GradDrop(Combiner):
         else:
             activation = step.rep.detach() if self.batch_separated else None
             combined = self.drop(rep_grads.full(), activation, step)
-        self.backward_heads(step)
+        self.backward_heads(step, rep_grads=rep_grads)
         self.backward_trunk(step, combined)
 
 

@@ -78,7 +78,7 @@ class GramWeighted(Combiner):
 
     def backward(self, step: Step) -> None:
         rep_grads = self.task_grads.at_representation(step)
-        self.backward_heads(step)
+        self.backward_heads(step, rep_grads=rep_grads)
         if self.level == "representation":
             weights = self.gram_weights(rep_grads.gram(), step)
             self.backward_trunk(step, rep_grads.combine(weights))

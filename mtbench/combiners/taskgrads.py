@@ -148,6 +148,9 @@ class RepGrads:
         self._jac = jac  # [T, B, O]
         self._weight = weight  # [O, D], detached
         self._diag = diag  # [B, T]
+        #: the heads' ``nn.Linear`` when ``diag`` came from per-column losses (the heads'
+        #: gradient of sum_i L_i is then ``diag^T A``: :meth:`head_grads`)
+        self.linear: nn.Linear | None = None
         if full is not None:
             self.num_tasks = int(full.shape[0])
         elif jac is not None:
@@ -167,6 +170,23 @@ class RepGrads:
         if self._diag is None or self._full is not None:
             return None
         return self._diag, self._weight
+
+    def add_head_grads(self, rep: Tensor) -> bool:
+        """Accumulate the heads' gradient of sum_i L_i into their ``.grad`` in closed form,
+        ``dW = e^T A``, ``db = sum_b e`` (what autograd's linear backward computes, without
+        another pass through the losses' graph); False (nothing done) unless the gradients
+        came from per-column losses through linear heads."""
+        lin = self.linear
+        if lin is None or self._diag is None:
+            return False
+        e = self._diag
+        grads = [(lin.weight, e.T @ rep.detach().reshape(rep.shape[0], -1))]
+        if lin.bias is not None:
+            grads.append((lin.bias, e.sum(0)))
+        for param, g in grads:
+            if param.requires_grad:
+                param.grad = g if param.grad is None else param.grad.add_(g)
+        return True
 
     def full(self) -> Tensor:
         """The stack [T, B, *F] (materialised once)."""
@@ -277,7 +297,9 @@ def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
     if lin is not None and getattr(step, "column_losses", False):
         diag = column_loss_grads(step.losses, step.outputs)
         if diag is not None:
-            return RepGrads(step.rep, weight=lin.weight.detach(), diag=diag)
+            rg = RepGrads(step.rep, weight=lin.weight.detach(), diag=diag)
+            rg.linear = lin
+            return rg
     if lin is not None:
         jac = loss_jacobian(step.losses, step.outputs)
         if jac is not None and jac.dtype == step.rep.dtype:
