@@ -149,7 +149,7 @@ class RepGrads:
         self._weight = weight  # [O, D], detached
         self._diag = diag  # [B, T]
         #: the heads' ``nn.Linear`` when ``diag`` came from per-column losses (the heads'
-        #: gradient of sum_i L_i is then ``diag^T A``: :meth:`head_grads`)
+        #: gradient of sum_i L_i is then ``diag^T A``: :meth:`add_head_grads`)
         self.linear: nn.Linear | None = None
         if full is not None:
             self.num_tasks = int(full.shape[0])
