@@ -166,28 +166,38 @@ def _graddrop_core(
     else:
         signed = grads
 
-    # Gradient Positive Sign Purity, one value per (feature) position.
-    purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
-    # exactly one uniform draw per position (so shared by the whole batch in batch mode)
-    uniform = torch.rand(purity.shape, generator=generator, device=grads.device, dtype=grads.dtype)
-    keep_positive_prob = transfer(purity)
-    keep = ((keep_positive_prob > uniform) & (signed > 0)) | ((keep_positive_prob < uniform) & (signed < 0))
-    weight = keep.to(grads.dtype)  # M_i, shape [T, *P.shape]
-
-    if leak_values is not None:
-        lk = leak_values.to(device=grads.device, dtype=grads.dtype).reshape((n_tasks,) + (1,) * (weight.dim() - 1))
-        weight = lk + (1.0 - lk) * weight
+    weight = _keep_weights(signed, transfer, leak_values, eps, generator)
     if activation is not None:
         weight = weight.unsqueeze(1)  # broadcast the per-feature mask over the batch
     out = (weight * grads).sum(dim=0)
+    return _rescaled(out, grads.sum(dim=0)) if renormalize else out
 
-    if renormalize:
-        target = grads.sum(dim=0).norm()
-        norm = out.norm()
-        nonzero = norm > 0
-        scale = torch.where(nonzero, target / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
-        out = out * scale
-    return out
+
+def _keep_weights(
+    signed: Tensor, transfer, leak_values: Tensor | None, eps: float, generator: torch.Generator | None
+) -> Tensor:
+    """GradDrop's steps 2-5 on the signed gradients G [T, *P]: the purity P, ONE uniform draw of
+    P's shape, the masks M_i, and the weights l_i + (1 - l_i) M_i [T, *P] (M_i without a leak)."""
+    # Gradient Positive Sign Purity, one value per (feature) position.
+    purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
+    # exactly one uniform draw per position (so shared by the whole batch in batch mode)
+    uniform = torch.rand(purity.shape, generator=generator, device=signed.device, dtype=signed.dtype)
+    keep_positive_prob = transfer(purity)
+    keep = ((keep_positive_prob > uniform) & (signed > 0)) | ((keep_positive_prob < uniform) & (signed < 0))
+    weight = keep.to(signed.dtype)  # M_i, shape [T, *P.shape]
+    if leak_values is not None:
+        shape = (signed.shape[0],) + (1,) * (weight.dim() - 1)
+        lk = leak_values.to(device=signed.device, dtype=signed.dtype).reshape(shape)
+        weight = lk + (1.0 - lk) * weight
+    return weight
+
+
+def _rescaled(out: Tensor, target: Tensor) -> Tensor:
+    """``out`` rescaled to the L2 norm of ``target`` (an all-zero ``out`` unchanged)."""
+    norm, goal = out.norm(), target.norm()
+    nonzero = norm > 0
+    scale = torch.where(nonzero, goal / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
+    return out * scale
 
 
 def graddrop(
@@ -247,6 +257,8 @@ def graddrop(
         ValueError: leak of the wrong length or outside [0, 1], unknown ``f``,
             non-finite ``k``, or ``activation`` not shaped like one task gradient.
     """
+    if f == "random":  # (graddrop_transfer's name for random_graddrop's constant)
+        raise ValueError(f"f must be one of {', '.join(repr(x) for x in GRADDROP_F)}; got {f!r}")
     return _graddrop_core(grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop")
 
 
@@ -305,26 +317,18 @@ def graddrop_factored(
     fn = "random_graddrop_factored" if f == "random" else "graddrop_factored"
     if e.dim() != 2 or weight.dim() != 2 or e.shape[1] != weight.shape[0]:
         raise ValueError(f"{fn}: need e [B, T] and weight [T, D]; got {tuple(e.shape)} and {tuple(weight.shape)}")
-    n_tasks = e.shape[1]
-    leak_values = _leak_per_task(leak, n_tasks)
-    lk = None if leak_values is None else leak_values.to(device=e.device, dtype=e.dtype)
+    leak_values = _leak_per_task(leak, e.shape[1])
+    total = e @ weight if renormalize or activation is None else None  # sum_i g_i [B, D], where needed
     if activation is not None:
         if tuple(activation.shape) != (e.shape[0], weight.shape[1]):
             raise ValueError(f"{fn}: activation must be [B, D] = {(e.shape[0], weight.shape[1])}")
         sign = torch.sign(activation).to(dtype=e.dtype)
         signed = weight * (e.T @ sign)  # [T, D]: G_i = sum_b sign(A_b) g_i[b]
-        purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
-        uniform = torch.rand(purity.shape, generator=generator, device=e.device, dtype=e.dtype)
-        p = transfer(purity)
-        keep = ((p > uniform) & (signed > 0)) | ((p < uniform) & (signed < 0))
-        mask = keep.to(e.dtype)
-        if lk is not None:
-            mask = lk[:, None] + (1.0 - lk[:, None]) * mask
-        out = e @ (mask * weight)
+        out = e @ (_keep_weights(signed, transfer, leak_values, eps, generator) * weight)
     else:
+        lk = None if leak_values is None else leak_values.to(device=e.device, dtype=e.dtype)
         e_pos, e_neg = e.clamp(min=0), e.clamp(max=0)
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-        total = e @ weight  # sum_i g_i
         purity = 0.5 * (1.0 + total / ((e.abs() @ weight.abs()) + eps))
         uniform = torch.rand(purity.shape, generator=generator, device=e.device, dtype=e.dtype)
         p = transfer(purity)
@@ -333,18 +337,11 @@ def graddrop_factored(
             e_pos, e_neg = e_pos * drop, e_neg * drop
         pos = e_pos @ w_pos + e_neg @ w_neg  # sum of the positive parts g_i > 0
         neg = e_pos @ w_neg + e_neg @ w_pos  # ... and of the negative parts
-        out = torch.where(p > uniform, pos, torch.zeros_like(pos)) + torch.where(
-            p < uniform, neg, torch.zeros_like(neg)
-        )
+        zero = torch.zeros_like(pos)
+        out = torch.where(p > uniform, pos, zero) + torch.where(p < uniform, neg, zero)
         if lk is not None:
             out = out + (e * lk) @ weight
-    if renormalize:
-        target = (e @ weight).norm()
-        norm = out.norm()
-        nonzero = norm > 0
-        scale = torch.where(nonzero, target / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
-        out = out * scale
-    return out
+    return _rescaled(out, total) if renormalize else out
 
 
 def random_graddrop(

@@ -47,35 +47,21 @@ class GradDrop(Combiner):
         "eps": Option(1e-7, "added to the purity's denominator (0/0 gives P = 1/2)", positive()),
     }
 
-    def drop(self, grads, activation, step: Step):
-        return graddrop(
-            grads,
-            activation,
-            leak=self.leak,
-            f=self.f,
-            k=self.k,
-            generator=step.generator,
-            eps=self.eps,
-            renormalize=bool(self.renormalize),
-        )
+    def rule(self) -> dict[str, Any]:
+        """The purity map's arguments (``f``, ``k``) of the functional GradDrop; RandomGradDrop:
+        ``f="random"``."""
+        return {"f": self.f, "k": self.k}
 
-    def transfer_name(self) -> str:
-        """``f`` of :func:`functional.graddrop_factored` (RandomGradDrop: ``"random"``)."""
-        return self.f
+    def drop_options(self, step: Step) -> dict[str, Any]:
+        """The functional GradDrop's other arguments, the same for every form of the gradients."""
+        return {"leak": self.leak, "generator": step.generator, "eps": self.eps, "renormalize": bool(self.renormalize)}
+
+    def drop(self, grads, activation, step: Step):
+        return graddrop(grads, activation, **self.rule(), **self.drop_options(step))
 
     def drop_factored(self, e, weight, activation, step: Step):
         """:meth:`drop` of the gradients ``g_i[b] = e[b, i] weight_i`` (never stacked)."""
-        return graddrop_factored(
-            e,
-            weight,
-            activation,
-            leak=self.leak,
-            f=self.transfer_name(),
-            k=getattr(self, "k", 1.0),
-            generator=step.generator,
-            eps=self.eps,
-            renormalize=bool(self.renormalize),
-        )
+        return graddrop_factored(e, weight, activation, **self.rule(), **self.drop_options(step))
 
     def backward(self, step: Step) -> None:
         rep_grads = rep_task_grads(step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtbench.combiners.functional import random_graddrop
 from mtbench.combiners.graddrop import GradDrop
 
@@ -18,15 +20,8 @@ class RandomGradDrop(GradDrop):
     style = ("#17becf", "X")
     options = {k: v for k, v in GradDrop.options.items() if k not in ("f", "k")}
 
-    def transfer_name(self) -> str:
-        return "random"
+    def rule(self) -> dict[str, Any]:
+        return {"f": "random"}
 
     def drop(self, grads, activation, step):
-        return random_graddrop(
-            grads,
-            activation,
-            leak=self.leak,
-            generator=step.generator,
-            eps=self.eps,
-            renormalize=bool(self.renormalize),
-        )
+        return random_graddrop(grads, activation, **self.drop_options(step))

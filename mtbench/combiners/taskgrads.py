@@ -140,6 +140,7 @@ class RepGrads:
         jac: Tensor | None = None,
         weight: Tensor | None = None,
         diag: Tensor | None = None,
+        linear: nn.Linear | None = None,
     ):
         self.shape = tuple(rep.shape)
         self.dtype = rep.dtype
@@ -150,7 +151,7 @@ class RepGrads:
         self._diag = diag  # [B, T]
         #: the heads' ``nn.Linear`` when ``diag`` came from per-column losses (the heads'
         #: gradient of sum_i L_i is then ``diag^T A``: :meth:`add_head_grads`)
-        self.linear: nn.Linear | None = None
+        self.linear = linear
         if full is not None:
             self.num_tasks = int(full.shape[0])
         elif jac is not None:
@@ -297,9 +298,7 @@ def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
     if lin is not None and getattr(step, "column_losses", False):
         diag = column_loss_grads(step.losses, step.outputs)
         if diag is not None:
-            rg = RepGrads(step.rep, weight=lin.weight.detach(), diag=diag)
-            rg.linear = lin
-            return rg
+            return RepGrads(step.rep, weight=lin.weight.detach(), diag=diag, linear=lin)
     if lin is not None:
         jac = loss_jacobian(step.losses, step.outputs)
         if jac is not None and jac.dtype == step.rep.dtype:
