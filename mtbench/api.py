@@ -91,7 +91,7 @@ def _combiner(combiner: Any, num_tasks: int) -> Combiner:
     if not isinstance(combiner, str) or combiner not in COMBINERS:
         raise ValueError(f"combiner must be a Combiner instance or one of {', '.join(COMBINERS)}; got {combiner!r}")
     cls = COMBINERS[combiner]
-    if cls.state_dict is not Combiner.state_dict:
+    if cls.state_dict is not Combiner.state_dict and not cls.warm_start_state:
         raise ValueError(
             f"combiner {combiner!r} keeps state across steps: build it once, "
             f"c = mtbench.combiners.COMBINERS[{combiner!r}]({num_tasks}), and pass c at every step"

@@ -269,6 +269,59 @@ def test_mgda_matches_exhaustive_solver(n_tasks, dim, kind, seed):
         torch.testing.assert_close(w_gram, best_w, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("n_tasks,dim,kind", MGDA_CASES)
+def test_mgda_warm_start_finds_the_same_minimiser(n_tasks, dim, kind):
+    """A start from another problem's weights (a training step's previous solve) reaches the
+    exhaustive solver's optimum too, and the unique weights where G is positive definite."""
+    grads = make_problem(n_tasks, dim, kind, 7)
+    gram = grads @ grads.T
+    best_obj, best_w = exact_min_norm(gram)
+    scale = gram.diagonal().max().item()
+    nearby = grads + 0.3 * torch.randn(grads.shape, generator=seeded(8), dtype=torch.float64)
+    starts = [
+        mgda_weights_from_gram(nearby @ nearby.T),
+        torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64),  # every task active
+        torch.eye(n_tasks, dtype=torch.float64)[n_tasks - 1],  # one vertex
+        best_w,  # already optimal
+    ]
+    for start in starts:
+        w = mgda_weights_from_gram(gram, start=start)
+        assert_simplex(w, 1e-12)
+        obj = (w @ gram @ w).item()
+        assert abs(obj - best_obj) <= 1e-9 * best_obj + 1e-13 * scale, (start, obj, best_obj)
+        if torch.linalg.eigvalsh(gram / scale).min().item() > 1e-8:
+            torch.testing.assert_close(w, best_w, rtol=0, atol=1e-7)
+
+
+def test_mgda_warm_start_ignores_an_unusable_start():
+    grads = make_problem(6, 20, "shared", 2)
+    gram = grads @ grads.T
+    cold = mgda_weights_from_gram(gram)
+    for start in (
+        torch.ones(5, dtype=torch.float64),  # another size
+        torch.tensor([0.5, -0.1, 0.6, 0, 0, 0], dtype=torch.float64),  # negative
+        torch.tensor([float("nan"), 1, 0, 0, 0, 0], dtype=torch.float64),
+        torch.zeros(6, dtype=torch.float64),  # no support
+    ):
+        torch.testing.assert_close(mgda_weights_from_gram(gram, start=start), cold, rtol=0, atol=1e-12)
+
+
+def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
+    """From the last step's weights a slightly changed problem needs few affine solves."""
+    import mtbench.combiners.functional as functional
+
+    calls = []
+    solve = functional._affine_minimizer_np
+    monkeypatch.setattr(functional, "_affine_minimizer_np", lambda g, s: calls.append(len(s)) or solve(g, s))
+    grads = make_problem(40, 200, "shared", 3)
+    w0 = mgda_weights_from_gram(grads @ grads.T)
+    cold = len(calls)
+    moved = grads + 1e-3 * torch.randn(grads.shape, generator=seeded(4), dtype=torch.float64)
+    calls.clear()
+    mgda_weights_from_gram(moved @ moved.T, start=w0)
+    assert cold >= 5 and len(calls) <= 2, (cold, calls)
+
+
 def test_mgda_kkt_many_tasks():
     # too many tasks to enumerate: check optimality through the KKT conditions
     for seed, (n_tasks, dim) in enumerate([(30, 10), (30, 200), (40, 5), (12, 12)]):

@@ -68,6 +68,10 @@ class Combiner:
     defaults: ClassVar[dict[str, Any]] = {}
     #: True when the trainer must make the inputs require grad (input gradient penalty)
     needs_input_grad: ClassVar[bool] = False
+    #: True when the combiner's state only warm-starts its next solve (MGDA's last weights):
+    #: the results do not depend on it beyond the solver's tolerance, so a fresh instance per
+    #: step (``mtbench.backward(losses, rep, "mgda")``) is fine
+    warm_start_state: ClassVar[bool] = False
     #: (colour, marker) of the combiner in the plots; None: one of the spare styles
     style: ClassVar[tuple[str, str] | None] = None
 

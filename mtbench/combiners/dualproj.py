@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import torch
-
-from mtbench.combiners.base import Step
-from mtbench.combiners.functional import dualproj_weights_from_gram
-from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.upgrad import DualConeWeighted
 
 
-class DualProj(GramWeighted):
+class DualProj(DualConeWeighted):
     """DualProj: the projection of GEM (Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for
     Continual Learning", eq. 11) applied to the summed gradient: the closest vector to
     sum_i g_i with g_j . x >= 0 for every task j.
 
-    The weights come from torchjd's ``DualProjWeighting`` (quadprog on the dual problem) fed
-    the unit gradients' Gram matrix plus 1e-9 I, from mtbench's float64 Gram matrix
-    (:func:`functional.dualproj_weights_from_gram`, as for ``upgrad``). Scale: T times torchjd's ``DualProj()``
-    (which projects the mean); with no conflict it is exactly the baseline's sum. Options:
-    those of :class:`GramWeighted`, ``level`` defaulting to ``representation``.
+    The weights solve torchjd's ``DualProjWeighting`` QP (the dual problem) on the unit
+    gradients' Gram matrix plus 1e-9 I, from mtbench's float64 Gram matrix
+    (:func:`functional.dualproj_weights_from_gram`, as for ``upgrad``): by mtbench's block
+    principal pivoting (``solver: active_set``, the default, warm-started) or torchjd's quadprog
+    (``solver: quadprog``). Scale: T times torchjd's ``DualProj()`` (which projects the mean);
+    with no conflict it is exactly the baseline's sum. Options: those of :class:`GramWeighted`,
+    ``level`` defaulting to ``representation``, and ``solver``.
     """
 
     name = "dualproj"
     style = ("#7f7f7f", ">")
-    options = GramWeighted.level_default("representation")
-
-    def __init__(self, num_tasks: int, **options):
-        super().__init__(num_tasks, **options)
-        dualproj_weights_from_gram(torch.eye(1, dtype=torch.float64))  # a missing solver fails here
-
-    def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
-        return dualproj_weights_from_gram(gram)
+    method = "dualproj"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mtbench.combiners.base import Step, one_of
@@ -23,10 +25,15 @@ class MGDA(GramWeighted):
     parameters get T * sum_i w_i dL_i/dtheta (``rescale: true``, the baseline's scale; the
     convex combination without the factor T is a T-times smaller step) and each head gets
     its own loss's gradient. ``level: representation`` (the default) is MGDA-UB (Sec. 3.3).
+
+    Each solve is warm-started from the last step's weights (their tasks are Wolfe's first
+    active set: a few affine solves instead of about T); those weights are the combiner's
+    state, saved in checkpoints, so a resumed run takes the same iterations.
     """
 
     name = "mgda"
     style = ("#9467bd", "D")
+    warm_start_state = True
     options = {
         **GramWeighted.level_default("representation"),
         "normalization": Option(
@@ -34,6 +41,11 @@ class MGDA(GramWeighted):
         ),
         "rescale": Option(True, "multiply the shared gradient by T (the baseline's scale)", boolean()),
     }
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        #: the last solve's float64 simplex weights (the next solve's warm start)
+        self.start: torch.Tensor | None = None
 
     def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Simplex weights (float64) from the Gram matrix of the per-task gradients and the losses."""
@@ -49,8 +61,16 @@ class MGDA(GramWeighted):
         n = torch.where(n > 0, n, torch.ones_like(n))  # a zero gradient or loss stays as it is
         # as in the authors' code: the weights found for the normalised g_i / n_i multiply
         # the raw losses (they are not divided by n_i again)
-        return mgda_weights_from_gram(gram / (n[:, None] * n[None, :]))
+        self.start = mgda_weights_from_gram(gram / (n[:, None] * n[None, :]), start=self.start)
+        return self.start
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
         scale = self.num_tasks if self.rescale else 1.0
         return self.weights_from_gram(gram, step.losses).to(step.rep.dtype) * scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": None if self.start is None else self.start.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        start = state.get("start")
+        self.start = None if start is None else torch.as_tensor(start, dtype=torch.float64).clone()

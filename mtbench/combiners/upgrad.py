@@ -2,34 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
-from mtbench.combiners.base import Step
-from mtbench.combiners.functional import upgrad_weights_from_gram
+from mtbench.combiners.base import Step, one_of
+from mtbench.combiners.functional import DUAL_CONE_SOLVERS, dual_cone_state
 from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.options import Option
 
 
-class UPGrad(GramWeighted):
+class DualConeWeighted(GramWeighted):
+    """A combination from projections onto the dual cone {x : g_j . x >= 0 for every j} of the
+    task gradients (UPGrad, DualProj): :func:`functional.dual_cone_state` from the step's float64
+    Gram matrix, each solve warm-started from the last one's free sets (the combiner's state,
+    saved in checkpoints; the QPs have one solution, so the start changes the work only)."""
+
+    #: ``"upgrad"`` or ``"dualproj"``
+    method: ClassVar[str] = ""
+    warm_start_state = True
+    options = {
+        **GramWeighted.level_default("representation"),
+        "solver": Option(
+            "active_set",
+            "active_set: mtbench's block principal pivoting, all QPs at once; quadprog: torchjd's",
+            one_of(*DUAL_CONE_SOLVERS),
+        ),
+    }
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        # a missing solver fails here, before the run (quadprog is the active set's fallback too)
+        dual_cone_state(torch.eye(1, dtype=torch.float64), self.method, "quadprog")
+        #: the last solve's free sets (the next solve's first guess)
+        self.start: torch.Tensor | None = None
+
+    def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
+        weights, self.start = dual_cone_state(gram, self.method, self.solver, start=self.start)
+        return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": None if self.start is None else self.start.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        start = state.get("start")
+        self.start = None if start is None else torch.as_tensor(start, dtype=torch.bool).clone()
+
+
+class UPGrad(DualConeWeighted):
     """UPGrad (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization", eq. 5).
 
     Each g_i is projected onto the dual cone {x : g_j . x >= 0 for every j} of the task
     gradients and the projections are summed: the result conflicts with no task. The weights
-    come from torchjd's ``UPGradWeighting`` (its quadprog solver of the dual problem) fed the
-    Gram matrix of the unit gradients g_i / ||g_i|| (the same dual cone) plus 1e-9 I, from
-    mtbench's float64 Gram matrix (:func:`functional.upgrad_weights_from_gram`; torchjd's
-    default ridge, 1e-4 on the raw Gram matrix divided by its trace, leaves a task 1e4 times
-    smaller than another practically unconstrained). Scale: T times torchjd's ``UPGrad()`` (which
-    averages the projections); equal agreeing gradients give the baseline's sum. Options: those
-    of :class:`GramWeighted`, ``level`` defaulting to ``representation``.
+    solve torchjd's ``UPGradWeighting`` QPs (the dual problem, one per task) on the Gram matrix
+    of the unit gradients g_i / ||g_i|| (the same dual cone) plus 1e-9 I, from mtbench's float64
+    Gram matrix (:func:`functional.upgrad_weights_from_gram`): by mtbench's block principal
+    pivoting on all T QPs at once (``solver: active_set``, the default; warm-started from the
+    last step) or torchjd's quadprog (``solver: quadprog``); the same solution to rounding.
+    torchjd's default ridge, 1e-4 on the raw Gram matrix divided by its trace, leaves a task 1e4
+    times smaller than another practically unconstrained. Scale: T times torchjd's ``UPGrad()``
+    (which averages the projections); equal agreeing gradients give the baseline's sum.
+    Options: those of :class:`GramWeighted`, ``level`` defaulting to ``representation``, and
+    ``solver``.
     """
 
     name = "upgrad"
     style = ("#e377c2", "<")
-    options = GramWeighted.level_default("representation")
-
-    def __init__(self, num_tasks: int, **options):
-        super().__init__(num_tasks, **options)
-        upgrad_weights_from_gram(torch.eye(1, dtype=torch.float64))  # a missing solver fails here, before the run
-
-    def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
-        return upgrad_weights_from_gram(gram)
+    method = "upgrad"

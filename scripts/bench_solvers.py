@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Time each gradient-level combiner's solver alone: its weights from a T x T float64 Gram
+matrix, the cost a combiner adds to a step at the representation beyond the Gram matrix itself.
+
+    python scripts/bench_solvers.py                       # T = 40 and T = 400, every solver
+    python scripts/bench_solvers.py --tasks 40 --solvers mgda,fairgrad,fairgrad-scipy
+
+The Gram matrix is that of T random gradients in D = 512 dimensions sharing a common component
+(``g_i = 0.3 c + n_i``, c and n_i standard normal): many pairs conflict, as in training. Each
+solver runs in a loop for at least ``--seconds`` after one untimed call; a row's time is the
+mean per call. Stateful solvers run as their combiner does: MGDA and FairGrad warm-started from
+the previous call on a slightly different matrix (``*-cold``: a cold start every call), as do
+UPGrad and DualProj (their free sets), Nash-MTL from its last alpha, GradVac with its EMA of
+similarities. ``fairgrad-scipy`` is torchjd's least-squares solve (``solver: scipy``),
+``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``). Writes JSON (``--out``, default
+``docs/results/bench/solvers-cpu.json``) and prints a markdown table; one thread unless
+``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mtbench.combiners import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gram_pair(n_tasks: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two Gram matrices of nearby gradient sets (this step's and the last step's)."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64) + torch.randn(
+        n_tasks, dim, generator=gen, dtype=torch.float64
+    )
+    moved = grads + 0.05 * torch.randn(n_tasks, dim, generator=gen, dtype=torch.float64)
+    return grads @ grads.T, moved @ moved.T
+
+
+def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Row name -> a call computing the weights from ``gram`` (state from ``last``)."""
+    mgda_start = F.mgda_weights_from_gram(last)
+    _, fair_start = F.fairgrad_state(last)
+    _, nash_alpha = F.nash_mtl_weights_from_gram(last)
+    _, phi = F.gradvac_weights_from_gram(last)
+    _, up_free = F.dual_cone_state(last, "upgrad")
+    _, dp_free = F.dual_cone_state(last, "dualproj")
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
+        "mgda-cold": lambda: F.mgda_weights_from_gram(gram),
+        "pcgrad": lambda: F.pcgrad_weights_from_gram(gram, generator=gen),
+        "upgrad": lambda: F.dual_cone_state(gram, "upgrad", start=up_free),
+        "upgrad-cold": lambda: F.dual_cone_state(gram, "upgrad"),
+        "upgrad-quadprog": lambda: F.dual_cone_state(gram, "upgrad", "quadprog"),
+        "dualproj": lambda: F.dual_cone_state(gram, "dualproj", start=dp_free),
+        "dualproj-quadprog": lambda: F.dual_cone_state(gram, "dualproj", "quadprog"),
+        "cagrad": lambda: F.cagrad_weights_from_gram(gram),
+        "nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha),
+        "imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
+        "aligned_mtl": lambda: F.aligned_mtl_weights_from_gram(gram),
+        "fairgrad": lambda: F.fairgrad_state(gram, start=fair_start),
+        "fairgrad-cold": lambda: F.fairgrad_state(gram),
+        "fairgrad-scipy": lambda: F.fairgrad_state(gram, solver="scipy"),
+        "config": lambda: F.config_weights_from_gram(gram),
+        "gradvac": lambda: F.gradvac_weights_from_gram(gram, phi, generator=gen),
+    }
+
+
+def time_call(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
+    """Mean ms per call over at least ``seconds`` (and 3 calls), after one untimed call."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return 1e3 * (time.perf_counter() - start) / calls, calls
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="40,400", help="comma-separated T (default 40,400)")
+    parser.add_argument("--dim", type=int, default=512, help="gradient dimension D (default 512)")
+    parser.add_argument("--solvers", default=None, help="comma-separated rows (default: all)")
+    parser.add_argument("--seconds", type=float, default=0.5, help="time per row (default 0.5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", default=None, help="JSON output (default docs/results/bench/solvers-cpu.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks = [int(t) for t in args.tasks.split(",")]
+    names = list(solvers(*gram_pair(3, 4, 0)))
+    chosen = names if args.solvers is None else args.solvers.split(",")
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        print(f"bench_solvers: unknown row {unknown[0]!r}; choose from: {', '.join(names)}", file=sys.stderr)
+        raise SystemExit(2)
+    rows = []
+    for n_tasks in tasks:
+        calls = solvers(*gram_pair(n_tasks, args.dim, n_tasks))
+        for name in chosen:
+            ms, n = time_call(calls[name], args.seconds)
+            rows.append({"solver": name, "tasks": n_tasks, "ms_per_call": ms, "calls": n})
+            print(f"bench_solvers: T={n_tasks} {name}: {ms:.3f} ms", file=sys.stderr)
+    report = {
+        "command": "python scripts/bench_solvers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "dim": args.dim,
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else ROOT / "docs" / "results" / "bench" / "solvers-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    header = "| solver | " + " | ".join(f"T = {t} (ms)" for t in tasks) + " |"
+    print(header)
+    print("|---|" + "---:|" * len(tasks))
+    for name in chosen:
+        cells = [f"{r['ms_per_call']:.3g}" for t in tasks for r in rows if r["solver"] == name and r["tasks"] == t]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"bench_solvers: wrote {out}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
