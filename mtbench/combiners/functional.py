@@ -54,6 +54,7 @@ __all__ = [
     "mgda_weights_from_gram",
     "upgrad",
     "upgrad_weights_from_gram",
+    "dual_cone_state",
     "cagrad",
     "cagrad_weights_from_gram",
     "nash_mtl",
@@ -66,6 +67,7 @@ __all__ = [
     "dualproj_weights_from_gram",
     "fairgrad",
     "fairgrad_weights_from_gram",
+    "fairgrad_state",
     "config",
     "config_weights_from_gram",
     "gradvac",
@@ -400,18 +402,21 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     # the other tasks of task i are (0..i-1, i+1..T-1): perm value p -> task p + (p >= i)
     order = perms + (perms >= rows[:, None])  # [T, T-1]
     coeff = np.eye(n_tasks)
+    cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
     sq_norms = g.diagonal()
+    live = (sq_norms > 0)[order]  # [T, T-1]: the visited task's gradient is not zero
     projected = False
     # step s: every task i (independently) visits its s-th other task order[i, s]
     for step in range(n_tasks - 1):
         other = order[:, step]
-        dots = (coeff * g[other]).sum(axis=1)  # (c_i . Gram[:, j_i]) = g_i' . g_{j_i}
-        norms = sq_norms[other]
-        conflict = (dots < 0) & (norms > 0)
+        dots = cg[rows, other]  # g_i' . g_{j_i}
+        conflict = (dots < 0) & live[:, step]
         if conflict.any():
             projected = True
-            step_coeff = np.where(conflict, dots / np.where(norms > 0, norms, 1.0), 0.0)
-            coeff[rows, other] -= step_coeff
+            t, o = rows[conflict], other[conflict]
+            step_coeff = dots[conflict] / sq_norms[o]
+            coeff[t, o] -= step_coeff
+            cg[t] -= step_coeff[:, None] * g[o]
     return torch.from_numpy(coeff), projected
 
 
@@ -439,7 +444,9 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     in float64) with float64 coefficients, and the output is one matmul
     ``(sum_i c_i) @ grads``. This is the same sequence of operations as the direct
     algorithm, only expressed in coefficients: it costs one ``O(T^2 D)`` Gram product
-    plus ``O(T^3)`` work instead of ``O(T^2 D)`` vector updates. All tasks advance
+    plus at most ``O(T^3)`` work instead of ``O(T^2 D)`` vector updates (each task's products
+    with all the originals, ``c_i G``, are kept up to date, so a visit without a conflict costs
+    O(1) and one with a conflict O(T)). All tasks advance
     through their own orders in lock step (step ``s`` handles each task's ``s``-th
     visit), which is legal because the tasks' projections are independent.
 
