@@ -126,3 +126,31 @@ def test_bench_step_rows_outside_the_trainer_with_mlp_heads(tmp_path):
             got["backward-mgda"]["level"] == "representation" and got["layer-graddrop"]["combiner"] == "layer-graddrop"
         )
         assert ("two-layer heads" in report["problem"]["description"]) == (heads == "mlp")
+
+
+def test_bench_solvers_times_every_solver(tmp_path):
+    """scripts/bench_solvers.py on a tiny Gram matrix: a row per solver and T, the JSON written;
+    an unknown row is a one-line error with exit status 2."""
+    script = ROOT / "scripts" / "bench_solvers.py"
+    out = tmp_path / "solvers.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--tasks", "3,5", "--seconds", "0.01", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = {r["solver"] for r in report["rows"]}
+    assert {"mgda", "mgda-cold", "upgrad", "upgrad-quadprog", "fairgrad", "fairgrad-scipy", "cagrad"} <= names
+    assert len(report["rows"]) == 2 * len(names)
+    assert all(r["ms_per_call"] > 0 and r["calls"] >= 3 for r in report["rows"])
+    assert "| solver | T = 3 (ms) | T = 5 (ms) |" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, str(script), "--solvers", "nope", "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "unknown row 'nope'" in bad.stderr
+    assert not (tmp_path / "x.json").exists()

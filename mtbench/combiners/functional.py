@@ -771,7 +771,7 @@ DUAL_CONE_REG = 1e-9
 
 
 DUAL_CONE_SOLVERS = ("active_set", "quadprog")
-#: block principal pivoting's sweeps before the QPs fall back to quadprog (never reached in the tests)
+#: block principal pivoting's sweeps before the QPs fall back to quadprog (a safeguard; the tests force it)
 _PIVOT_MAX_SWEEPS = 100
 
 
