@@ -913,7 +913,7 @@ def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:
     u_i = g_i / ||g_i||), mtbench's own code of that formula: where G's Cholesky factor certifies
     it well conditioned (:func:`~mtbench.combiners.linalg.well_conditioned_solve`) pinv(G) ||g|| is
     G^{-1} ||g|| and comes from two triangular solves, else from ``torch.linalg.pinv`` as in
-    torchjd (the same numbers to rounding; 15 times faster at T = 400)."""
+    torchjd (the same numbers to rounding; about 7 times faster at T = 400, scripts/bench_solvers.py)."""
     from mtbench.combiners.jd import gram_cpu64
 
     g = gram_cpu64(gram, "imtl_g")
@@ -942,7 +942,7 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
     own code of torchjd's formula: with G = V diag(lambda) V^T and the eigenvalues above
     T eps max(lambda) kept, alpha = sqrt(scale) V_k diag(lambda_k^(-1/2)) V_k^T (1 / T) (the
     identity, so alpha = 1 / T, when none is kept), applied to the vector instead of forming
-    the T x T balance matrix (half the time at T = 400)."""
+    the T x T balance matrix (15 instead of 20 ms at T = 400, scripts/bench_solvers.py)."""
     from mtbench.combiners.jd import gram_cpu64
 
     _check_option(
@@ -1034,7 +1034,7 @@ def fairgrad_weights_from_gram(
     (times ||G||_F^(-alpha / (1 + alpha))). A zero gradient takes no part (weight 1, multiplying
     zero); the ridge gives exact conflicts a finite solution. ``solver="scipy"``: torchjd's
     ``FairGradWeighting(alpha, max_iters)`` (scipy's bounded least squares on the residual
-    G w - w^(-1/alpha), from uniform weights; the authors' code), about 20 times slower on a
+    G w - w^(-1/alpha), from uniform weights; the authors' code), about 14 times slower on a
     40 x 40 matrix; the two agree where scipy's iterations converge.
 
     The paper's weights carry their own length (for equal agreeing gradients of norm n,
