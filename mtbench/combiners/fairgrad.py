@@ -8,11 +8,11 @@ import torch
 
 from mtbench.combiners.base import Step, one_of
 from mtbench.combiners.functional import FAIRGRAD_SOLVERS, fairgrad_state, fairgrad_weights_from_gram
-from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.gramweighted import GramWeighted, WarmStarted
 from mtbench.options import Option, boolean, integer, number
 
 
-class FairGrad(GramWeighted):
+class FairGrad(WarmStarted):
     """FairGrad (Ban & Ji 2024, "Fair Resource Allocation in Multi-Task Learning", eq. 4):
     weights w > 0 solving G w = w^(-1/alpha), so that every task's progress g_i . d of the update
     d = sum_i w_i g_i is alpha-fair (alpha -> 0: the mean; 1: proportional fairness; large:
@@ -34,7 +34,6 @@ class FairGrad(GramWeighted):
 
     name = "fairgrad"
     style = ("#ff9896", "8")
-    warm_start_state = True
     options = {
         **GramWeighted.level_default("representation"),
         "alpha": Option(
@@ -59,18 +58,9 @@ class FairGrad(GramWeighted):
         super().__init__(num_tasks, **options)
         # a missing solver fails here
         fairgrad_weights_from_gram(torch.eye(1, dtype=torch.float64), alpha=self.alpha, solver=self.solver)
-        #: the last solve's normalised weights (the next solve's warm start)
-        self.start: torch.Tensor | None = None
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
         weights, self.start = fairgrad_state(
             gram, self.alpha, self.max_iters, self.rescale, self.solver, start=self.start
         )
         return weights
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": None if self.start is None else self.start.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        start = state.get("start")
-        self.start = None if start is None else torch.as_tensor(start, dtype=torch.float64).clone()

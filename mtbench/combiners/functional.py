@@ -872,10 +872,6 @@ def dual_cone_state(
     return n_tasks * unit_weights * inv, free
 
 
-def _dual_cone_weights(gram: Tensor, method: str, solver: str = "active_set") -> Tensor:
-    return dual_cone_state(gram, method, solver)[0]
-
-
 def upgrad_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tensor:
     """UPGrad (Quinton & Rey 2024): the mean of the projections of every g_i onto the dual cone
     of all the g_j, times T, computed on the unit gradients' Gram matrix plus 1e-9 I
@@ -884,7 +880,7 @@ def upgrad_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tensor
     the same QPs. torchjd's default ``UPGrad()`` regularises the raw Gram matrix divided by its
     trace by 1e-4 I, which differs by about 1e-4 and leaves a task 1e4 times smaller than another
     practically unconstrained."""
-    return _dual_cone_weights(gram, "upgrad", solver)
+    return dual_cone_state(gram, "upgrad", solver)[0]
 
 
 def upgrad(grads: Tensor, solver: str = "active_set") -> Tensor:
@@ -897,7 +893,7 @@ def dualproj_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tens
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017, eq. 11, of the summed gradient):
     T times torchjd's ``DualProjWeighting`` (the mean projected onto the dual cone), on the
     unit gradients as for :func:`upgrad_weights_from_gram` (same solvers)."""
-    return _dual_cone_weights(gram, "dualproj", solver)
+    return dual_cone_state(gram, "dualproj", solver)[0]
 
 
 def dualproj(grads: Tensor, solver: str = "active_set") -> Tensor:

@@ -95,3 +95,27 @@ class GramWeighted(Combiner):
             return {}
         w = self.last_weights.detach()
         return {"w_min": float(w.min()), "w_max": float(w.max())}
+
+
+class WarmStarted(GramWeighted):
+    """A Gram-matrix combiner whose solve starts from the last step's solution (MGDA's weights,
+    FairGrad's normalised weights, UPGrad's and DualProj's free sets): ``self.start``, None
+    before the first step. It is the combiner's state, saved in checkpoints, so a resumed run
+    takes the same iterations; the solution does not depend on it beyond the solver's tolerance
+    (``warm_start_state``), so a fresh instance per step works too."""
+
+    warm_start_state = True
+    #: the dtype ``start`` is restored in from a checkpoint
+    start_dtype: ClassVar[torch.dtype] = torch.float64
+
+    def __init__(self, num_tasks: int, **options: Any):
+        super().__init__(num_tasks, **options)
+        #: the last solve's solution (the next solve's first guess)
+        self.start: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": None if self.start is None else self.start.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        start = state.get("start")
+        self.start = None if start is None else torch.as_tensor(start, dtype=self.start_dtype).clone()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mtbench.combiners.base import Step, one_of
 from mtbench.combiners.functional import mgda_weights_from_gram
-from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.gramweighted import GramWeighted, WarmStarted
 from mtbench.options import Option, boolean
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-class MGDA(GramWeighted):
+class MGDA(WarmStarted):
     """MGDA (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization").
 
     Weights w on the simplex minimising || sum_i w_i g_i / n_i ||^2 (Sec. 3.1, eq. 3),
@@ -33,7 +31,6 @@ class MGDA(GramWeighted):
 
     name = "mgda"
     style = ("#9467bd", "D")
-    warm_start_state = True
     options = {
         **GramWeighted.level_default("representation"),
         "normalization": Option(
@@ -41,11 +38,6 @@ class MGDA(GramWeighted):
         ),
         "rescale": Option(True, "multiply the shared gradient by T (the baseline's scale)", boolean()),
     }
-
-    def __init__(self, num_tasks: int, **options: Any):
-        super().__init__(num_tasks, **options)
-        #: the last solve's float64 simplex weights (the next solve's warm start)
-        self.start: torch.Tensor | None = None
 
     def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Simplex weights (float64) from the Gram matrix of the per-task gradients and the losses."""
@@ -67,10 +59,3 @@ class MGDA(GramWeighted):
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
         scale = self.num_tasks if self.rescale else 1.0
         return self.weights_from_gram(gram, step.losses).to(step.rep.dtype) * scale
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": None if self.start is None else self.start.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        start = state.get("start")
-        self.start = None if start is None else torch.as_tensor(start, dtype=torch.float64).clone()

@@ -8,11 +8,11 @@ import torch
 
 from mtbench.combiners.base import Step, one_of
 from mtbench.combiners.functional import DUAL_CONE_SOLVERS, dual_cone_state
-from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.gramweighted import GramWeighted, WarmStarted
 from mtbench.options import Option
 
 
-class DualConeWeighted(GramWeighted):
+class DualConeWeighted(WarmStarted):
     """A combination from projections onto the dual cone {x : g_j . x >= 0 for every j} of the
     task gradients (UPGrad, DualProj): :func:`functional.dual_cone_state` from the step's float64
     Gram matrix, each solve warm-started from the last one's free sets (the combiner's state,
@@ -20,7 +20,7 @@ class DualConeWeighted(GramWeighted):
 
     #: ``"upgrad"`` or ``"dualproj"``
     method: ClassVar[str] = ""
-    warm_start_state = True
+    start_dtype = torch.bool
     options = {
         **GramWeighted.level_default("representation"),
         "solver": Option(
@@ -34,19 +34,10 @@ class DualConeWeighted(GramWeighted):
         super().__init__(num_tasks, **options)
         # a missing solver fails here, before the run (quadprog is the active set's fallback too)
         dual_cone_state(torch.eye(1, dtype=torch.float64), self.method, "quadprog")
-        #: the last solve's free sets (the next solve's first guess)
-        self.start: torch.Tensor | None = None
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
         weights, self.start = dual_cone_state(gram, self.method, self.solver, start=self.start)
         return weights
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": None if self.start is None else self.start.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        start = state.get("start")
-        self.start = None if start is None else torch.as_tensor(start, dtype=torch.bool).clone()
 
 
 class UPGrad(DualConeWeighted):
