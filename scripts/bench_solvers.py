@@ -11,7 +11,8 @@ solver runs in a loop for at least ``--seconds`` after one untimed call; a row's
 mean per call. Stateful solvers run as their combiner does: MGDA and FairGrad warm-started from
 the previous call on a slightly different matrix (``*-cold``: a cold start every call), as do
 UPGrad and DualProj (their free sets), Nash-MTL from its last alpha, GradVac with its EMA of
-similarities. ``fairgrad-scipy`` is torchjd's least-squares solve (``solver: scipy``),
+similarities, CAGrad from its last weights. ``fairgrad-scipy`` is torchjd's least-squares
+solve (``solver: scipy``), ``cagrad-cvxpy`` torchjd's CLARABEL solve (``solver: cvxpy``),
 ``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``). Writes JSON (``--out``, default
 ``docs/results/bench/solvers-cpu.json``) and prints a markdown table; one thread unless
 ``--threads``.
@@ -53,6 +54,7 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     _, phi = F.gradvac_weights_from_gram(last)
     _, up_free = F.dual_cone_state(last, "upgrad")
     _, dp_free = F.dual_cone_state(last, "dualproj")
+    _, ca_start = F.cagrad_state(last)
     gen = torch.Generator().manual_seed(0)
     return {
         "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
@@ -63,7 +65,9 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "upgrad-quadprog": lambda: F.dual_cone_state(gram, "upgrad", "quadprog"),
         "dualproj": lambda: F.dual_cone_state(gram, "dualproj", start=dp_free),
         "dualproj-quadprog": lambda: F.dual_cone_state(gram, "dualproj", "quadprog"),
-        "cagrad": lambda: F.cagrad_weights_from_gram(gram),
+        "cagrad": lambda: F.cagrad_state(gram, start=ca_start),
+        "cagrad-cold": lambda: F.cagrad_state(gram),
+        "cagrad-cvxpy": lambda: F.cagrad_state(gram, solver="cvxpy"),
         "nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha),
         "imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
         "aligned_mtl": lambda: F.aligned_mtl_weights_from_gram(gram),
