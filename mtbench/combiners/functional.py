@@ -795,7 +795,7 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x's, x_F solves A_FF x_F = -(A U[r])_F and y = A x + A U[r] outside F; the entries where
     x < 0 in F or y < 0 outside F move across, all at once while their number falls (three
     more tries otherwise), else only the last one. Every row pivots at once: one batched
-    Cholesky solve per sweep. ``free`` (the last step's sets) is the first guess; None: all
+    Cholesky solve per sweep, of the free sets' systems (padded to the largest one). ``free`` (the last step's sets) is the first guess; None: all
     x = 0."""
     rows, n = u.shape
     q = u @ a  # [R, T]: (A U[r]) (A symmetric)
@@ -804,18 +804,26 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     f = torch.zeros(rows, n, dtype=torch.bool) if free is None else free.clone()
     best = torch.full((rows,), n + 1, dtype=torch.long)
     tries = torch.full((rows,), 3, dtype=torch.long)
-    eye = torch.eye(n, dtype=a.dtype)
     last = torch.arange(n).expand(rows, n)
     x = torch.zeros(rows, n, dtype=a.dtype)
     y = q.clone()
     todo = torch.arange(rows)  # the rows whose free set changed: only they are solved again
     for _ in range(_PIVOT_MAX_SWEEPS):
-        m = f[todo].to(a.dtype)
-        sub = a * (m[:, :, None] * m[:, None, :]) + eye * (1.0 - m)[:, None, :]
-        factor, info = torch.linalg.cholesky_ex(sub)
-        if bool(info.any()):
-            return None
-        xs = torch.cholesky_solve((-q[todo] * m).unsqueeze(-1), factor).squeeze(-1)
+        ft = f[todo]
+        sizes = ft.sum(1)
+        width = int(sizes.max())  # the largest free set: every row's system padded to it
+        xs = torch.zeros(len(todo), n, dtype=a.dtype)
+        if width > 0:
+            # each row's free indices first (the rest pad the system with identity rows)
+            idx = torch.argsort((~ft).to(torch.int8), dim=1, stable=True)[:, :width]
+            valid = (torch.arange(width)[None, :] < sizes[:, None]).to(a.dtype)
+            sub = a[idx[:, :, None], idx[:, None, :]] * (valid[:, :, None] * valid[:, None, :])
+            sub = sub + torch.diag_embed(1.0 - valid)
+            factor, info = torch.linalg.cholesky_ex(sub)
+            if bool(info.any()):
+                return None
+            rhs = -q[todo].gather(1, idx) * valid
+            xs.scatter_(1, idx, torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1) * valid)
         x[todo] = xs
         y[todo] = xs @ a + q[todo]
         bad = torch.where(f, x < -tol, y < -tol)
