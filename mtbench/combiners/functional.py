@@ -15,9 +15,10 @@ and returns either one combined gradient or one weight per task:
   convex hull of the task gradients used by MGDA-UB, from O. Sener and V. Koltun,
   "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018 (Sec. 3).
 * the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`,
-  :func:`aligned_mtl`, :func:`cagrad`, :func:`fairgrad` (their weights from torchjd's
-  weightings, fed the float64 Gram matrix), :func:`config`, :func:`gradvac` and
-  :func:`nash_mtl` (mtbench's own solvers), each with its ``*_weights_from_gram``; every
+  :func:`aligned_mtl`, :func:`cagrad`, :func:`fairgrad`, :func:`config`, :func:`gradvac` and
+  :func:`nash_mtl` (mtbench's own solvers on the float64 Gram matrix, torchjd's weightings
+  as the ``solver`` options of upgrad, dualproj, cagrad and fairgrad), each with its
+  ``*_weights_from_gram``; every
   result is on mtbench's scale (T equal gradients g give T g), each docstring giving the
   factor against the paper and torchjd.
 

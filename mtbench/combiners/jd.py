@@ -1,8 +1,9 @@
 """The bridge to torchjd (https://github.com/TorchJD/torchjd, MIT): its weightings of a Gramian,
 fed mtbench's own float64 Gram matrix of the per-task gradients.
 
-torchjd computes the weights of ``cagrad``, and of ``upgrad``, ``dualproj`` (``solver:
-quadprog``, and the fallback of their own solver) and ``fairgrad`` (``solver: scipy``); see each
+torchjd computes the weights of ``upgrad``, ``dualproj`` (``solver: quadprog``, and the
+fallback of their own solver), ``cagrad`` (``solver: cvxpy``) and ``fairgrad`` (``solver:
+scipy``); see each
 function of :mod:`mtbench.combiners.functional`. Its solvers need optional packages (quadprog and qpsolvers, cvxpy, scipy), installed by ``pip install "mtbench[zoo]"``. A missing one is a
 one-line :class:`~mtbench.MtbenchError` naming the package and the extra.
 """
