@@ -796,8 +796,8 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x's, x_F solves A_FF x_F = -(A U[r])_F and y = A x + A U[r] outside F; the entries where
     x < 0 in F or y < 0 outside F move across, all at once while their number falls (three
     more tries otherwise), else only the last one. Every row pivots at once: one batched
-    Cholesky solve per sweep, of the free sets' systems (padded to the largest one). ``free`` (the last step's sets) is the first guess; None: all
-    x = 0."""
+    Cholesky solve per sweep, of the free sets' systems (padded to the largest one). ``free``
+    (the last step's sets) is the first guess; None: all x = 0."""
     rows, n = u.shape
     q = u @ a  # [R, T]: (A U[r]) (A symmetric)
     scale = float(a.diagonal().max()) * max(float(u.abs().max()), 1e-300)
@@ -997,7 +997,7 @@ _CAGRAD_MAX_ITER = 100
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _CAGRAD_PIVOTS = 5
 #: systems at least this large are solved by torch: NumPy's OpenBLAS threads, started beside
-#: torch's inside a training step, slow each other down (measured: 10 ms against 100 ms at 340)
+#: torch's inside a training step, contend with them for the cores
 _TORCH_SOLVE_SIZE = 64
 
 
@@ -1061,9 +1061,12 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
     min-norm problem on the points g_i + t g0 (the projection of -t g0 onto the hull of the
     g_i), with the extra equation ||g_w|| = c ||g0|| t. Along t the active set changes finitely
     often and on each piece the equation is a quadratic (:func:`_cagrad_piece`), so: solve it
-    on the current active set, certify the result (weights >= 0, the min-norm optimality of
-    every task at that t), else run Wolfe's algorithm at that t (warm) for the next active set,
-    keeping a bracket [lo, hi] of the root (bisection when a piece's root falls outside it)."""
+    on the current active set and certify the result (weights >= 0, the min-norm optimality of
+    every task at that t). A failed certificate first gives the next active set to try at once
+    (the negative weights dropped, the violated tasks added; up to ``_CAGRAD_PIVOTS`` times),
+    then Wolfe's algorithm at that t (warm) gives it, keeping a bracket [lo, hi] of the root
+    (bisection when a piece's root falls outside it). Only a certified solution is returned
+    before ``_CAGRAD_MAX_ITER`` iterations."""
     n_tasks = g.shape[0]
     a = g.mean(axis=1)  # a_i = g_i . g0
     n0 = float(a.mean())  # ||g0||^2
@@ -1140,9 +1143,9 @@ def cagrad_weights_from_gram(gram: Tensor, c: float = 0.4, solver: str = "active
     * ``active_set`` (default): mtbench's own, exact to rounding: the dual's optimality
       conditions are MGDA's min-norm problem on the shifted points g_i + t g0 with the one
       extra equation ||g_w|| = c ||g0|| t, which is a quadratic in t while the active set stays
-      the same; each candidate is certified by the optimality conditions, else Wolfe's
-      algorithm at that t gives the next active set (:func:`cagrad_state`; warm-started from
-      the last step's weights).
+      the same; each candidate is certified by the optimality conditions, else the failed
+      certificate or Wolfe's algorithm at that t gives the next active set
+      (:func:`cagrad_state`; warm-started from the last step's weights).
     * ``cvxpy``: torchjd's ``CAGradWeighting(c)`` (cvxpy's CLARABEL interior-point solver).
 
     On the Pareto front (the dual's optimum has g_w = 0, e.g. with a zero task or
