@@ -553,16 +553,18 @@ def test_one_task_is_its_gradient_and_all_zero_gradients_give_zero(method):
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     """mtbench's block principal pivoting solves the same QPs as torchjd's quadprog: the same
-    weights on the adversarial matrices and on 40 tasks (in 512 and in 10 dimensions), cold and
-    warm-started from another matrix's free sets; quadprog takes over if the pivoting does not
-    settle."""
+    weights on the adversarial matrices, on 40 tasks (in 512 and in 10 dimensions) and on 150 in
+    40, cold and warm-started from another matrix's free sets; quadprog takes over the rows on
+    which the pivoting does not settle, and every row if a factorisation fails."""
     from mtbench.combiners.functional import dual_cone_state
 
     gen = torch.Generator().manual_seed(5)
     cases = dict(MATS)
-    for name, dim in (("t40", 512), ("t40_d10", 10)):
+    # 150 tasks in 40 dimensions: free sets of many sizes (each row's system padded to the
+    # largest), and rows on which the pivoting does not settle (quadprog solves those rows)
+    for name, tasks, dim in (("t40", 40, 512), ("t40_d10", 40, 10), ("t150_d40", 150, 40)):
         cases[name] = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64) + torch.randn(
-            40, dim, generator=gen, dtype=torch.float64
+            tasks, dim, generator=gen, dtype=torch.float64
         )
     for J in cases.values():
         G = J @ J.T
@@ -581,7 +583,14 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
 
     monkeypatch.setattr(functional, "_PIVOT_MAX_SWEEPS", 0)
     J = cases["t40"]
-    fallback, state = dual_cone_state(J @ J.T, method)
+    fallback, state = dual_cone_state(J @ J.T, method)  # no row settles: quadprog solves every row
+    assert state is not None and state.dtype == torch.bool
+    torch.testing.assert_close(fallback, dual_cone_state(J @ J.T, method, "quadprog")[0], rtol=1e-12, atol=0)
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(functional, "_PIVOT_MAX_SWEEPS", 100)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: (real(m)[0], torch.ones(1, dtype=torch.int32)))
+    J = cases["t40_d10"]  # (every QP here needs a factorisation)
+    fallback, state = dual_cone_state(J @ J.T, method)  # a failed factorisation: quadprog, no state
     assert state is None
     torch.testing.assert_close(fallback, dual_cone_state(J @ J.T, method, "quadprog")[0], rtol=0, atol=0)
 

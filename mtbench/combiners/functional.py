@@ -785,10 +785,11 @@ DUAL_CONE_SOLVERS = ("active_set", "quadprog")
 _PIVOT_MAX_SWEEPS = 100
 
 
-def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tensor, Tensor] | None:
+def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
     """V [R, T] with V[r] = argmin_v 1/2 v^T A v subject to v >= U[r] for each row of ``u``
-    [R, T], A [T, T] positive definite, and the final free sets (v > U) [R, T]; None if the
-    pivoting did not settle within ``_PIVOT_MAX_SWEEPS`` sweeps.
+    [R, T], A [T, T] positive definite, the final free sets (v > U) [R, T] and which rows
+    settled [R] (a row that did not settle within ``_PIVOT_MAX_SWEEPS`` sweeps has no
+    solution in V); None if a Cholesky factorisation failed.
 
     With x = v - U[r] >= 0 each row is the linear complementarity problem y = A x + A U[r] >= 0,
     x >= 0, x . y = 0 (a positive definite matrix: one solution). Block principal pivoting
@@ -809,6 +810,7 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x = torch.zeros(rows, n, dtype=a.dtype)
     y = q.clone()
     todo = torch.arange(rows)  # the rows whose free set changed: only they are solved again
+    count = torch.ones(rows, dtype=torch.long)  # (no sweep yet: no row settled)
     for _ in range(_PIVOT_MAX_SWEEPS):
         ft = f[todo]
         sizes = ft.sum(1)
@@ -830,7 +832,7 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
         bad = torch.where(f, x < -tol, y < -tol)
         count = bad.sum(1)
         if not bool(count.any()):
-            return u + x.clamp_min(0.0) * f.to(a.dtype), f
+            return u + x.clamp_min(0.0) * f.to(a.dtype), f, torch.ones(rows, dtype=torch.bool)
         fewer = count < best
         best = torch.where(fewer, count, best)
         tries = torch.where(fewer, torch.full_like(tries, 3), tries - (count > 0).long())
@@ -841,7 +843,18 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
         flip = torch.where(all_at_once[:, None], bad, bad & only_last)
         f = f ^ flip
         todo = torch.nonzero(count > 0).squeeze(1)
-    return None
+    return u + x.clamp_min(0.0) * f.to(a.dtype), f, count == 0
+
+
+def _quadprog_projector(method: str):
+    """torchjd's quadprog projector with mtbench's ridge (it scales the Gram matrix to trace 1
+    and adds ``DUAL_CONE_REG`` I, the matrix of :func:`_dual_cone_pivoting`)."""
+    from mtbench.combiners.jd import weighting
+
+    weighting("UPGradWeighting", method)  # a missing solver package is a one-line error here
+    import torchjd.linalg as jdl
+
+    return jdl.QuadprogProjector(reg_eps=DUAL_CONE_REG)
 
 
 def dual_cone_state(
@@ -856,8 +869,8 @@ def dual_cone_state(
     to the g_i. UPGrad projects each g_i (T QPs, preference rows p_i e_i) and sums; DualProj
     projects the sum (one QP, preference row p). ``solver="active_set"`` (default; mtbench's):
     block principal pivoting on all the QPs at once (:func:`_dual_cone_pivoting`), from
-    ``start``, the exact solution of the same QPs, with quadprog as a fallback should the
-    pivoting not settle; ``"quadprog"``: torchjd's ``UPGradWeighting`` / ``DualProjWeighting``
+    ``start``, the exact solution of the same QPs, with quadprog solving the rows on which the
+    pivoting does not settle (every row should a factorisation fail); ``"quadprog"``: torchjd's ``UPGradWeighting`` / ``DualProjWeighting``
     with its quadprog projector (same matrix, same ridge)."""
     from mtbench.combiners.jd import gram_cpu64, weighting
 
@@ -880,13 +893,15 @@ def dual_cone_state(
             start = None
         solved = _dual_cone_pivoting(a, u, start)
         if solved is not None:
-            v, free = solved
+            v, free, settled = solved
+            if not bool(settled.all()):  # quadprog solves the rows that did not settle
+                v, rest = v.clone(), ~settled
+                v[rest] = _quadprog_projector(method)(u[rest], units)
+                free = free.clone()
+                free[rest] = v[rest] > u[rest]
             unit_weights = v.sum(0)
     if unit_weights is None:
-        import torchjd.linalg as jdl
-
-        projector = jdl.QuadprogProjector(reg_eps=DUAL_CONE_REG)
-        unit_weights = weighting(cls_name, method, pref_vector=pref, projector=projector)(units)
+        unit_weights = weighting(cls_name, method, pref_vector=pref, projector=_quadprog_projector(method))(units)
     return n_tasks * unit_weights * inv, free
 
 
