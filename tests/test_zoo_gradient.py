@@ -200,26 +200,14 @@ def test_cagrad_is_exact_on_random_problems_and_scale_invariant():
     assert float(jd.CAGrad(c=0.4)(J * 1e-4).norm()) == 0.0
 
 
-def test_cagrad_warm_start_and_state():
-    """A solve from the last step's weights gives the cold solve's result; the combiner keeps
-    those weights in its state_dict."""
+def test_cagrad_any_start_gives_the_certified_solution():
+    """A start of any support (even every task, or one vertex) gives the cold solve's result:
+    only a certified solution is returned. (The warm start as state: test_warm_start_and_state.)"""
     J = MATS["random"]
-    moved = J + 0.1 * torch.randn(J.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    _, state = F.cagrad_state(moved @ moved.T)
     cold, cold_state = F.cagrad_state(J @ J.T)
-    warm, _ = F.cagrad_state(J @ J.T, start=state)
-    torch.testing.assert_close(warm, cold, rtol=1e-12, atol=0)
-    comb = COMBINERS["cagrad"](5)
-    comb.gram_weights(moved @ moved.T, None)
-    saved = comb.state_dict()
-    torch.testing.assert_close(saved["start"], state, rtol=0, atol=0)
-    other = COMBINERS["cagrad"](5)
-    other.load_state_dict(saved)
-    torch.testing.assert_close(other.gram_weights(J @ J.T, None), comb.gram_weights(J @ J.T, None), rtol=0, atol=0)
-    # a start of any other support (even every task) gives the same certified solution
+    assert cold_state is not None
     for start in (torch.ones(5, dtype=torch.float64), torch.eye(5, dtype=torch.float64)[2]):
         torch.testing.assert_close(F.cagrad_state(J @ J.T, start=start)[0], cold, rtol=1e-10, atol=0)
-    assert cold_state is not None
 
 
 def test_fairgrad_rescaled_is_the_baseline_sum_projected_on_its_direction():
@@ -265,22 +253,23 @@ def test_fairgrad_newton_solves_the_equation(alpha):
     assert fairgrad_residual(J, jd.FairGrad(alpha=1.0).gramian_weighting(J @ J.T), 1.0) > 1e-3
 
 
-def test_fairgrad_warm_start_and_state():
+@pytest.mark.parametrize(
+    "name, state_fn, rtol", [("fairgrad", F.fairgrad_state, 1e-9), ("cagrad", F.cagrad_state, 1e-12)]
+)
+def test_warm_start_and_state(name, state_fn, rtol):
     """A solve from the last step's state gives the cold solve's weights; the combiner keeps that
     state in its state_dict (a resumed run takes the same iterations)."""
-    from mtbench.combiners.functional import fairgrad_state
-
     J = MATS["random"]
     moved = J + 0.1 * torch.randn(J.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    _, state = fairgrad_state(moved @ moved.T)
-    cold, _ = fairgrad_state(J @ J.T)
-    warm, _ = fairgrad_state(J @ J.T, start=state)
-    torch.testing.assert_close(warm, cold, rtol=1e-9, atol=0)
-    comb = COMBINERS["fairgrad"](5)
+    _, state = state_fn(moved @ moved.T)
+    cold, _ = state_fn(J @ J.T)
+    warm, _ = state_fn(J @ J.T, start=state)
+    torch.testing.assert_close(warm, cold, rtol=rtol, atol=0)
+    comb = COMBINERS[name](5)
     comb.gram_weights(moved @ moved.T, None)
     saved = comb.state_dict()
     torch.testing.assert_close(saved["start"], state, rtol=0, atol=0)
-    other = COMBINERS["fairgrad"](5)
+    other = COMBINERS[name](5)
     other.load_state_dict(saved)
     torch.testing.assert_close(other.gram_weights(J @ J.T, None), comb.gram_weights(J @ J.T, None), rtol=0, atol=0)
 
