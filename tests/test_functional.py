@@ -322,6 +322,41 @@ def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
     assert cold >= 5 and len(calls) <= 2, (cold, calls)
 
 
+@pytest.mark.parametrize("kind", ["shared", "plain"])
+def test_mgda_block_pivots_on_large_supports(monkeypatch, kind):
+    """From 64 tasks on, a warm start first tries block pivots (one affine solve per guessed
+    active set); the result meets the KKT conditions and equals the cold Wolfe solve, from a
+    nearby problem's weights and from one vertex; with no pivots left, a wrong guess (the
+    vertex) still reaches it through Wolfe's algorithm."""
+    import mtbench.combiners.functional as functional
+
+    n_tasks = 120
+    assert n_tasks >= functional._TORCH_SOLVE_SIZE
+    grads = make_problem(n_tasks, 300, kind, 11)
+    gram = grads @ grads.T
+    cold = mgda_weights_from_gram(gram)
+    moved = grads + 1e-2 * torch.randn(grads.shape, generator=seeded(12), dtype=torch.float64)
+    start = mgda_weights_from_gram(moved @ moved.T)
+    wolfe_calls = []
+    wolfe = functional._wolfe_np
+    monkeypatch.setattr(functional, "_wolfe_np", lambda *a: wolfe_calls.append(1) or wolfe(*a))
+    vertex = torch.eye(n_tasks, dtype=torch.float64)[0]
+    for begin, pivots in ((start, functional._BLOCK_PIVOTS), (vertex, functional._BLOCK_PIVOTS), (vertex, 0)):
+        monkeypatch.setattr(functional, "_BLOCK_PIVOTS", pivots)
+        pivoted = pivots > 0
+        wolfe_calls.clear()
+        w = mgda_weights_from_gram(gram, start=begin)
+        assert (not wolfe_calls) == pivoted, (kind, pivoted)
+        assert_simplex(w, 1e-12)
+        g_w = gram @ w
+        obj = (w @ g_w).item()
+        tol = 1e-9 * obj + 1e-12 * gram.diagonal().max().item()
+        assert g_w.min().item() >= obj - tol
+        assert bool(((g_w - obj).abs() <= tol)[w > 1e-9].all())
+        assert abs(obj - (cold @ gram @ cold).item()) <= 1e-9 * obj
+        torch.testing.assert_close(w, cold, rtol=0, atol=1e-7)
+
+
 def test_mgda_kkt_many_tasks():
     # too many tasks to enumerate: check optimality through the KKT conditions
     for seed, (n_tasks, dim) in enumerate([(30, 10), (30, 200), (40, 5), (12, 12)]):

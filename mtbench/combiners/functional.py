@@ -512,12 +512,41 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
+#: systems at least this large are solved by torch: NumPy's OpenBLAS threads, started beside
+#: torch's inside a training step, contend with them for the cores (below it NumPy's per-call
+#: overhead is far below torch's)
+_TORCH_SOLVE_SIZE = 64
+#: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
+_BLOCK_PIVOTS = 5
+
+
+def _matvec(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """m @ v, by torch for large operands (see ``_TORCH_SOLVE_SIZE``)."""
+    if v.shape[0] >= _TORCH_SOLVE_SIZE:
+        return (torch.from_numpy(np.ascontiguousarray(m)) @ torch.from_numpy(np.ascontiguousarray(v))).numpy()
+    return m @ v
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The solution of the square float64 system a x = b: LU (torch's LAPACK for large
+    systems, see ``_TORCH_SOLVE_SIZE``), falling back to SVD-based least squares (LAPACK
+    gelsd) when the system is numerically singular."""
+    try:
+        if a.shape[0] >= _TORCH_SOLVE_SIZE:
+            x = torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        else:
+            x = np.linalg.solve(a, b)
+        if bool(np.isfinite(x).all()):
+            return x
+    except (np.linalg.LinAlgError, RuntimeError):
+        pass
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
 def _affine_minimizer_np(gram: np.ndarray, support: list[int]) -> np.ndarray:
     """Barycentric weights of the min-norm point of the affine hull of ``support``.
 
-    Solves the KKT system ``[[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1]`` by LU, falling back
-    to SVD-based least squares (LAPACK gelsd) if the system is numerically singular.
-    (NumPy on the small float64 system: the per-call overhead is far below torch's.)
+    Solves the KKT system ``[[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1]`` (:func:`_solve`).
     """
     m = len(support)
     kkt = np.zeros((m + 1, m + 1))
@@ -526,14 +555,7 @@ def _affine_minimizer_np(gram: np.ndarray, support: list[int]) -> np.ndarray:
     kkt[m, :m] = 1.0
     rhs = np.zeros(m + 1)
     rhs[m] = 1.0
-    try:
-        solution = np.linalg.solve(kkt, rhs)
-        ok = bool(np.isfinite(solution).all())
-    except np.linalg.LinAlgError:
-        ok = False
-    if not ok:
-        solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    alpha = solution[:m]
+    alpha = _solve(kkt, rhs)[:m]
     total = alpha.sum()
     if np.isfinite(total) and total != 0:
         alpha = alpha / total
@@ -576,10 +598,43 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int, start: Tensor | N
         gamma = _two_task_gamma(float(g[0, 0]), float(g[0, 1]), float(g[1, 1]))
         return torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
 
-    support, w_s = _wolfe_np(g, tol, max_iter, _warm_support(start, n_tasks))
+    warm = _warm_support(start, n_tasks)
+    found = _min_norm_pivots(g, warm[0], tol) if warm is not None and n_tasks >= _TORCH_SOLVE_SIZE else None
+    support, w_s = found if found is not None else _wolfe_np(g, tol, max_iter, warm)
     weights = torch.zeros(n_tasks, dtype=torch.float64)
     weights[torch.tensor(support, dtype=torch.long)] = torch.from_numpy(np.asarray(w_s, dtype=np.float64))
     return weights
+
+
+def _min_norm_pivots(g: np.ndarray, support: list[int], tol: float) -> tuple[list[int], np.ndarray] | None:
+    """Block pivoting for the min-norm problem from a guessed active set (a previous solve's
+    support): the affine minimiser of the support, certified by Wolfe's own stopping rule
+    (weights > 0 and a duality gap within ``max(tol * obj, _GAP_FLOOR)``); a failed certificate
+    gives the next guess at once (the non-positive weights dropped, the violated tasks added;
+    up to ``_BLOCK_PIVOTS`` times). Returns the certified support and weights, or None (then
+    Wolfe's algorithm runs). One solve per guess, where Wolfe's minor and major cycles take one
+    per task that enters or leaves: the pivots pay off on large supports."""
+    for _ in range(_BLOCK_PIVOTS + 1):
+        alpha = _affine_minimizer_np(g, support)
+        if not bool(np.isfinite(alpha).all()):
+            return None
+        negative = alpha <= 0
+        w_c = np.clip(alpha, 0.0, None)
+        total = float(w_c.sum())
+        if not total > 0:
+            return None
+        w_c = w_c / total
+        g_w = _matvec(g[:, support], w_c)
+        obj = float(w_c @ g_w[support])
+        violated = g_w < obj - max(tol * obj, _GAP_FLOOR)
+        if not bool(negative.any()) and not bool(violated.any()):
+            return support, w_c
+        kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
+        seen = set(kept)
+        support = kept + [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
+        if not support:
+            return None
+    return None
 
 
 def _wolfe_np(
@@ -627,7 +682,7 @@ def _wolfe_np(
     best_obj, best_support, best_w = math.inf, support, w_s
     prev_obj = math.inf
     while True:
-        g_w = g[:, support] @ w_s  # (G w)_i = x . g_i for the current point x
+        g_w = _matvec(g[:, support], w_s)  # (G w)_i = x . g_i for the current point x
         obj = float(w_s @ g_w[support])  # ||x||^2
         if obj < best_obj:
             best_obj, best_support, best_w = obj, list(support), w_s.copy()
@@ -1009,18 +1064,6 @@ CAGRAD_SOLVERS = ("active_set", "cvxpy")
 #: Gram entries resolve ||g_w||^2 to about 1e-16, so ||g_w|| to about 1e-8)
 _CAGRAD_FRONT = 1e-6
 _CAGRAD_MAX_ITER = 100
-#: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
-_CAGRAD_PIVOTS = 5
-#: systems at least this large are solved by torch: NumPy's OpenBLAS threads, started beside
-#: torch's inside a training step, contend with them for the cores
-_TORCH_SOLVE_SIZE = 64
-
-
-def _matvec(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """m @ v, by torch for large operands (see ``_TORCH_SOLVE_SIZE``)."""
-    if v.shape[0] >= _TORCH_SOLVE_SIZE:
-        return (torch.from_numpy(np.ascontiguousarray(m)) @ torch.from_numpy(np.ascontiguousarray(v))).numpy()
-    return m @ v
 
 
 def _cagrad_piece(g: np.ndarray, a: np.ndarray, s: float, support: list[int]) -> tuple[float, np.ndarray] | None:
@@ -1039,13 +1082,7 @@ def _cagrad_piece(g: np.ndarray, a: np.ndarray, s: float, support: list[int]) ->
     rhs = np.zeros((m + 1, 2))
     rhs[m, 0] = 1.0
     rhs[:m, 1] = -a[support]
-    try:
-        if m >= _TORCH_SOLVE_SIZE:  # torch's LAPACK, on the threads torch already runs
-            sol = torch.linalg.solve(torch.from_numpy(kkt), torch.from_numpy(rhs)).numpy()
-        else:  # (NumPy's per-call overhead is far below torch's on small systems)
-            sol = np.linalg.solve(kkt, rhs)
-    except (np.linalg.LinAlgError, RuntimeError):
-        sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    sol = _solve(kkt, rhs)
     if not bool(np.isfinite(sol).all()):
         return None
     w0, w1 = sol[:m, 0], sol[:m, 1]
@@ -1078,7 +1115,7 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
     often and on each piece the equation is a quadratic (:func:`_cagrad_piece`), so: solve it
     on the current active set and certify the result (weights >= 0, the min-norm optimality of
     every task at that t). A failed certificate first gives the next active set to try at once
-    (the negative weights dropped, the violated tasks added; up to ``_CAGRAD_PIVOTS`` times),
+    (the negative weights dropped, the violated tasks added; up to ``_BLOCK_PIVOTS`` times),
     then Wolfe's algorithm at that t (warm) gives it, keeping a bracket [lo, hi] of the root
     (bisection when a piece's root falls outside it). Only a certified solution is returned
     before ``_CAGRAD_MAX_ITER`` iterations."""
@@ -1095,7 +1132,7 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
     else:
         support, w_s = start
     t = hi
-    pivots = _CAGRAD_PIVOTS
+    pivots = _BLOCK_PIVOTS
     for iteration in range(_CAGRAD_MAX_ITER):
         piece = _cagrad_piece(g, a, s, support)
         if piece is not None and lo * (1 - 1e-12) <= piece[0] <= hi * (1 + 1e-12):
