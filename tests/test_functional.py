@@ -98,6 +98,25 @@ def test_pcgrad_matches_naive_loop(seed):
         assert torch.equal(torch.rand(3, generator=gen_a), torch.rand(3, generator=gen_b))
 
 
+def test_pcgrad_many_tasks_torch_route(monkeypatch):
+    """From 64 tasks on the projections run on torch views (index_add_ row updates): the same
+    result as the direct loop, and bit for bit the NumPy route's coefficients."""
+    import mtbench.combiners.functional as functional
+
+    n_tasks = 80
+    assert n_tasks >= functional._TORCH_SOLVE_SIZE
+    grads = torch.randn(n_tasks, 40, generator=seeded(7), dtype=torch.float64)
+    grads[5] = 0.0
+    out = pcgrad(grads, seeded(3))
+    ref = naive_pcgrad(grads, seeded(3))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.norm().item())
+    gram = grads @ grads.T
+    coeff, projected = functional._pcgrad_coefficients(gram, seeded(4))
+    monkeypatch.setattr(functional, "_TORCH_SOLVE_SIZE", 10**9)
+    coeff_np, projected_np = functional._pcgrad_coefficients(gram, seeded(4))
+    assert projected and projected_np and torch.equal(coeff, coeff_np)
+
+
 def test_pcgrad_is_a_sum_not_a_mean():
     grads = torch.randn(5, 20, generator=seeded(7), dtype=torch.float64)
     out = pcgrad(grads, seeded(0))

@@ -380,6 +380,12 @@ def random_graddrop(
 # ----------------------------------------------------------------------------------
 
 
+#: solves, products and PCGrad's row updates at least this large run in torch: NumPy's
+#: OpenBLAS threads, started beside torch's inside a training step, contend with them for the
+#: cores (below it NumPy's per-call overhead is far below torch's)
+_TORCH_SOLVE_SIZE = 64
+
+
 def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tuple[Tensor, bool]:
     """Run PCGrad's projections in coefficient space.
 
@@ -404,8 +410,20 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     order = perms + (perms >= rows[:, None])  # [T, T-1]
     coeff = np.eye(n_tasks)
     cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
-    sq_norms = g.diagonal()
+    sq_norms = g.diagonal().copy()
     live = (sq_norms > 0)[order]  # [T, T-1]: the visited task's gradient is not zero
+    if n_tasks >= _TORCH_SOLVE_SIZE:
+        # the same operations on torch views of the same arrays (bit for bit the same results):
+        # the row updates by index_add_, on torch's threads, without NumPy's gather and scatter
+        g, order, coeff, cg, sq_norms, live, rows = map(torch.from_numpy, (g, order, coeff, cg, sq_norms, live, rows))
+
+        def add_rows(t, update):
+            cg.index_add_(0, t, update)
+    else:
+
+        def add_rows(t, update):
+            cg[t] += update
+
     projected = False
     # step s: every task i (independently) visits its s-th other task order[i, s]
     for step in range(n_tasks - 1):
@@ -417,8 +435,8 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
             t, o = rows[conflict], other[conflict]
             step_coeff = dots[conflict] / sq_norms[o]
             coeff[t, o] -= step_coeff
-            cg[t] -= step_coeff[:, None] * g[o]
-    return torch.from_numpy(coeff), projected
+            add_rows(t, g[o] * -step_coeff[:, None])  # g_i' -= (g_i' . g_j / ||g_j||^2) g_j
+    return coeff if isinstance(coeff, Tensor) else torch.from_numpy(coeff), projected
 
 
 def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -512,10 +530,6 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
-#: systems at least this large are solved by torch: NumPy's OpenBLAS threads, started beside
-#: torch's inside a training step, contend with them for the cores (below it NumPy's per-call
-#: overhead is far below torch's)
-_TORCH_SOLVE_SIZE = 64
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _BLOCK_PIVOTS = 5
 
