@@ -386,6 +386,25 @@ def random_graddrop(
 _TORCH_SOLVE_SIZE = 64
 
 
+def _row_adder(cg: np.ndarray, g: np.ndarray):
+    """``add(t, o, w)``: ``cg[t] += w[:, None] * g[o]`` in place (the rows ``t`` distinct), the
+    coefficient-space update of PCGrad's and GradVac's visits. From ``_TORCH_SOLVE_SIZE`` rows
+    on it runs as torch's ``index_add_`` on views of the same arrays (bit for bit the same
+    result, without NumPy's gather and scatter of ``cg[t]``, on torch's threads)."""
+    if cg.shape[0] < _TORCH_SOLVE_SIZE:
+
+        def add(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
+            cg[t] += w[:, None] * g[o]
+
+        return add
+    cg_t, g_t = torch.from_numpy(cg), torch.from_numpy(g)
+
+    def add_torch(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
+        cg_t.index_add_(0, torch.from_numpy(t), g_t[torch.from_numpy(o)] * torch.from_numpy(w)[:, None])
+
+    return add_torch
+
+
 def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tuple[Tensor, bool]:
     """Run PCGrad's projections in coefficient space.
 
@@ -412,18 +431,7 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
     sq_norms = g.diagonal().copy()
     live = (sq_norms > 0)[order]  # [T, T-1]: the visited task's gradient is not zero
-    if n_tasks >= _TORCH_SOLVE_SIZE:
-        # the same operations on torch views of the same arrays (bit for bit the same results):
-        # the row updates by index_add_, on torch's threads, without NumPy's gather and scatter
-        g, order, coeff, cg, sq_norms, live, rows = map(torch.from_numpy, (g, order, coeff, cg, sq_norms, live, rows))
-
-        def add_rows(t, update):
-            cg.index_add_(0, t, update)
-    else:
-
-        def add_rows(t, update):
-            cg[t] += update
-
+    add_rows = _row_adder(cg, g)
     projected = False
     # step s: every task i (independently) visits its s-th other task order[i, s]
     for step in range(n_tasks - 1):
@@ -435,8 +443,8 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
             t, o = rows[conflict], other[conflict]
             step_coeff = dots[conflict] / sq_norms[o]
             coeff[t, o] -= step_coeff
-            add_rows(t, g[o] * -step_coeff[:, None])  # g_i' -= (g_i' . g_j / ||g_j||^2) g_j
-    return coeff if isinstance(coeff, Tensor) else torch.from_numpy(coeff), projected
+            add_rows(t, o, -step_coeff)  # g_i' -= (g_i' . g_j / ||g_j||^2) g_j
+    return torch.from_numpy(coeff), projected
 
 
 def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -1456,6 +1464,7 @@ def gradvac_weights_from_gram(
     norms_j = np.sqrt(np.clip(gn.diagonal(), 0.0, None))
     coeff = np.eye(n_tasks)
     cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
+    add_rows = _row_adder(cg, gn)
     sq_i = gn.diagonal().copy()  # ||g_i'||^2 = coeff_i . cg_i
     for step in range(n_tasks - 1):
         other = order[:, step]
@@ -1474,7 +1483,7 @@ def gradvac_weights_from_gram(
             # ||g_i' + w g_j||^2 = ||g_i'||^2 + 2 w (g_i' . g_j) + w^2 ||g_j||^2
             sq_i[t] += 2.0 * w * dot[low] + w * w * gn[o, o]
             coeff[t, o] += w
-            cg[t] += w[:, None] * gn[o]
+            add_rows(t, o, w)
         phi_n[rows, other] = (1.0 - beta) * target + beta * cos
     return torch.from_numpy(coeff.sum(axis=0)), phi_t
 
