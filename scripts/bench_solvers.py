@@ -13,7 +13,8 @@ the previous call on a slightly different matrix (``*-cold``: a cold start every
 UPGrad and DualProj (their free sets), Nash-MTL from its last alpha, GradVac with its EMA of
 similarities, CAGrad from its last weights. ``fairgrad-scipy`` is torchjd's least-squares
 solve (``solver: scipy``), ``cagrad-cvxpy`` torchjd's CLARABEL solve (``solver: cvxpy``),
-``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``). Writes JSON (``--out``, default
+``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``),
+``gradvac-torchjd`` torchjd's ``GradVacWeighting`` (a loop over the task pairs). Writes JSON (``--out``, default
 ``docs/results/bench/solvers-cpu.json``) and prints a markdown table; one thread unless
 ``--threads``.
 """
@@ -56,6 +57,10 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     _, dp_free = F.dual_cone_state(last, "dualproj")
     _, ca_start = F.cagrad_state(last)
     gen = torch.Generator().manual_seed(0)
+    from mtbench.combiners.jd import weighting
+
+    jd_gradvac = weighting("GradVacWeighting", "gradvac", beta=0.5)
+    jd_gradvac(last)  # (its EMA of similarities, as ours)
     return {
         "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
         "mgda-cold": lambda: F.mgda_weights_from_gram(gram),
@@ -76,6 +81,7 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "fairgrad-scipy": lambda: F.fairgrad_state(gram, solver="scipy"),
         "config": lambda: F.config_weights_from_gram(gram),
         "gradvac": lambda: F.gradvac_weights_from_gram(gram, phi, generator=gen),
+        "gradvac-torchjd": lambda: jd_gradvac(gram),
     }
 
 

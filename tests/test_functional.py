@@ -98,23 +98,22 @@ def test_pcgrad_matches_naive_loop(seed):
         assert torch.equal(torch.rand(3, generator=gen_a), torch.rand(3, generator=gen_b))
 
 
-def test_pcgrad_many_tasks_torch_route(monkeypatch):
-    """From 64 tasks on the projections run on torch views (index_add_ row updates): the same
-    result as the direct loop, and bit for bit the NumPy route's coefficients."""
+def test_pcgrad_torch_row_updates(monkeypatch):
+    """Large row updates run as torch's index_add_ (``_row_adder``): the same result as the
+    direct loop, and bit for bit the NumPy route's coefficients."""
     import mtbench.combiners.functional as functional
 
-    n_tasks = 80
-    assert n_tasks >= functional._TORCH_SOLVE_SIZE
-    grads = torch.randn(n_tasks, 40, generator=seeded(7), dtype=torch.float64)
+    grads = torch.randn(80, 40, generator=seeded(7), dtype=torch.float64)
     grads[5] = 0.0
-    out = pcgrad(grads, seeded(3))
-    ref = naive_pcgrad(grads, seeded(3))
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.norm().item())
     gram = grads @ grads.T
-    coeff, projected = functional._pcgrad_coefficients(gram, seeded(4))
-    monkeypatch.setattr(functional, "_TORCH_SOLVE_SIZE", 10**9)
-    coeff_np, projected_np = functional._pcgrad_coefficients(gram, seeded(4))
-    assert projected and projected_np and torch.equal(coeff, coeff_np)
+    routes = {}
+    for name, threshold in (("torch", 0), ("numpy", 10**9)):
+        monkeypatch.setattr(functional, "_TORCH_ROW_UPDATE", threshold)
+        out = pcgrad(grads, seeded(3))
+        ref = naive_pcgrad(grads, seeded(3))
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.norm().item())
+        routes[name] = functional._pcgrad_coefficients(gram, seeded(4))
+    assert routes["torch"][1] and torch.equal(routes["torch"][0], routes["numpy"][0])
 
 
 def test_pcgrad_is_a_sum_not_a_mean():

@@ -290,22 +290,23 @@ def test_gradvac_equals_torchjd_over_steps_with_the_same_draws(matrix):
         close(weights @ Jk, expected)
 
 
-def test_gradvac_many_tasks_equals_torchjd_and_the_numpy_route(monkeypatch):
-    """From 64 tasks on the visits' row updates run on torch views (``_row_adder``): still
-    torchjd's GradVac over two steps, and bit for bit the NumPy route."""
+def test_gradvac_torch_row_updates_equal_torchjd_and_the_numpy_route(monkeypatch):
+    """Large row updates run as torch's index_add_ (``_row_adder``): still torchjd's GradVac
+    over two steps, and bit for bit the NumPy route."""
     J = torch.randn(80, 30, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    assert J.shape[0] >= F._TORCH_SOLVE_SIZE
-    ref = jd.GradVac(beta=0.5)
-    phi = None
-    for k in range(2):
-        torch.manual_seed(20 + k)
-        expected = ref(J + 0.1 * k)
-        weights, phi = F.gradvac_weights_from_gram((J + 0.1 * k) @ (J + 0.1 * k).T, phi, generator=seeded_gen(20 + k))
-        close(weights @ (J + 0.1 * k), expected)
-    torch_route = F.gradvac_weights_from_gram(J @ J.T, phi, generator=seeded_gen(3))
-    monkeypatch.setattr(F, "_TORCH_SOLVE_SIZE", 10**9)
-    numpy_route = F.gradvac_weights_from_gram(J @ J.T, phi, generator=seeded_gen(3))
-    assert torch.equal(torch_route[0], numpy_route[0]) and torch.equal(torch_route[1], numpy_route[1])
+    routes = {}
+    for name, threshold in (("torch", 0), ("numpy", 10**9)):
+        monkeypatch.setattr(F, "_TORCH_ROW_UPDATE", threshold)
+        ref = jd.GradVac(beta=0.5)
+        phi = None
+        for k in range(2):
+            Jk = J + 0.1 * k
+            torch.manual_seed(20 + k)
+            expected = ref(Jk)
+            weights, phi = F.gradvac_weights_from_gram(Jk @ Jk.T, phi, generator=seeded_gen(20 + k))
+            close(weights @ Jk, expected)
+        routes[name] = F.gradvac_weights_from_gram(J @ J.T, phi, generator=seeded_gen(3))
+    assert all(torch.equal(a, b) for a, b in zip(routes["torch"], routes["numpy"]))
 
 
 def seeded_gen(seed: int) -> torch.Generator:

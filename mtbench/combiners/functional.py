@@ -380,29 +380,26 @@ def random_graddrop(
 # ----------------------------------------------------------------------------------
 
 
-#: solves, products and PCGrad's row updates at least this large run in torch: NumPy's
-#: OpenBLAS threads, started beside torch's inside a training step, contend with them for the
-#: cores (below it NumPy's per-call overhead is far below torch's)
-_TORCH_SOLVE_SIZE = 64
+#: row updates of at least this many entries run as torch's ``index_add_`` (below it NumPy's
+#: per-call overhead is the smaller cost)
+_TORCH_ROW_UPDATE = 1 << 15
 
 
 def _row_adder(cg: np.ndarray, g: np.ndarray):
     """``add(t, o, w)``: ``cg[t] += w[:, None] * g[o]`` in place (the rows ``t`` distinct), the
-    coefficient-space update of PCGrad's and GradVac's visits. From ``_TORCH_SOLVE_SIZE`` rows
-    on it runs as torch's ``index_add_`` on views of the same arrays (bit for bit the same
-    result, without NumPy's gather and scatter of ``cg[t]``, on torch's threads)."""
-    if cg.shape[0] < _TORCH_SOLVE_SIZE:
-
-        def add(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
-            cg[t] += w[:, None] * g[o]
-
-        return add
+    coefficient-space update of PCGrad's and GradVac's visits. An update of at least
+    ``_TORCH_ROW_UPDATE`` entries runs as torch's ``index_add_`` on views of the same arrays
+    (bit for bit the same result, without NumPy's gather and scatter of ``cg[t]``, on torch's
+    threads)."""
     cg_t, g_t = torch.from_numpy(cg), torch.from_numpy(g)
 
-    def add_torch(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
-        cg_t.index_add_(0, torch.from_numpy(t), g_t[torch.from_numpy(o)] * torch.from_numpy(w)[:, None])
+    def add(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
+        if t.size * cg.shape[1] < _TORCH_ROW_UPDATE:
+            cg[t] += w[:, None] * g[o]
+        else:
+            cg_t.index_add_(0, torch.from_numpy(t), g_t[torch.from_numpy(o)] * torch.from_numpy(w)[:, None])
 
-    return add_torch
+    return add
 
 
 def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tuple[Tensor, bool]:
@@ -538,6 +535,10 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
+#: solves and products at least this large run in torch: NumPy's OpenBLAS threads, started
+#: beside torch's inside a training step, contend with them for the cores (below it NumPy's
+#: per-call overhead is far below torch's)
+_TORCH_SOLVE_SIZE = 64
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _BLOCK_PIVOTS = 5
 
@@ -767,8 +768,10 @@ def mgda_weights_from_gram(
     step's) makes the tasks with positive weight the first active set and those weights the
     first point; the iterations and the stopping rule are the same, so the result is the
     same minimiser (to the tolerance), found in a few affine solves when the active set
-    changes little from step to step, instead of about T from one vertex. A ``start`` of
-    another size, with negative or non-finite entries, is ignored (a cold start).
+    changes little from step to step, instead of about T from one vertex. From
+    ``_TORCH_SOLVE_SIZE`` (64) tasks on, block pivots from that active set come first
+    (:func:`_min_norm_pivots`: one solve per guess, certified by the same stopping rule). A
+    ``start`` of another size, with negative or non-finite entries, is ignored (a cold start).
 
     Returns:
         ``[T]`` weights, exactly ``>= 0`` and renormalised to sum to 1, in ``gram``'s

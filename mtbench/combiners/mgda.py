@@ -25,8 +25,9 @@ class MGDA(WarmStarted):
     its own loss's gradient. ``level: representation`` (the default) is MGDA-UB (Sec. 3.3).
 
     Each solve is warm-started from the last step's weights (their tasks are Wolfe's first
-    active set: a few affine solves instead of about T); those weights are the combiner's
-    state, saved in checkpoints, so a resumed run takes the same iterations.
+    active set: a few affine solves instead of about T; from 64 tasks on, block pivots from
+    that active set first); those weights are the combiner's state, saved in checkpoints, so a
+    resumed run takes the same iterations.
     """
 
     name = "mgda"
