@@ -57,10 +57,16 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     _, dp_free = F.dual_cone_state(last, "dualproj")
     _, ca_start = F.cagrad_state(last)
     gen = torch.Generator().manual_seed(0)
-    from mtbench.combiners.jd import weighting
+    jd_gradvac = []  # torchjd's GradVacWeighting, built at its row's first (untimed) call
 
-    jd_gradvac = weighting("GradVacWeighting", "gradvac", beta=0.5)
-    jd_gradvac(last)  # (its EMA of similarities, as ours)
+    def gradvac_torchjd():
+        if not jd_gradvac:
+            from mtbench.combiners.jd import weighting
+
+            jd_gradvac.append(weighting("GradVacWeighting", "gradvac", beta=0.5))
+            jd_gradvac[0](last)  # (its EMA of similarities, as ours)
+        return jd_gradvac[0](gram)
+
     return {
         "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
         "mgda-cold": lambda: F.mgda_weights_from_gram(gram),
@@ -81,7 +87,7 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "fairgrad-scipy": lambda: F.fairgrad_state(gram, solver="scipy"),
         "config": lambda: F.config_weights_from_gram(gram),
         "gradvac": lambda: F.gradvac_weights_from_gram(gram, phi, generator=gen),
-        "gradvac-torchjd": lambda: jd_gradvac(gram),
+        "gradvac-torchjd": gradvac_torchjd,
     }
 
 

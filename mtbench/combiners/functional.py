@@ -426,7 +426,7 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     order = perms + (perms >= rows[:, None])  # [T, T-1]
     coeff = np.eye(n_tasks)
     cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
-    sq_norms = g.diagonal().copy()
+    sq_norms = g.diagonal()
     live = (sq_norms > 0)[order]  # [T, T-1]: the visited task's gradient is not zero
     add_rows = _row_adder(cg, g)
     projected = False
