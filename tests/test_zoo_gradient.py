@@ -494,6 +494,9 @@ def test_a_missing_solver_is_one_line_naming_the_package_and_extra(monkeypatch):
         build("upgrad")
     text = str(err.value)
     assert "\n" not in text and "quadprog" in text and "mtbench[zoo]" in text
+    with pytest.raises(MtbenchError, match="quadprog") as err:  # the pivoting's fallback too
+        F._quadprog_projector("upgrad")
+    assert "\n" not in str(err.value) and "mtbench[zoo]" in str(err.value)
     assert bridge.NEEDS["CAGradWeighting"] == ("cvxpy", "clarabel")
     build("nash_mtl")  # mtbench's own solver: needs none
 

@@ -929,9 +929,9 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
 def _quadprog_projector(method: str):
     """torchjd's quadprog projector with mtbench's ridge (it scales the Gram matrix to trace 1
     and adds ``DUAL_CONE_REG`` I, the matrix of :func:`_dual_cone_pivoting`)."""
-    from mtbench.combiners.jd import weighting
+    from mtbench.combiners.jd import require
 
-    weighting("UPGradWeighting", method)  # a missing solver package is a one-line error here
+    require("UPGradWeighting", method)  # a missing solver package is a one-line error here
     import torchjd.linalg as jdl
 
     return jdl.QuadprogProjector(reg_eps=DUAL_CONE_REG)

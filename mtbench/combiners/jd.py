@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mtbench.errors import MtbenchError
 
-__all__ = ["gram_cpu64", "weighting"]
+__all__ = ["gram_cpu64", "require", "weighting"]
 
 #: the optional packages each torchjd weighting imports
 NEEDS = {
@@ -35,14 +35,20 @@ def _missing(packages: tuple[str, ...]) -> list[str]:
     return [p for p in packages if find_spec(p) is None]
 
 
-def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
-    """An instance of ``torchjd.aggregation.<cls_name>(**kwargs)``, or a one-line MtbenchError
-    naming what to install for ``method``."""
+def require(cls_name: str, method: str) -> None:
+    """A one-line MtbenchError naming what to install for ``method`` when torchjd or a package
+    its ``cls_name`` imports is missing."""
     missing = _missing(("torchjd",) + NEEDS.get(cls_name, ()))
     if missing:
         raise MtbenchError(
             f'{method} needs the package(s) {", ".join(missing)}: pip install "mtbench[zoo]" (or pip install {" ".join(missing)})'
         )
+
+
+def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
+    """An instance of ``torchjd.aggregation.<cls_name>(**kwargs)``, or a one-line MtbenchError
+    naming what to install for ``method``."""
+    require(cls_name, method)
     import torchjd.aggregation as aggregation
 
     factory: Callable[..., Any] = getattr(aggregation, cls_name)
