@@ -22,6 +22,7 @@ solve (``solver: scipy``), ``cagrad-cvxpy`` torchjd's CLARABEL solve (``solver: 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -57,15 +58,14 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     _, dp_free = F.dual_cone_state(last, "dualproj")
     _, ca_start = F.cagrad_state(last)
     gen = torch.Generator().manual_seed(0)
-    jd_gradvac = []  # torchjd's GradVacWeighting, built at its row's first (untimed) call
 
-    def gradvac_torchjd():
-        if not jd_gradvac:
-            from mtbench.combiners.jd import weighting
+    @functools.cache
+    def jd_gradvac():  # torchjd's GradVacWeighting, built at its row's first (untimed) call
+        from mtbench.combiners.jd import weighting
 
-            jd_gradvac.append(weighting("GradVacWeighting", "gradvac", beta=0.5))
-            jd_gradvac[0](last)  # (its EMA of similarities, as ours)
-        return jd_gradvac[0](gram)
+        weights = weighting("GradVacWeighting", "gradvac", beta=0.5)
+        weights(last)  # (its EMA of similarities, as ours)
+        return weights
 
     return {
         "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
@@ -87,7 +87,7 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "fairgrad-scipy": lambda: F.fairgrad_state(gram, solver="scipy"),
         "config": lambda: F.config_weights_from_gram(gram),
         "gradvac": lambda: F.gradvac_weights_from_gram(gram, phi, generator=gen),
-        "gradvac-torchjd": gradvac_torchjd,
+        "gradvac-torchjd": lambda: jd_gradvac()(gram),
     }
 
 

@@ -349,7 +349,7 @@ def test_mgda_block_pivots_on_large_supports(monkeypatch, kind):
     import mtbench.combiners.functional as functional
 
     n_tasks = 120
-    assert n_tasks >= functional._TORCH_SOLVE_SIZE
+    assert n_tasks >= functional._PIVOT_MIN_TASKS
     grads = make_problem(n_tasks, 300, kind, 11)
     gram = grads @ grads.T
     cold = mgda_weights_from_gram(gram)

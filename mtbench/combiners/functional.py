@@ -541,6 +541,9 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
 _TORCH_SOLVE_SIZE = 64
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _BLOCK_PIVOTS = 5
+#: MGDA tries block pivots from this many tasks on (below it Wolfe's cycles solve small
+#: systems cheaply, and the solve is the one the shapes40 references were made with)
+_PIVOT_MIN_TASKS = 64
 
 
 def _matvec(m: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -622,7 +625,7 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int, start: Tensor | N
         return torch.tensor([gamma, 1.0 - gamma], dtype=torch.float64)
 
     warm = _warm_support(start, n_tasks)
-    found = _min_norm_pivots(g, warm[0], tol) if warm is not None and n_tasks >= _TORCH_SOLVE_SIZE else None
+    found = _min_norm_pivots(g, warm[0], tol) if warm is not None and n_tasks >= _PIVOT_MIN_TASKS else None
     support, w_s = found if found is not None else _wolfe_np(g, tol, max_iter, warm)
     weights = torch.zeros(n_tasks, dtype=torch.float64)
     weights[torch.tensor(support, dtype=torch.long)] = torch.from_numpy(np.asarray(w_s, dtype=np.float64))
@@ -652,12 +655,19 @@ def _min_norm_pivots(g: np.ndarray, support: list[int], tol: float) -> tuple[lis
         violated = g_w < obj - max(tol * obj, _GAP_FLOOR)
         if not bool(negative.any()) and not bool(violated.any()):
             return support, w_c
-        kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
-        seen = set(kept)
-        support = kept + [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
+        kept, added = _next_active_set(support, negative, violated)
+        support = kept + added
         if not support:
             return None
     return None
+
+
+def _next_active_set(support: list[int], negative: np.ndarray, violated: np.ndarray) -> tuple[list[int], list[int]]:
+    """A block pivot's next guess after a failed certificate: the support's tasks whose weight
+    is not ``negative`` (kept, in order), and the ``violated`` tasks [T] not among them (added)."""
+    kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
+    seen = set(kept)
+    return kept, [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
 
 
 def _wolfe_np(
@@ -769,7 +779,7 @@ def mgda_weights_from_gram(
     first point; the iterations and the stopping rule are the same, so the result is the
     same minimiser (to the tolerance), found in a few affine solves when the active set
     changes little from step to step, instead of about T from one vertex. From
-    ``_TORCH_SOLVE_SIZE`` (64) tasks on, block pivots from that active set come first
+    ``_PIVOT_MIN_TASKS`` (64) tasks on, block pivots from that active set come first
     (:func:`_min_norm_pivots`: one solve per guess, certified by the same stopping rule). A
     ``start`` of another size, with negative or non-finite entries, is ignored (a cold start).
 
@@ -1178,8 +1188,7 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
                 return w, t
             if pivots > 0:  # guess the next active set at once: drop the negative, add the violated
                 pivots -= 1
-                keep = [i for i, neg in zip(support, negative.tolist()) if not neg]
-                added = [int(j) for j in np.flatnonzero(violated) if int(j) not in set(keep)]
+                keep, added = _next_active_set(support, negative, violated)
                 if keep or added:
                     w_keep = w_c[~negative]
                     support = keep + added
