@@ -380,6 +380,17 @@ def random_graddrop(
 # ----------------------------------------------------------------------------------
 
 
+def _visit_orders(n_tasks: int, generator: torch.Generator | None) -> np.ndarray:
+    """[T, T-1] int array: row i is task i's visiting order of the other tasks, from T calls
+    ``torch.randperm(T - 1, generator=generator)`` in task order (T >= 2), each permutation
+    indexing task i's other tasks listed in increasing order (0..i-1, i+1..T-1). PCGrad's and
+    GradVac's draws."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    perms = torch.stack([torch.randperm(n_tasks - 1, generator=generator, device=device) for _ in range(n_tasks)])
+    perms = perms.cpu().numpy()
+    return perms + (perms >= np.arange(n_tasks)[:, None])  # perm value p -> task p + (p >= i)
+
+
 #: row updates of at least this many entries run as torch's ``index_add_`` (below it NumPy's
 #: per-call overhead is the smaller cost)
 _TORCH_ROW_UPDATE = 1 << 15
@@ -415,15 +426,8 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
         return torch.eye(n_tasks, dtype=torch.float64), False
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
     g = 0.5 * (g + g.T)
-    perm_device = generator.device if generator is not None else torch.device("cpu")
-    perms = (
-        torch.stack([torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)])
-        .cpu()
-        .numpy()
-    )
+    order = _visit_orders(n_tasks, generator)  # [T, T-1]
     rows = np.arange(n_tasks)
-    # the other tasks of task i are (0..i-1, i+1..T-1): perm value p -> task p + (p >= i)
-    order = perms + (perms >= rows[:, None])  # [T, T-1]
     coeff = np.eye(n_tasks)
     cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
     sq_norms = g.diagonal()
@@ -1464,15 +1468,10 @@ def gradvac_weights_from_gram(
         raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
     if n_tasks < 2:
         return torch.ones(n_tasks, dtype=torch.float64), phi_t
-    perm_device = generator.device if generator is not None else torch.device("cpu")
-    perms = torch.stack(
-        [torch.randperm(n_tasks - 1, generator=generator, device=perm_device) for _ in range(n_tasks)]
-    ).cpu()
+    order = _visit_orders(n_tasks, generator)  # [T, T-1]: task i's s-th visit
     # the T - 1 visits run in NumPy: many operations on small float64 arrays
     gn, phi_n = g.numpy(), phi_t.numpy()
     rows = np.arange(n_tasks)
-    perms_n = perms.numpy()
-    order = perms_n + (perms_n >= rows[:, None])  # [T, T-1]: task i's s-th visit
     norms_j = np.sqrt(np.clip(gn.diagonal(), 0.0, None))
     coeff = np.eye(n_tasks)
     cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
