@@ -497,6 +497,47 @@ def test_stale_or_repeated_captures_fall_back_to_the_plain_path():
     torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-10, atol=1e-12)
 
 
+def make_inplace_model(seed: int = 0) -> MultiTaskModel:
+    """make_conv_model's shapes with in-place ReLUs right after both factorable layers (as
+    small_cnn's last linear layer has): their captured outputs then hold the activations."""
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(64, 32),
+        nn.ReLU(inplace=True),
+    )
+    return MultiTaskModel(trunk, LinearHeads(32, T), rep_dim=32).double()
+
+
+def test_layers_modified_in_place_after_the_call_take_the_plain_path():
+    # the factored form needs the gradient at the layer's own output; after an in-place ReLU
+    # the captured output is the activation, so the hooks must not hand it over
+    model = make_inplace_model()
+    st = conv_step(model)
+    params = model.shared_parameters()
+    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0))
+    comb = COMBINERS["pcgrad"](T, level="params")
+    comb.prepare(model)
+    for _ in range(2):
+        model.zero_grad()
+        comb.backward(conv_step(model))
+        torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-10, atol=1e-12)
+        assert comb.last_factored_layers == []
+    norms = COMBINERS["gradnorm"](T)
+    norms.prepare(model)
+    weight = norms.last_shared_weight(model)
+    for _ in range(2):
+        st = conv_step(model)
+        want = torch.stack([torch.autograd.grad(st.losses[i], weight, retain_graph=True)[0].norm() for i in range(T)])
+        torch.testing.assert_close(norms.grad_norms(st), want, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("grad_at", ["last_shared", "representation"])
 def test_gradnorm_norms_match_per_task_gradients(grad_at, monkeypatch):
     import mtbench.combiners.gradnorm as gradnorm_module

@@ -1526,31 +1526,36 @@ NASH_RIDGE = 1e-8
 def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0) -> Tensor:
     """x > 0 with (Gn + ridge diag(Gn)) x = x^(-power), Gn = G / ||G||_F (no zero gradient in
     G), by damped Newton steps on the strictly convex 1/2 x^T Gn x - sum_i psi(x_i), psi' =
-    x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha)."""
+    x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). In NumPy: at
+    T = 40 a step is a few dozen tiny operations, where torch's per-call overhead would
+    dominate; the large solves and products go through :func:`_solve` and :func:`_matvec`."""
     n_tasks = g.shape[0]
-    h = g / float(torch.linalg.norm(g))
-    h = h + NASH_RIDGE * torch.diag(h.diagonal())
-    a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).clone()
-    if a is None or a.shape != (n_tasks,) or not bool((a > 0).all()) or not bool(torch.isfinite(a).all()):
-        a = torch.ones(n_tasks, dtype=torch.float64)
+    h = g.detach().to(device="cpu", dtype=torch.float64).numpy()
+    h = h / float(np.linalg.norm(h))
+    h = h + NASH_RIDGE * np.diag(h.diagonal())
+    a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
+        a = np.ones(n_tasks)
     log = power == 1.0
 
-    def phi(x: Tensor) -> float:
-        barrier = torch.log(x).sum() if log else x.pow(1.0 - power).sum() / (1.0 - power)
-        return float(0.5 * (x @ h @ x) - barrier)
+    def phi(x: np.ndarray) -> float:
+        barrier = np.log(x).sum() if log else np.power(x, 1.0 - power).sum() / (1.0 - power)
+        return float(0.5 * (x @ _matvec(h, x)) - barrier)
 
     value = phi(a)
     for _ in range(max_iter):
-        inv = 1.0 / a if log else a.pow(-power)
-        grad = h @ a - inv
+        inv = 1.0 / a if log else np.power(a, -power)
+        grad = _matvec(h, a) - inv
         curvature = 1.0 / (a * a) if log else power * inv / a  # -psi''(x) = power x^(-power - 1)
-        step = torch.linalg.solve(h + torch.diag(curvature), grad)
+        hess = h.copy()
+        hess[np.diag_indices(n_tasks)] += curvature
+        step = _solve(hess, grad)
         decrement = float(grad @ step)  # the squared Newton decrement
         if not decrement > 1e-24:
             break
         t = 1.0
         ahead = step > 0
-        if bool(ahead.any()):
+        if ahead.any():
             t = min(1.0, 0.99 * float((a[ahead] / step[ahead]).min()))
         while True:
             trial = a - t * step
@@ -1561,7 +1566,7 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
         if not trial_value < value:
             break
         a, value = trial, trial_value
-    return a
+    return torch.from_numpy(a)
 
 
 def nash_mtl_weights_from_gram(

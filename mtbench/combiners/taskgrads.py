@@ -359,11 +359,16 @@ def factored_cost(n: int, k: int, c: int, t: int) -> tuple[float, float]:
 
 class LayerCapture:
     """Forward hooks keeping, for watched layers, the input and the output of their calls in a
-    forward pass with gradients enabled (``take`` hands them over once and forgets them)."""
+    forward pass with gradients enabled (``take`` hands them over once and forgets them).
+
+    A call whose input or output was modified in place after the layer returned (an
+    ``nn.ReLU(inplace=True)`` right after it: the output then holds the activation, and a
+    gradient taken at it is the activation's, not the layer's) is not handed over: the
+    tensors' version counters tell."""
 
     def __init__(self) -> None:
         self._handles: dict[nn.Module, Any] = {}
-        self._calls: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+        self._calls: dict[nn.Module, list[tuple[Tensor, Tensor, int, int]]] = {}
 
     def watch(self, modules: Iterable[nn.Module]) -> None:
         for m in modules:
@@ -381,13 +386,20 @@ class LayerCapture:
             and args
             and isinstance(args[0], Tensor)
         ):
-            self._calls.setdefault(module, []).append((args[0].detach(), output))
+            x = args[0].detach()  # (shares the input's version counter)
+            self._calls.setdefault(module, []).append((x, output, x._version, output._version))
 
     def take(self, module: nn.Module) -> tuple[Tensor, Tensor] | None:
         """(input, output) of the module's one call since the last ``take``; None when it was
-        called zero or several times (then the factored form does not apply)."""
+        called zero or several times, or when its input or output has been modified in place
+        since (then the factored form does not apply)."""
         calls = self._calls.pop(module, [])
-        return calls[0] if len(calls) == 1 else None
+        if len(calls) != 1:
+            return None
+        x, out, x_version, out_version = calls[0]
+        if x._version != x_version or out._version != out_version:
+            return None
+        return x, out
 
     def __deepcopy__(self, memo):  # a copied model must not feed this capture: start empty
         return LayerCapture()
