@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -554,6 +556,20 @@ def test_gradnorm_norms_match_per_task_gradients(grad_at, monkeypatch):
         torch.testing.assert_close(comb.grad_norms(st), expected, rtol=1e-12, atol=1e-15)
     assert comb.capture.watching(model.trunk[6]) == (grad_at == "last_shared")
     assert len(calls) == (2 if grad_at == "last_shared" else 0)  # steps 1 and 2 took the factored form
+
+
+def test_gradnorm_starts_at_the_representation_through_linear_heads_only():
+    # through the stock linear heads the per-task passes start at the representation, from the
+    # closed-form gradients there; other heads start at the losses; the norms are the same
+    model = make_conv_model()
+    other = copy.deepcopy(model)
+    other.heads = nn.Sequential(nn.Linear(32, T)).double()  # not LinearHeads: no closed form
+    other.heads[0].load_state_dict(model.heads.linear.state_dict())
+    comb = COMBINERS["gradnorm"](T)
+    st, st_other = conv_step(model), conv_step(other)
+    assert comb._cotangents(st)[0] is st.rep
+    assert comb._cotangents(st_other)[0] is st_other.losses
+    torch.testing.assert_close(comb.grad_norms(st), comb.grad_norms(st_other), rtol=1e-12, atol=1e-15)
 
 
 def test_pcgrad_weights_from_gram_reproduce_pcgrad():

@@ -16,8 +16,8 @@ from mtbench.combiners.taskgrads import (
     factored_layer,
     layer_input_matrix,
     layer_output_matrix,
+    linear_heads_of,
     rep_task_grads,
-    task_grads_at,
 )
 from mtbench.options import Option, number
 
@@ -47,7 +47,10 @@ class GradNorm(Combiner):
     ||dL_i/dW||^2 = <D_i, (X X^T) D_i>; when that is cheaper than forming the T weight
     gradients (N^2 (K + T C_out) < T N C_out K, e.g. ResNet's last 3x3 convolution) it is
     used (a forward hook, armed before the first step, keeps the layer's input and output);
-    otherwise one batched autograd call gives the T gradients of W. The choice is made at
+    otherwise one batched autograd call gives the T gradients of W. With the stock linear
+    heads both start at the representation, from the tasks' gradients there in closed form
+    (e[b, i] W_i), instead of at the losses (bit for bit the same norms, without a batched
+    backward pass through the heads, whose cost grows as T^2). The choice is made at
     every step from that step's shapes alone (a smaller last batch may choose differently),
     so a resumed run takes the same path as an uninterrupted one.
     """
@@ -103,10 +106,25 @@ class GradNorm(Combiner):
         if self.grad_at == "representation":
             return rep_task_grads(step).sq_norms().clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
         module, weight = self.last_shared_layer(step.model)
-        norms = self._factored_norms(step, module, weight)
+        source, cotangents = self._cotangents(step)
+        norms = self._factored_norms(step, module, weight, source, cotangents)
         if norms is None:
-            norms = task_grads_at(losses, weight).flatten(1).norm(dim=1)
+            (grads,) = batched_vjp(source, [weight], cotangents, retain_graph=True)
+            norms = grads.flatten(1).norm(dim=1)
         return norms
+
+    @staticmethod
+    def _cotangents(step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the per-task backward passes to W start: at the representation with the tasks'
+        gradients there when the stock linear heads give them in closed form
+        (:func:`taskgrads.rep_task_grads`: e[b, i] W_i, no backward pass through the heads per
+        task), else at the losses with the identity. The two are the same chain rule (W
+        reaches the losses through the representation only); the first skips a [T, B, T] x
+        [T, D] product through the heads, which dominates at many tasks."""
+        if linear_heads_of(step) is not None:
+            return step.rep, rep_task_grads(step).full()
+        losses = step.losses
+        return losses, torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
 
     def prepare(self, model: torch.nn.Module) -> None:
         if self.grad_at == "last_shared":  # arm the layer's hook before the first step
@@ -125,9 +143,12 @@ class GradNorm(Combiner):
         k, c = module.weight[0].numel(), module.weight.shape[0]
         return 2 * (n * n * k + t * n * n * c + t * n * c) < t * n * c * k
 
-    def _factored_norms(self, step: Step, module: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
-        """The norms through the layer's input and output gradients, or None (hook not armed
-        yet, or not cheaper for this step's shapes)."""
+    def _factored_norms(
+        self, step: Step, module: torch.nn.Module, weight: torch.Tensor, source: torch.Tensor, cotangents: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The norms through the layer's input and output gradients (the per-task backward
+        passes from ``source`` with ``cotangents``, see :meth:`_cotangents`), or None (hook not
+        armed yet, or not cheaper for this step's shapes)."""
         if not factored_layer(module):
             return None
         capture = self.capture
@@ -140,8 +161,7 @@ class GradNorm(Combiner):
             return None
         _, x, out = layers[0]
         xm = layer_input_matrix(module, x)
-        eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
-        (d,) = batched_vjp(step.losses, [out], eye, retain_graph=True)
+        (d,) = batched_vjp(source, [out], cotangents, retain_graph=True)
         sq = factored_gram(xm, layer_output_matrix(module, d), diagonal=True)
         return sq.clamp_min(0).sqrt().to(device=step.losses.device, dtype=step.losses.dtype)
 
