@@ -438,11 +438,11 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     for step in range(n_tasks - 1):
         other = order[:, step]
         dots = cg[rows, other]  # g_i' . g_{j_i}
-        conflict = (dots < 0) & live[:, step]
-        if conflict.any():
+        t = np.flatnonzero((dots < 0) & live[:, step])  # the tasks in conflict at this visit
+        if t.size:
             projected = True
-            t, o = rows[conflict], other[conflict]
-            step_coeff = dots[conflict] / sq_norms[o]
+            o = other[t]
+            step_coeff = dots[t] / sq_norms[o]
             coeff[t, o] -= step_coeff
             add_rows(t, o, -step_coeff)  # g_i' -= (g_i' . g_j / ||g_j||^2) g_j
     return torch.from_numpy(coeff), projected
@@ -1472,7 +1472,8 @@ def gradvac_weights_from_gram(
     # the T - 1 visits run in NumPy: many operations on small float64 arrays
     gn, phi_n = g.numpy(), phi_t.numpy()
     rows = np.arange(n_tasks)
-    norms_j = np.sqrt(np.clip(gn.diagonal(), 0.0, None))
+    norms_j = np.sqrt(np.maximum(gn.diagonal(), 0.0))
+    sq_j = gn.diagonal().copy()
     coeff = np.eye(n_tasks)
     cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
     add_rows = _row_adder(cg, gn)
@@ -1480,19 +1481,19 @@ def gradvac_weights_from_gram(
     for step in range(n_tasks - 1):
         other = order[:, step]
         dot = cg[rows, other]
-        norm_i = np.sqrt(np.clip(sq_i, 0.0, None))
+        norm_i = np.sqrt(np.maximum(sq_i, 0.0))
         norm_j = norms_j[other]
         cos = dot / (norm_i * norm_j + eps)
         target = phi_n[rows, other]
-        low = cos < target
-        if low.any():
-            t, o = rows[low], other[low]
-            c, tg = cos[low], target[low]
-            s_cos = np.sqrt(np.clip(1.0 - c * c, 0.0, None))
-            s_tgt = np.sqrt(np.clip(1.0 - tg * tg, 0.0, None))
-            w = norm_i[low] * (tg * s_cos - c * s_tgt) / (norm_j[low] * s_tgt + eps)
+        t = np.flatnonzero(cos < target)  # the tasks below their target at this visit
+        if t.size:
+            o = other[t]
+            c, tg = cos[t], target[t]
+            s_cos = np.sqrt(np.maximum(1.0 - c * c, 0.0))
+            s_tgt = np.sqrt(np.maximum(1.0 - tg * tg, 0.0))
+            w = norm_i[t] * (tg * s_cos - c * s_tgt) / (norm_j[t] * s_tgt + eps)
             # ||g_i' + w g_j||^2 = ||g_i'||^2 + 2 w (g_i' . g_j) + w^2 ||g_j||^2
-            sq_i[t] += 2.0 * w * dot[low] + w * w * gn[o, o]
+            sq_i[t] += 2.0 * w * dot[t] + w * w * sq_j[o]
             coeff[t, o] += w
             add_rows(t, o, w)
         phi_n[rows, other] = (1.0 - beta) * target + beta * cos
