@@ -551,7 +551,7 @@ _PIVOT_MIN_TASKS = 64
 
 
 def _matvec(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """m @ v, by torch for large operands (see ``_TORCH_SOLVE_SIZE``)."""
+    """m @ v (a vector or a matrix v), by torch for large operands (see ``_TORCH_SOLVE_SIZE``)."""
     if v.shape[0] >= _TORCH_SOLVE_SIZE:
         return (torch.from_numpy(np.ascontiguousarray(m)) @ torch.from_numpy(np.ascontiguousarray(v))).numpy()
     return m @ v
@@ -891,53 +891,70 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x's, x_F solves A_FF x_F = -(A U[r])_F and y = A x + A U[r] outside F; the entries where
     x < 0 in F or y < 0 outside F move across, all at once while their number falls (three
     more tries otherwise), else only the last one. Every row pivots at once: one batched
-    Cholesky solve per sweep, of the free sets' systems (padded to the largest one). ``free``
-    (the last step's sets) is the first guess; None: all x = 0."""
-    rows, n = u.shape
-    q = u @ a  # [R, T]: (A U[r]) (A symmetric)
-    scale = float(a.diagonal().max()) * max(float(u.abs().max()), 1e-300)
+    Cholesky solve per sweep, of the free sets' systems (padded to the largest one; torch's
+    LAPACK, :func:`_free_set_solve`). ``free`` (the last step's sets) is the first guess;
+    None: all x = 0. The bookkeeping between the solves runs in NumPy: at T = 40 a sweep is
+    a few dozen operations on [T, T] arrays, where torch's per-call overhead would dominate."""
+    an = a.detach().to(device="cpu", dtype=torch.float64).numpy()
+    un = u.detach().to(device="cpu", dtype=torch.float64).numpy()
+    rows, n = un.shape
+    q = _matvec(un, an)  # [R, T]: (A U[r]) (A symmetric)
+    scale = float(an.diagonal().max()) * max(float(np.abs(un).max()), 1e-300)
     tol = 1e-13 * scale
-    f = torch.zeros(rows, n, dtype=torch.bool) if free is None else free.clone()
-    best = torch.full((rows,), n + 1, dtype=torch.long)
-    tries = torch.full((rows,), 3, dtype=torch.long)
-    last = torch.arange(n).expand(rows, n)
-    x = torch.zeros(rows, n, dtype=a.dtype)
-    y = q.clone()
-    todo = torch.arange(rows)  # the rows whose free set changed: only they are solved again
-    count = torch.ones(rows, dtype=torch.long)  # (no sweep yet: no row settled)
+    f = np.zeros((rows, n), dtype=bool) if free is None else free.numpy().astype(bool, copy=True)
+    best = np.full(rows, n + 1)
+    tries = np.full(rows, 3)
+    last = np.arange(n)
+    x = np.zeros((rows, n))
+    y = q.copy()
+    todo = np.arange(rows)  # the rows whose free set changed: only they are solved again
+    count = np.ones(rows, dtype=np.int64)  # (no sweep yet: no row settled)
+    every = np.arange(rows)
     for _ in range(_PIVOT_MAX_SWEEPS):
-        ft = f[todo]
-        sizes = ft.sum(1)
-        width = int(sizes.max())  # the largest free set: every row's system padded to it
-        xs = torch.zeros(len(todo), n, dtype=a.dtype)
-        if width > 0:
-            # each row's free indices first (the rest pad the system with identity rows)
-            idx = torch.argsort((~ft).to(torch.int8), dim=1, stable=True)[:, :width]
-            valid = (torch.arange(width)[None, :] < sizes[:, None]).to(a.dtype)
-            sub = a[idx[:, :, None], idx[:, None, :]] * (valid[:, :, None] * valid[:, None, :])
-            sub = sub + torch.diag_embed(1.0 - valid)
-            factor, info = torch.linalg.cholesky_ex(sub)
-            if bool(info.any()):
-                return None
-            rhs = -q[todo].gather(1, idx) * valid
-            xs.scatter_(1, idx, torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1) * valid)
+        xs = _free_set_solve(an, q[todo], f[todo])
+        if xs is None:
+            return None
         x[todo] = xs
-        y[todo] = xs @ a + q[todo]
-        bad = torch.where(f, x < -tol, y < -tol)
+        y[todo] = _matvec(xs, an) + q[todo]
+        bad = np.where(f, x < -tol, y < -tol)
         count = bad.sum(1)
-        if not bool(count.any()):
-            return u + x.clamp_min(0.0) * f.to(a.dtype), f, torch.ones(rows, dtype=torch.bool)
+        if not count.any():
+            break
         fewer = count < best
-        best = torch.where(fewer, count, best)
-        tries = torch.where(fewer, torch.full_like(tries, 3), tries - (count > 0).long())
+        best = np.where(fewer, count, best)
+        tries = np.where(fewer, 3, tries - (count > 0))
         all_at_once = fewer | (tries >= 0)
-        only_last = torch.zeros_like(bad)
-        top = torch.where(bad, last, -1).max(1).values
-        only_last[torch.arange(rows), top.clamp_min(0)] = True
-        flip = torch.where(all_at_once[:, None], bad, bad & only_last)
-        f = f ^ flip
-        todo = torch.nonzero(count > 0).squeeze(1)
-    return u + x.clamp_min(0.0) * f.to(a.dtype), f, count == 0
+        only_last = np.zeros_like(bad)
+        only_last[every, np.maximum(np.where(bad, last, -1).max(1), 0)] = True
+        f = f ^ np.where(all_at_once[:, None], bad, bad & only_last)
+        todo = np.flatnonzero(count > 0)
+    v = un + np.maximum(x, 0.0) * f
+    return torch.from_numpy(v), torch.from_numpy(f), torch.from_numpy(count == 0)
+
+
+def _free_set_solve(a: np.ndarray, q: np.ndarray, f: np.ndarray) -> np.ndarray | None:
+    """X [R, T] with X[r]_F = -(A_FF)^-1 q[r]_F on row r's free set F = f[r] and 0 elsewhere:
+    one batched Cholesky factorisation and solve (torch's LAPACK), each row's system padded
+    with identity rows to the largest free set; None if a factorisation failed. (Solving the
+    whole [T, T] systems with the fixed entries masked to the identity instead, without the
+    gathers, was slower at T = 40: the factorisations cost more than the gathers.)"""
+    rows, n = f.shape
+    sizes = f.sum(1)
+    xs = np.zeros((rows, n))
+    width = int(sizes.max()) if rows else 0  # the largest free set: every row's system padded to it
+    if width == 0:
+        return xs
+    # each row's free indices first (the rest pad the system with identity rows)
+    idx = torch.from_numpy(np.argsort(~f, axis=1, kind="stable")[:, :width])
+    valid = (torch.arange(width)[None, :] < torch.from_numpy(sizes)[:, None]).to(torch.float64)
+    sub = torch.from_numpy(a)[idx[:, :, None], idx[:, None, :]] * (valid[:, :, None] * valid[:, None, :])
+    sub.diagonal(dim1=1, dim2=2).add_(1.0 - valid)
+    factor, info = torch.linalg.cholesky_ex(sub)
+    if bool(info.any()):
+        return None
+    rhs = -torch.from_numpy(q).gather(1, idx) * valid
+    torch.from_numpy(xs).scatter_(1, idx, torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1) * valid)
+    return xs
 
 
 def _quadprog_projector(method: str):
