@@ -98,22 +98,14 @@ def test_pcgrad_matches_naive_loop(seed):
         assert torch.equal(torch.rand(3, generator=gen_a), torch.rand(3, generator=gen_b))
 
 
-def test_pcgrad_torch_row_updates(monkeypatch):
-    """Large row updates run as torch's index_add_ (``_row_adder``): the same result as the
-    direct loop, and bit for bit the NumPy route's coefficients."""
-    import mtbench.combiners.functional as functional
-
+def test_pcgrad_at_many_tasks_is_the_direct_loop():
+    """80 tasks on 40 dimensions (many conflicts per visit; one zero task): the compiled
+    coefficient-space loop equals the direct algorithm on the gradients."""
     grads = torch.randn(80, 40, generator=seeded(7), dtype=torch.float64)
     grads[5] = 0.0
-    gram = grads @ grads.T
-    routes = {}
-    for name, threshold in (("torch", 0), ("numpy", 10**9)):
-        monkeypatch.setattr(functional, "_TORCH_ROW_UPDATE", threshold)
-        out = pcgrad(grads, seeded(3))
-        ref = naive_pcgrad(grads, seeded(3))
-        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.norm().item())
-        routes[name] = functional._pcgrad_coefficients(gram, seeded(4))
-    assert routes["torch"][1] and torch.equal(routes["torch"][0], routes["numpy"][0])
+    out = pcgrad(grads, seeded(3))
+    ref = naive_pcgrad(grads, seeded(3))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.norm().item())
 
 
 def test_pcgrad_is_a_sum_not_a_mean():

@@ -391,61 +391,26 @@ def _visit_orders(n_tasks: int, generator: torch.Generator | None) -> np.ndarray
     return perms + (perms >= np.arange(n_tasks)[:, None])  # perm value p -> task p + (p >= i)
 
 
-#: row updates of at least this many entries run as torch's ``index_add_`` (below it NumPy's
-#: per-call overhead is the smaller cost)
-_TORCH_ROW_UPDATE = 1 << 15
-
-
-def _row_adder(cg: np.ndarray, g: np.ndarray):
-    """``add(t, o, w)``: ``cg[t] += w[:, None] * g[o]`` in place (the rows ``t`` distinct), the
-    coefficient-space update of PCGrad's and GradVac's visits. An update of at least
-    ``_TORCH_ROW_UPDATE`` entries runs as torch's ``index_add_`` on views of the same arrays
-    (bit for bit the same result, without NumPy's gather and scatter of ``cg[t]``, on torch's
-    threads)."""
-    cg_t, g_t = torch.from_numpy(cg), torch.from_numpy(g)
-
-    def add(t: np.ndarray, o: np.ndarray, w: np.ndarray) -> None:
-        if t.size * cg.shape[1] < _TORCH_ROW_UPDATE:
-            cg[t] += w[:, None] * g[o]
-        else:
-            cg_t.index_add_(0, torch.from_numpy(t), g_t[torch.from_numpy(o)] * torch.from_numpy(w)[:, None])
-
-    return add
-
-
 def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tuple[Tensor, bool]:
     """Run PCGrad's projections in coefficient space.
 
     Row ``i`` of the returned [T, T] float64 matrix holds the coefficients of task
     ``i``'s projected gradient in the basis of the original gradients. Also returns
     whether any projection happened. (The permutations come from torch's ``randperm``;
-    the small float64 iterations run in NumPy.)
+    the visits run compiled, :func:`mtbench.combiners.loops.pcgrad_visits`.)
     """
+    from mtbench.combiners.loops import pcgrad_visits
+
     n_tasks = gram.shape[0]
     if n_tasks < 2:
         return torch.eye(n_tasks, dtype=torch.float64), False
     g = gram.detach().to(device="cpu", dtype=torch.float64).numpy()
     g = 0.5 * (g + g.T)
     order = _visit_orders(n_tasks, generator)  # [T, T-1]
-    rows = np.arange(n_tasks)
     coeff = np.eye(n_tasks)
     cg = g.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
-    sq_norms = g.diagonal()
-    live = (sq_norms > 0)[order]  # [T, T-1]: the visited task's gradient is not zero
-    add_rows = _row_adder(cg, g)
-    projected = False
-    # step s: every task i (independently) visits its s-th other task order[i, s]
-    for step in range(n_tasks - 1):
-        other = order[:, step]
-        dots = cg[rows, other]  # g_i' . g_{j_i}
-        t = np.flatnonzero((dots < 0) & live[:, step])  # the tasks in conflict at this visit
-        if t.size:
-            projected = True
-            o = other[t]
-            step_coeff = dots[t] / sq_norms[o]
-            coeff[t, o] -= step_coeff
-            add_rows(t, o, -step_coeff)  # g_i' -= (g_i' . g_j / ||g_j||^2) g_j
-    return torch.from_numpy(coeff), projected
+    projected = pcgrad_visits(g, order, coeff, cg)  # compiled (numba): the visits are sequential
+    return torch.from_numpy(coeff), bool(projected)
 
 
 def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -474,9 +439,9 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     algorithm, only expressed in coefficients: it costs one ``O(T^2 D)`` Gram product
     plus at most ``O(T^3)`` work instead of ``O(T^2 D)`` vector updates (each task's products
     with all the originals, ``c_i G``, are kept up to date, so a visit without a conflict costs
-    O(1) and one with a conflict O(T)). All tasks advance
-    through their own orders in lock step (step ``s`` handles each task's ``s``-th
-    visit), which is legal because the tasks' projections are independent.
+    O(1) and one with a conflict O(T)). The visits run as a compiled loop
+    (:func:`mtbench.combiners.loops.pcgrad_visits`, numba), one task after another, which is
+    legal because the tasks' projections are independent.
 
     Generator use: for ``T >= 2``, exactly ``T`` calls
     ``torch.randperm(T - 1, generator=generator)`` in task order ``i = 0, ..., T-1``;
@@ -1463,9 +1428,9 @@ def gradvac_weights_from_gram(
     (||g_j|| sqrt(1 - phi_hat^2) + eps) g_j; then phi_hat_ij <- (1 - beta) phi_hat_ij + beta
     phi_ij. The output is sum_i g_i' (the baseline's sum when nothing conflicts), here as
     weights on the original g_k. ``phi`` is the [T, T] EMA (None: zeros); the updated one is
-    returned. The same updates as torchjd's ``GradVacWeighting(beta, eps)``; every task
-    advances through its own order in lock step (the tasks' updates are independent), so
-    the loop runs over the T - 1 visits, vectorised over tasks.
+    returned. The same updates as torchjd's ``GradVacWeighting(beta, eps)``, as a compiled
+    loop (:func:`mtbench.combiners.loops.gradvac_visits`, numba; the tasks' updates are
+    independent, so it runs one task after another).
 
     Generator use: for T >= 2, T calls ``torch.randperm(T - 1, generator=generator)`` in task
     order, task i's permutation indexing its other tasks in increasing order (the draws of
@@ -1485,35 +1450,13 @@ def gradvac_weights_from_gram(
         raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
     if n_tasks < 2:
         return torch.ones(n_tasks, dtype=torch.float64), phi_t
+    from mtbench.combiners.loops import gradvac_visits
+
     order = _visit_orders(n_tasks, generator)  # [T, T-1]: task i's s-th visit
-    # the T - 1 visits run in NumPy: many operations on small float64 arrays
-    gn, phi_n = g.numpy(), phi_t.numpy()
-    rows = np.arange(n_tasks)
-    norms_j = np.sqrt(np.maximum(gn.diagonal(), 0.0))
-    sq_j = gn.diagonal().copy()
+    gn = np.ascontiguousarray(g.numpy())
     coeff = np.eye(n_tasks)
     cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
-    add_rows = _row_adder(cg, gn)
-    sq_i = gn.diagonal().copy()  # ||g_i'||^2 = coeff_i . cg_i
-    for step in range(n_tasks - 1):
-        other = order[:, step]
-        dot = cg[rows, other]
-        norm_i = np.sqrt(np.maximum(sq_i, 0.0))
-        norm_j = norms_j[other]
-        cos = dot / (norm_i * norm_j + eps)
-        target = phi_n[rows, other]
-        t = np.flatnonzero(cos < target)  # the tasks below their target at this visit
-        if t.size:
-            o = other[t]
-            c, tg = cos[t], target[t]
-            s_cos = np.sqrt(np.maximum(1.0 - c * c, 0.0))
-            s_tgt = np.sqrt(np.maximum(1.0 - tg * tg, 0.0))
-            w = norm_i[t] * (tg * s_cos - c * s_tgt) / (norm_j[t] * s_tgt + eps)
-            # ||g_i' + w g_j||^2 = ||g_i'||^2 + 2 w (g_i' . g_j) + w^2 ||g_j||^2
-            sq_i[t] += 2.0 * w * dot[t] + w * w * sq_j[o]
-            coeff[t, o] += w
-            add_rows(t, o, w)
-        phi_n[rows, other] = (1.0 - beta) * target + beta * cos
+    gradvac_visits(gn, order, phi_t.numpy(), float(beta), float(eps), coeff, cg)  # compiled (numba), phi in place
     return torch.from_numpy(coeff.sum(axis=0)), phi_t
 
 
