@@ -23,7 +23,16 @@ from numba import njit
 __all__ = ["pcgrad_visits", "gradvac_visits"]
 
 
-@njit(cache=True)
+def _compiled(fn):
+    """``njit`` with its machine code cached on disk (next to this file, else in the user's
+    cache directory); where neither is writable, compiled once per process instead."""
+    try:
+        return njit(cache=True)(fn)
+    except RuntimeError:  # numba found no writable cache location
+        return njit(fn)
+
+
+@_compiled
 def pcgrad_visits(g: np.ndarray, order: np.ndarray, coeff: np.ndarray, cg: np.ndarray) -> bool:
     """PCGrad's projections: task i visits ``order[i, s]`` for s = 0 .. T-2 and, when its current
     gradient conflicts with that task's original one (negative product, a non-zero gradient),
@@ -45,7 +54,7 @@ def pcgrad_visits(g: np.ndarray, order: np.ndarray, coeff: np.ndarray, cg: np.nd
     return projected
 
 
-@njit(cache=True)
+@_compiled
 def gradvac_visits(
     g: np.ndarray, order: np.ndarray, phi: np.ndarray, beta: float, eps: float, coeff: np.ndarray, cg: np.ndarray
 ) -> None:
