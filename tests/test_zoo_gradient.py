@@ -600,6 +600,46 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     torch.testing.assert_close(fallback, dual_cone_state(J @ J.T, method, "quadprog")[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_dual_cone_conjugate_gradients_at_many_tasks(method, monkeypatch):
+    """From 64 tasks on the pivoting's systems are solved by conjugate gradients. 100 tasks in
+    1024 dimensions, 30 of them against the others: the weights are quadprog's, and the
+    factorisations' (conjugate gradients held to no iteration: Cholesky solves every row)
+    with the same free sets; UPGrad's 100 QPs need no factorisation at all (DualProj's one
+    free set, the 30 correlated tasks, is ill-conditioned: Cholesky may take it). 150 tasks in
+    40 dimensions (a singular Gram matrix, the ridge its only curvature): they do not
+    converge and Cholesky takes over."""
+    import mtbench.combiners.functional as functional
+    from mtbench.combiners.functional import dual_cone_state
+
+    gen = torch.Generator().manual_seed(8)
+    shared = torch.randn(1024, generator=gen, dtype=torch.float64)
+    J = torch.randn(100, 1024, generator=gen, dtype=torch.float64)
+    J[:30] -= 0.3 * shared
+    J[30:] += 0.3 * shared
+    G = J @ J.T
+    factorised = []
+    real = functional._free_set_solve
+    monkeypatch.setattr(functional, "_free_set_solve", lambda *a: factorised.append(a[1].shape[0]) or real(*a))
+    ours, free = dual_cone_state(G, method)
+    assert method == "dualproj" or factorised == []
+    ref, _ = dual_cone_state(G, method, "quadprog")
+    close(ours @ J, ref @ J, floor=float(J.sum(0).norm()))
+    monkeypatch.setattr(functional, "_CG_MAX_ITER", 0)
+    factorised.clear()
+    exact, exact_free = dual_cone_state(G, method)
+    assert factorised and torch.equal(free, exact_free)
+    torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12 * float(exact.abs().max()))
+    monkeypatch.setattr(functional, "_CG_MAX_ITER", 60)
+    factorised.clear()
+    K = torch.randn(150, 40, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
+        40, generator=gen, dtype=torch.float64
+    )
+    got, _ = dual_cone_state(K @ K.T, method)
+    assert factorised
+    close(got @ K, dual_cone_state(K @ K.T, method, "quadprog")[0] @ K, floor=float(K.sum(0).norm()))
+
+
 @pytest.mark.parametrize("name", ["upgrad", "dualproj", "mgda"])
 def test_warm_started_combiners_keep_their_start_in_the_state(name):
     """The warm start is combiner state: a combiner loaded from another's state_dict solves the

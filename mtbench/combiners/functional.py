@@ -857,9 +857,14 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x < 0 in F or y < 0 outside F move across, all at once while their number falls (three
     more tries otherwise), else only the last one. Every row pivots at once: one batched
     Cholesky solve per sweep, of the free sets' systems (padded to the largest one; torch's
-    LAPACK, :func:`_free_set_solve`). ``free`` (the last step's sets) is the first guess;
-    None: all x = 0. The bookkeeping between the solves runs in NumPy: at T = 40 a sweep is
-    a few dozen operations on [T, T] arrays, where torch's per-call overhead would dominate."""
+    LAPACK, :func:`_free_set_solve`); from ``_TORCH_SOLVE_SIZE`` tasks on, conjugate
+    gradients from the last sweep's x (:func:`_free_set_cg`: [R, T] x [T, T] products instead
+    of R factorisations, each row's true residual checked to 1e-2 of the pivoting's
+    tolerance), until a sweep in which they do not converge for some row (an ill-conditioned
+    A): Cholesky solves those rows and every later sweep. ``free`` (the last step's sets) is
+    the first guess; None: all x = 0. The bookkeeping between the solves runs in NumPy: at
+    T = 40 a sweep is a few dozen operations on [T, T] arrays, where torch's per-call
+    overhead would dominate."""
     an = a.detach().to(device="cpu", dtype=torch.float64).numpy()
     un = u.detach().to(device="cpu", dtype=torch.float64).numpy()
     rows, n = un.shape
@@ -875,10 +880,20 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     todo = np.arange(rows)  # the rows whose free set changed: only they are solved again
     count = np.ones(rows, dtype=np.int64)  # (no sweep yet: no row settled)
     every = np.arange(rows)
+    use_cg = n >= _TORCH_SOLVE_SIZE  # conjugate gradients while they converge (:func:`_free_set_cg`)
     for _ in range(_PIVOT_MAX_SWEEPS):
-        xs = _free_set_solve(an, q[todo], f[todo])
-        if xs is None:
-            return None
+        if use_cg:
+            xs, solved = _free_set_cg(an, q[todo], f[todo], x[todo], 1e-2 * tol)
+            if not solved.all():  # ill-conditioned: Cholesky for these rows, and from here on
+                use_cg = False
+                rest = _free_set_solve(an, q[todo][~solved], f[todo][~solved])
+                if rest is None:
+                    return None
+                xs[~solved] = rest
+        else:
+            xs = _free_set_solve(an, q[todo], f[todo])
+            if xs is None:
+                return None
         x[todo] = xs
         y[todo] = _matvec(xs, an) + q[todo]
         bad = np.where(f, x < -tol, y < -tol)
@@ -895,6 +910,43 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
         todo = np.flatnonzero(count > 0)
     v = un + np.maximum(x, 0.0) * f
     return torch.from_numpy(v), torch.from_numpy(f), torch.from_numpy(count == 0)
+
+
+#: conjugate-gradient iterations per sweep before a row's free-set system goes to Cholesky
+_CG_MAX_ITER = 60
+
+
+def _free_set_cg(
+    a: np.ndarray, q: np.ndarray, f: np.ndarray, x0: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """X [R, T] as :func:`_free_set_solve`'s, by conjugate gradients on every row's free-set
+    system at once (A_FF is a principal submatrix of the positive definite A: at most A's
+    condition number), from ``x0`` restricted to the free sets: one [R, T] x [T, T] product
+    per iteration instead of R Cholesky factorisations of up to T unknowns. A row counts as
+    solved when its true residual |(A x + q)_F| is at most ``tol`` everywhere (checked
+    after the iterations, not the recurrence's); ``solved`` [R] says which rows are (the
+    others want an exact factorisation)."""
+    at = torch.from_numpy(a)
+    m = torch.from_numpy(f.astype(np.float64))
+    b = -torch.from_numpy(q) * m
+    x = torch.from_numpy(x0).clamp_min(0.0) * m
+    r = b - (x @ at) * m
+    p = r.clone()
+    rs = (r * r).sum(1)
+    for _ in range(_CG_MAX_ITER):
+        if not bool((r.abs().amax(1) > tol).any()):
+            break
+        ap = (p @ at) * m
+        pap = (p * ap).sum(1)
+        alpha = torch.where(pap > 0, rs / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        rs_new = (r * r).sum(1)
+        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = r + beta[:, None] * p
+        rs = rs_new
+    residual = (b - (x @ at) * m).abs().amax(1) if x.shape[0] else torch.zeros(0, dtype=x.dtype)
+    return x.numpy(), (residual <= tol).numpy()
 
 
 def _free_set_solve(a: np.ndarray, q: np.ndarray, f: np.ndarray) -> np.ndarray | None:
