@@ -14,7 +14,9 @@ UPGrad and DualProj (their free sets), Nash-MTL from its last alpha, GradVac wit
 similarities, CAGrad from its last weights. ``fairgrad-scipy`` is torchjd's least-squares
 solve (``solver: scipy``), ``cagrad-cvxpy`` torchjd's CLARABEL solve (``solver: cvxpy``),
 ``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``),
-``gradvac-torchjd`` torchjd's ``GradVacWeighting`` (a loop over the task pairs). Writes JSON (``--out``, default
+``gradvac-torchjd`` torchjd's ``GradVacWeighting`` (a loop over the task pairs),
+``nash_mtl-torchjd`` torchjd's ``NashMTL`` (the authors' cvxpy iterations; on a square root of
+the Gram matrix, and only up to ``MAX_TASKS`` tasks: beyond, one call takes minutes). Writes JSON (``--out``, default
 ``docs/results/bench/solvers-cpu.json``) and prints a markdown table; one thread unless
 ``--threads``.
 """
@@ -36,6 +38,8 @@ import torch
 from mtbench.combiners import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+#: rows timed only up to this many tasks (their cell is "—" beyond)
+MAX_TASKS = {"nash_mtl-torchjd": 40}
 
 
 def gram_pair(n_tasks: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +71,19 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         weights(last)  # (its EMA of similarities, as ours)
         return weights
 
+    @functools.cache
+    def jd_nash():  # torchjd's NashMTL aggregator (cvxpy), on a square root of the Gram matrix
+        from mtbench.combiners.jd import require
+
+        require("NashMTL", "nash_mtl")
+        import torchjd.aggregation as aggregation
+
+        aggregator = aggregation.NashMTL(n_tasks=gram.shape[0], max_norm=0.0)
+        aggregator(F.gram_square_root(last))  # (its warm start: the last step's alpha, as ours)
+        return aggregator
+
+    root = F.gram_square_root(gram)  # M M^T = gram: the matrix torchjd's aggregator takes
+
     return {
         "mgda": lambda: F.mgda_weights_from_gram(gram, start=mgda_start),
         "mgda-cold": lambda: F.mgda_weights_from_gram(gram),
@@ -80,6 +97,7 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "cagrad-cold": lambda: F.cagrad_state(gram),
         "cagrad-cvxpy": lambda: F.cagrad_state(gram, solver="cvxpy"),
         "nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha),
+        "nash_mtl-torchjd": lambda: jd_nash()(root),
         "imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
         "aligned_mtl": lambda: F.aligned_mtl_weights_from_gram(gram),
         "fairgrad": lambda: F.fairgrad_state(gram, start=fair_start),
@@ -122,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     for n_tasks in tasks:
         calls = solvers(*gram_pair(n_tasks, args.dim, n_tasks))
         for name in chosen:
+            if n_tasks > MAX_TASKS.get(name, n_tasks):
+                continue
             ms, n = time_call(calls[name], args.seconds)
             rows.append({"solver": name, "tasks": n_tasks, "ms_per_call": ms, "calls": n})
             print(f"bench_solvers: T={n_tasks} {name}: {ms:.3f} ms", file=sys.stderr)
@@ -144,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     print("|---|" + "---:|" * len(tasks))
     for name in chosen:
-        cells = [f"{r['ms_per_call']:.3g}" for t in tasks for r in rows if r["solver"] == name and r["tasks"] == t]
+        found = {r["tasks"]: r["ms_per_call"] for r in rows if r["solver"] == name}
+        cells = [f"{found[t]:.3g}" if t in found else "—" for t in tasks]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"bench_solvers: wrote {out}", file=sys.stderr)
     return report

@@ -26,6 +26,7 @@ NEEDS = {
     "DualProjWeighting": ("quadprog", "qpsolvers"),
     "CAGradWeighting": ("cvxpy", "clarabel"),
     "FairGradWeighting": ("scipy",),
+    "NashMTL": ("cvxpy", "ecos"),
 }
 
 
