@@ -1543,8 +1543,8 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
     T = 40 a step is a few dozen tiny operations, where torch's per-call overhead would
     dominate; the large solves and products go through :func:`_solve` and :func:`_matvec`."""
     n_tasks = g.shape[0]
-    h = g.detach().to(device="cpu", dtype=torch.float64).numpy()
-    h = h / float(np.linalg.norm(h))
+    g = g.detach().to(device="cpu", dtype=torch.float64)
+    h = g.numpy() / float(torch.linalg.norm(g))  # (NumPy's norm is a BLAS dot: its threads would contend with torch's)
     h = h + NASH_RIDGE * np.diag(h.diagonal())
     a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
     if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
