@@ -857,8 +857,8 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     x < 0 in F or y < 0 outside F move across, all at once while their number falls (three
     more tries otherwise), else only the last one. Every row pivots at once: one batched
     Cholesky solve per sweep, of the free sets' systems (padded to the largest one; torch's
-    LAPACK, :func:`_free_set_solve`); from ``_TORCH_SOLVE_SIZE`` tasks on, conjugate
-    gradients from the last sweep's x (:func:`_free_set_cg`: [R, T] x [T, T] products instead
+    LAPACK, :func:`_free_set_solve`); from ``_TORCH_SOLVE_SIZE`` tasks on, in a sweep whose
+    free sets are large (``_CG_MIN_WIDTH_CUBED``), conjugate gradients from the last sweep's x (:func:`_free_set_cg`: [R, T] x [T, T] products instead
     of R factorisations, each row's true residual checked to 1e-2 of the pivoting's
     tolerance), until a sweep in which they do not converge for some row (an ill-conditioned
     A): Cholesky solves those rows and every later sweep. ``free`` (the last step's sets) is
@@ -882,7 +882,7 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     every = np.arange(rows)
     use_cg = n >= _TORCH_SOLVE_SIZE  # conjugate gradients while they converge (:func:`_free_set_cg`)
     for _ in range(_PIVOT_MAX_SWEEPS):
-        if use_cg:
+        if use_cg and int(f[todo].sum(1).max(initial=0)) ** 3 > _CG_MIN_WIDTH_CUBED * n * n:
             xs, solved = _free_set_cg(an, q[todo], f[todo], x[todo], 1e-2 * tol)
             if not solved.all():  # ill-conditioned: Cholesky for these rows, and from here on
                 use_cg = False
@@ -914,6 +914,10 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
 
 #: conjugate-gradient iterations per sweep before a row's free-set system goes to Cholesky
 _CG_MAX_ITER = 60
+#: a sweep takes conjugate gradients when its largest free set w has w^3 > this times T^2: the
+#: batched factorisations (w^3 / 3 each, at a few GFLOP/s) would then cost more than about 20
+#: T x T products at BLAS speed (measured at T = 400: small free sets are cheaper by Cholesky)
+_CG_MIN_WIDTH_CUBED = 6
 
 
 def _free_set_cg(
