@@ -408,21 +408,29 @@ def test_rep_task_grads_match_batched_autograd(kind):
     torch.testing.assert_close(rg.full(), ref, rtol=1e-12, atol=1e-15)
 
 
-def make_conv_model(seed: int = 0) -> MultiTaskModel:
+def make_conv_model(seed: int = 0, inplace: bool = False) -> MultiTaskModel:
     """A small conv trunk whose last convolution (2x2 output) and linear layer have few
-    positions and wide weights: the factored Gram form applies to both."""
+    positions and wide weights: the factored Gram form applies to both. ``inplace``: in-place
+    ReLUs right after both (as small_cnn's last linear layer has), so their captured outputs
+    hold the activations."""
     torch.manual_seed(seed)
     trunk = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False),
         nn.BatchNorm2d(8),
         nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
+        nn.ReLU(inplace=inplace),
         nn.Flatten(),
         nn.Linear(64, 32),
-        nn.Tanh(),
+        nn.ReLU(inplace=True) if inplace else nn.Tanh(),
     )
     return MultiTaskModel(trunk, LinearHeads(32, T), rep_dim=32).double()
+
+
+def step_task_grads(step) -> torch.Tensor:
+    """[T, P]: each task's gradient of the shared parameters, one autograd call per task."""
+    params = step.model.shared_parameters()
+    return torch.stack([flat(torch.autograd.grad(step.losses[i], params, retain_graph=True)) for i in range(T)])
 
 
 def conv_step(model, gen_seed=0):
@@ -441,7 +449,7 @@ def test_params_level_factored_layers_and_memory_budget(name, budget):
     model = make_conv_model()
     st = conv_step(model)
     params = model.shared_parameters()
-    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    per_task = step_task_grads(st)
     expected = (
         pcgrad(per_task, generator=torch.Generator().manual_seed(0))
         if name == "pcgrad"
@@ -481,7 +489,7 @@ def test_stale_or_repeated_captures_fall_back_to_the_plain_path():
     model = make_conv_model()
     st = conv_step(model)
     params = model.shared_parameters()
-    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    per_task = step_task_grads(st)
     expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0))
     comb = COMBINERS["pcgrad"](T)
     model.zero_grad()
@@ -499,30 +507,13 @@ def test_stale_or_repeated_captures_fall_back_to_the_plain_path():
     torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-10, atol=1e-12)
 
 
-def make_inplace_model(seed: int = 0) -> MultiTaskModel:
-    """make_conv_model's shapes with in-place ReLUs right after both factorable layers (as
-    small_cnn's last linear layer has): their captured outputs then hold the activations."""
-    torch.manual_seed(seed)
-    trunk = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Flatten(),
-        nn.Linear(64, 32),
-        nn.ReLU(inplace=True),
-    )
-    return MultiTaskModel(trunk, LinearHeads(32, T), rep_dim=32).double()
-
-
 def test_layers_modified_in_place_after_the_call_take_the_plain_path():
     # the factored form needs the gradient at the layer's own output; after an in-place ReLU
     # the captured output is the activation, so the hooks must not hand it over
-    model = make_inplace_model()
+    model = make_conv_model(inplace=True)
     st = conv_step(model)
     params = model.shared_parameters()
-    per_task = torch.stack([flat(torch.autograd.grad(st.losses[i], params, retain_graph=True)) for i in range(T)])
+    per_task = step_task_grads(st)
     expected = pcgrad(per_task, generator=torch.Generator().manual_seed(0))
     comb = COMBINERS["pcgrad"](T, level="params")
     comb.prepare(model)
