@@ -253,6 +253,36 @@ def test_fairgrad_newton_solves_the_equation(alpha):
     assert fairgrad_residual(J, jd.FairGrad(alpha=1.0).gramian_weighting(J @ J.T), 1.0) > 1e-3
 
 
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
+def test_compiled_newton_is_the_numpy_one(power, monkeypatch):
+    """Below 64 tasks Nash-MTL's and FairGrad's Newton iteration runs compiled
+    (:func:`loops.fair_newton`); its solution is the NumPy loop's (the path from 64 tasks on,
+    and where a Hessian does not factorise) on 40 tasks in 512 dimensions and on the
+    adversarial matrices, and meets the equation (Gn + ridge) x = x^(-power) to 1e-7 (both
+    stop where a Newton step no longer decreases the objective beyond its rounding)."""
+    import numpy as np
+
+    import mtbench.combiners.loops as loops
+
+    gen = torch.Generator().manual_seed(12)
+    t40 = 0.3 * torch.randn(512, generator=gen, dtype=torch.float64) + torch.randn(
+        40, 512, generator=gen, dtype=torch.float64
+    )
+    for name, J in {**MATS, "t40": t40}.items():
+        if name in ("conflict", "T_gt_D", "zero_task"):  # (no solution without the ridge; a zero row has no part)
+            continue
+        G = J @ J.T
+        compiled = F._fair_newton(G, None, 100, power)
+        h = (G / torch.linalg.norm(G)).numpy()
+        h = h + F.NASH_RIDGE * np.diag(h.diagonal())
+        x = compiled.numpy()
+        assert np.abs((h @ x) * x**power - 1).max() <= 1e-7, name
+        monkeypatch.setattr(loops, "fair_newton", lambda *a: False)  # as if a Hessian did not factorise
+        numpy_loop = F._fair_newton(G, None, 100, power)
+        monkeypatch.undo()
+        torch.testing.assert_close(compiled, numpy_loop, rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize(
     "name, state_fn, rtol", [("fairgrad", F.fairgrad_state, 1e-9), ("cagrad", F.cagrad_state, 1e-12)]
 )

@@ -1553,9 +1553,11 @@ NASH_RIDGE = 1e-8
 def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0) -> Tensor:
     """x > 0 with (Gn + ridge diag(Gn)) x = x^(-power), Gn = G / ||G||_F (no zero gradient in
     G), by damped Newton steps on the strictly convex 1/2 x^T Gn x - sum_i psi(x_i), psi' =
-    x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). In NumPy: at
-    T = 40 a step is a few dozen tiny operations, where torch's per-call overhead would
-    dominate; the large solves and products go through :func:`_solve` and :func:`_matvec`."""
+    x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). Below
+    ``_TORCH_SOLVE_SIZE`` tasks compiled (:func:`mtbench.combiners.loops.fair_newton`, Newton's
+    systems by Cholesky): at T = 40 a step is a few dozen tiny operations, whose calls cost
+    more than their arithmetic. From there on (and should a Hessian not factorise) in NumPy,
+    the large solves and products through :func:`_solve` and :func:`_matvec`."""
     n_tasks = g.shape[0]
     g = g.detach().to(device="cpu", dtype=torch.float64)
     h = g.numpy() / float(torch.linalg.norm(g))  # (NumPy's norm is a BLAS dot: its threads would contend with torch's)
@@ -1563,6 +1565,12 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
     a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
     if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
         a = np.ones(n_tasks)
+    if n_tasks < _TORCH_SOLVE_SIZE:  # the same iteration, compiled (NumPy's below if it fails)
+        from mtbench.combiners.loops import fair_newton
+
+        compiled = a.copy()
+        if fair_newton(h, compiled, max_iter, float(power)):
+            return torch.from_numpy(compiled)
     log = power == 1.0
 
     def phi(x: np.ndarray) -> float:

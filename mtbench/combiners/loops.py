@@ -16,7 +16,9 @@ gradient in the basis of the original gradients, starting at the identity) and `
 
 The dual-cone pivoting of UPGrad and DualProj on few tasks (:func:`dual_cone_pivots`) solves
 each QP's small systems one after another: at T = 40 a sweep of all the QPs is about 40
-factorisations of 20 x 20 matrices, far less work than the calls that batch them cost.
+factorisations of 20 x 20 matrices, far less work than the calls that batch them cost. So
+is Nash-MTL's and FairGrad's Newton iteration on few tasks (:func:`fair_newton`): each step a
+40 x 40 factorisation and a few products, where NumPy's calls cost more than their arithmetic.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["pcgrad_visits", "gradvac_visits", "dual_cone_pivots"]
+__all__ = ["pcgrad_visits", "gradvac_visits", "dual_cone_pivots", "fair_newton"]
 
 
 def _compiled(fn):
@@ -188,4 +190,99 @@ def dual_cone_pivots(
         for k in range(n):
             free[r, k] = f[k]
             v[r, k] = u[r, k] + (max(x[k], 0.0) if f[k] else 0.0)
+    return True
+
+
+@_compiled
+def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndarray) -> bool:
+    """out = m^-1 b by the Cholesky factorisation of the symmetric [n, n] ``m`` (into ``chol``);
+    False if m is not numerically positive definite."""
+    n = m.shape[0]
+    for i in range(n):
+        for j in range(i + 1):
+            s = m[i, j]
+            for k in range(j):
+                s -= chol[i, k] * chol[j, k]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                chol[i, i] = np.sqrt(s)
+            else:
+                chol[i, j] = s / chol[j, j]
+    for i in range(n):
+        s = b[i]
+        for k in range(i):
+            s -= chol[i, k] * out[k]
+        out[i] = s / chol[i, i]
+    for i in range(n - 1, -1, -1):
+        s = out[i]
+        for k in range(i + 1, n):
+            s -= chol[k, i] * out[k]
+        out[i] = s / chol[i, i]
+    return True
+
+
+@_compiled
+def _barrier_objective(h: np.ndarray, x: np.ndarray, power: float) -> float:
+    """1/2 x^T h x - sum_i psi(x_i), psi = log (power 1) or x^(1 - power) / (1 - power)."""
+    n = h.shape[0]
+    quad = 0.0
+    barrier = 0.0
+    for i in range(n):
+        s = 0.0
+        for j in range(n):
+            s += h[i, j] * x[j]
+        quad += x[i] * s
+        barrier += np.log(x[i]) if power == 1.0 else x[i] ** (1.0 - power) / (1.0 - power)
+    return 0.5 * quad - barrier
+
+
+@_compiled
+def fair_newton(h: np.ndarray, a: np.ndarray, max_iter: int, power: float) -> bool:
+    """Damped Newton steps on 1/2 x^T h x - sum_i psi(x_i) (psi' = x^(-power); h [T, T] positive
+    definite), in place on ``a`` > 0: Newton's direction by Cholesky, the step cut to keep x > 0
+    (0.99 of the way to the boundary) and halved until it decreases the objective by a quarter
+    of its predicted decrease, until the squared Newton decrement is at most 1e-24 or a step
+    no longer decreases it, at most ``max_iter`` steps (the same iteration as
+    :func:`mtbench.combiners.functional._fair_newton`'s NumPy loop). False if a Hessian was not
+    numerically positive definite (``a`` then holds the last iterate)."""
+    n = h.shape[0]
+    hess = np.empty((n, n))
+    chol = np.empty((n, n))
+    grad = np.empty(n)
+    step = np.empty(n)
+    trial = np.empty(n)
+    value = _barrier_objective(h, a, power)
+    for _ in range(max_iter):
+        for i in range(n):
+            s = 0.0
+            for j in range(n):
+                s += h[i, j] * a[j]
+                hess[i, j] = h[i, j]
+            inv = 1.0 / a[i] if power == 1.0 else a[i] ** (-power)
+            grad[i] = s - inv
+            hess[i, i] += 1.0 / (a[i] * a[i]) if power == 1.0 else power * inv / a[i]
+        if not _cholesky_solve(hess, grad, chol, step):
+            return False
+        decrement = 0.0  # the squared Newton decrement
+        for i in range(n):
+            decrement += grad[i] * step[i]
+        if not decrement > 1e-24:
+            break
+        t = 1.0
+        for i in range(n):
+            if step[i] > 0.0:
+                t = min(t, 0.99 * (a[i] / step[i]))
+        while True:
+            for i in range(n):
+                trial[i] = a[i] - t * step[i]
+            trial_value = _barrier_objective(h, trial, power)
+            if trial_value <= value - 0.25 * t * decrement or t < 1e-12:
+                break
+            t *= 0.5
+        if not trial_value < value:
+            break
+        for i in range(n):
+            a[i] = trial[i]
+        value = trial_value
     return True
