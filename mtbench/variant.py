@@ -43,6 +43,7 @@ NON_IDENTITY = (
     "data.download",
     "trainer.progress",
     "trainer.num_threads",
+    "trainer.retain_freed_memory",
     "trainer.eval_batch_size",
     "trainer.save_model",  # what a run keeps, not what it computes
     "trainer.profile_steps",

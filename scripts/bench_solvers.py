@@ -14,6 +14,8 @@ UPGrad and DualProj (their free sets), Nash-MTL from its last alpha, GradVac wit
 similarities, CAGrad from its last weights. ``fairgrad-scipy`` is torchjd's least-squares
 solve (``solver: scipy``), ``cagrad-cvxpy`` torchjd's CLARABEL solve (``solver: cvxpy``),
 ``upgrad-quadprog`` and ``dualproj-quadprog`` torchjd's quadprog QPs (``solver: quadprog``),
+``imtl_g-torchjd`` and ``aligned_mtl-torchjd`` torchjd's ``IMTLGWeighting`` (a pseudo-inverse)
+and ``AlignedMTLWeighting`` (its T x T balance matrix),
 ``gradvac-torchjd`` torchjd's ``GradVacWeighting`` (a loop over the task pairs),
 ``nash_mtl-torchjd`` torchjd's ``NashMTL`` (the authors' cvxpy iterations; on a square root of
 the Gram matrix, and only up to ``MAX_TASKS`` tasks: beyond, one call takes minutes). Writes JSON (``--out``, default
@@ -72,6 +74,12 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         return weights
 
     @functools.cache
+    def jd_weighting(cls_name: str, method: str):  # a stateless torchjd weighting of the Gram matrix
+        from mtbench.combiners.jd import weighting
+
+        return weighting(cls_name, method)
+
+    @functools.cache
     def jd_nash():  # torchjd's NashMTL aggregator (cvxpy), on a square root of the Gram matrix
         from mtbench.combiners.jd import require
 
@@ -99,7 +107,9 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
         "nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha),
         "nash_mtl-torchjd": lambda: jd_nash()(root),
         "imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
+        "imtl_g-torchjd": lambda: jd_weighting("IMTLGWeighting", "imtl_g")(gram),
         "aligned_mtl": lambda: F.aligned_mtl_weights_from_gram(gram),
+        "aligned_mtl-torchjd": lambda: jd_weighting("AlignedMTLWeighting", "aligned_mtl")(gram),
         "fairgrad": lambda: F.fairgrad_state(gram, start=fair_start),
         "fairgrad-cold": lambda: F.fairgrad_state(gram),
         "fairgrad-scipy": lambda: F.fairgrad_state(gram, solver="scipy"),

@@ -551,10 +551,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     user_task = "task" in keys
     cfg = compose(base)
 
-    from mtbench.train.device import channels_last, resolve_device
+    from mtbench.train.device import channels_last, resolve_device, retain_freed_memory
 
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
+    retain_freed_memory(bool(cfg.trainer.get("retain_freed_memory", True)))  # as the training loop
     device = resolve_device(cfg.trainer.device)
     problem = build_problem(cfg, args, device, user_task)
     if cfg.trainer.get("channels_last", False):  # as the training loop: NHWC model and batches

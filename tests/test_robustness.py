@@ -170,6 +170,57 @@ def test_num_threads_is_set_at_every_run_start(tmp_path, monkeypatch):
     assert seen == [1, 2]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
+def test_retain_freed_memory_keeps_large_blocks_for_the_next_allocation():
+    """trainer.retain_freed_memory (mallopt): freed 16 MiB tensors stay in the heap, so the next
+    ones fault in no fresh pages (beyond one block); off again (glibc's initial thresholds),
+    every one is mapped and faulted in anew (4096 pages each). Measured by the process's minor page faults, in a
+    fresh interpreter."""
+    code = """
+import resource, torch
+from mtbench.train.device import retain_freed_memory
+
+def faults():
+    torch.ones(4 << 20)  # (one untimed allocation)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        x = torch.ones(4 << 20)  # 16 MiB
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+assert retain_freed_memory(False) is False  # (nothing set yet: nothing to restore)
+assert retain_freed_memory(True) is True
+kept = faults()
+assert retain_freed_memory(False) is True
+print(kept, faults())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept, fresh = map(int, proc.stdout.split())
+    assert kept <= 2 * 4096 and fresh >= 9 * 4096, (kept, fresh)  # (at most one fresh block when kept)
+
+
+def test_retain_freed_memory_is_set_at_every_run_start(tmp_path, monkeypatch):
+    """Like the thread count, every run sets trainer.retain_freed_memory for itself (true, then
+    false in the same process: the second run restores glibc's thresholds); a value that is not
+    a boolean is a one-line error."""
+    from hydra import compose, initialize_config_module
+
+    from mtbench.train import device, loop
+
+    calls = []
+    monkeypatch.setattr(
+        loop, "retain_freed_memory", lambda enabled: calls.append(enabled) or device.retain_freed_memory(enabled)
+    )
+    with initialize_config_module("mtbench.configs", version_base="1.3"):
+        for value in ("true", "false"):
+            cfg = compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.retain_freed_memory={value}"])
+            loop.train(cfg)
+    assert calls == [True, False] and device._retaining is False
+    bad = run_cli("mtbench", [*TINY, "trainer.retain_freed_memory=maybe"], cwd=tmp_path)
+    assert bad.returncode == 2 and "trainer.retain_freed_memory" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_rerun_skips_completed_and_refuses_other_config(tmp_path):
     first = run_cli("mtbench", TINY, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -21,8 +21,8 @@ class CAGrad(WarmStarted):
     Wolfe's algorithm, each solve warm-started from the last step's weights (the combiner's
     state, saved in checkpoints). ``solver: cvxpy`` is torchjd's ``CAGradWeighting(c)``
     (cvxpy's CLARABEL), the same weights to its interior-point tolerance (about 1e-4 relative
-    on the worst task's progress), 0.1 ms against 6.9 ms on a 40 x 40 matrix
-    (``scripts/bench_solvers.py``). On the Pareto front
+    on the worst task's progress), far slower (rows ``cagrad`` and ``cagrad-cvxpy`` of
+    ``scripts/bench_solvers.py``). On the Pareto front
     (the dual's optimum at g_w = 0) d is g0 projected onto the dual cone, the optimal update
     nearest g0 (torchjd: zero).
 

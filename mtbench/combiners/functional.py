@@ -866,8 +866,8 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     A): Cholesky solves those rows and every later sweep. ``free`` (the last step's sets) is
     the first guess; None: all x = 0. The bookkeeping between the solves runs in NumPy. Below
     ``_PIVOT_COMPILED_BELOW`` tasks the same pivoting runs compiled, each row's sweeps one after
-    another (:func:`mtbench.combiners.loops.dual_cone_pivots`): at T = 40 a batched sweep cost
-    about 0.4 ms in calls, the compiled one does the same factorisations in a few µs each."""
+    another (:func:`mtbench.combiners.loops.dual_cone_pivots`): at T = 40 a batched sweep
+    costs more in calls than the compiled one's factorisations of its small free sets."""
     an = a.detach().to(device="cpu", dtype=torch.float64).numpy()
     un = u.detach().to(device="cpu", dtype=torch.float64).numpy()
     rows, n = un.shape
@@ -1113,7 +1113,8 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
     own code of torchjd's formula: with G = V diag(lambda) V^T and the eigenvalues above
     T eps max(lambda) kept, alpha = sqrt(scale) V_k diag(lambda_k^(-1/2)) V_k^T (1 / T) (the
     identity, so alpha = 1 / T, when none is kept), applied to the vector instead of forming
-    the T x T balance matrix (15 instead of 20 ms at T = 400, scripts/bench_solvers.py)."""
+    the T x T balance matrix (faster than torchjd's: rows ``aligned_mtl`` and
+    ``aligned_mtl-torchjd`` of ``scripts/bench_solvers.py``)."""
     from mtbench.combiners.jd import gram_cpu64
 
     _check_option(
@@ -1369,8 +1370,9 @@ def fairgrad_weights_from_gram(
     (times ||G||_F^(-alpha / (1 + alpha))). A zero gradient takes no part (weight 1, multiplying
     zero); the ridge gives exact conflicts a finite solution. ``solver="scipy"``: torchjd's
     ``FairGradWeighting(alpha, max_iters)`` (scipy's bounded least squares on the residual
-    G w - w^(-1/alpha), from uniform weights; the authors' code), about 14 times slower on a
-    40 x 40 matrix; the two agree where scipy's iterations converge.
+    G w - w^(-1/alpha), from uniform weights; the authors' code), far slower (rows ``fairgrad``
+    and ``fairgrad-scipy`` of ``scripts/bench_solvers.py``); the two agree where scipy's
+    iterations converge.
 
     The paper's weights carry their own length (for equal agreeing gradients of norm n,
     w_i = (T n^2)^(-alpha / (1 + alpha))); with ``rescale`` (mtbench's scale) the combination is
@@ -1624,8 +1626,8 @@ def nash_mtl_weights_from_gram(
 
     The authors' code (and torchjd's ``NashMTL``) approximates the same alpha by up to 20
     cvxpy/ECOS convex-concave steps, stopping when ||Gn alpha - 1/alpha|| < 1e-3; here it is
-    solved to rounding (measured on a 40 x 40 matrix, one thread: 7 ms against torchjd's 1.15 s,
-    the weights agreeing to 2e-8).
+    solved to rounding, far faster (rows ``nash_mtl`` and ``nash_mtl-torchjd`` of
+    ``scripts/bench_solvers.py``).
 
     Scale: ``rescale`` (mtbench's) multiplies d by 1^T G alpha / alpha^T G alpha, making it the
     projection of the baseline's sum onto Nash-MTL's direction (T g for T equal gradients g);

@@ -15,8 +15,8 @@ gradient in the basis of the original gradients, starting at the identity) and `
 (row i: its products with every original gradient, ``coeff @ G``, starting at G).
 
 The dual-cone pivoting of UPGrad and DualProj on few tasks (:func:`dual_cone_pivots`) solves
-each QP's small systems one after another: at T = 40 a sweep of all the QPs is about 40
-factorisations of 20 x 20 matrices, far less work than the calls that batch them cost. So
+each QP's small systems one after another: at T = 40 a sweep of all the QPs is 40
+factorisations of at most 40 x 40 matrices, less work than the calls that batch them cost. So
 is Nash-MTL's and FairGrad's Newton iteration on few tasks (:func:`fair_newton`): each step a
 40 x 40 factorisation and a few products, where NumPy's calls cost more than their arithmetic.
 """

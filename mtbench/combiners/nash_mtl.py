@@ -23,8 +23,8 @@ class NashMTL(GramWeighted):
     Newton steps on the strictly convex function whose minimiser alpha is, to rounding, from the
     float64 Gram matrix). The authors' code, and torchjd's ``NashMTL`` that follows it,
     approximate the same alpha by up to 20 cvxpy steps stopped at a 1e-3 residual, and fail
-    (negative shares) on rank-deficient Gram matrices; measured on a 40 x 40 Gram matrix, one
-    thread: 7 ms against 1.15 s, the weights agreeing to 2e-8 (the tests compare the two where
+    (negative shares) on rank-deficient Gram matrices, and take far longer (rows ``nash_mtl``
+    and ``nash_mtl-torchjd`` of ``scripts/bench_solvers.py``; the tests compare the two where
     torchjd's iterations converge).
 
     Scale: the paper's d has ||d||^2 = T whatever the gradients' lengths; ``rescale: true``

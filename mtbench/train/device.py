@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import sys
 import time
 from typing import Any
 
@@ -10,7 +13,15 @@ import torch
 
 from mtbench.errors import MtbenchError
 
-__all__ = ["AMP_DTYPES", "StepTimer", "amp_dtype", "autocast", "channels_last", "resolve_device"]
+__all__ = [
+    "AMP_DTYPES",
+    "StepTimer",
+    "amp_dtype",
+    "autocast",
+    "channels_last",
+    "resolve_device",
+    "retain_freed_memory",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,6 +57,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+#: glibc's ``mallopt`` parameters, and the thresholds ``trainer.retain_freed_memory`` sets:
+#: allocations up to 32 MiB (glibc's largest mmap threshold) come from the heap, and up to 1 GiB
+#: of freed memory at its top stays there for the next ones
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_RETAIN = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30}
+#: glibc's initial thresholds (128 KiB each), what ``retain_freed_memory(False)`` restores
+_GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10}
+_retaining = False
+
+
+def retain_freed_memory(enabled: bool) -> bool:
+    """``trainer.retain_freed_memory``: on Linux with glibc, let malloc keep freed memory for
+    the next allocations instead of returning it to the system (mallopt's mmap and trim
+    thresholds). torch's CPU tensors come from malloc; with glibc's defaults a large tensor
+    freed at the end of a step is handed back, and its successor of the next step faults in
+    fresh, zeroed pages: at 400 tasks the per-task tensors of a step are tens of MB, and
+    GradNorm's step is measurably slower (docs/performance.md, "Freed memory").
+    The process keeps its peak heap instead. ``False`` after ``True`` in one process restores
+    glibc's initial thresholds (not their adaptive growth). Speed and memory only: no number a
+    run computes depends on it. Returns whether the thresholds were set (False without glibc,
+    or when ``enabled`` is False and nothing was changed)."""
+    global _retaining
+    if not sys.platform.startswith("linux") or (not enabled and not _retaining):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    values = _RETAIN if enabled else _GLIBC_DEFAULTS
+    ok = all(mallopt(param, value) == 1 for param, value in values.items())
+    _retaining = enabled and ok
+    return ok
 
 
 def channels_last(x: Any) -> Any:

@@ -34,7 +34,15 @@ from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
 from mtbench.train.batches import Preprocess, batches, evaluate
 from mtbench.train.checkpoint import CHECKPOINT
-from mtbench.train.device import AMP_DTYPES, StepTimer, amp_dtype, autocast, channels_last, resolve_device
+from mtbench.train.device import (
+    AMP_DTYPES,
+    StepTimer,
+    amp_dtype,
+    autocast,
+    channels_last,
+    resolve_device,
+    retain_freed_memory,
+)
 from mtbench.train.optim import build_optimizer, build_scheduler
 from mtbench.train.rng import derive_seed, forked_global_rng, run_generators, set_num_threads
 from mtbench.train.signals import AGAIN, Interrupted, StopFlag, StopNow, pause_point
@@ -92,6 +100,7 @@ class Trainer:
         self.cfg = cfg
         tcfg = self.tcfg = cfg.trainer
         set_num_threads(tcfg.num_threads)  # every run: a sweep's earlier run never leaks its setting
+        retain_freed_memory(bool(tcfg.get("retain_freed_memory", True)))  # (likewise)
         device = self.device = resolve_device(tcfg.device)
         seed = self.seed = int(cfg.seed)
 

@@ -68,6 +68,7 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "gamma": lambda k, v: check_number(k, v, minimum=0, maximum=1, min_open=True),
     "device": _device,
     "num_threads": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "retain_freed_memory": check_bool,
     "progress": check_bool,
     "amp": _amp,
     "channels_last": check_bool,
