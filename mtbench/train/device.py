@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import sys
 import time
 from typing import Any
@@ -69,6 +69,19 @@ _GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10}
 _retaining = False
 
 
+@functools.cache
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None (another C library, or not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
 def retain_freed_memory(enabled: bool) -> bool:
     """``trainer.retain_freed_memory``: on Linux with glibc, let malloc keep freed memory for
     the next allocations instead of returning it to the system (mallopt's mmap and trim
@@ -81,14 +94,9 @@ def retain_freed_memory(enabled: bool) -> bool:
     run computes depends on it. Returns whether the thresholds were set (False without glibc,
     or when ``enabled`` is False and nothing was changed)."""
     global _retaining
-    if not sys.platform.startswith("linux") or (not enabled and not _retaining):
+    mallopt = _mallopt()
+    if mallopt is None or (not enabled and not _retaining):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     values = _RETAIN if enabled else _GLIBC_DEFAULTS
     ok = all(mallopt(param, value) == 1 for param, value in values.items())
     _retaining = enabled and ok
