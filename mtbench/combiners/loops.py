@@ -91,6 +91,36 @@ def gradvac_visits(
 
 
 @_compiled
+def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndarray) -> bool:
+    """out[:n] = m^-1 b by the Cholesky factorisation of the symmetric [n, n] ``m`` (its lower
+    triangle is read; the factor goes into ``chol[:n, :n]``); False if m is not numerically
+    positive definite."""
+    n = m.shape[0]
+    for i in range(n):
+        for j in range(i + 1):
+            s = m[i, j]
+            for k in range(j):
+                s -= chol[i, k] * chol[j, k]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                chol[i, i] = np.sqrt(s)
+            else:
+                chol[i, j] = s / chol[j, j]
+    for i in range(n):
+        s = b[i]
+        for k in range(i):
+            s -= chol[i, k] * out[k]
+        out[i] = s / chol[i, i]
+    for i in range(n - 1, -1, -1):
+        s = out[i]
+        for k in range(i + 1, n):
+            s -= chol[k, i] * out[k]
+        out[i] = s / chol[i, i]
+    return True
+
+
+@_compiled
 def dual_cone_pivots(
     a: np.ndarray,
     u: np.ndarray,
@@ -119,6 +149,8 @@ def dual_cone_pivots(
     f = np.empty(n, dtype=np.bool_)
     bad = np.empty(n, dtype=np.bool_)
     idx = np.empty(n, dtype=np.int64)
+    sub = np.empty((n, n))
+    rhs = np.empty(n)
     chol = np.empty((n, n))
     for r in range(rows):
         for k in range(n):  # q = A u[r]
@@ -137,27 +169,12 @@ def dual_cone_pivots(
                 if f[k]:
                     idx[w] = k
                     w += 1
-            for i in range(w):  # A_FF = L L^T
+            for i in range(w):  # A_FF z = -q_F
+                rhs[i] = -q[idx[i]]
                 for j in range(i + 1):
-                    s = a[idx[i], idx[j]]
-                    for k in range(j):
-                        s -= chol[i, k] * chol[j, k]
-                    if i == j:
-                        if not s > 0.0:
-                            return False
-                        chol[i, i] = np.sqrt(s)
-                    else:
-                        chol[i, j] = s / chol[j, j]
-            for i in range(w):  # L z = -q_F, then L^T x_F = z
-                s = -q[idx[i]]
-                for k in range(i):
-                    s -= chol[i, k] * z[k]
-                z[i] = s / chol[i, i]
-            for i in range(w - 1, -1, -1):
-                s = z[i]
-                for k in range(i + 1, w):
-                    s -= chol[k, i] * z[k]
-                z[i] = s / chol[i, i]
+                    sub[i, j] = a[idx[i], idx[j]]
+            if not _cholesky_solve(sub[:w, :w], rhs[:w], chol, z):
+                return False
             for k in range(n):
                 x[k] = 0.0
             for i in range(w):
@@ -190,35 +207,6 @@ def dual_cone_pivots(
         for k in range(n):
             free[r, k] = f[k]
             v[r, k] = u[r, k] + (max(x[k], 0.0) if f[k] else 0.0)
-    return True
-
-
-@_compiled
-def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndarray) -> bool:
-    """out = m^-1 b by the Cholesky factorisation of the symmetric [n, n] ``m`` (into ``chol``);
-    False if m is not numerically positive definite."""
-    n = m.shape[0]
-    for i in range(n):
-        for j in range(i + 1):
-            s = m[i, j]
-            for k in range(j):
-                s -= chol[i, k] * chol[j, k]
-            if i == j:
-                if not s > 0.0:
-                    return False
-                chol[i, i] = np.sqrt(s)
-            else:
-                chol[i, j] = s / chol[j, j]
-    for i in range(n):
-        s = b[i]
-        for k in range(i):
-            s -= chol[i, k] * out[k]
-        out[i] = s / chol[i, i]
-    for i in range(n - 1, -1, -1):
-        s = out[i]
-        for k in range(i + 1, n):
-            s -= chol[k, i] * out[k]
-        out[i] = s / chol[i, i]
     return True
 
 
