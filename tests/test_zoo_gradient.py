@@ -634,7 +634,7 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     torch.testing.assert_close(fallback, quadprog, rtol=0, atol=0)
     # ... and batched
     monkeypatch.setattr(loops, "dual_cone_pivots", real_pivots)
-    monkeypatch.setattr(functional, "_PIVOT_COMPILED_BELOW", 0)
+    monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)
     real = torch.linalg.cholesky_ex
     monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: (real(m)[0], torch.ones(1, dtype=torch.int32)))
     fallback, state = dual_cone_state(J @ J.T, method)
@@ -660,10 +660,10 @@ def test_dual_cone_compiled_pivoting_is_the_batched_one(method, monkeypatch):
     for J in cases.values():
         G = J @ J.T
         moved = J + 0.3 * torch.randn(J.shape, generator=gen, dtype=torch.float64)
-        monkeypatch.setattr(functional, "_PIVOT_COMPILED_BELOW", 64)
+        monkeypatch.setattr(functional, "_COMPILED_BELOW", 64)
         _, start = dual_cone_state(moved @ moved.T, method)
         compiled = [dual_cone_state(G, method, start=s) for s in (None, start)]
-        monkeypatch.setattr(functional, "_PIVOT_COMPILED_BELOW", 0)
+        monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)
         batched = [dual_cone_state(G, method, start=s) for s in (None, start)]
         for (w, free), (ref, ref_free) in zip(compiled, batched):
             assert torch.equal(free, ref_free)

@@ -510,6 +510,10 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
 _TORCH_SOLVE_SIZE = 64
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _BLOCK_PIVOTS = 5
+#: below this many tasks the dual-cone pivoting (each QP on its own) and the Newton iteration of
+#: Nash-MTL and FairGrad run compiled (:mod:`mtbench.combiners.loops`); from it on, batched in
+#: NumPy and torch (the compiled loops' scalar factorisations would cost more than LAPACK's)
+_COMPILED_BELOW = 64
 #: MGDA tries block pivots from this many tasks on (below it Wolfe's cycles solve small
 #: systems cheaply, and the solve is the one the shapes40 references were made with)
 _PIVOT_MIN_TASKS = 64
@@ -842,8 +846,6 @@ DUAL_CONE_REG = 1e-9
 DUAL_CONE_SOLVERS = ("active_set", "quadprog")
 #: block principal pivoting's sweeps before the QPs fall back to quadprog (a safeguard; the tests force it)
 _PIVOT_MAX_SWEEPS = 100
-#: below this many tasks each QP pivots on its own, compiled; from it on all at once, batched
-_PIVOT_COMPILED_BELOW = 64
 
 
 def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -865,23 +867,23 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     tolerance), until a sweep in which they do not converge for some row (an ill-conditioned
     A): Cholesky solves those rows and every later sweep. ``free`` (the last step's sets) is
     the first guess; None: all x = 0. The bookkeeping between the solves runs in NumPy. Below
-    ``_PIVOT_COMPILED_BELOW`` tasks the same pivoting runs compiled, each row's sweeps one after
+    ``_COMPILED_BELOW`` tasks the same pivoting runs compiled, each row's sweeps one after
     another (:func:`mtbench.combiners.loops.dual_cone_pivots`): at T = 40 a batched sweep
     costs more in calls than the compiled one's factorisations of its small free sets."""
     an = a.detach().to(device="cpu", dtype=torch.float64).numpy()
     un = u.detach().to(device="cpu", dtype=torch.float64).numpy()
     rows, n = un.shape
-    q = _matvec(un, an)  # [R, T]: (A U[r]) (A symmetric)
     scale = float(an.diagonal().max()) * max(float(np.abs(un).max()), 1e-300)
     tol = 1e-13 * scale
     f = np.zeros((rows, n), dtype=bool) if free is None else free.numpy().astype(bool, copy=True)
-    if n < _PIVOT_COMPILED_BELOW:  # each row's sweeps one after another, compiled
+    if n < _COMPILED_BELOW:  # each row's sweeps one after another, compiled
         from mtbench.combiners.loops import dual_cone_pivots
 
         v, settled = np.empty((rows, n)), np.empty(rows, dtype=bool)
         if not dual_cone_pivots(an, un, f.copy(), tol, _PIVOT_MAX_SWEEPS, v, f, settled):
             return None
         return torch.from_numpy(v), torch.from_numpy(f), torch.from_numpy(settled)
+    q = _matvec(un, an)  # [R, T]: (A U[r]) (A symmetric)
     best = np.full(rows, n + 1)
     tries = np.full(rows, 3)
     last = np.arange(n)
@@ -1556,7 +1558,7 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
     """x > 0 with (Gn + ridge diag(Gn)) x = x^(-power), Gn = G / ||G||_F (no zero gradient in
     G), by damped Newton steps on the strictly convex 1/2 x^T Gn x - sum_i psi(x_i), psi' =
     x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). Below
-    ``_TORCH_SOLVE_SIZE`` tasks compiled (:func:`mtbench.combiners.loops.fair_newton`, Newton's
+    ``_COMPILED_BELOW`` tasks compiled (:func:`mtbench.combiners.loops.fair_newton`, Newton's
     systems by Cholesky): at T = 40 a step is a few dozen tiny operations, whose calls cost
     more than their arithmetic. From there on (and should a Hessian not factorise) in NumPy,
     the large solves and products through :func:`_solve` and :func:`_matvec`."""
@@ -1567,7 +1569,7 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
     a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
     if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
         a = np.ones(n_tasks)
-    if n_tasks < _TORCH_SOLVE_SIZE:  # the same iteration, compiled (NumPy's below if it fails)
+    if n_tasks < _COMPILED_BELOW:  # the same iteration, compiled (NumPy's below if it fails)
         from mtbench.combiners.loops import fair_newton
 
         compiled = a.copy()

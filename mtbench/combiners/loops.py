@@ -144,7 +144,6 @@ def dual_cone_pivots(
     rows, n = u.shape
     q = np.empty(n)
     x = np.empty(n)
-    y = np.empty(n)
     z = np.empty(n)
     f = np.empty(n, dtype=np.bool_)
     bad = np.empty(n, dtype=np.bool_)
@@ -181,11 +180,10 @@ def dual_cone_pivots(
                 x[idx[i]] = z[i]
             count = 0
             last = -1
-            for k in range(n):  # y = A x + q, and the entries that violate their sign
+            for k in range(n):  # y_k = (A x + q)_k, and the entries that violate their sign
                 s = q[k]
                 for i in range(w):
                     s += a[k, idx[i]] * z[i]
-                y[k] = s
                 bad[k] = x[k] < -tol if f[k] else s < -tol
                 if bad[k]:
                     count += 1
