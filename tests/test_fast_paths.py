@@ -131,6 +131,44 @@ def test_gram_combiners_with_per_column_losses_give_the_same_gradients(name):
     assert all(a.abs().sum() > 0 for a in out[1])  # every parameter, heads included, got its gradient
 
 
+@pytest.mark.parametrize("name", ["graddrop", "gradnorm_graddrop", "mgda", "pcgrad", "nash_mtl", "fairgrad"])
+def test_one_backward_pass_gives_the_two_pass_gradients(name, monkeypatch):
+    """With linear heads and per-column losses the combination replaces the gradient arriving at
+    the representation inside one backward pass of sum_i L_i: the same gradients as the per-task
+    gradients taken first, the heads' closed form and a second pass through the trunk."""
+    import mtbench.combiners.graddrop as graddrop_mod
+    import mtbench.combiners.gramweighted as gramweighted_mod
+    from mtbench.combiners import taskgrads
+
+    taken = []
+
+    def spy(step, combination):
+        taken.append(taskgrads.backward_replacing_rep_grad(step, combination))
+        return taken[-1]
+
+    out = []
+    for one_pass in (True, False):
+        replace = spy if one_pass else (lambda step, combination: False)
+        monkeypatch.setattr(graddrop_mod, "backward_replacing_rep_grad", replace)
+        monkeypatch.setattr(gramweighted_mod, "backward_replacing_rep_grad", replace)
+        model = make_model()
+        x, y = make_batch()
+        options = {"level": "representation"} if "level" in COMBINERS[name].options else {}
+        comb = COMBINERS[name](T, **options)
+        gen = torch.Generator().manual_seed(3)
+        step = dataclasses.replace(step_for(model, x, y), column_losses=True, generator=gen, cpu_generator=gen)
+        comb.backward(step)
+        out.append(grads_of(model))
+    assert taken == [True]
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    # without the promise (or without linear heads) nothing is done and the caller's path runs
+    model = make_model()
+    step = step_for(model, *make_batch())
+    assert not taskgrads.backward_replacing_rep_grad(step, lambda g: None)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_well_conditioned_solve_certifies_only_what_pinv_would_invert():
     from mtbench.combiners.linalg import MAX_CERTIFIED_CONDITION, well_conditioned_solve
 

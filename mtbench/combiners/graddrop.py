@@ -6,7 +6,7 @@ from typing import Any
 
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.functional import GRADDROP_F, graddrop, graddrop_factored
-from mtbench.combiners.taskgrads import rep_task_grads
+from mtbench.combiners.taskgrads import backward_replacing_rep_grad, rep_task_grads
 from mtbench.errors import MtbenchError
 from mtbench.options import Option, boolean, number
 
@@ -64,17 +64,18 @@ class GradDrop(Combiner):
         return graddrop_factored(e, weight, activation, **self.rule(), **self.drop_options(step))
 
     def backward(self, step: Step) -> None:
+        if backward_replacing_rep_grad(step, lambda rep_grads: self._drop_columns(rep_grads, step)):
+            return  # linear heads, per-column losses: one backward pass, two products, no [T, B, D] stack
         rep_grads = rep_task_grads(step)
-        factors = rep_grads.column_factors()
-        if factors is not None:  # linear heads, per-column losses: two products, no [T, B, D] stack
-            flat = step.rep.detach().reshape(step.rep.shape[0], -1)
-            combined = self.drop_factored(*factors, flat if self.batch_separated else None, step)
-            combined = combined.reshape(step.rep.shape)
-        else:
-            activation = step.rep.detach() if self.batch_separated else None
-            combined = self.drop(rep_grads.full(), activation, step)
+        activation = step.rep.detach() if self.batch_separated else None
+        combined = self.drop(rep_grads.full(), activation, step)
         self.backward_heads(step, rep_grads=rep_grads)
         self.backward_trunk(step, combined)
+
+    def _drop_columns(self, rep_grads, step: Step):
+        """:meth:`drop_factored` of gradients held as ``e[b, i] W_i``, shape [B, D]."""
+        flat = step.rep.detach().reshape(step.rep.shape[0], -1)
+        return self.drop_factored(*rep_grads.column_factors(), flat if self.batch_separated else None, step)
 
 
 def check_leak(leak: Any, num_tasks: int, combiner: str) -> float | list[float]:

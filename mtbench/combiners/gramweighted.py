@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from mtbench.combiners.base import Combiner, Step, one_of, positive
-from mtbench.combiners.taskgrads import TaskGrads
+from mtbench.combiners.taskgrads import RepGrads, TaskGrads, backward_replacing_rep_grad
 from mtbench.options import Option, integer
 
 LEVELS = ("representation", "params")
@@ -77,6 +77,10 @@ class GramWeighted(Combiner):
             self.task_grads.prepare(model)
 
     def backward(self, step: Step) -> None:
+        if self.level == "representation" and backward_replacing_rep_grad(
+            step, lambda g: self._combine_at_rep(g, step)
+        ):
+            return  # one backward pass: the combination replaces the gradient arriving at the representation
         rep_grads = self.task_grads.at_representation(step)
         self.backward_heads(step, rep_grads=rep_grads)
         if self.level == "representation":
@@ -87,6 +91,11 @@ class GramWeighted(Combiner):
             weights = self.gram_weights(per_task.gram(), step)
             per_task.add_combination(weights)
         self.last_weights = weights
+
+    def _combine_at_rep(self, rep_grads: RepGrads, step: Step) -> torch.Tensor:
+        weights = self.gram_weights(rep_grads.gram(), step)
+        self.last_weights = weights
+        return rep_grads.combine(weights)
 
     def log_values(self) -> dict[str, float]:
         """The range of the last step's task weights (``history.csv``'s ``combiner_w_min`` and

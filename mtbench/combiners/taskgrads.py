@@ -52,6 +52,7 @@ __all__ = [
     "TaskGrads",
     "RepGrads",
     "rep_task_grads",
+    "backward_replacing_rep_grad",
     "column_loss_grads",
     "task_grads_at",
     "param_grad_stack",
@@ -311,6 +312,47 @@ def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
             return RepGrads(step.rep, jac=jac, weight=weight)
     full = (general or task_grads_at)(step.losses, step.rep)
     return RepGrads(step.rep, full=full)
+
+
+def backward_replacing_rep_grad(step: Any, combination: Any) -> bool:
+    """One backward pass of ``sum_i L_i`` in which the gradient arriving at ``step.rep`` is
+    replaced by ``combination(rep_grads)`` (a tensor of the representation's shape and dtype),
+    ``rep_grads`` the step's factored :class:`RepGrads`; True when done, False (nothing done)
+    unless the per-task gradients factor as ``g_i[b] = e[b, i] W_i`` (stock linear heads,
+    per-column losses: :func:`rep_task_grads`'s first form).
+
+    The same gradients as :func:`rep_task_grads`, then the heads' closed form and a second
+    backward through the trunk (``e`` is the gradient of ``sum_i L_i`` at the logits, which
+    this pass computes on its way; each head gets its own loss's gradient, which is what the
+    plain pass gives it): one pass through the autograd engine instead of two."""
+    lin = linear_heads_of(step)
+    losses, outputs, rep = step.losses, step.outputs, step.rep
+    if lin is None or not getattr(step, "column_losses", False) or not losses.requires_grad:
+        return False
+    if losses.dim() != 1 or outputs.dim() != 2 or outputs.shape[1] != losses.shape[0] or losses.shape[0] == 0:
+        return False
+    seen: dict[str, Tensor] = {}
+
+    def at_outputs(grad: Tensor) -> None:
+        seen["e"] = grad
+
+    def at_rep(grad: Tensor) -> Tensor:
+        e = seen.get("e")
+        if e is None or e.dtype != outputs.dtype:  # (cannot happen: rep is read through the heads only)
+            raise RuntimeError("mtbench: the gradient at the heads' logits did not arrive before the representation's")
+        seen["rep"] = grad
+        out = combination(RepGrads(rep, weight=lin.weight.detach(), diag=e, linear=lin))
+        return out.reshape(grad.shape).to(grad.dtype)
+
+    handles = [outputs.register_hook(at_outputs), rep.register_hook(at_rep)]
+    try:
+        losses.sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    if "rep" not in seen:
+        raise RuntimeError("mtbench: no gradient reached the shared representation through the linear heads")
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
