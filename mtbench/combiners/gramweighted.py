@@ -84,15 +84,16 @@ class GramWeighted(Combiner):
         rep_grads = self.task_grads.at_representation(step)
         self.backward_heads(step, rep_grads=rep_grads)
         if self.level == "representation":
-            weights = self.gram_weights(rep_grads.gram(), step)
-            self.backward_trunk(step, rep_grads.combine(weights))
-        else:
-            per_task = self.task_grads.at_params(step, rep_grads)
-            weights = self.gram_weights(per_task.gram(), step)
-            per_task.add_combination(weights)
+            self.backward_trunk(step, self._combine_at_rep(rep_grads, step))
+            return
+        per_task = self.task_grads.at_params(step, rep_grads)
+        weights = self.gram_weights(per_task.gram(), step)
+        per_task.add_combination(weights)
         self.last_weights = weights
 
     def _combine_at_rep(self, rep_grads: RepGrads, step: Step) -> torch.Tensor:
+        """sum_i w_i g_i at the representation, the weights from the g_i's Gram matrix (kept as
+        ``last_weights``)."""
         weights = self.gram_weights(rep_grads.gram(), step)
         self.last_weights = weights
         return rep_grads.combine(weights)

@@ -280,12 +280,17 @@ def loss_jacobian(losses: Tensor, outputs: Tensor) -> Tensor | None:
     return jac
 
 
+def _per_column_shapes(losses: Tensor, outputs: Tensor) -> bool:
+    """Losses [T] (T >= 1) and outputs [B, T]: the shapes per-column losses have."""
+    return losses.dim() == 1 and outputs.dim() == 2 and outputs.shape[1] == losses.shape[0] and losses.shape[0] > 0
+
+
 def column_loss_grads(losses: Tensor, outputs: Tensor) -> Tensor | None:
     """``e[b, i] = dL_i/d outputs[b, i]`` [B, T] when loss i reads column i of ``outputs`` [B, T]
     only (the caller's promise, ``Step.column_losses``): then dL_i/d outputs is zero outside
     column i, and the gradient of sum_i L_i is every task's column at once (one backward pass
     through the losses' graph, instead of T). None when the shapes do not fit that promise."""
-    if losses.dim() != 1 or outputs.dim() != 2 or outputs.shape[1] != losses.shape[0] or losses.shape[0] == 0:
+    if not _per_column_shapes(losses, outputs):
         return None
     (e,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True, allow_unused=True)
     return e if e is not None and e.dtype == outputs.dtype else None
@@ -329,7 +334,7 @@ def backward_replacing_rep_grad(step: Any, combination: Any) -> bool:
     losses, outputs, rep = step.losses, step.outputs, step.rep
     if lin is None or not getattr(step, "column_losses", False) or not losses.requires_grad:
         return False
-    if losses.dim() != 1 or outputs.dim() != 2 or outputs.shape[1] != losses.shape[0] or losses.shape[0] == 0:
+    if not _per_column_shapes(losses, outputs):
         return False
     seen: dict[str, Tensor] = {}
 
@@ -338,10 +343,10 @@ def backward_replacing_rep_grad(step: Any, combination: Any) -> bool:
 
     def at_rep(grad: Tensor) -> Tensor:
         e = seen.get("e")
-        if e is None or e.dtype != outputs.dtype:  # (cannot happen: rep is read through the heads only)
+        if e is None:  # (cannot happen: rep is read through the heads only)
             raise RuntimeError("mtbench: the gradient at the heads' logits did not arrive before the representation's")
         seen["rep"] = grad
-        out = combination(RepGrads(rep, weight=lin.weight.detach(), diag=e, linear=lin))
+        out = combination(RepGrads(rep, weight=lin.weight.detach(), diag=e))
         return out.reshape(grad.shape).to(grad.dtype)
 
     handles = [outputs.register_hook(at_outputs), rep.register_hook(at_rep)]
