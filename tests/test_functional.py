@@ -323,6 +323,7 @@ def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
     calls = []
     solve = functional._affine_minimizer_np
     monkeypatch.setattr(functional, "_affine_minimizer_np", lambda g, s: calls.append(len(s)) or solve(g, s))
+    monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)  # the NumPy loop (the compiled one is the same)
     grads = make_problem(40, 200, "shared", 3)
     w0 = mgda_weights_from_gram(grads @ grads.T)
     cold = len(calls)
@@ -330,6 +331,53 @@ def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
     calls.clear()
     mgda_weights_from_gram(moved @ moved.T, start=w0)
     assert cold >= 5 and len(calls) <= 2, (cold, calls)
+
+
+def test_compiled_wolfe_is_the_numpy_loop():
+    """Below 64 tasks Wolfe's algorithm (MGDA's and CAGrad's solver) runs compiled
+    (:func:`loops.wolfe_min_norm`); its support and weights are the NumPy loop's bit for bit,
+    cold and warm-started (from a nearby problem's solution and from a random active set), on
+    3 to 63 tasks with shared components, one task 1e4 times larger, a zero task and duplicates,
+    exact conflicts and T > D. A singular affine system (duplicates in the active set) hands the
+    solve to the NumPy loop, whose least-squares fallback then gives the answer."""
+    import numpy as np
+
+    import mtbench.combiners.functional as functional
+    from mtbench.combiners.loops import wolfe_min_norm
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n, dim = int(rng.integers(3, 64)), int(rng.integers(1, 120))
+        J = rng.standard_normal((n, dim))
+        kind = trial % 5
+        if kind == 1:
+            J += 2.0 * rng.standard_normal(dim)
+        elif kind == 2:
+            J[0] *= 1e4
+        elif kind == 3:
+            J[1], J[2] = 0.0, J[0]
+        elif kind == 4:
+            J[1] = -J[0]
+        g = J @ J.T
+        g = 0.5 * (g + g.T) / g.diagonal().max()
+        moved = J + 0.05 * rng.standard_normal(J.shape)
+        near = functional._wolfe_np((moved @ moved.T) / (moved @ moved.T).diagonal().max(), 1e-10, 1000, None)
+        w0 = rng.random(n) * (rng.random(n) < 0.4)
+        w0[0] += 0.1
+        support = np.flatnonzero(w0).tolist()
+        for warm in (None, near, (support, w0[support] / w0[support].sum())):
+            ref = functional._wolfe_np(g, 1e-10, 1000, warm)
+            got = functional._wolfe(g, 1e-10, 1000, warm)
+            assert got[0] == ref[0], (trial, warm is None)
+            assert np.array_equal(got[1], ref[1]), (trial, warm is None)
+    J = rng.standard_normal((5, 8))
+    J[1] = J[0]
+    g = J @ J.T / (J @ J.T).diagonal().max()
+    warm = ([0, 1, 2], np.array([0.3, 0.3, 0.4]))
+    assert not wolfe_min_norm(g, 1e-10, 1e-13, 1000, True, np.array(warm[0]), warm[1])[2]
+    ref = functional._wolfe_np(g, 1e-10, 1000, warm)
+    got = functional._wolfe(g, 1e-10, 1000, warm)
+    assert got[0] == ref[0] and np.array_equal(got[1], ref[1])
 
 
 @pytest.mark.parametrize("kind", ["shared", "plain"])

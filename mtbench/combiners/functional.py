@@ -599,7 +599,7 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int, start: Tensor | N
 
     warm = _warm_support(start, n_tasks)
     found = _min_norm_pivots(g, warm[0], tol) if warm is not None and n_tasks >= _PIVOT_MIN_TASKS else None
-    support, w_s = found if found is not None else _wolfe_np(g, tol, max_iter, warm)
+    support, w_s = found if found is not None else _wolfe(g, tol, max_iter, warm)
     weights = torch.zeros(n_tasks, dtype=torch.float64)
     weights[torch.tensor(support, dtype=torch.long)] = torch.from_numpy(np.asarray(w_s, dtype=np.float64))
     return weights
@@ -641,6 +641,28 @@ def _next_active_set(support: list[int], negative: np.ndarray, violated: np.ndar
     kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
     seen = set(kept)
     return kept, [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
+
+
+def _wolfe(
+    g: np.ndarray, tol: float, max_iter: int, warm: tuple[list[int], np.ndarray] | None
+) -> tuple[list[int], np.ndarray]:
+    """Wolfe's algorithm (:func:`_wolfe_np`): below ``_COMPILED_BELOW`` tasks the compiled loop
+    (:func:`mtbench.combiners.loops.wolfe_min_norm`, bit for bit the same iterations; the NumPy
+    loop where an affine solve needs its least-squares fallback), else the NumPy loop."""
+    n_tasks = g.shape[0]
+    if n_tasks < _COMPILED_BELOW:
+        if warm is None:
+            support, w_s = np.array([int(np.argmin(g.diagonal()))], dtype=np.int64), np.ones(1)
+        else:
+            support, w_s = np.asarray(warm[0], dtype=np.int64), np.asarray(warm[1], dtype=np.float64)
+        from mtbench.combiners.loops import wolfe_min_norm
+
+        found, w, ok = wolfe_min_norm(
+            np.ascontiguousarray(g), tol, _GAP_FLOOR, max_iter, warm is not None, support, w_s
+        )
+        if ok:
+            return found.tolist(), w
+    return _wolfe_np(g, tol, max_iter, warm)
 
 
 def _wolfe_np(
@@ -1257,7 +1279,7 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
             t = 0.5 * hi if lo == 0 else math.sqrt(lo * hi)
         # the active set at t, and which side of the root t is on
         gt = g + t * (a[:, None] + a[None, :]) + t * t * n0
-        support, w_s = _wolfe_np(
+        support, w_s = _wolfe(
             gt / float(gt.diagonal().max()), _DEFAULT_MGDA_TOL, _DEFAULT_MGDA_MAX_ITER, (support, w_s)
         )
         r = math.sqrt(max(float(w_s @ g[np.ix_(support, support)] @ w_s), 0.0))
