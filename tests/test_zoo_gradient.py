@@ -272,13 +272,13 @@ def test_compiled_newton_is_the_numpy_one(power, monkeypatch):
         if name in ("conflict", "T_gt_D", "zero_task"):  # (no solution without the ridge; a zero row has no part)
             continue
         G = J @ J.T
-        compiled = F._fair_newton(G, None, 100, power)
+        compiled = torch.from_numpy(F._fair_newton(G.numpy(), None, 100, power))
         h = (G / torch.linalg.norm(G)).numpy()
         h = h + F.NASH_RIDGE * np.diag(h.diagonal())
         x = compiled.numpy()
         assert np.abs((h @ x) * x**power - 1).max() <= 1e-7, name
         monkeypatch.setattr(loops, "fair_newton", lambda *a: False)  # as if a Hessian did not factorise
-        numpy_loop = F._fair_newton(G, None, 100, power)
+        numpy_loop = torch.from_numpy(F._fair_newton(G.numpy(), None, 100, power))
         monkeypatch.undo()
         torch.testing.assert_close(compiled, numpy_loop, rtol=1e-7, atol=0)
 

@@ -1360,15 +1360,20 @@ def cagrad(grads: Tensor, c: float = 0.4, solver: str = "active_set") -> Tensor:
     return _combine_rows(grads, "cagrad", cagrad_weights_from_gram, c=c, solver=solver)
 
 
-def _projection_scale(g: Tensor, w: Tensor) -> Tensor:
+def _projection_scale(g: np.ndarray, w: np.ndarray) -> float:
     """The factor s >= 0 for which s sum_i w_i g_i is the projection of sum_i g_i onto the
     direction sum_i w_i g_i: s = 1^T G w / w^T G w (0 when the combination is zero)."""
     gw = g @ w
     norm2 = float(w @ gw)
     along = float(gw.sum())
     if not (norm2 > 0 and math.isfinite(norm2)):
-        return w.new_zeros(())
-    return w.new_tensor(max(along, 0.0) / norm2)
+        return 0.0
+    return max(along, 0.0) / norm2
+
+
+def _frobenius(g: np.ndarray) -> float:
+    """||g||_F, summed by NumPy without BLAS (a BLAS dot's threads would contend with torch's)."""
+    return math.sqrt(float(np.square(g).sum()))
 
 
 FAIRGRAD_SOLVERS = ("newton", "scipy")
@@ -1416,7 +1421,7 @@ def fairgrad_state(
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`fairgrad_weights_from_gram` and the normalised problem's solution (the next
     solve's ``start``; None for the scipy solver)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
+    from mtbench.combiners.jd import gram_np64, weighting
 
     _check_option(
         "fairgrad",
@@ -1426,23 +1431,37 @@ def fairgrad_state(
         "a finite number > 0",
     )
     _check_option("fairgrad", "solver", solver, solver in FAIRGRAD_SOLVERS, "one of " + ", ".join(FAIRGRAD_SOLVERS))
-    g = gram_cpu64(gram, "fairgrad")
+    g = gram_np64(gram, "fairgrad")
     n_tasks = g.shape[0]
     if not float(g.diagonal().max()) > 0:
         return torch.ones(n_tasks, dtype=torch.float64), None
     state = None
     if solver == "scipy":
-        w = weighting("FairGradWeighting", "fairgrad", alpha=float(alpha), max_iters=max_iters)(g).to(torch.float64)
+        jd = weighting("FairGradWeighting", "fairgrad", alpha=float(alpha), max_iters=max_iters)
+        w = jd(torch.from_numpy(g)).to(torch.float64).numpy()
     else:
         power = 1.0 / float(alpha)
-        live = g.diagonal() > 0
-        x = torch.ones(n_tasks, dtype=torch.float64)
-        x0 = None if start is None or tuple(start.shape) != (n_tasks,) else start[live]
-        x[live] = _fair_newton(g[live][:, live], x0, 100 if max_iters is None else int(max_iters), power)
-        state = x
-        w = x * float(torch.linalg.norm(g)) ** (-1.0 / (1.0 + power))
-        w = torch.where(live, w, torch.ones_like(w))
-    return (w * _projection_scale(g, w) if rescale else w), state
+        x, live = _live_newton(g, start, 100 if max_iters is None else int(max_iters), power)
+        state = torch.from_numpy(x)
+        w = x * _frobenius(g) ** (-1.0 / (1.0 + power))
+        w[~live] = 1.0
+    return torch.from_numpy(w * _projection_scale(g, w) if rescale else w), state
+
+
+def _live_newton(g: np.ndarray, start: Tensor | None, max_iter: int, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_fair_newton` on the tasks with a non-zero gradient (the others get 1, which
+    multiplies zero), from ``start`` [T] where it has the right shape: the solution [T] and
+    the mask of those tasks."""
+    n_tasks = g.shape[0]
+    live = g.diagonal() > 0
+    whole = bool(live.all())
+    x0 = None
+    if start is not None and tuple(start.shape) == (n_tasks,):
+        x0 = start.detach().to(device="cpu", dtype=torch.float64).numpy()
+        x0 = x0 if whole else x0[live]
+    x = np.ones(n_tasks)
+    x[live] = _fair_newton(g if whole else g[np.ix_(live, live)], x0, max_iter, power)
+    return x, live
 
 
 def fairgrad(
@@ -1576,7 +1595,7 @@ def gram_square_root(gram: Tensor) -> Tensor:
 NASH_RIDGE = 1e-8
 
 
-def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0) -> Tensor:
+def _fair_newton(g: np.ndarray, x0: np.ndarray | None, max_iter: int, power: float = 1.0) -> np.ndarray:
     """x > 0 with (Gn + ridge diag(Gn)) x = x^(-power), Gn = G / ||G||_F (no zero gradient in
     G), by damped Newton steps on the strictly convex 1/2 x^T Gn x - sum_i psi(x_i), psi' =
     x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). Below
@@ -1585,10 +1604,9 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
     more than their arithmetic. From there on (and should a Hessian not factorise) in NumPy,
     the large solves and products through :func:`_solve` and :func:`_matvec`."""
     n_tasks = g.shape[0]
-    g = g.detach().to(device="cpu", dtype=torch.float64)
-    h = g.numpy() / float(torch.linalg.norm(g))  # (NumPy's norm is a BLAS dot: its threads would contend with torch's)
+    h = g / _frobenius(g)
     h = h + NASH_RIDGE * np.diag(h.diagonal())
-    a = None if x0 is None else x0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    a = None if x0 is None else np.array(x0, dtype=np.float64)
     if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
         a = np.ones(n_tasks)
     if n_tasks < _COMPILED_BELOW:  # the same iteration, compiled (NumPy's below if it fails)
@@ -1596,7 +1614,7 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
 
         compiled = a.copy()
         if fair_newton(h, compiled, max_iter, float(power)):
-            return torch.from_numpy(compiled)
+            return compiled
     log = power == 1.0
 
     def phi(x: np.ndarray) -> float:
@@ -1627,7 +1645,7 @@ def _fair_newton(g: Tensor, x0: Tensor | None, max_iter: int, power: float = 1.0
         if not trial_value < value:
             break
         a, value = trial, trial_value
-    return torch.from_numpy(a)
+    return a
 
 
 def nash_mtl_weights_from_gram(
@@ -1658,26 +1676,23 @@ def nash_mtl_weights_from_gram(
     ``rescale=False``: the paper's alpha. ``max_norm > 0``: d is then scaled down to that norm
     when longer (the authors' code: 1.0, on the paper's d).
     """
-    from mtbench.combiners.jd import gram_cpu64
+    from mtbench.combiners.jd import gram_np64
 
-    g = gram_cpu64(gram, "nash_mtl")
+    g = gram_np64(gram, "nash_mtl")
     n_tasks = g.shape[0]
-    fro = float(torch.linalg.norm(g))
+    fro = _frobenius(g)
     if not fro > 0:
         return torch.ones(n_tasks, dtype=torch.float64), torch.ones(n_tasks, dtype=torch.float64)
-    live = g.diagonal() > 0  # a zero gradient takes no part (its weight is 1, multiplying zero)
-    alpha = torch.ones(n_tasks, dtype=torch.float64)
-    start = None if alpha0 is None or tuple(alpha0.shape) != (n_tasks,) else alpha0[live]
-    alpha[live] = _fair_newton(g[live][:, live], start, max_iter)
+    alpha, live = _live_newton(g, alpha0, max_iter, 1.0)
     w = alpha / math.sqrt(fro)
-    w = torch.where(live, w, torch.ones_like(w))
+    w[~live] = 1.0
     if rescale:
         w = w * _projection_scale(g, w)
     if max_norm > 0:
         norm = math.sqrt(max(float(w @ g @ w), 0.0))
         if norm > max_norm:
             w = w * (max_norm / norm)
-    return w, alpha
+    return torch.from_numpy(w), torch.from_numpy(alpha)
 
 
 def nash_mtl(grads: Tensor, max_norm: float = 0.0, rescale: bool = True) -> Tensor:

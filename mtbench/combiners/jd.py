@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtbench.errors import MtbenchError
 
-__all__ = ["gram_cpu64", "require", "weighting"]
+__all__ = ["gram_cpu64", "gram_np64", "require", "weighting"]
 
 #: the optional packages each torchjd weighting imports
 NEEDS = {
@@ -59,12 +60,30 @@ def weighting(cls_name: str, method: str, **kwargs: Any) -> Any:
         raise MtbenchError(f'{method}: {e} (pip install "mtbench[zoo]")') from None
 
 
-def gram_cpu64(gram: Tensor, fn: str) -> Tensor:
-    """A square Gram matrix as a symmetric float64 CPU tensor (no graph), checked finite."""
+def _square64(gram: Tensor, fn: str) -> Tensor:
+    """``gram`` as a float64 CPU tensor without a graph, checked square [T, T] with T >= 1."""
     if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
         raise ValueError(f"{fn}: gram must be a square [T, T] tensor with T >= 1; got {shape}")
-    g = gram.detach().to(device="cpu", dtype=torch.float64)
+    return gram.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _not_finite(fn: str) -> ValueError:
+    return ValueError(f"{fn}: the gradients (or their Gram matrix) contain NaN or infinite values")
+
+
+def gram_cpu64(gram: Tensor, fn: str) -> Tensor:
+    """A square Gram matrix as a symmetric float64 CPU tensor (no graph), checked finite."""
+    g = _square64(gram, fn)
     if not bool(torch.isfinite(g).all()):
-        raise ValueError(f"{fn}: the gradients (or their Gram matrix) contain NaN or infinite values")
+        raise _not_finite(fn)
+    return 0.5 * (g + g.T)
+
+
+def gram_np64(gram: Tensor, fn: str) -> np.ndarray:
+    """:func:`gram_cpu64` as a NumPy array (the same numbers): for solvers whose few dozen small
+    operations cost less in NumPy than in torch, whose per-call overhead dominates at T = 40."""
+    g = _square64(gram, fn).numpy()
+    if not bool(np.isfinite(g).all()):
+        raise _not_finite(fn)
     return 0.5 * (g + g.T)
