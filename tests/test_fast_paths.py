@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,8 +170,19 @@ def test_one_backward_pass_gives_the_two_pass_gradients(name, monkeypatch):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_well_conditioned_solve_certifies_only_what_pinv_would_invert():
-    from mtbench.combiners.linalg import MAX_CERTIFIED_CONDITION, well_conditioned_solve
+@pytest.mark.parametrize("arrays", ["torch", "numpy"])
+def test_well_conditioned_solve_certifies_only_what_pinv_would_invert(arrays):
+    """Torch tensors, and NumPy arrays (a vector right-hand side; below 64 tasks one compiled
+    call, :func:`loops.certified_solve`): the same certificate and solution."""
+    from mtbench.combiners.linalg import MAX_CERTIFIED_CONDITION
+    from mtbench.combiners.linalg import well_conditioned_solve as solve
+
+    def well_conditioned_solve(g, rhs):
+        if arrays == "torch" or rhs.dim() > 1:
+            return solve(g, rhs)
+        out = solve(g.numpy(), rhs.numpy())
+        assert out is None or isinstance(out, np.ndarray)
+        return None if out is None else torch.from_numpy(out)
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(40, 100, generator=gen, dtype=torch.float64)
@@ -193,6 +205,11 @@ def test_well_conditioned_solve_certifies_only_what_pinv_would_invert():
     nan = g.clone()
     nan[0, 0] = float("nan")
     assert well_conditioned_solve(nan, b) is None
+    big = torch.randn(80, 200, generator=gen, dtype=torch.float64)  # from 64 tasks on: torch's path
+    b80 = torch.randn(80, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(
+        well_conditioned_solve(big @ big.T, b80), torch.linalg.solve(big @ big.T, b80), rtol=1e-10, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["imtl_g", "config"])

@@ -1038,37 +1038,45 @@ def dual_cone_state(
     ``start``, the exact solution of the same QPs, with quadprog solving the rows on which the
     pivoting does not settle (every row should a factorisation fail); ``"quadprog"``: torchjd's ``UPGradWeighting`` / ``DualProjWeighting``
     with its quadprog projector (same matrix, same ridge)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
+    from mtbench.combiners.jd import gram_np64, weighting
 
     _check_option(method, "solver", solver, solver in DUAL_CONE_SOLVERS, "one of " + ", ".join(DUAL_CONE_SOLVERS))
-    g = gram_cpu64(gram, method)
+    g = gram_np64(gram, method)
     n_tasks = g.shape[0]
-    norms = g.diagonal().clamp_min(0).sqrt()
-    nonzero = norms > 0
-    if not bool(nonzero.any()):
+    norms, inv = _norms_and_inverses(g)
+    if not bool((inv > 0).any()):
         return torch.full((n_tasks,), 1.0, dtype=torch.float64), None
-    inv = torch.where(nonzero, 1.0 / torch.where(nonzero, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     units = g * inv[:, None] * inv[None, :]
     pref = norms / n_tasks
     cls_name = "UPGradWeighting" if method == "upgrad" else "DualProjWeighting"
     unit_weights, free = None, None
     if solver == "active_set":
-        a = units / units.diagonal().sum() + DUAL_CONE_REG * torch.eye(n_tasks, dtype=torch.float64)
-        u = torch.diag(pref) if method == "upgrad" else pref[None, :]
+        a = units / units.diagonal().sum() + DUAL_CONE_REG * np.eye(n_tasks)
+        u = torch.from_numpy(np.diag(pref) if method == "upgrad" else pref[None, :])
         if start is not None and tuple(start.shape) != tuple(u.shape):
             start = None
-        solved = _dual_cone_pivoting(a, u, start)
+        solved = _dual_cone_pivoting(torch.from_numpy(a), u, start)
         if solved is not None:
             v, free, settled = solved
             if not bool(settled.all()):  # quadprog solves the rows that did not settle
                 v, rest = v.clone(), ~settled
-                v[rest] = _quadprog_projector(method)(u[rest], units)
+                v[rest] = _quadprog_projector(method)(u[rest], torch.from_numpy(units))
                 free = free.clone()
                 free[rest] = v[rest] > u[rest]
-            unit_weights = v.sum(0)
+            unit_weights = v.numpy().sum(0)
     if unit_weights is None:
-        unit_weights = weighting(cls_name, method, pref_vector=pref, projector=_quadprog_projector(method))(units)
-    return n_tasks * unit_weights * inv, free
+        jd = weighting(cls_name, method, pref_vector=torch.from_numpy(pref), projector=_quadprog_projector(method))
+        unit_weights = jd(torch.from_numpy(units)).to(torch.float64).numpy()
+    return torch.from_numpy(n_tasks * unit_weights * inv), free
+
+
+def _norms_and_inverses(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients' norms ||g_i|| from their Gram matrix and their inverses (0 for a zero
+    gradient)."""
+    norms = np.sqrt(np.clip(g.diagonal(), 0.0, None))
+    inv = np.zeros_like(norms)
+    np.divide(1.0, norms, out=inv, where=norms > 0)
+    return norms, inv
 
 
 def upgrad_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tensor:
@@ -1109,17 +1117,17 @@ def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:
     it well conditioned (:func:`~mtbench.combiners.linalg.well_conditioned_solve`) pinv(G) ||g|| is
     G^{-1} ||g|| and comes from two triangular solves, else from ``torch.linalg.pinv`` as in
     torchjd (the same numbers to rounding; about 7 times faster at T = 400, scripts/bench_solvers.py)."""
-    from mtbench.combiners.jd import gram_cpu64
+    from mtbench.combiners.jd import gram_np64
 
-    g = gram_cpu64(gram, "imtl_g")
-    norms = g.diagonal().clamp_min(0).sqrt()
+    g = gram_np64(gram, "imtl_g")
+    norms = np.sqrt(np.clip(g.diagonal(), 0.0, None))
     v = well_conditioned_solve(g, norms)
     if v is None:
-        v = torch.linalg.pinv(g) @ norms
-    total = v.sum()
-    if not float(total.abs()) >= 1e-12:
-        return torch.zeros_like(v)
-    return g.shape[0] * (v / total)
+        v = torch.linalg.pinv(torch.from_numpy(g)).numpy() @ norms
+    total = float(v.sum())
+    if not abs(total) >= 1e-12:
+        return torch.zeros(g.shape[0], dtype=torch.float64)
+    return torch.from_numpy(g.shape[0] * (v / total))
 
 
 def imtl_g(grads: Tensor) -> Tensor:
@@ -1139,7 +1147,7 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
     identity, so alpha = 1 / T, when none is kept), applied to the vector instead of forming
     the T x T balance matrix (faster than torchjd's: rows ``aligned_mtl`` and
     ``aligned_mtl-torchjd`` of ``scripts/bench_solvers.py``)."""
-    from mtbench.combiners.jd import gram_cpu64
+    from mtbench.combiners.jd import gram_np64
 
     _check_option(
         "aligned_mtl",
@@ -1148,22 +1156,22 @@ def aligned_mtl_weights_from_gram(gram: Tensor, scale_mode: str = "min") -> Tens
         scale_mode in ALIGNED_MTL_SCALES,
         "one of " + ", ".join(ALIGNED_MTL_SCALES),
     )
-    g = gram_cpu64(gram, "aligned_mtl")
+    g = gram_np64(gram, "aligned_mtl")
     n_tasks = g.shape[0]
-    evals, evecs = torch.linalg.eigh(g)
-    keep = evals > evals.max() * n_tasks * torch.finfo(torch.float64).eps
+    evals, evecs = (x.numpy() for x in torch.linalg.eigh(torch.from_numpy(g)))
+    keep = evals > evals.max() * n_tasks * np.finfo(np.float64).eps
     if not bool(keep.any()):
         return torch.ones(n_tasks, dtype=torch.float64)
     lam, vec = evals[keep], evecs[:, keep]
     if scale_mode == "min":
         scale = lam.min()
     elif scale_mode == "median":
-        scale = torch.median(lam)
+        scale = float(torch.median(torch.from_numpy(lam)))  # (torch's median: the lower middle value)
     else:
         scale = lam.mean()
-    mean = torch.full((n_tasks,), 1.0 / n_tasks, dtype=torch.float64)
-    alpha = scale.sqrt() * (vec @ ((vec.T @ mean) / lam.sqrt()))
-    return n_tasks * alpha
+    mean = np.full(n_tasks, 1.0 / n_tasks)
+    alpha = math.sqrt(scale) * (vec @ ((vec.T @ mean) / np.sqrt(lam)))
+    return torch.from_numpy(n_tasks * alpha)
 
 
 def aligned_mtl(grads: Tensor, scale_mode: str = "min") -> Tensor:
@@ -1489,34 +1497,32 @@ def config_weights_from_gram(gram: Tensor) -> Tensor:
     all i, which is pinv([u_1 .. u_T]^T) 1), normalised to unit length; the length is
     sum_j g_j . v. The result, (sum_j g_j . v) v, is already on the baseline's scale (equal
     agreeing gradients give T g) and equals torchjd's ``ConFIG()``."""
-    from mtbench.combiners.jd import gram_cpu64
+    from mtbench.combiners.jd import gram_np64
 
-    g = gram_cpu64(gram, "config")
+    g = gram_np64(gram, "config")
     n_tasks = g.shape[0]
-    norms = g.diagonal().clamp_min(0).sqrt()
-    inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    _, inv = _norms_and_inverses(g)
     units = g * inv[:, None] * inv[None, :]
     # pinv of the unit Gram matrix: eigenvalues below its rounding level (1000 T eps of the
     # largest) count as zero, i.e. singular values of the unit gradients below about 1e-6 T^0.5
     # of the largest (torch.linalg.pinv of the gradients themselves keeps them down to ~1e-15)
     # (well conditioned, as certified by its Cholesky factor: pinv(U) 1 = U^{-1} 1)
-    a = well_conditioned_solve(units, torch.ones(n_tasks, dtype=torch.float64))
+    a = well_conditioned_solve(units, np.ones(n_tasks))
     if a is None:
-        evals, evecs = torch.linalg.eigh(units)
-        top = float(evals.max())
-        cut = top * 1000.0 * n_tasks * torch.finfo(torch.float64).eps
+        evals, evecs = (x.numpy() for x in torch.linalg.eigh(torch.from_numpy(units)))
+        cut = float(evals.max()) * 1000.0 * n_tasks * np.finfo(np.float64).eps
         keep = evals > max(cut, 1e-300)
         if not bool(keep.any()):
             return torch.zeros(n_tasks, dtype=torch.float64)
-        inv_evals = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
-        a = evecs @ (inv_evals * (evecs.T @ torch.ones(n_tasks, dtype=torch.float64)))
+        inv_evals = np.zeros_like(evals)
+        inv_evals[keep] = 1.0 / evals[keep]
+        a = evecs @ (inv_evals * evecs.sum(0))
     coeff = a * inv  # v (before normalising) = sum_i coeff_i g_i
     norm2 = float(coeff @ g @ coeff)
     if not norm2 > 0:
         return torch.zeros(n_tasks, dtype=torch.float64)
     coeff = coeff / math.sqrt(norm2)
-    length = (g @ coeff).sum()
-    return length * coeff
+    return torch.from_numpy(float((g @ coeff).sum()) * coeff)
 
 
 def config(grads: Tensor) -> Tensor:

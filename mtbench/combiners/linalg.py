@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,9 +82,11 @@ def combine(weights: Tensor, flat: Tensor) -> Tensor:
     return out
 
 
-def well_conditioned_solve(gram: Tensor, rhs: Tensor) -> Tensor | None:
+def well_conditioned_solve(gram: Tensor | np.ndarray, rhs: Tensor | np.ndarray) -> Tensor | np.ndarray | None:
     """``gram^{-1} rhs`` for a symmetric float64 [T, T] ``gram`` by its Cholesky factor L, when
     the factor certifies the condition number below :data:`MAX_CERTIFIED_CONDITION`; else None.
+    NumPy arrays in (``rhs`` a vector), a NumPy array out: below 64 tasks by one compiled call
+    (:func:`mtbench.combiners.loops.certified_solve`, the same certificate), else by torch's.
 
     The certificate: ``||G^{-1}||_2 <= ||G^{-1}||_F <= ||L^{-1}||_F^2`` and ``||G||_2 <=
     ||G||_F``, so ``||G||_F ||L^{-1}||_F^2`` bounds the condition number from above. Below the
@@ -92,6 +95,17 @@ def well_conditioned_solve(gram: Tensor, rhs: Tensor) -> Tensor | None:
     two computed ones differ by rounding only. Two triangular O(T^3 / 3) steps instead of an
     SVD or eigendecomposition: about 7 times faster than the pseudo-inverse at T = 400 (``scripts/bench_solvers.py``, imtl_g).
     """
+    if isinstance(gram, np.ndarray):
+        if gram.shape[0] < 64:
+            from mtbench.combiners.loops import certified_solve
+
+            out = np.empty(gram.shape[0])
+            ok = certified_solve(
+                np.ascontiguousarray(gram), np.ascontiguousarray(rhs, dtype=np.float64), MAX_CERTIFIED_CONDITION, out
+            )
+            return out if ok else None
+        solved = well_conditioned_solve(torch.from_numpy(gram), torch.from_numpy(np.asarray(rhs, dtype=np.float64)))
+        return None if solved is None else solved.numpy()
     factor, info = torch.linalg.cholesky_ex(gram)
     if int(info) != 0:
         return None
