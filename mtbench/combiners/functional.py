@@ -1334,7 +1334,7 @@ def cagrad_state(
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`cagrad_weights_from_gram` and the dual problem's simplex weights (the next
     solve's ``start``: their tasks are the first active set; None for the cvxpy solver)."""
-    from mtbench.combiners.jd import gram_cpu64, weighting
+    from mtbench.combiners.jd import gram_np64, weighting
 
     _check_option(
         "cagrad",
@@ -1344,20 +1344,20 @@ def cagrad_state(
         "a finite number >= 0",
     )
     _check_option("cagrad", "solver", solver, solver in CAGRAD_SOLVERS, "one of " + ", ".join(CAGRAD_SOLVERS))
-    g = gram_cpu64(gram, "cagrad")
+    g = gram_np64(gram, "cagrad")
     n_tasks = g.shape[0]
     factor = n_tasks / (1.0 + float(c))
     if solver == "cvxpy":
-        return weighting("CAGradWeighting", "cagrad", c=float(c))(g) * factor, None
+        return weighting("CAGradWeighting", "cagrad", c=float(c))(torch.from_numpy(g)) * factor, None
     trace = float(g.diagonal().sum())
-    gn = (g / trace).numpy() if trace > 0 else None
+    gn = g / trace if trace > 0 else None
     if gn is None or c == 0 or not float(gn.mean()) > 0:
         # c = 0, zero gradients or a zero mean gradient: d = g0
         return torch.full((n_tasks,), factor / n_tasks, dtype=torch.float64), None
     w, t = _cagrad_dual(gn, float(c), _warm_support(start, n_tasks))
     g_w = math.sqrt(max(float(w @ gn @ w), 0.0))
     if t == 0 or g_w < _CAGRAD_FRONT:  # the Pareto front: g0 projected onto the dual cone
-        return dual_cone_state(g, "dualproj")[0] / (1.0 + float(c)), None
+        return dual_cone_state(torch.from_numpy(g), "dualproj")[0] / (1.0 + float(c)), None
     sqrt_phi = float(c) * math.sqrt(float(gn.mean()))
     return torch.from_numpy(1.0 / n_tasks + (sqrt_phi / g_w) * w) * factor, torch.from_numpy(w)
 
