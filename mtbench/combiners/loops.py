@@ -38,9 +38,9 @@ def _compiled(fn):
     """``njit`` with its machine code cached on disk (next to this file, else in the user's
     cache directory); where neither is writable, compiled once per process instead."""
     try:
-        return njit(cache=True)(fn)
+        return njit(cache=True, error_model="numpy")(fn)
     except RuntimeError:  # numba found no writable cache location
-        return njit(fn)
+        return njit(error_model="numpy")(fn)
 
 
 @_compiled
@@ -157,10 +157,15 @@ def dual_cone_pivots(
     rhs = np.empty(n)
     chol = np.empty((n, n))
     for r in range(rows):
-        for k in range(n):  # q = A u[r]
+        nz = 0
+        for j in range(n):  # u[r]'s non-zero entries (UPGrad's rows have one)
+            if u[r, j] != 0.0:
+                idx[nz] = j
+                nz += 1
+        for k in range(n):  # q = A u[r] (the zero terms of the sum left out: the same sum)
             s = 0.0
-            for j in range(n):
-                s += a[k, j] * u[r, j]
+            for i in range(nz):
+                s += a[k, idx[i]] * u[r, idx[i]]
             q[k] = s
             f[k] = start[r, k]
             x[k] = 0.0

@@ -43,6 +43,9 @@ class MGDA(WarmStarted):
     def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Simplex weights (float64) from the Gram matrix of the per-task gradients and the losses."""
         gram = gram.detach().to(device="cpu", dtype=torch.float64)
+        if self.normalization == "none":  # (every n_i is 1: the division below would change nothing)
+            self.start = mgda_weights_from_gram(gram, start=self.start)
+            return self.start
         norms = gram.diagonal().clamp_min(0).sqrt()
         loss = losses.detach().to(device="cpu", dtype=torch.float64)
         n = {

@@ -150,6 +150,7 @@ class RepGrads:
         self._jac = jac  # [T, B, O]
         self._weight = weight  # [O, D], detached
         self._diag = diag  # [B, T]
+        self._factors: tuple[Tensor, Tensor] | None = None  # (e, W) in float64
         #: the heads' ``nn.Linear`` when ``diag`` came from per-column losses (the heads'
         #: gradient of sum_i L_i is then ``diag^T A``: :meth:`add_head_grads`)
         self.linear = linear
@@ -190,6 +191,13 @@ class RepGrads:
                 param.grad = g if param.grad is None else param.grad.add_(g)
         return True
 
+    def _factors64(self) -> tuple[Tensor, Tensor]:
+        """``(e, W)`` of the per-column form in float64 (converted once: the Gram matrix and
+        the combination both read them)."""
+        if self._factors is None:
+            self._factors = (self._diag.double(), self._weight.double())
+        return self._factors
+
     def full(self) -> Tensor:
         """The stack [T, B, *F] (materialised once)."""
         if self._full is None:
@@ -204,15 +212,15 @@ class RepGrads:
     def gram(self) -> Tensor:
         """``G[i, j] = g_i . g_j`` over batch and features, float64, on the gradients' device."""
         if self._diag is not None:
-            e = self._diag.double()
-            w = self._weight.double()
+            e, w = self._factors64()
             return (e.T @ e) * (w @ w.T)
         return gram64(self.full().reshape(self.num_tasks, -1))
 
     def sq_norms(self) -> Tensor:
         """``||g_i||^2``, float64 [T]."""
         if self._diag is not None:
-            return self._diag.double().pow(2).sum(0) * self._weight.double().pow(2).sum(1)
+            e, w = self._factors64()
+            return e.pow(2).sum(0) * w.pow(2).sum(1)
         return (
             self.gram().diagonal().clone()
             if self.factored
@@ -223,7 +231,8 @@ class RepGrads:
         """``sum_i w_i g_i``, shape [B, *F], in the representation's dtype."""
         if self._diag is not None:
             w = weights.to(device=self.device, dtype=torch.float64)
-            out = (self._diag.double() * w) @ self._weight.double()
+            e, weight = self._factors64()
+            out = (e * w) @ weight
             return out.to(self.dtype).reshape(self.shape)
         if self._full is None:
             w = weights.to(device=self.device, dtype=torch.float64)
