@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mtbench.combiners.base import Step, one_of
-from mtbench.combiners.functional import CAGRAD_SOLVERS, cagrad_state, cagrad_weights_from_gram
+from mtbench.combiners.functional import CAGRAD_SOLVERS, cagrad_solve, cagrad_weights_from_gram
 from mtbench.combiners.gramweighted import GramWeighted, WarmStarted
 from mtbench.options import Option, number
 
@@ -50,9 +52,21 @@ class CAGrad(WarmStarted):
 
     def __init__(self, num_tasks: int, **options):
         super().__init__(num_tasks, **options)
+        #: the free set of the last Pareto-front step's dual-cone projection (its next start)
+        self.front: torch.Tensor | None = None
         # a missing solver fails here
         cagrad_weights_from_gram(torch.eye(1, dtype=torch.float64), c=self.c, solver=self.solver)
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:
-        weights, self.start = cagrad_state(gram, self.c, self.solver, start=self.start)
+        weights, self.start, front = cagrad_solve(gram, self.c, self.solver, self.start, self.front)
+        if front is not None:
+            self.front = front
         return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "front": None if self.front is None else self.front.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        front = state.get("front")
+        self.front = None if front is None else torch.as_tensor(front, dtype=torch.bool).clone()

@@ -1038,10 +1038,16 @@ def dual_cone_state(
     ``start``, the exact solution of the same QPs, with quadprog solving the rows on which the
     pivoting does not settle (every row should a factorisation fail); ``"quadprog"``: torchjd's ``UPGradWeighting`` / ``DualProjWeighting``
     with its quadprog projector (same matrix, same ridge)."""
-    from mtbench.combiners.jd import gram_np64, weighting
+    from mtbench.combiners.jd import gram_np64
 
     _check_option(method, "solver", solver, solver in DUAL_CONE_SOLVERS, "one of " + ", ".join(DUAL_CONE_SOLVERS))
-    g = gram_np64(gram, method)
+    return _dual_cone(gram_np64(gram, method), method, solver, start)
+
+
+def _dual_cone(g: np.ndarray, method: str, solver: str, start: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """:func:`dual_cone_state` on the checked, symmetric float64 Gram matrix ``g``."""
+    from mtbench.combiners.jd import weighting
+
     n_tasks = g.shape[0]
     norms, inv = _norms_and_inverses(g)
     if not bool((inv > 0).any()):
@@ -1223,6 +1229,29 @@ def _cagrad_piece(g: np.ndarray, a: np.ndarray, s: float, support: list[int]) ->
     return t, w0 + t * w1
 
 
+def _cagrad_candidate_np(
+    g: np.ndarray, a: np.ndarray, s: float, n0: float, support: list[int], lo: float, hi: float, diag: np.ndarray
+) -> tuple[int, float, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mtbench.combiners.loops.cagrad_candidate` in NumPy (from ``_COMPILED_BELOW`` tasks
+    on, and where the piece's system is singular: least squares): the piece's root in
+    [lo, hi] (code 0: none) and its certificate (1: certified, 2: not)."""
+    piece = _cagrad_piece(g, a, s, support)
+    if piece is None or not lo * (1 - 1e-12) <= piece[0] <= hi * (1 + 1e-12):
+        return 0, 0.0, np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+    t, w_t = piece
+    negative = w_t < -1e-12 * float(np.abs(w_t).max())
+    w_c = np.clip(w_t, 0.0, None)
+    w_c = w_c / w_c.sum()
+    # the min-norm optimality at t of every task: (G_t w)_j >= w^T G_t w
+    gw = _matvec(g[:, support], w_c)
+    aw = float(a[support] @ w_c)
+    gtw = gw + t * a + t * (aw + t * n0)
+    obj = float(w_c @ gw[support]) + 2 * t * aw + t * t * n0
+    floor = _GAP_FLOOR * float((diag + 2 * t * a + t * t * n0).max())
+    violated = gtw < obj - max(_DEFAULT_MGDA_TOL * obj, floor)
+    return (2 if bool(negative.any()) or bool(violated.any()) else 1), t, w_c, negative, violated
+
+
 def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | None) -> tuple[np.ndarray, float]:
     """The simplex weights w minimising g_w . g0 + c ||g0|| ||g_w|| (CAGrad's dual problem,
     ``g`` the float64 Gram matrix scaled to trace 1) and t = ||g_w|| / (c ||g0||); t = 0 when
@@ -1253,24 +1282,23 @@ def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | 
         support, w_s = start
     t = hi
     pivots = _BLOCK_PIVOTS
+    compiled = n_tasks < _COMPILED_BELOW
+    if compiled:
+        from mtbench.combiners.loops import cagrad_candidate
     for iteration in range(_CAGRAD_MAX_ITER):
-        piece = _cagrad_piece(g, a, s, support)
-        if piece is not None and lo * (1 - 1e-12) <= piece[0] <= hi * (1 + 1e-12):
-            t, w_t = piece
-            negative = w_t < -1e-12 * float(np.abs(w_t).max())
-            w_c = np.clip(w_t, 0.0, None)
-            w_c = w_c / w_c.sum()
-            # the min-norm optimality at t of every task: (G_t w)_j >= w^T G_t w
-            gw = _matvec(g[:, support], w_c)
-            aw = float(a[support] @ w_c)
-            gtw = gw + t * a + t * (aw + t * n0)
-            obj = float(w_c @ gw[support]) + 2 * t * aw + t * t * n0
-            floor = _GAP_FLOOR * float((diag + 2 * t * a + t * t * n0).max())
-            violated = gtw < obj - max(_DEFAULT_MGDA_TOL * obj, floor)
-            if not bool(negative.any()) and not bool(violated.any()):
-                w = np.zeros(n_tasks)
-                w[support] = w_c
-                return w, t
+        code = 3
+        if compiled:  # the same candidate and certificate in one compiled call
+            code, t_c, w_c, negative, violated = cagrad_candidate(
+                g, a, s, n0, np.asarray(support, dtype=np.int64), lo, hi, _DEFAULT_MGDA_TOL, _GAP_FLOOR
+            )
+        if code == 3:
+            code, t_c, w_c, negative, violated = _cagrad_candidate_np(g, a, s, n0, support, lo, hi, diag)
+        if code == 1:
+            w = np.zeros(n_tasks)
+            w[support] = w_c
+            return w, t_c
+        if code == 2:
+            t = t_c
             if pivots > 0:  # guess the next active set at once: drop the negative, add the violated
                 pivots -= 1
                 keep, added = _next_active_set(support, negative, violated)
@@ -1334,6 +1362,19 @@ def cagrad_state(
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`cagrad_weights_from_gram` and the dual problem's simplex weights (the next
     solve's ``start``: their tasks are the first active set; None for the cvxpy solver)."""
+    return cagrad_solve(gram, c, solver, start)[:2]
+
+
+def cagrad_solve(
+    gram: Tensor,
+    c: float = 0.4,
+    solver: str = "active_set",
+    start: Tensor | None = None,
+    front_start: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`cagrad_state`, and the free set of the Pareto front's dual-cone projection
+    (:func:`dual_cone_state`'s state, None where the step was not on the front), which
+    ``front_start`` gives back to the next front step's projection (the combiner keeps both)."""
     from mtbench.combiners.jd import gram_np64, weighting
 
     _check_option(
@@ -1348,18 +1389,19 @@ def cagrad_state(
     n_tasks = g.shape[0]
     factor = n_tasks / (1.0 + float(c))
     if solver == "cvxpy":
-        return weighting("CAGradWeighting", "cagrad", c=float(c))(torch.from_numpy(g)) * factor, None
+        return weighting("CAGradWeighting", "cagrad", c=float(c))(torch.from_numpy(g)) * factor, None, None
     trace = float(g.diagonal().sum())
     gn = g / trace if trace > 0 else None
     if gn is None or c == 0 or not float(gn.mean()) > 0:
         # c = 0, zero gradients or a zero mean gradient: d = g0
-        return torch.full((n_tasks,), factor / n_tasks, dtype=torch.float64), None
+        return torch.full((n_tasks,), factor / n_tasks, dtype=torch.float64), None, None
     w, t = _cagrad_dual(gn, float(c), _warm_support(start, n_tasks))
     g_w = math.sqrt(max(float(w @ gn @ w), 0.0))
     if t == 0 or g_w < _CAGRAD_FRONT:  # the Pareto front: g0 projected onto the dual cone
-        return dual_cone_state(torch.from_numpy(g), "dualproj")[0] / (1.0 + float(c)), None
+        projected, front = _dual_cone(g, "dualproj", "active_set", front_start)
+        return projected / (1.0 + float(c)), None, front
     sqrt_phi = float(c) * math.sqrt(float(gn.mean()))
-    return torch.from_numpy(1.0 / n_tasks + (sqrt_phi / g_w) * w) * factor, torch.from_numpy(w)
+    return torch.from_numpy(1.0 / n_tasks + (sqrt_phi / g_w) * w) * factor, torch.from_numpy(w), None
 
 
 def cagrad(grads: Tensor, c: float = 0.4, solver: str = "active_set") -> Tensor:
