@@ -666,6 +666,7 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     import mtbench.combiners.loops as loops
 
     real_pivots = loops.dual_cone_pivots
+    monkeypatch.setattr(loops, "dual_cone_weights", lambda *a: False)  # (its pivots are compiled in: the general path)
     monkeypatch.setattr(loops, "dual_cone_pivots", lambda a, *rest: real_pivots(-a, *rest))  # A indefinite
     fallback, state = dual_cone_state(J @ J.T, method)
     assert state is None
@@ -706,6 +707,43 @@ def test_dual_cone_compiled_pivoting_is_the_batched_one(method, monkeypatch):
         for (w, free), (ref, ref_free) in zip(compiled, batched):
             assert torch.equal(free, ref_free)
             close(w @ J, ref @ J, rtol=1e-12, floor=float(J.sum(0).norm()))
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
+def test_dual_cone_one_call_is_the_general_path(method, monkeypatch):
+    """Below 64 tasks the whole solve from the Gram matrix is one compiled call
+    (:func:`loops.dual_cone_weights`); its weights and free sets are those of the general path
+    (NumPy around the compiled pivoting) bit for bit, cold and warm-started, on 100 random
+    problems of 2 to 59 tasks; a zero gradient hands the solve to the general path."""
+    import mtbench.combiners.loops as loops
+
+    gen = torch.Generator().manual_seed(21)
+    calls = []
+    one_call = loops.dual_cone_weights
+    for trial in range(100):
+        n, d = int(torch.randint(2, 60, (1,), generator=gen)), int(torch.randint(2, 100, (1,), generator=gen))
+        J = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        J = J + (trial % 3) * torch.randn(d, generator=gen, dtype=torch.float64)
+        G = J @ J.T
+        monkeypatch.setattr(loops, "dual_cone_weights", lambda *a: calls.append(1) and one_call(*a))
+        fast = [F.dual_cone_state(G, method)]
+        fast.append(F.dual_cone_state(G, method, start=fast[0][1]))
+        monkeypatch.setattr(loops, "dual_cone_weights", lambda *a: False)
+        general = [F.dual_cone_state(G, method)]
+        general.append(F.dual_cone_state(G, method, start=general[0][1]))
+        for (w, free), (ref, ref_free) in zip(fast, general):
+            assert torch.equal(w, ref) and torch.equal(free, ref_free), trial
+    assert len(calls) == 200
+    import numpy as np
+
+    J = MATS["zero_task"]
+    monkeypatch.setattr(loops, "dual_cone_weights", one_call)
+    w, _ = F.dual_cone_state(J @ J.T, method)
+    n = J.shape[0]
+    rows = n if method == "upgrad" else 1
+    out, free = np.empty(n), np.empty((rows, n), dtype=bool)
+    assert not one_call((J @ J.T).numpy(), method == "upgrad", np.zeros((rows, n), dtype=bool), 1e-9, 100, out, free)
+    close(w @ J, getattr(F, method)(J), rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])

@@ -1045,10 +1045,25 @@ def dual_cone_state(
 
 
 def _dual_cone(g: np.ndarray, method: str, solver: str, start: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """:func:`dual_cone_state` on the checked, symmetric float64 Gram matrix ``g``."""
+    """:func:`dual_cone_state` on the checked, symmetric float64 Gram matrix ``g``: below
+    ``_COMPILED_BELOW`` tasks in one compiled call where it applies
+    (:func:`mtbench.combiners.loops.dual_cone_weights`: no zero gradient, every row settled;
+    the same arithmetic as the code below), else the code below."""
     from mtbench.combiners.jd import weighting
 
     n_tasks = g.shape[0]
+    rows = n_tasks if method == "upgrad" else 1
+    if solver == "active_set" and n_tasks < _COMPILED_BELOW:
+        from mtbench.combiners.loops import dual_cone_weights
+
+        first = np.zeros((rows, n_tasks), dtype=bool)
+        if start is not None and tuple(start.shape) == (rows, n_tasks):
+            first = start.numpy().astype(bool)
+        weights, free = np.empty(n_tasks), np.empty((rows, n_tasks), dtype=bool)
+        if dual_cone_weights(
+            np.ascontiguousarray(g), method == "upgrad", first, DUAL_CONE_REG, _PIVOT_MAX_SWEEPS, weights, free
+        ):
+            return torch.from_numpy(weights), torch.from_numpy(free)
     norms, inv = _norms_and_inverses(g)
     if not bool((inv > 0).any()):
         return torch.full((n_tasks,), 1.0, dtype=torch.float64), None

@@ -18,12 +18,17 @@ The dual-cone pivoting of UPGrad and DualProj on few tasks (:func:`dual_cone_piv
 each QP's small systems one after another: at T = 40 a sweep of all the QPs is 40
 factorisations of at most 40 x 40 matrices, less work than the calls that batch them cost. So
 is Nash-MTL's and FairGrad's Newton iteration on few tasks (:func:`fair_newton`): each step a
-40 x 40 factorisation and a few products, where NumPy's calls cost more than their arithmetic. And so is Wolfe's min-norm algorithm on
-few tasks (:func:`wolfe_min_norm`, MGDA's and CAGrad's solver): a few dozen affine solves of at
-most T + 1 unknowns a step, each a dozen NumPy calls. It makes the NumPy loop's calls in the
-same order (its solves, products and dot products through the same LAPACK and BLAS routines,
-its sums in NumPy's pairwise order: :func:`_numpy_sum`), so its results are bit for bit the
-NumPy loop's.
+40 x 40 factorisation and a few products, where NumPy's calls cost more than their arithmetic.
+
+Wolfe's min-norm algorithm on few tasks (:func:`wolfe_min_norm`, MGDA's and CAGrad's solver) is
+a few dozen affine solves of at most T + 1 unknowns a step, each a dozen NumPy calls. It makes
+the NumPy loop's calls in the same order (its solves, products and dot products through the same
+LAPACK and BLAS routines, its sums in NumPy's pairwise order: :func:`_numpy_sum`), so its results
+are bit for bit the NumPy loop's. CAGrad's candidates (:func:`cagrad_candidate`: a piece's
+system, its quadratic, the certificate) and the certified Cholesky solve of IMTL-G and ConFIG
+(:func:`certified_solve`) are single calls for the same reason: inside a training step, right
+after the network's backward pass, each small NumPy or torch call costs several times what it
+costs in a tight loop, so at T = 40 the number of calls, not their arithmetic, sets the cost.
 """
 
 from __future__ import annotations
@@ -617,3 +622,64 @@ def cagrad_candidate(
     if not any_negative and not any_violated:
         return 1, t, w_c, negative, violated
     return 2, t, w_c, negative, violated
+
+
+@_compiled
+def dual_cone_weights(
+    g: np.ndarray, upgrad: bool, start: np.ndarray, reg: float, max_sweeps: int, weights: np.ndarray, free: np.ndarray
+) -> bool:
+    """UPGrad's (``upgrad``) or DualProj's weights [T] from the symmetric float64 Gram matrix
+    ``g`` in one call: the QPs of :func:`mtbench.combiners.functional.dual_cone_state` (the unit
+    gradients' Gram matrix over its trace plus ``reg`` I, the preference rows) pivoted by
+    :func:`dual_cone_pivots` from the free sets ``start`` [R, T], the same arithmetic as that
+    function's NumPy code around the pivoting (sums in NumPy's order). Writes ``weights`` and
+    the final free sets ``free``; False (outputs incomplete) where a gradient is zero, a
+    factorisation failed or a row did not settle: the caller's general path handles those."""
+    n = g.shape[0]
+    norms = np.empty(n)
+    inv = np.empty(n)
+    for i in range(n):
+        norms[i] = np.sqrt(max(g[i, i], 0.0))
+        if not norms[i] > 0.0:
+            return False
+        inv[i] = 1.0 / norms[i]
+    units = np.empty((n, n))
+    diag = np.empty(n)
+    for i in range(n):
+        for j in range(n):
+            units[i, j] = g[i, j] * inv[i] * inv[j]
+        diag[i] = units[i, i]
+    trace = _numpy_sum(diag)
+    a = np.empty((n, n))
+    top = -np.inf
+    for i in range(n):
+        for j in range(n):
+            a[i, j] = units[i, j] / trace + (reg if i == j else 0.0)
+        top = max(top, a[i, i])
+    rows = n if upgrad else 1
+    u = np.zeros((rows, n))
+    biggest = 0.0
+    for j in range(n):
+        p = norms[j] / n
+        if upgrad:
+            u[j, j] = p
+        else:
+            u[0, j] = p
+        biggest = max(biggest, abs(p))
+    tol = 1e-13 * (top * max(biggest, 1e-300))
+    v = np.empty((rows, n))
+    settled = np.empty(rows, dtype=np.bool_)
+    for r in range(rows):
+        for j in range(n):
+            free[r, j] = start[r, j]
+    if not dual_cone_pivots(a, u, start.copy(), tol, max_sweeps, v, free, settled):
+        return False
+    for r in range(rows):
+        if not settled[r]:
+            return False
+    for j in range(n):  # the rows' sum (NumPy's order along the first axis), then T and 1 / ||g_j||
+        total = 0.0
+        for r in range(rows):
+            total += v[r, j]
+        weights[j] = n * total * inv[j]
+    return True
