@@ -173,31 +173,33 @@ def test_num_threads_is_set_at_every_run_start(tmp_path, monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
 def test_retain_freed_memory_keeps_large_blocks_for_the_next_allocation():
     """trainer.retain_freed_memory (mallopt): freed 16 MiB tensors stay in the heap, so the next
-    ones fault in no fresh pages (beyond one block); off again (glibc's initial thresholds),
-    every one is mapped and faulted in anew (4096 pages each). Measured by the process's minor page faults, in a
-    fresh interpreter."""
+    ones fault in no fresh pages (beyond one block); off again (glibc's initial thresholds, the
+    kept memory handed back), every 24 MiB tensor is mapped and faulted in anew (6144 pages
+    each; a size that no chunk kept from before can serve, since malloc takes a free heap chunk
+    of the right size whatever the thresholds). Measured by the process's minor page faults, in
+    a fresh interpreter."""
     code = """
 import resource, torch
 from mtbench.train.device import retain_freed_memory
 
-def faults():
-    torch.ones(4 << 20)  # (one untimed allocation)
+def faults(n):
+    torch.ones(n)  # (one untimed allocation)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        x = torch.ones(4 << 20)  # 16 MiB
+        x = torch.ones(n)
         del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 assert retain_freed_memory(False) is False  # (nothing set yet: nothing to restore)
 assert retain_freed_memory(True) is True
-kept = faults()
+kept = faults(4 << 20)  # 16 MiB
 assert retain_freed_memory(False) is True
-print(kept, faults())
+print(kept, faults(6 << 20))  # 24 MiB
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kept, fresh = map(int, proc.stdout.split())
-    assert kept <= 2 * 4096 and fresh >= 9 * 4096, (kept, fresh)  # (at most one fresh block when kept)
+    assert kept <= 2 * 4096 and fresh >= 9 * 6144, (kept, fresh)  # (at most one fresh block when kept)
 
 
 def test_retain_freed_memory_is_set_at_every_run_start(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import functools
 import sys
+import types
 import time
 from typing import Any
 
@@ -70,16 +71,25 @@ _retaining = False
 
 
 @functools.cache
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or None (another C library, or not Linux)."""
+def _glibc() -> Any:
+    """glibc's ``mallopt`` and ``malloc_trim`` (a namespace), or None (another C library, or not
+    Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return types.SimpleNamespace(mallopt=mallopt, malloc_trim=trim)
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None (another C library, or not Linux)."""
+    libc = _glibc()
+    return None if libc is None else libc.mallopt
 
 
 def retain_freed_memory(enabled: bool) -> bool:
@@ -90,7 +100,8 @@ def retain_freed_memory(enabled: bool) -> bool:
     fresh, zeroed pages: at 400 tasks the per-task tensors of a step are tens of MB, and
     GradNorm's step is measurably slower (docs/performance.md, "Freed memory").
     The process keeps its peak heap instead. ``False`` after ``True`` in one process restores
-    glibc's initial thresholds (not their adaptive growth). Speed and memory only: no number a
+    glibc's initial thresholds (not their adaptive growth) and returns the freed memory kept
+    until then (``malloc_trim``: else the next allocations would still come from it). Speed and memory only: no number a
     run computes depends on it. Returns whether the thresholds were set (False without glibc,
     or when ``enabled`` is False and nothing was changed)."""
     global _retaining
@@ -99,6 +110,8 @@ def retain_freed_memory(enabled: bool) -> bool:
         return False
     values = _RETAIN if enabled else _GLIBC_DEFAULTS
     ok = all(mallopt(param, value) == 1 for param, value in values.items())
+    if ok and not enabled:  # and hand back what was kept under the old thresholds
+        _glibc().malloc_trim(0)
     _retaining = enabled and ok
     return ok
 
