@@ -6,8 +6,8 @@ import contextlib
 import ctypes
 import functools
 import sys
-import types
 import time
+import types
 from typing import Any
 
 import torch
