@@ -1610,10 +1610,10 @@ def gradvac_weights_from_gram(
     order, task i's permutation indexing its other tasks in increasing order (the draws of
     torchjd's GradVac from the global generator, in the same order).
     """
-    from mtbench.combiners.jd import gram_cpu64
+    from mtbench.combiners.jd import gram_np64
 
-    g = gram_cpu64(gram, "gradvac")
-    n_tasks = g.shape[0]
+    gn = gram_np64(gram, "gradvac")
+    n_tasks = gn.shape[0]
     _check_option("gradvac", "beta", beta, isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0, "a number in [0, 1]")
     phi_t = (
         torch.zeros(n_tasks, n_tasks, dtype=torch.float64)
@@ -1627,7 +1627,6 @@ def gradvac_weights_from_gram(
     from mtbench.combiners.loops import gradvac_visits
 
     order = _visit_orders(n_tasks, generator)  # [T, T-1]: task i's s-th visit
-    gn = np.ascontiguousarray(g.numpy())
     coeff = np.eye(n_tasks)
     cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
     gradvac_visits(gn, order, phi_t.numpy(), float(beta), float(eps), coeff, cg)  # compiled (numba), phi in place
