@@ -109,10 +109,9 @@ def gradvac_visits(
 
 
 @_compiled
-def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndarray) -> bool:
-    """out[:n] = m^-1 b by the Cholesky factorisation of the symmetric [n, n] ``m`` (its lower
-    triangle is read; the factor goes into ``chol[:n, :n]``); False if m is not numerically
-    positive definite."""
+def _cholesky(m: np.ndarray, chol: np.ndarray) -> bool:
+    """The Cholesky factor of the symmetric [n, n] ``m`` (its lower triangle is read) into
+    ``chol[:n, :n]``'s lower triangle; False if m is not numerically positive definite."""
     n = m.shape[0]
     for i in range(n):
         for j in range(i + 1):
@@ -125,6 +124,17 @@ def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndar
                 chol[i, i] = np.sqrt(s)
             else:
                 chol[i, j] = s / chol[j, j]
+    return True
+
+
+@_compiled
+def _cholesky_solve(m: np.ndarray, b: np.ndarray, chol: np.ndarray, out: np.ndarray) -> bool:
+    """out[:n] = m^-1 b by the Cholesky factorisation of the symmetric [n, n] ``m`` (its lower
+    triangle is read; the factor goes into ``chol[:n, :n]``); False if m is not numerically
+    positive definite."""
+    n = m.shape[0]
+    if not _cholesky(m, chol):
+        return False
     for i in range(n):
         s = b[i]
         for k in range(i):
@@ -479,17 +489,8 @@ def certified_solve(g: np.ndarray, rhs: np.ndarray, max_condition: float, out: n
     (:func:`mtbench.combiners.linalg.well_conditioned_solve` documents the certificate)."""
     n = g.shape[0]
     chol = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1):
-            s = g[i, j]
-            for k in range(j):
-                s -= chol[i, k] * chol[j, k]
-            if i == j:
-                if not s > 0.0:
-                    return False
-                chol[i, i] = np.sqrt(s)
-            else:
-                chol[i, j] = s / chol[j, j]
+    if not _cholesky(g, chol):
+        return False
     inv = np.zeros((n, n))  # L^-1, column by column
     for j in range(n):
         inv[j, j] = 1.0 / chol[j, j]
