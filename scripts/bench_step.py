@@ -423,11 +423,13 @@ class Memory:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
                 self._status()
-                import ctypes
+                from mtbench.train.device import _M_MMAP_THRESHOLD, _glibc
 
-                self.libc = ctypes.CDLL("libc.so.6")
-                self.libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
-            except (OSError, KeyError, AttributeError):
+                self.libc = _glibc()
+                if self.libc is None:
+                    raise OSError("glibc's mallopt is not available")
+                self.libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)  # fixed: no dynamic raising
+            except (OSError, KeyError):
                 self.ok = False
                 self.kind = "unavailable"
 

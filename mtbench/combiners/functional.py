@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtbench.combiners.linalg import BLOCK_COLUMNS, combine, gram64, well_conditioned_solve
+from mtbench.combiners.linalg import BLOCK_COLUMNS, COMPILED_BELOW, combine, gram64, well_conditioned_solve
 
 __all__ = [
     "graddrop",
@@ -513,7 +513,7 @@ _BLOCK_PIVOTS = 5
 #: below this many tasks the dual-cone pivoting (each QP on its own) and the Newton iteration of
 #: Nash-MTL and FairGrad run compiled (:mod:`mtbench.combiners.loops`); from it on, batched in
 #: NumPy and torch (the compiled loops' scalar factorisations would cost more than LAPACK's)
-_COMPILED_BELOW = 64
+_COMPILED_BELOW = COMPILED_BELOW
 #: MGDA tries block pivots from this many tasks on (below it Wolfe's cycles solve small
 #: systems cheaply, and the solve is the one the shapes40 references were made with)
 _PIVOT_MIN_TASKS = 64

@@ -24,6 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "BLOCK_COLUMNS",
+    "COMPILED_BELOW",
     "MAX_CERTIFIED_CONDITION",
     "batched_vjp",
     "combine",
@@ -39,6 +40,10 @@ MAX_CERTIFIED_CONDITION = 1e8
 
 #: columns per float64 block of a Gram product or a combination
 BLOCK_COLUMNS = 1 << 15
+
+#: below this many tasks the small solves run as compiled loops (:mod:`mtbench.combiners.loops`);
+#: from it on, LAPACK through torch (the compiled loops' scalar factorisations would cost more)
+COMPILED_BELOW = 64
 
 
 def gram64(flat: Tensor) -> Tensor:
@@ -96,7 +101,7 @@ def well_conditioned_solve(gram: Tensor | np.ndarray, rhs: Tensor | np.ndarray) 
     SVD or eigendecomposition: about 7 times faster than the pseudo-inverse at T = 400 (``scripts/bench_solvers.py``, imtl_g).
     """
     if isinstance(gram, np.ndarray):
-        if gram.shape[0] < 64:
+        if gram.shape[0] < COMPILED_BELOW:
             from mtbench.combiners.loops import certified_solve
 
             out = np.empty(gram.shape[0])

@@ -44,6 +44,7 @@ __all__ = [
     "wolfe_min_norm",
     "certified_solve",
     "cagrad_candidate",
+    "dual_cone_weights",
 ]
 
 

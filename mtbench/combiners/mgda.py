@@ -43,21 +43,15 @@ class MGDA(WarmStarted):
     def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Simplex weights (float64) from the Gram matrix of the per-task gradients and the losses."""
         gram = gram.detach().to(device="cpu", dtype=torch.float64)
-        if self.normalization == "none":  # (every n_i is 1: the division below would change nothing)
-            self.start = mgda_weights_from_gram(gram, start=self.start)
-            return self.start
-        norms = gram.diagonal().clamp_min(0).sqrt()
-        loss = losses.detach().to(device="cpu", dtype=torch.float64)
-        n = {
-            "none": torch.ones_like(norms),
-            "l2": norms,
-            "loss": loss,
-            "loss+": loss * norms,
-        }[self.normalization]
-        n = torch.where(n > 0, n, torch.ones_like(n))  # a zero gradient or loss stays as it is
+        if self.normalization != "none":  # (none: every n_i is 1, the division would change nothing)
+            norms = gram.diagonal().clamp_min(0).sqrt()
+            loss = losses.detach().to(device="cpu", dtype=torch.float64)
+            n = {"l2": norms, "loss": loss, "loss+": loss * norms}[self.normalization]
+            n = torch.where(n > 0, n, torch.ones_like(n))  # a zero gradient or loss stays as it is
+            gram = gram / (n[:, None] * n[None, :])
         # as in the authors' code: the weights found for the normalised g_i / n_i multiply
         # the raw losses (they are not divided by n_i again)
-        self.start = mgda_weights_from_gram(gram / (n[:, None] * n[None, :]), start=self.start)
+        self.start = mgda_weights_from_gram(gram, start=self.start)
         return self.start
 
     def gram_weights(self, gram: torch.Tensor, step: Step) -> torch.Tensor:

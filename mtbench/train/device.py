@@ -86,12 +86,6 @@ def _glibc() -> Any:
     return types.SimpleNamespace(mallopt=mallopt, malloc_trim=trim)
 
 
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or None (another C library, or not Linux)."""
-    libc = _glibc()
-    return None if libc is None else libc.mallopt
-
-
 def retain_freed_memory(enabled: bool) -> bool:
     """``trainer.retain_freed_memory``: on Linux with glibc, let malloc keep freed memory for
     the next allocations instead of returning it to the system (mallopt's mmap and trim
@@ -105,13 +99,13 @@ def retain_freed_memory(enabled: bool) -> bool:
     run computes depends on it. Returns whether the thresholds were set (False without glibc,
     or when ``enabled`` is False and nothing was changed)."""
     global _retaining
-    mallopt = _mallopt()
-    if mallopt is None or (not enabled and not _retaining):
+    libc = _glibc()
+    if libc is None or (not enabled and not _retaining):
         return False
     values = _RETAIN if enabled else _GLIBC_DEFAULTS
-    ok = all(mallopt(param, value) == 1 for param, value in values.items())
+    ok = all(libc.mallopt(param, value) == 1 for param, value in values.items())
     if ok and not enabled:  # and hand back what was kept under the old thresholds
-        _glibc().malloc_trim(0)
+        libc.malloc_trim(0)
     _retaining = enabled and ok
     return ok
 
