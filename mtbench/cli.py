@@ -61,8 +61,9 @@ def validate(cfg: DictConfig) -> None:
     and what is allowed (one line): the trainer's, the seed, the model's, the task's (checked
     without building its data) and the combiner's (the combiner is constructed)."""
     from mtbench.combiners import build_combiner
+    from mtbench.combiners.base import check_representation
     from mtbench.data import check_task
-    from mtbench.models import check_model
+    from mtbench.models import check_model, shared_representation
     from mtbench.options import check_bool, check_int
     from mtbench.report.loggers import check_loggers
     from mtbench.train.options import check_trainer
@@ -80,7 +81,9 @@ def validate(cfg: DictConfig) -> None:
         raise MtbenchError(
             f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}"
         )
-    build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
+    combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
+    # a combiner at the shared representation needs a model that has one (not segnet_mtan)
+    check_representation(combiner, cfg.model.name, shared_representation(cfg.model))
 
 
 def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:

@@ -102,6 +102,13 @@ class Combiner:
         """Accumulate this step's gradients into ``.grad`` of every trainable parameter."""
         raise NotImplementedError
 
+    def representation_use(self) -> str | None:
+        """None when this combiner, as configured, never reads the model's shared representation
+        (``Step.rep``) as one feature map that every task's loss goes through; else the fix for
+        a model that has no such representation (MTAN): the option value that avoids it, or a
+        sentence. Checked before a run starts (:func:`check_representation`)."""
+        return None
+
     def prepare(self, model: nn.Module) -> None:
         """Called by the trainer once the model is built, before its first forward pass
         (default: nothing). A combiner with a per-layer fast path arms its forward hooks here,
@@ -173,6 +180,21 @@ class Combiner:
     def backward_trunk(step: Step, rep_grad: torch.Tensor) -> None:
         """Push a gradient at the representation through the shared trunk."""
         torch.autograd.backward(step.rep, rep_grad, inputs=step.model.shared_parameters())
+
+
+def check_representation(combiner: Combiner, model: str, shared_representation: bool | None) -> None:
+    """A one-line error when ``combiner`` works at the shared representation and the model
+    ``model`` has none (``shared_representation`` False, e.g. ``segnet_mtan``: every task's
+    head reads its own attended features); None (not known) and True pass."""
+    if shared_representation is not False:
+        return
+    fix = combiner.representation_use()
+    if fix is None:
+        return
+    raise MtbenchError(
+        f"combiner={combiner.name} works at the shared representation, but model={model} has none "
+        f"(each task's head reads its own features); use {fix}"
+    )
 
 
 # -- checks of combiner options (Option.check): one-line errors naming the combiner -----------

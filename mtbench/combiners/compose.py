@@ -36,6 +36,13 @@ class Reweighted(Combiner):
         except MtbenchError as e:
             raise MtbenchError(str(e).replace("combiner.", f"combiner.{cls.name}.", 1)) from None
 
+    def representation_use(self) -> str | None:
+        for piece in (self.weighting, self.combine):
+            fix = piece.representation_use()
+            if fix is not None:
+                return fix.replace("combiner.", f"combiner.{piece.name}.", 1)
+        return None
+
     def prepare(self, model) -> None:
         self.weighting.prepare(model)
         self.combine.prepare(model)

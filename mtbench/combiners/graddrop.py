@@ -47,6 +47,9 @@ class GradDrop(Combiner):
         "eps": Option(1e-7, "added to the purity's denominator (0/0 gives P = 1/2)", positive()),
     }
 
+    def representation_use(self) -> str | None:
+        return "a model with one shared representation (e.g. model=segnet): GradDrop acts there only"
+
     def rule(self) -> dict[str, Any]:
         """The purity map's arguments (``f``, ``k``) of the functional GradDrop; RandomGradDrop:
         ``f="random"``."""

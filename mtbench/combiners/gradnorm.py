@@ -76,6 +76,9 @@ class GradNorm(Combiner):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
 
+    def representation_use(self) -> str | None:
+        return "combiner.grad_at=last_shared" if self.grad_at == "representation" else None
+
     def _setup(self, like: torch.Tensor) -> None:
         self.w = torch.ones(self.num_tasks, device=like.device, dtype=like.dtype, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.w], lr=self.weight_lr)

@@ -36,6 +36,9 @@ class GradPenalty(Combiner):
         self.lam = getattr(self, "lambda")
         self.needs_input_grad = self.target == "input"
 
+    def representation_use(self) -> str | None:
+        return "combiner.target=input" if self.target == "representation" else None
+
     def backward(self, step: Step) -> None:
         total = step.losses.sum()
         z = step.inputs if self.target == "input" else step.rep

@@ -72,6 +72,9 @@ class GramWeighted(Combiner):
         [T, T] of this step's per-task gradients (and the step, e.g. its losses)."""
         raise NotImplementedError
 
+    def representation_use(self) -> str | None:
+        return "combiner.level=params" if self.level == "representation" else None
+
     def prepare(self, model: torch.nn.Module) -> None:
         if self.level == "params":  # arm the factored layers' hooks before the first step
             self.task_grads.prepare(model)

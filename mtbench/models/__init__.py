@@ -6,15 +6,35 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mtbench.errors import MtbenchError
+from mtbench.models.dense import (
+    DENSE_MODELS,
+    DenseHeads,
+    DenseModel,
+    check_dense_model,
+    is_dense_model,
+    shared_representation,
+)
 from mtbench.models.heads import NamedHeads, build_heads
 from mtbench.models.multitask import LinearHeads, MultiTaskModel
 from mtbench.models.resnet import resnet_trunk
 from mtbench.models.small_cnn import SmallCNN
 
 #: the built-in trunks (``model.name``)
-MODELS = ("small_cnn", "resnet18", "resnet50", "kurin_resnet18", "famo_cnn")
+MODELS = ("small_cnn", "resnet18", "resnet50", "kurin_resnet18", "famo_cnn", *DENSE_MODELS)
 
-__all__ = ["LinearHeads", "MultiTaskModel", "NamedHeads", "build_heads", "build_model", "build_trunk", "check_model"]
+__all__ = [
+    "DENSE_MODELS",
+    "DenseHeads",
+    "DenseModel",
+    "LinearHeads",
+    "MultiTaskModel",
+    "NamedHeads",
+    "build_heads",
+    "build_model",
+    "build_trunk",
+    "check_model",
+    "shared_representation",
+]
 
 
 def _target(cfg: DictConfig):
@@ -85,6 +105,10 @@ def build_trunk(cfg: DictConfig, in_channels: int = 3) -> tuple[nn.Module, int]:
 
         trunk = FamoCNN(in_channels, width=int(cfg.get("width", 64)))
         return trunk, trunk.rep_dim
+    if name in DENSE_MODELS:
+        raise MtbenchError(
+            f"model={name} is a dense-prediction model: build it with its task's heads (build_model(cfg, task=task))"
+        )
     raise MtbenchError(
         f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function"
     )
@@ -117,6 +141,8 @@ def check_model(cfg: DictConfig) -> None:
             check_number(f"model.{key}", cfg.get(key), minimum=0, maximum=1, max_open=True)
     elif name == "famo_cnn":
         check_int("model.width", cfg.get("width", 64), minimum=1)
+    elif name in DENSE_MODELS:
+        check_dense_model(cfg)
     else:
         raise MtbenchError(
             f"model.name={name!r} is unknown; choose {', '.join(MODELS)}, or set model._target_ to a function"
@@ -125,7 +151,29 @@ def check_model(cfg: DictConfig) -> None:
 
 def build_model(cfg: DictConfig, num_tasks: int | None = None, in_channels: int = 3, task=None) -> MultiTaskModel:
     """Trunk from ``cfg``; heads from the task (``task.make_heads``, else built from
-    ``task.head_spec()``), or ``num_tasks`` linear heads."""
+    ``task.head_spec()``), or ``num_tasks`` linear heads. A dense model (``model=segnet``,
+    ``segnet_mtan``, ``resnet50_deeplab``, ``small_segnet``) gets one decoder head per entry of
+    the dense task's ``head_spec().outputs`` (:func:`mtbench.models.dense.build_dense_model`)."""
+    if is_dense_model(cfg):
+        from mtbench.models.dense import build_dense_model
+
+        if task is None:
+            raise MtbenchError(
+                f"model={cfg.name} is a dense-prediction model and needs its task (build_model(cfg, task=task))"
+            )
+        return build_dense_model(cfg, task, in_channels)
+    if task is not None and getattr(task, "dense", False) and cfg.get("_target_"):
+        from mtbench.models.dense import DenseHeads, DenseModel
+        from mtbench.models.segnet import ConvHead
+
+        trunk, dim = build_trunk(cfg, in_channels)  # a map [B, dim, H', W']: SegNet's conv heads read it
+        heads = DenseHeads(dim, dict(task.head_spec().outputs), ConvHead)
+        return DenseModel(trunk, heads, dim, shared_representation=getattr(trunk, "shared_representation", True))
+    if task is not None and getattr(task, "dense", False):
+        raise MtbenchError(
+            f"model={cfg.name} gives one feature vector per image, but this task predicts per-pixel maps; "
+            f"choose model={' or model='.join(DENSE_MODELS)}"
+        )
     trunk, dim = build_trunk(cfg, in_channels)
     if task is not None:
         heads = task.make_heads(dim)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mtbench.combiners import build_combiner
+from mtbench.combiners.base import check_representation
 from mtbench.data import build_task
 from mtbench.errors import MtbenchError
 from mtbench.models import build_model
@@ -112,6 +113,7 @@ class Trainer:
         with forked_global_rng(seed, "model init"):
             model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
         combiner = self.combiner = build_combiner(cfg.combiner, task.num_tasks, default_leak=task.default_leak)
+        check_representation(combiner, cfg.model.name, getattr(model, "shared_representation", True))
         combiner.prepare(model)  # before the first forward pass: fast paths armed for every step
         self.optimizer = build_optimizer(model.parameters(), tcfg)
         self.scheduler = build_scheduler(self.optimizer, tcfg)
