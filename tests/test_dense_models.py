@@ -168,6 +168,20 @@ def test_dense_model_needs_dense_task_and_back():
         build_model(OmegaConf.load("configs/model/small_cnn.yaml"), task=FakeDenseTask())
 
 
+def tiny_trunk(in_channels: int, width: int = 6):
+    """A ``model._target_`` trunk for a dense task: a stride-2 feature map."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, width, 3, stride=2, padding=1), torch.nn.ReLU()), width
+
+
+def test_target_trunk_on_dense_task_gets_conv_heads():
+    cfg = OmegaConf.create({"name": "mine", "_target_": "tests.test_dense_models.tiny_trunk", "width": 5})
+    check_model(cfg)
+    model = build_model(cfg, in_channels=3, task=FakeDenseTask())
+    rep, out = model(torch.randn(2, 3, 16, 20))
+    assert rep.shape == (2, 5, 8, 10) and out["segmentation"].shape == (2, 5, 16, 20)
+    assert model.shared_representation is True and n_params(model.head_parameters()) > 0
+
+
 def test_tiny_mtan_per_task_blocks():
     """MTAN's rep is the T attended maps side by side; head t reads block t only."""
     model = build("segnet_mtan", filters=[4, 8])
