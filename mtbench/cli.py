@@ -64,6 +64,7 @@ def validate(cfg: DictConfig) -> None:
     from mtbench.combiners.base import check_representation
     from mtbench.data import check_task
     from mtbench.models import check_model, shared_representation
+    from mtbench.models.dense import check_model_for_task
     from mtbench.options import check_bool, check_int
     from mtbench.report.loggers import check_loggers
     from mtbench.train.options import check_trainer
@@ -76,6 +77,7 @@ def validate(cfg: DictConfig) -> None:
     spec = check_task(cfg.task)
     if spec is None:
         return
+    check_model_for_task(cfg.model, getattr(spec, "dense", None))  # a per-pixel task needs a dense model
     select = cfg.trainer.get("select_metric")
     if select and select not in spec.metric_keys:
         raise MtbenchError(

@@ -182,6 +182,17 @@ def test_target_trunk_on_dense_task_gets_conv_heads():
     assert model.shared_representation is True and n_params(model.head_parameters()) > 0
 
 
+def test_model_task_mismatch_before_the_run():
+    from mtbench.models.dense import check_model_for_task
+
+    check_model_for_task(model_cfg("segnet"), None)  # the task does not say: passes
+    check_model_for_task(model_cfg("segnet"), True)
+    with pytest.raises(MtbenchError, match="needs a dense task"):
+        check_model_for_task(model_cfg("segnet_mtan"), False)
+    with pytest.raises(MtbenchError, match="per-pixel maps; choose model=segnet"):
+        check_model_for_task(OmegaConf.load("configs/model/resnet18.yaml"), True)
+
+
 def test_tiny_mtan_per_task_blocks():
     """MTAN's rep is the T attended maps side by side; head t reads block t only."""
     model = build("segnet_mtan", filters=[4, 8])

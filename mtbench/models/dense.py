@@ -31,7 +31,15 @@ from torch import nn
 from mtbench.errors import MtbenchError
 from mtbench.models.multitask import MultiTaskModel
 
-__all__ = ["DENSE_MODELS", "DenseHeads", "DenseModel", "build_dense_model", "is_dense_model", "shared_representation"]
+__all__ = [
+    "DENSE_MODELS",
+    "DenseHeads",
+    "DenseModel",
+    "build_dense_model",
+    "check_model_for_task",
+    "is_dense_model",
+    "shared_representation",
+]
 
 #: the built-in dense-prediction models (``model.name``)
 DENSE_MODELS = ("segnet", "segnet_mtan", "resnet50_deeplab", "small_segnet")
@@ -124,6 +132,23 @@ def check_dense_model(cfg: Any) -> None:
             check_int(f"model.filters[{i}]", c, minimum=1)
     elif name == "resnet50_deeplab":
         check_str("model.weights", cfg.get("weights"), optional=True)
+
+
+def check_model_for_task(cfg: Any, dense: bool | None) -> None:
+    """Before a run: a built-in dense model needs a dense task and a dense task a dense model
+    (or a ``model._target_`` trunk giving a feature map); ``dense`` None (not known) passes."""
+    if dense is None or cfg.get("_target_"):
+        return
+    if is_dense_model(cfg) and not dense:
+        raise MtbenchError(
+            f"model={cfg.get('name')} predicts per-pixel maps and needs a dense task (task=nyuv2 or task=cityscapes); "
+            "for this task choose model=small_cnn, resnet18 or resnet50"
+        )
+    if dense and not is_dense_model(cfg):
+        raise MtbenchError(
+            f"model={cfg.get('name')} gives one feature vector per image, but this task predicts per-pixel maps; "
+            f"choose model={' or model='.join(DENSE_MODELS)}"
+        )
 
 
 def build_dense_model(cfg: Any, task: Any, in_channels: int = 3) -> DenseModel:
