@@ -318,6 +318,20 @@ def test_three_task_solvers_on_small_segnet(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    "name, options",
+    [("baseline", {}), ("famo", {}), ("gradnorm", {}), ("mgda", {"level": "params"})],
+)
+def test_params_and_loss_level_combiners_on_tiny_mtan(name, options):
+    tasks = {"segmentation": 4, "depth": 1}
+    model = build("segnet_mtan", tasks, filters=[4, 8])
+    x, labels = fake_batch(tasks, 2, 16, 16)
+    comb = combiner(name, 2, **options)
+    check_representation(comb, "segnet_mtan", model.shared_representation)
+    run_step(model, comb, x, labels)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def _flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
