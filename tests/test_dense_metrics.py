@@ -1,4 +1,4 @@
-"""Dense metrics (mtbench.dense_metrics): hand-computed values, an independent NumPy
+"""Dense metrics (mtbench.data.dense_metrics): hand-computed values, an independent NumPy
 re-implementation of the exact definitions, and the peers' per-batch formulas (re-implemented
 here from their definitions) for ``task.metrics=paper``."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtbench.dense_metrics import MEDIAN_BIN, DenseMetrics, evaluate_dense
+from mtbench.data.dense_metrics import MEDIAN_BIN, DenseMetrics, evaluate_dense
 
 NAMES = ["segmentation", "depth", "normal"]
 

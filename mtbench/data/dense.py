@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from mtbench.data.base import HeadSpec, Labels, MetricColumn, Split, Task, TaskSpec
-from mtbench.dense_metrics import METRICS, DenseMetrics
+from mtbench.data.dense_metrics import METRICS, DenseMetrics
 from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_number
 
