@@ -315,3 +315,45 @@ def test_presets_compose():
             assert c.task.name == task and c.model.name == model
             assert c.trainer.report == "last_k" and c.trainer.report_k == 10
             assert c.trainer.epochs == 200
+
+
+@pytest.mark.slow
+def test_last_k_resumes_to_the_numbers_of_an_uninterrupted_run(fake, tmp_path, monkeypatch):
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    import mtbench.models as models
+    from mtbench.train.loop import Trainer, train
+    from mtbench.train.signals import StopFlag
+
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.setattr(models, "build_heads", models.build_heads)  # restored after the test
+    sys.modules.pop("toydense", None)
+    import toydense  # noqa: F401 - dense heads for its trunk
+
+    overrides = [
+        "task=nyuv2",
+        f"data.root={fake}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "+model._target_=toydense.build",
+        "model.name=toydense",
+        "model.width=8",
+        "trainer.epochs=3",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        "trainer.progress=false",
+        "trainer.report=last_k",
+        "trainer.report_k=2",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    whole = train(cfg)
+    run = Trainer(cfg, tmp_path / "run")
+    for _ in range(2):  # two epochs, then a new process would resume from the checkpoint
+        run.train_epoch(StopFlag())
+        run.end_epoch()
+    assert [r["epoch"] for r in run.state.reported] == [2]
+    resumed = train(cfg, run_dir=tmp_path / "run")
+    assert resumed["report_epochs"] == whole["report_epochs"] == [2, 3]
+    assert resumed["test"] == whole["test"] and resumed["val"] == whole["val"]
