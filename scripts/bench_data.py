@@ -1,8 +1,16 @@
 #!/usr/bin/env python
-"""Benchmark of the CelebA data path on this machine (not a test).
+"""Benchmark of the CelebA, NYUv2 and Cityscapes data paths on this machine (not a test).
 
     python scripts/bench_data.py --root /path/to/celeba
     python scripts/bench_data.py --root /tmp/fake_celeba --fake 20000     # writes a fake CelebA first
+    python scripts/bench_data.py --task nyuv2 --root /tmp/fake_nyuv2 --fake 795   # a fake at 288 x 384
+
+NYUv2 / Cityscapes (``--task``): the first pass (every .npy read, checked and written into a fresh
+cache), the start of a later run (listing and fingerprinting the files, mapping the cache), and
+training-ready batches (gathered from the memory-mapped cache, to the device, the peers'
+augmentation, ``Task.augment_batch``), at the papers' batch size unless ``--batch-size`` is given.
+
+CelebA:
 
 Reports:
 
@@ -45,7 +53,7 @@ def throughput(
     prep = Preprocess(task, device)
     gen = torch.Generator().manual_seed(0)
     for i, (images, labels) in enumerate(batches(task.train, batch_size, gen)):  # warm-up (imports, allocator)
-        task.augment(prep(images, labels)[0])
+        task.augment_batch(*prep(images, labels))
         if i == 3:
             break
     n = 0
@@ -53,9 +61,9 @@ def throughput(
     while time.perf_counter() - t0 < seconds:
         for images, labels in batches(task.train, batch_size, gen):
             if prepare:
-                x, _ = prep(images, labels)
+                x, y = prep(images, labels)
                 if augment:
-                    x = task.augment(x)
+                    x, y = task.augment_batch(x, y)
             n += images.shape[0]
             if time.perf_counter() - t0 > seconds:
                 break
@@ -73,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="write a fake CelebA of this many images into --root first (if none is there)",
     )
+    p.add_argument("--task", default="celeba", choices=("celeba", "nyuv2", "cityscapes"))
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 (celeba), 2 (nyuv2), 8 (cityscapes)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
     p.add_argument(
         "--threads", default=None, help="torch CPU threads, a comma-separated list (default: 1 and torch's default)"
@@ -87,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tile", action="store_true", help="skip the measurement on a real-size tiled cache")
     p.add_argument("--keep", action="store_true", help="keep the temporary cache")
     args = p.parse_args(argv)
+    if args.task != "celeba":
+        return dense_main(args)
+    args.batch_size = args.batch_size or 256
 
     default_threads = torch.get_num_threads()
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, default_threads})
@@ -182,6 +194,75 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {value} |")
     if args.keep:
         print(f"\ncache kept in {tmp}")
+    return 0
+
+
+def dense_main(args: argparse.Namespace) -> int:
+    """The NYUv2 / Cityscapes rows (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    from mtbench.data import build_task
+    from mtbench.data.dense import DATASETS, find_files
+    from mtbench.data.fake.dense import write_fake_dense
+    from mtbench.errors import MtbenchError
+
+    ds = DATASETS[args.task]
+    batch = args.batch_size or (2 if args.task == "nyuv2" else 8)
+    root = Path(args.root)
+    if args.fake:
+        try:
+            find_files(ds, root, ["image"], ds.classes[0])
+            print(f"{root} already holds files; --fake ignored")
+        except MtbenchError:
+            t = time.perf_counter()
+            write_fake_dense(
+                args.task, root, n=args.fake, n_val=max(1, args.fake // 4), height=ds.size[0], width=ds.size[1]
+            )
+            print(
+                f"wrote a fake {args.task} of {args.fake} + {max(1, args.fake // 4)} examples in {time.perf_counter() - t:.1f} s"
+            )
+    parent = Path(args.cache_dir) if args.cache_dir else root
+    tmp = Path(tempfile.mkdtemp(prefix=".bench_cache_", dir=parent))
+    cfg = OmegaConf.create({"name": args.task, "root": str(root), "cache_dir": str(tmp), "augment": True})
+    device = torch.device(args.device)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows: list[tuple[str, str]] = []
+    try:
+        t = time.perf_counter()
+        task = build_task(cfg)
+        first = time.perf_counter() - t
+        n = len(task.train) + len(task.val) + len(task.test)
+        rows.append(
+            ("first pass: read + check + write the cache", f"{n / first:.0f} examples/s ({n} in {first:.1f} s)")
+        )
+        t = time.perf_counter()
+        task = build_task(cfg)
+        rows.append(("later runs: list and fingerprint the files, map the cache", f"{time.perf_counter() - t:.2f} s"))
+        task.augment_generator = torch.Generator().manual_seed(0)
+        threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, torch.get_num_threads()})
+        for k in threads:
+            torch.set_num_threads(k)
+            ready = throughput(task, device, batch, args.seconds, augment=False)
+            augmented = throughput(task, device, batch, args.seconds)
+            rows.append((f"{k} torch thread(s): batches gathered, on the device", f"{ready:.0f} examples/s"))
+            rows.append(
+                (f"{k} torch thread(s): the same, augmented (scale crop + flip)", f"{augmented:.0f} examples/s")
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    h, w = task.train.images.shape[-2:]
+    print()
+    print(
+        f"{args.task} data path, {h} x {w}, batch {batch}, device {device}, {cores} cores, "
+        f"load average {load:.1f} (other processes share the cores)"
+    )
+    print()
+    print("| measurement | result |")
+    print("|---|---:|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
     return 0
 
 

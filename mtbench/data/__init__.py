@@ -47,11 +47,25 @@ def _celeba(cfg: DictConfig) -> Task:
     return build_celeba(cfg)
 
 
+def _nyuv2(cfg: DictConfig) -> Task:
+    from mtbench.data.nyuv2 import build_nyuv2
+
+    return build_nyuv2(cfg)
+
+
+def _cityscapes(cfg: DictConfig) -> Task:
+    from mtbench.data.cityscapes import build_cityscapes
+
+    return build_cityscapes(cfg)
+
+
 #: task builders by ``task.name``
 TASKS: dict[str, Callable[[DictConfig], Task]] = {
     "shapes40": _shapes40,
     "cifar100_transfer": _cifar100_transfer,
     "celeba": _celeba,
+    "nyuv2": _nyuv2,
+    "cityscapes": _cityscapes,
 }
 
 
@@ -73,11 +87,25 @@ def _check_celeba(cfg: DictConfig) -> TaskSpec:
     return check_options(cfg)
 
 
+def _check_nyuv2(cfg: DictConfig) -> TaskSpec:
+    from mtbench.data.nyuv2 import check_options
+
+    return check_options(cfg)
+
+
+def _check_cityscapes(cfg: DictConfig) -> TaskSpec:
+    from mtbench.data.cityscapes import check_options
+
+    return check_options(cfg)
+
+
 #: cheap option checks by ``task.name`` (no data built): what ``mtbench`` runs before a run starts
 CHECKS: dict[str, Callable[[DictConfig], TaskSpec]] = {
     "shapes40": _check_shapes40,
     "cifar100_transfer": _check_cifar100_transfer,
     "celeba": _check_celeba,
+    "nyuv2": _check_nyuv2,
+    "cityscapes": _check_cityscapes,
 }
 
 
@@ -107,4 +135,9 @@ def metric_columns(name: str) -> tuple[MetricColumn, ...]:
         from mtbench.data.cifar100 import COLUMNS
 
         return tuple(COLUMNS)
+    if name in ("nyuv2", "cityscapes"):
+        from mtbench.data.dense import DATASETS
+
+        ds = DATASETS[name]
+        return ds.columns(list(ds.tasks))
     return ()

@@ -48,7 +48,9 @@ class HeadSpec:
 
 @dataclass
 class Split:
-    """One split: uint8 images [N, C, H, W] (in memory or memory-mapped) and its labels."""
+    """One split: images [N, C, H, W] (in memory or memory-mapped), uint8 (normalised with the
+    task's mean and std after dividing by 255) or float32 (normalised with the mean and std
+    as they are), and its labels."""
 
     images: torch.Tensor
     labels: Labels
@@ -120,6 +122,20 @@ class Task:
         (identity by default); not timed as part of the training step. Random draws come
         from ``self.augment_generator`` only."""
         return x
+
+    def augment_batch(self, x: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
+        """Training-time augmentation of a batch and its labels together (e.g. a crop that must
+        move the image and its label maps alike), on the training device; the trainer calls
+        this. By default ``(self.augment(x), labels)``: a task that augments images only
+        overrides :meth:`augment`. Random draws come from ``self.augment_generator`` only."""
+        return self.augment(x), labels
+
+    def accumulator(self) -> Any:
+        """A metric accumulator for evaluating a split batch by batch (memory bounded): an object
+        with ``update(outputs, labels)`` per batch (the labels on the training device) and
+        ``compute()`` returning the metrics dict; None (the default): the split is evaluated by
+        ``evaluate(concatenated scores, labels)``."""
+        return None
 
     def extend_batch(self, x: torch.Tensor, labels: Labels) -> tuple[torch.Tensor, Labels]:
         """Add examples from elsewhere to an (augmented) training batch, e.g. a transfer task's

@@ -30,7 +30,7 @@ def batches(
 
 
 class Preprocess:
-    """uint8 images on the host -> normalised float images on the training device."""
+    """Images on the host (uint8, or float32) -> normalised float images on the training device."""
 
     def __init__(self, task: Task, device: torch.device):
         self.device = device
@@ -45,7 +45,10 @@ class Preprocess:
         if self.pin:  # pinned host memory: the copies below are truly asynchronous
             images = images.pin_memory()
             labels = {k: v.pin_memory() for k, v in labels.items()} if isinstance(labels, dict) else labels.pin_memory()
-        x = images.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+        if images.is_floating_point():  # float images (dense tasks): a copy, normalised as they are
+            x = images.to(self.device, torch.float32, non_blocking=True, copy=True).sub_(self.mean).div_(self.std)
+        else:
+            x = images.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
         if self.channels_last:
             x = _channels_last(x)
         return x, labels_to(labels, self.device, non_blocking=self.pin)
@@ -53,8 +56,16 @@ class Preprocess:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int) -> dict[str, Any]:
-    """The task's metrics on a whole split (scores gathered on the host, then ``task.evaluate``)."""
+    """The task's metrics on a whole split: batch by batch into ``task.accumulator()`` where the
+    task has one (dense tasks), else scores gathered on the host, then ``task.evaluate``."""
     model.eval()
+    acc = task.accumulator()
+    if acc is not None:
+        for images, labels in batches(split, batch_size):
+            x, y = prep(images, labels)
+            _, outputs = model(x)
+            acc.update(outputs, y)
+        return acc.compute()
     parts: list[Any] = []
     for images, labels in batches(split, batch_size):
         x, _ = prep(images, labels)

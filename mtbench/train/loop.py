@@ -147,6 +147,10 @@ class Trainer:
                 f"trainer.select_metric={select!r} is not a metric of task {task.name}; choose one of: {', '.join(self.columns)}"
             )
         self.higher = self.columns[select].higher_is_better
+        # trainer.report: best_val (the test metrics of the best validation epoch) | last_k (the
+        # means of the last report_k epochs' validation and test metrics, as the dense papers)
+        self.report = str(tcfg.get("report") or "best_val")
+        self.report_k = min(int(tcfg.get("report_k") or 10), int(tcfg.epochs))
 
         self.epochs, self.batch_size = int(tcfg.epochs), int(tcfg.batch_size)
         self.eval_batch_size = int(tcfg.eval_batch_size)
@@ -216,7 +220,7 @@ class Trainer:
             if prof is not None:
                 prof.step(i)
             x, y = self.prep(images, labels)
-            x, y = task.extend_batch(task.augment(x), y)
+            x, y = task.extend_batch(*task.augment_batch(x, y))
             if self.step.needs_input_grad:
                 x.requires_grad_(True)
             self.timer.start()
@@ -279,6 +283,11 @@ class Trainer:
         }
         state.history.append(row)
         self.combiner.end_epoch()  # (after the row: it logs the weights the epoch trained with)
+        if self.report == "last_k" and epoch > self.epochs - self.report_k:
+            test = evaluate(model, self.task, self.task.test, self.prep, self.eval_batch_size)
+            state.reported.append(
+                {"epoch": epoch, "val": {k: val[k] for k in self.columns}, "test": {k: test[k] for k in self.columns}}
+            )
         if state.best is None or self.better(val[self.select], state.best["val"][self.select]):
             state.best = {"epoch": epoch, "val": val}
             state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -291,18 +300,33 @@ class Trainer:
         return row
 
     def test(self) -> dict[str, Any]:
-        """The best epoch's model on the test split; the results that go into ``metrics.json``."""
+        """The reported metrics: the best epoch's model on the test split (``trainer.report=
+        best_val``; the model is left loaded), or the means of the last k epochs' validation and
+        test metrics (``last_k``; the model stays the last epoch's); the results that go into
+        ``metrics.json``."""
         state = self.state
         best = state.best
         assert best is not None and state.best_model is not None
-        self.model.load_state_dict(state.best_model)
-        test = evaluate(self.model, self.task, self.task.test, self.prep, self.eval_batch_size)
+        if self.report == "last_k":
+            rows = state.reported[-self.report_k :]
+            val = {k: statistics.fmean(float(r["val"][k]) for r in rows) for k in self.columns}
+            test = {k: statistics.fmean(float(r["test"][k]) for r in rows) for k in self.columns}
+            report_epochs = [int(r["epoch"]) for r in rows]
+        else:
+            self.model.load_state_dict(state.best_model)
+            test = evaluate(self.model, self.task, self.task.test, self.prep, self.eval_batch_size)
+            val = {k: best["val"][k] for k in self.columns}
+            report_epochs = [int(best["epoch"])]
         total_step_s = sum(state.step_times)
         return {
             "best_epoch": best["epoch"],
             "select_metric": self.select,
             "metric_columns": [[c.key, c.header, c.higher_is_better] for c in self.task.metric_columns],
-            "val": {k: best["val"][k] for k in self.columns},
+            "tasks": list(self.task.task_names),
+            "report": self.report,
+            "report_k": self.report_k if self.report == "last_k" else None,
+            "report_epochs": report_epochs,
+            "val": val,
             "test": {k: test[k] for k in self.columns},
             "test_per_attribute": test.get("per_attribute"),
             "train_step_s": statistics.median(state.step_times),
@@ -351,6 +375,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     save = str(cfg.trainer.get("save_model", "best")).lower()
     last = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} if save == "last" else None
     result = run.test()
+    if run_dir is not None and getattr(run.task, "dense", False):
+        from mtbench.train.predictions import PREDICTIONS, write_predictions
+
+        write_predictions(run.model, run.task, run.prep, Path(run_dir) / PREDICTIONS)  # the reported model
     if run_dir is not None and save != "none":
         epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
         save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)

@@ -74,6 +74,8 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "channels_last": check_bool,
     "select_metric": lambda k, v: check_str(k, v, optional=True),
     "save_model": lambda k, v: check_choice(k, v, ("best", "last", "none"), lower=True),
+    "report": lambda k, v: check_choice(k, v, ("best_val", "last_k")),
+    "report_k": lambda k, v: check_int(k, v, minimum=1),
     "max_steps_per_epoch": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "overfit_batches": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "max_eval_examples": lambda k, v: check_int(k, v, minimum=1, optional=True),

@@ -40,6 +40,8 @@ class RunState:
     best: dict[str, Any] | None = None
     #: that epoch's model state (on the host)
     best_model: dict[str, torch.Tensor] | None = None
+    #: ``trainer.report=last_k``: ``{"epoch", "val", "test"}`` of each of the last k epochs so far
+    reported: list[dict[str, Any]] = field(default_factory=list)
 
     def add_step_times(self, times: list[float]) -> None:
         for dt in times:

@@ -2,9 +2,11 @@
 
     mtbench-fake celeba --root DIR --n N [--layout plain|torchvision] [--seed S]
     mtbench-fake cifar100 --root DIR --n N [--n-test M] [--flat] [--seed S]
+    mtbench-fake nyuv2|cityscapes --root DIR [--n N] [--n-val M] [--height H --width W] [--seed S]
 
 ``celeba`` (:mod:`mtbench.data.fake.celeba`) writes JPEGs and the two list files of the real
-CelebA; ``cifar100`` (:mod:`mtbench.data.fake.cifar100`) the pickles of ``cifar-100-python``.
+CelebA; ``cifar100`` (:mod:`mtbench.data.fake.cifar100`) the pickles of ``cifar-100-python``;
+``nyuv2`` and ``cityscapes`` (:mod:`mtbench.data.fake.dense`) the MTAN-preprocessed ``.npy`` files.
 Then ``mtbench task=celeba data.root=DIR name=fake_celeba`` (a ``name`` of its own keeps fake
 results apart from real ones). Needs only numpy and Pillow (installed with torchvision).
 """
@@ -25,6 +27,14 @@ WRITERS = {
     "cifar100": (
         "mtbench.data.fake.cifar100",
         "a small CIFAR-100 stand-in in the python pickle layout (cifar-100-python/)",
+    ),
+    "nyuv2": (
+        "mtbench.data.fake.dense",
+        "a small NYUv2 in the MTAN-preprocessed layout ({train,val}/{image,label,depth,normal}/<i>.npy)",
+    ),
+    "cityscapes": (
+        "mtbench.data.fake.dense",
+        "a small Cityscapes in the MTAN-preprocessed layout ({train,val}/{image,label_7,label_19,depth}/<i>.npy)",
     ),
 }
 
