@@ -14,7 +14,7 @@ from mtbench.combiners.base import Step, check_representation
 from mtbench.data.base import HeadSpec
 from mtbench.errors import MtbenchError
 from mtbench.models import DENSE_MODELS, MODELS, build_model, check_model, shared_representation
-from tests.conftest import run_cli
+from conftest import run_cli
 
 NYU = {"segmentation": 5, "depth": 1, "normal": 3}
 
@@ -174,7 +174,7 @@ def tiny_trunk(in_channels: int, width: int = 6):
 
 
 def test_target_trunk_on_dense_task_gets_conv_heads():
-    cfg = OmegaConf.create({"name": "mine", "_target_": "tests.test_dense_models.tiny_trunk", "width": 5})
+    cfg = OmegaConf.create({"name": "mine", "_target_": "test_dense_models.tiny_trunk", "width": 5})
     check_model(cfg)
     model = build_model(cfg, in_channels=3, task=FakeDenseTask())
     rep, out = model(torch.randn(2, 3, 16, 20))

@@ -273,3 +273,5 @@ class TaskSpec:
     metric_keys: tuple[str, ...]
     #: GradDrop's per-task leak where the combiner's ``leak`` is null
     default_leak: list[float] | None = None
+    #: a per-pixel task (NYUv2, Cityscapes) whose heads need a dense model
+    dense: bool = False
