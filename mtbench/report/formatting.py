@@ -86,17 +86,36 @@ def _layout(table: pd.DataFrame, columns) -> list[tuple[str, str | None, bool | 
     return out
 
 
+def _summary_layout(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """The summary columns after ``seeds`` (``summary.add_summary``): Δm% and mean rank, ours
+    and, when the paper's numbers are shown, the paper's; lower is better for all four."""
+    shown = [
+        ("Δm% ↓", "delta_m"),
+        ("paper Δm%", "paper_delta_m"),
+        ("mean rank ↓", "mean_rank"),
+        ("paper mean rank", "paper_mean_rank"),
+    ]
+    return [(h, c, False) for h, c in shown if c in table.columns]
+
+
 def _headers(columns, table: pd.DataFrame | None = None) -> list[str]:
     table = table if table is not None else pd.DataFrame()
     layout = _layout(table, columns)
+    summary = [h for h, _, _ in _summary_layout(table)]
     extra = ["compared with"] if _shows_reference(table) else []
-    return ["combiner"] + [h for h, _, _ in layout] + ["seeds"] + extra + [SIG_HEADER]
+    return ["combiner"] + [h for h, _, _ in layout] + ["seeds"] + summary + extra + [SIG_HEADER]
+
+
+def _n_numeric(table: pd.DataFrame, columns) -> int:
+    """How many columns after the label are numbers (metrics, speed, seeds, Δm%, mean rank)."""
+    return len(_layout(table, columns)) + 1 + len(_summary_layout(table))
 
 
 def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
     layout = _layout(table, columns)
+    summary = _summary_layout(table)
     best = {}
-    for _, col, higher in layout:
+    for _, col, higher in layout + summary:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
         best[col] = _best(values, bool(higher))
     rows = []
@@ -119,6 +138,9 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
         if row["failed"]:
             seeds += f" (+{int(row['failed'])} failed)"
         cells.append(seeds)
+        for _, col, _ in summary:
+            text = _fmt(row[col], math.nan)
+            cells.append(bold(text) if i in best[col] else text)
         if shows_reference:
             cells.append(_reference_cell(row, lambda v: labels.get(("baseline", v), f"baseline ({v})")))
         cells.append(_sig_cell(row, columns[0][2]))
@@ -128,7 +150,7 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
 
 def to_markdown(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     head = _headers(columns, table)
-    numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
+    numeric = _n_numeric(table, columns)
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * numeric + ["---"] * (len(head) - 1 - numeric)) + "|",
@@ -150,12 +172,13 @@ def _tex_text(s: str) -> str:
         .replace("↑", r"$\uparrow$")
         .replace("—", "---")
         .replace("<", r"$<$")
+        .replace("Δ", r"$\Delta$")
     )
 
 
 def to_latex(table: pd.DataFrame, columns=DEFAULT_COLUMNS) -> str:
     head = [_tex_text(h) for h in _headers(columns, table)]
-    n_numeric = len(_layout(table, columns)) + 1  # the metric columns and seeds
+    n_numeric = _n_numeric(table, columns)
     lines = [r"\begin{tabular}{l" + "r" * (len(head) - 2) + "l}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     for cells in _rows(table, columns, r" $\pm$ ", lambda s: r"\textbf{" + s + "}"):
         cells = (

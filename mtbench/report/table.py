@@ -96,11 +96,13 @@ from mtbench.report.load import (  # noqa: F401 - re-exported: the table's publi
     reference,
     row_keys,
     run_files,
+    single_task_runs,
     speed_clock,
 )
 from mtbench.report.published import PACKAGED_PAPER, find_paper, read_paper  # noqa: F401 - re-exported
 from mtbench.report.runs import METRICS, atomic_write_text
 from mtbench.report.significance import ALPHA, welch_t_test  # noqa: F401 - re-exported
+from mtbench.report.summary import add_summary
 
 
 class NoRuns(Exception):
@@ -122,18 +124,23 @@ class Tables:
     tuned: pd.DataFrame | None = None  # one row per combiner, tuned on validation (table_tuned.*)
     tuned_markdown: str | None = None
     paper_note: str = ""  # why there is no paper column, when there is none
+    stl_runs: pd.DataFrame | None = None  # the single-task runs (Δm%'s references), not rows
+    summary_notes: list[str] = field(default_factory=list)  # what Δm% and mean rank are against
 
 
 def write_tuned(
-    folder: Path | str, runs: pd.DataFrame | None = None, columns=None
+    folder: Path | str, runs: pd.DataFrame | None = None, columns=None, stl_runs: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, str, list[Path]]:
     """Write ``table_tuned.{md,csv,tex}`` in ``folder``; the frame, its markdown and the files."""
     folder = Path(folder)
     if runs is None or columns is None:
         runs, _, _, columns = load_runs(folder)
+        stl = single_task_runs(runs)
+        runs, stl_runs = runs[~stl], runs[stl]
     frame = tuned(runs, columns)
     if frame.empty:
         raise NoRuns(f"no completed run with a validation score in {folder}: nothing to tune")
+    add_summary(frame, columns, stl_runs)
     md, tex = _tuned_markdown(frame, columns), _tuned_latex(frame, columns)
     written = [folder / "table_tuned.csv", folder / "table_tuned.md", folder / "table_tuned.tex"]
     atomic_write_text(written[0], frame.to_csv(index=False))
@@ -151,6 +158,8 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     :class:`NoRuns` is raised."""
     folder = Path(folder)
     runs, skipped, in_progress, columns = load_runs(folder)
+    stl = single_task_runs(runs)
+    runs, stl_runs = runs[~stl].reset_index(drop=True), runs[stl].reset_index(drop=True)
     if runs.empty:
         raise NoRuns(
             f"no finished runs in {folder} (expected {folder}/runs/<combiner>/<variant>/seed=<seed>/{METRICS})"
@@ -181,7 +190,8 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
             paper_note = f"{paper_file} is not readable ({e})"
             paper_file = None
     table = aggregate(runs, columns, paper_frame)
-    notes = speed_notes(runs, table)
+    summary_notes = add_summary(table, columns, stl_runs, paper_frame, paper_file)
+    notes = speed_notes(runs, table) + summary_notes
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
     tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
@@ -195,9 +205,10 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         atomic_write_text(folder / "per_attribute.tex", TEX_HEADER + per_attribute_latex(per_attr))
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
     tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
+    tables.stl_runs, tables.summary_notes = stl_runs, summary_notes
     tables.paper_note = "" if paper_file is not None else paper_note
     if select == "val" or has_variants(runs):
-        tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns)
+        tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns, stl_runs)
         tables.written += files
     return tables
 
