@@ -169,3 +169,113 @@ def test_a_partial_single_task_sweep_falls_back_for_the_missing_task(tmp_path):
     tables = build_tables(folder)
     assert list(tables.frame["combiner"]) == ["baseline", "nash_mtl"]
     assert (tables.frame["delta_m_vs"] == "baseline").all()
+
+
+# --- predictions.png ------------------------------------------------------------------------
+
+
+def write_predictions(run: Path, seed: int, n: int = 2, h: int = 6, w: int = 8) -> dict:
+    """A predictions.pt in the contract's layout, with some pixels without ground truth."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    seg_t = torch.randint(0, 13, (n, h, w), generator=g)
+    seg_t[:, 0, :] = -1  # ignore
+    depth_t = torch.rand(n, h, w, generator=g) + 0.5
+    depth_t[:, :, 0] = 0  # missing
+    normal_t = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1)
+    normal_t[:, :, -1, :] = 0  # missing
+    pred = {
+        "index": torch.arange(n, dtype=torch.int64) * 10,
+        "image": torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8),
+        "segmentation": torch.randint(0, 13, (n, h, w), generator=g),
+        "segmentation_target": seg_t,
+        "depth": torch.rand(n, h, w, generator=g),
+        "depth_target": depth_t,
+        "normal": torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1),
+        "normal_target": normal_t,
+    }
+    torch.save(pred, run / "predictions.pt")
+    return pred
+
+
+def test_predictions_png_from_synthetic_runs(tmp_path):
+    import numpy as np
+
+    from mtbench.report.predictions import GREY, PALETTE, collect, draw_predictions, load_predictions, panels
+
+    folder = nyuv2_folder(tmp_path, with_stl=False)
+    for combiner in ("baseline", "nash_mtl"):
+        for seed in (0, 1):
+            write_predictions(folder / "runs" / combiner / "default" / f"seed={seed}", seed)
+    pred = load_predictions(folder / "runs" / "baseline" / "default" / "seed=0" / "predictions.pt")
+    truth, mine = panels(pred, "segmentation", 0)
+    assert truth.shape == (6, 8, 3) and np.allclose(truth[0], GREY) and np.allclose(mine[0], GREY)
+    assert np.allclose(mine[1, 0], PALETTE[int(pred["segmentation"][0, 1, 0]) % len(PALETTE)])
+    truth, _ = panels(pred, "depth", 1)
+    assert np.allclose(truth[:, 0], GREY) and not np.allclose(truth[:, 1], GREY)
+    truth, mine = panels(pred, "normal", 0)
+    assert np.allclose(truth[-1], GREY)
+    assert np.allclose(truth[0, 0], (pred["normal_target"][0, :, 0, 0] + 1) / 2)
+    rows = collect(build_tables(folder).runs)
+    assert [label for label, _ in rows] == ["baseline", "nash_mtl"]  # one per row, its first seed
+    assert np.array_equal(rows[1][1]["image"], pred["image"].transpose(0, 1, 2, 3))  # seed 0's images
+    assert draw_predictions(folder, build_tables(folder).runs) == [folder / "predictions.png"]
+    png = folder / "predictions.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_report_draws_predictions_png_beside_the_other_plots(tmp_path):
+    import io
+
+    from mtbench.report.table import report
+
+    folder = nyuv2_folder(tmp_path, with_stl=True)
+    write_predictions(folder / "runs" / "baseline" / "default" / "seed=0", 0)
+    tables = report(folder, out=io.StringIO())
+    names = {p.name for p in tables.written}
+    assert {"predictions.png", "error_vs_speed.png", "error_vs_speed.pdf", "table.md"} <= names
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.update(image=p["image"].float()), "'image' must be torch.uint8"),
+        (lambda p: p.update(depth=p["depth"][:, :3]), "'depth' must have shape [2, 6, 8]"),
+        (lambda p: p.pop("normal_target"), "'normal_target' is missing"),
+        (lambda p: p.update(index=p["index"][:1]), "'index' has 1 entries for 2 images"),
+        (lambda p: p["depth"].__setitem__((0, 0, 0), float("nan")), "'depth' has non-finite values"),
+    ],
+)
+def test_predictions_file_is_checked(tmp_path, change, message):
+    import torch
+
+    from mtbench.report.predictions import load_predictions
+
+    pred = write_predictions(tmp_path, 0)
+    change(pred)
+    torch.save(pred, tmp_path / "predictions.pt")
+    with pytest.raises(ValueError, match="predictions.pt: " + message.replace("[", r"\[").replace("(", r"\(")):
+        load_predictions(tmp_path / "predictions.pt")
+
+
+def test_predictions_file_with_code_is_refused(tmp_path):
+    """A pickle naming a function to run is not loaded (weights_only): the run is skipped."""
+    import pickle
+
+    from mtbench.report.predictions import collect, load_predictions
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (tmp_path / "predictions.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="not a readable predictions file"):
+        load_predictions(tmp_path / "predictions.pt")
+    runs = pd.DataFrame(
+        [{"combiner": "baseline", "variant": "default", "seed": 0, "status": "completed", "started_at": "",
+          "run_dir": str(tmp_path), "label": "baseline"}]
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="predictions.png: skipping"):
+        assert collect(runs) == []

@@ -30,7 +30,8 @@ reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`
   variant): one row per combiner, the variant with the best mean validation score over seeds
   (the runs' select metric; ties: the fewer changed keys, then the earlier variant) with its
   test metrics, its settings and how many variants were tried. The test split never chooses.
-- the plots (``plots.py``), unless told not to.
+- the plots (``plots.py``) and, for the dense tasks, ``predictions.png`` (``predictions.py``),
+  unless told not to.
 
 A folder whose runs all failed gets ``table.md`` listing each run's status instead (``NoRuns``).
 
@@ -274,6 +275,9 @@ def report(
             from mtbench.report.plots import make_plots
 
             tables.written += make_plots(folder, runs, tables.columns)
+            from mtbench.report.predictions import draw_predictions
+
+            tables.written += draw_predictions(folder, runs)
         except ImportError as e:
             print(f"Note: no plots ({e}); install matplotlib.", file=out)
         except Exception as e:  # noqa: BLE001 - a plot must not lose the tables of a finished sweep
