@@ -71,15 +71,16 @@ def hand_delta(values: dict, base: dict) -> float:
     return 100 * sum(terms) / len(terms)
 
 
-def nyuv2_folder(tmp_path: Path, with_stl: bool = True) -> Path:
-    folder = tmp_path / "results" / "nyuv2"
+def nyuv2_folder(tmp_path: Path, with_stl: bool = True, task: str = "nyuv2") -> Path:
+    folder = tmp_path / "results" / task
     for seed in (0, 1):
         shift = 0.5 if seed else -0.5  # seeds straddle the means above
-        write_run(folder, "baseline", seed, {k: v + shift * 0.01 * v for k, v in BASE.items()})
-        write_run(folder, "nash_mtl", seed, {k: v + shift * 0.01 * v for k, v in NASH.items()}, step_s=0.3)
+        write_run(folder, "baseline", seed, {k: v + shift * 0.01 * v for k, v in BASE.items()}, task=task)
+        write_run(folder, "nash_mtl", seed, {k: v + shift * 0.01 * v for k, v in NASH.items()}, task=task, step_s=0.3)
         if with_stl:
             for t in ("segmentation", "depth", "normal"):
-                write_run(folder, "baseline", seed, {k: v + shift * 0.02 * v for k, v in STL.items()}, tasks=(t,))
+                stl = {k: v + shift * 0.02 * v for k, v in STL.items()}
+                write_run(folder, "baseline", seed, stl, tasks=(t,), task=task)
     return folder
 
 
@@ -152,7 +153,7 @@ def test_published_single_task_row_when_the_folder_has_none(tmp_path):
 
 
 def test_without_any_single_task_reference_each_row_is_against_its_baseline(tmp_path):
-    folder = nyuv2_folder(tmp_path, with_stl=False)
+    folder = nyuv2_folder(tmp_path, with_stl=False, task="my_dense_task")  # no published numbers
     tables = build_tables(folder)
     frame = tables.frame.set_index("combiner")
     assert (frame["delta_m_vs"] == "baseline").all() and frame.loc["baseline", "delta_m"] == pytest.approx(0)
@@ -160,15 +161,66 @@ def test_without_any_single_task_reference_each_row_is_against_its_baseline(tmp_
     assert "B_k from each row's baseline run" in (folder / "table.md").read_text()
 
 
-def test_a_partial_single_task_sweep_falls_back_for_the_missing_task(tmp_path):
-    """Single-task runs for segmentation and depth only, no published row: no reference for
-    the normal metrics, so Δm% is against the baseline row (and says so)."""
+#: CAGrad's single-task references, as its authors' code computes its Δm% (the `base` arrays of
+#: github.com/Cranial-XIX/CAGrad nyuv2/plot.py and cityscapes/plot.py; fractions there, % here)
+CAGRAD_STL = {
+    "nyuv2": [38.30, 63.76, 0.6754, 0.2780, 25.01, 19.21, 30.14, 57.20, 69.15],
+    "cityscapes": [74.01, 93.16, 0.0125, 27.77],
+}
+
+
+def test_the_shipped_single_task_rows():
+    from mtbench.report.published import PACKAGED_PAPER, read_paper
+
+    for task, values in CAGRAD_STL.items():
+        paper = read_paper(PACKAGED_PAPER / f"{task}.csv")
+        assert list(paper.index) == ["stl"]  # no method rows: none checked against a primary source yet
+        keys = KEYS if task == "nyuv2" else KEYS[:4]
+        assert [float(paper.loc["stl", k]) for k in keys] == values
+        assert "Cranial-XIX/CAGrad" in paper.loc["stl", "citation"]
+
+
+def test_the_shipped_single_task_row_when_the_folder_has_none(tmp_path):
+    """NYUv2 runs without single-task runs: Δm% against CAGrad's single-task row (labelled), and
+    no paper columns (the file has no method rows)."""
+    import io
+
+    from mtbench.report.table import report
+
     folder = nyuv2_folder(tmp_path, with_stl=False)
-    for t in ("segmentation", "depth"):
-        write_run(folder, "baseline", 0, STL, tasks=(t,))
-    tables = build_tables(folder)
-    assert list(tables.frame["combiner"]) == ["baseline", "nash_mtl"]
-    assert (tables.frame["delta_m_vs"] == "baseline").all()
+    out = io.StringIO()
+    tables = report(folder, out=out, plots=False)
+    frame = tables.frame.set_index("combiner")
+    stl = dict(zip(KEYS, CAGRAD_STL["nyuv2"]))
+    assert (frame["delta_m_vs"] == "published single-task").all()
+    assert frame.loc["nash_mtl", "delta_m"] == pytest.approx(hand_delta(NASH, stl), rel=1e-3)
+    assert not [c for c in frame.columns if c.startswith("paper_")] and tables.paper_file is None
+    text = out.getvalue()
+    assert "B_k from the published single-task numbers (row stl of " in text and "Cranial-XIX/CAGrad" in text
+    assert "Paper columns: none, " in text and "has only the published single-task row (used for Δm%)" in text
+
+
+def test_a_partial_single_task_sweep_takes_the_rest_from_the_published_row(tmp_path):
+    """Single-task runs for segmentation and depth only: those from the runs, the normal
+    metrics from the shipped single-task row; without a shipped row, the baseline."""
+    stl = dict(zip(KEYS, CAGRAD_STL["nyuv2"]))
+    for task in ("nyuv2", "my_dense_task"):
+        folder = nyuv2_folder(tmp_path / task, with_stl=False, task=task)
+        for t in ("segmentation", "depth"):
+            write_run(folder, "baseline", 0, STL, tasks=(t,), task=task)
+        tables = build_tables(folder)
+        frame = tables.frame.set_index("combiner")
+        assert list(frame.index) == ["baseline", "nash_mtl"]
+        if task == "nyuv2":
+            mixed = {k: (STL[k] if k.startswith(("seg", "depth")) else stl[k]) for k in KEYS}
+            assert (frame["delta_m_vs"] == "single-task runs + published").all()
+            assert frame.loc["nash_mtl", "delta_m"] == pytest.approx(hand_delta(NASH, mixed))
+            assert (
+                "single-task runs in this folder for seg_miou, seg_pixacc, depth_abs_err, depth_rel_err"
+                in (folder / "table.md").read_text()
+            )
+        else:
+            assert (frame["delta_m_vs"] == "baseline").all()
 
 
 # --- predictions.png ------------------------------------------------------------------------

@@ -103,7 +103,7 @@ from mtbench.report.load import (  # noqa: F401 - re-exported: the table's publi
 from mtbench.report.published import PACKAGED_PAPER, find_paper, read_paper  # noqa: F401 - re-exported
 from mtbench.report.runs import METRICS, atomic_write_text
 from mtbench.report.significance import ALPHA, welch_t_test  # noqa: F401 - re-exported
-from mtbench.report.summary import add_summary
+from mtbench.report.summary import STL, add_summary
 
 
 class NoRuns(Exception):
@@ -190,7 +190,11 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
             warnings.warn(f"ignoring the paper's numbers in {paper_file}: {e}", stacklevel=2)
             paper_note = f"{paper_file} is not readable ({e})"
             paper_file = None
-    table = aggregate(runs, columns, paper_frame)
+    shown_paper = paper_frame
+    if paper_frame is not None and not set(paper_frame.index) - {STL}:  # only a single-task row
+        shown_paper = None
+        paper_note = f"{paper_file} has only the published single-task row (used for Δm%)"
+    table = aggregate(runs, columns, shown_paper)
     summary_notes = add_summary(table, columns, stl_runs, paper_frame, paper_file)
     notes = speed_notes(runs, table) + summary_notes
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
@@ -207,7 +211,9 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         written += [folder / "per_attribute.csv", folder / "per_attribute.md", folder / "per_attribute.tex"]
     tables = Tables(table, columns, md, tex, skipped, in_progress, paper_file, per_attr, written, runs)
     tables.stl_runs, tables.summary_notes = stl_runs, summary_notes
-    tables.paper_note = "" if paper_file is not None else paper_note
+    tables.paper_note = "" if shown_paper is not None else paper_note
+    if shown_paper is None:
+        tables.paper_file = None
     if select == "val" or has_variants(runs):
         tables.tuned, tables.tuned_markdown, files = write_tuned(folder, runs, columns, stl_runs)
         tables.written += files
