@@ -118,6 +118,7 @@ def test_single_task_runs_are_the_reference_not_rows(tmp_path):
     md = (folder / "table.md").read_text()
     assert "| seg mIoU (%) ↑ | seg pix acc (%) ↑ | depth abs err ↓ |" in md and "| Δm% ↓ | mean rank ↓ |" in md
     assert "B_k from single-task baseline runs in this folder: segmentation (2 run(s)), depth (2 run(s))" in md
+    assert "Reported epoch: the mean of the last 10 epochs' test metrics (trainer.report=last_k)." in md
     row = next(line for line in md.splitlines() if line.startswith("| nash_mtl |"))
     assert f"| **{hand_delta(NASH, STL):.2f}** | **{(8 + 1.5) / 9:.2f}** |" in row
     csv = pd.read_csv(folder / "table.csv").set_index("combiner")
@@ -197,6 +198,7 @@ def test_the_shipped_single_task_row_when_the_folder_has_none(tmp_path):
     assert not [c for c in frame.columns if c.startswith("paper_")] and tables.paper_file is None
     text = out.getvalue()
     assert "B_k from the published single-task numbers (row stl of " in text and "Cranial-XIX/CAGrad" in text
+    assert "(test split, mean of the last epochs)" in text
     assert "Paper columns: none, " in text and "has only the published single-task row (used for Δm%)" in text
 
 

@@ -309,3 +309,23 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             )
         )
     return lines
+
+
+def reported_epoch(runs: pd.DataFrame) -> str:
+    """Which epoch's test metrics the table shows (``trainer.report`` of the runs' metrics.json):
+    ``the best-validation epoch`` or ``the mean of the last k epochs``; empty when no run says."""
+    done = runs[runs["status"] == "completed"] if len(runs) and "status" in runs else runs
+    if "report" not in done.columns:
+        return ""
+    kinds = {(r, int(k)) for r, k in zip(done["report"], done["report_k"]) if r}
+    if not kinds:
+        return ""
+    names = {
+        (r, k): f"the mean of the last {k} epochs' test metrics (trainer.report=last_k)"
+        if r == "last_k"
+        else "the best-validation epoch (trainer.report=best_val)"
+        for r, k in kinds
+    }
+    if len(names) == 1:
+        return next(iter(names.values()))
+    return "mixed: " + "; ".join(sorted(names.values()))

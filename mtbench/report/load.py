@@ -78,7 +78,8 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     Returns the frame, the files skipped (corrupt), the number of runs in progress, and the
     metric columns (as the runs' ``metric_columns`` name them). The frame has the columns
     ``combiner``, ``variant``, ``overrides`` (a dict), ``label``, ``seed``, ``status``, ``reason``,
-    ``task``, ``tasks`` (the trained tasks, comma-separated; empty: all), ``n_tasks``,
+    ``task``, ``tasks`` (the trained tasks, comma-separated; empty: all), ``n_tasks``, ``report``
+    (``best_val`` or ``last_k``; empty when the run does not say) and ``report_k``,
     ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
     ``train_step_s`` (wall time; device time on a GPU), ``train_step_cpu_s`` (process CPU time,
     NaN for runs without it: on a GPU, or made before mtbench recorded it), ``load_max`` (the
@@ -107,6 +108,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             )
             tasks = _tasks(m)
             record.update(tasks=",".join(tasks), n_tasks=len(tasks))
+            record.update(report=str(m.get("report") or ""), report_k=int(m.get("report_k") or 0))
             if status == "completed":
                 cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
                 record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})

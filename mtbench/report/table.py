@@ -79,6 +79,7 @@ from mtbench.report.formatting import (  # noqa: F401 - re-exported
     _tuned_markdown,
     per_attribute_latex,
     per_attribute_markdown,
+    reported_epoch,
     speed_notes,
     status_table,
     to_latex,
@@ -196,7 +197,8 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         paper_note = f"{paper_file} has only the published single-task row (used for Δm%)"
     table = aggregate(runs, columns, shown_paper)
     summary_notes = add_summary(table, columns, stl_runs, paper_frame, paper_file)
-    notes = speed_notes(runs, table) + summary_notes
+    epoch = reported_epoch(runs)
+    notes = speed_notes(runs, table) + summary_notes + ([f"Reported epoch: {epoch}."] if epoch else [])
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
     tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
@@ -250,7 +252,10 @@ def report(
     folder = Path(folder)
     tables = build_tables(folder, paper=paper, select=select)
     runs = tables.runs
-    print(f"\nResults in {folder} (test split, best-validation epoch):\n", file=out)
+    epoch = reported_epoch(runs) if runs is not None else ""
+    shown = "mean of the last epochs" if epoch.startswith("the mean") else "best-validation epoch"
+    shown = "reported epochs differ" if epoch.startswith("mixed") else shown
+    print(f"\nResults in {folder} (test split, {shown}):\n", file=out)
     print(tables.markdown, file=out)
     notes = []
     if tables.in_progress:
