@@ -281,7 +281,10 @@ def build_dense_problem(cfg, args, device: torch.device, name: str) -> Problem:
     shape = DenseShape(name)
     (c, h, w), _ = DENSE_SHAPES[name]
     if args.dense_size:
-        h, w = (int(v) for v in args.dense_size.lower().split("x"))
+        try:
+            h, w = (int(v) for v in args.dense_size.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bench_step: --dense-size {args.dense_size!r}: give HxW, e.g. 32x48") from None
     try:
         model = build_model(cfg.model, in_channels=c, task=shape).to(device)
     except (MtbenchError, ValueError, KeyError, TypeError) as e:
