@@ -271,10 +271,11 @@ def test_predictions_png_from_synthetic_runs(tmp_path):
     truth, mine = panels(pred, "normal", 0)
     assert np.allclose(truth[-1], GREY)
     assert np.allclose(truth[0, 0], (pred["normal_target"][0, :, 0, 0] + 1) / 2)
-    rows = collect(build_tables(folder).runs)
+    runs = build_tables(folder).runs
+    rows = collect(runs)
     assert [label for label, _ in rows] == ["baseline", "nash_mtl"]  # one per row, its first seed
     assert np.array_equal(rows[1][1]["image"], pred["image"].transpose(0, 1, 2, 3))  # seed 0's images
-    assert draw_predictions(folder, build_tables(folder).runs) == [folder / "predictions.png"]
+    assert draw_predictions(folder, runs) == [folder / "predictions.png"]
     png = folder / "predictions.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
 

@@ -167,10 +167,9 @@ def predictions_figure(rows: list[tuple[str, dict[str, np.ndarray]]]):
     ncols = 2 + len(rows)
     nlines = n * max(len(tasks), 1)
     size = 1.6
-    fig = Figure(
-        figsize=(size * ncols * w / max(h, w) + 1.0, size * nlines * h / max(h, w) + 0.5), layout="constrained"
-    )
+    fig = Figure(figsize=(size * ncols * w / max(h, w) + 1.0, size * nlines * h / max(h, w) + 0.5))
     axes = fig.subplots(nlines, ncols, squeeze=False)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.95, wspace=0.04, hspace=0.08)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
