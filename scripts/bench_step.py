@@ -7,6 +7,7 @@ the sum-of-losses baseline, interleaved in one process.
     python scripts/bench_step.py model=small_cnn --num-tasks 40 --image-size 32
     python scripts/bench_step.py task=shapes40 model=small_cnn    # a real task's batches
     python scripts/bench_step.py trainer.device=cuda              # synchronised timing on a GPU
+    python scripts/bench_step.py task=nyuv2                       # NYUv2-shaped, the SegNet trunk, batch 2
 
 Positional arguments are Hydra overrides of the mtbench config (``model=...``,
 ``combiner.level=...``, ``trainer.device=...``, ``trainer.num_threads=...``, ``task=...``).
@@ -15,6 +16,13 @@ The default problem is CelebA-shaped on random tensors: a ResNet-18 trunk (torch
 stem, ``model.small_input=false``) on 64x64 RGB inputs, batch 64, 40 binary attributes read by
 40 linear heads, per-attribute binary cross-entropy (mean over the batch), Adam. With a
 ``task=...`` override the task's own model heads, losses and training batches are used.
+
+``task=nyuv2`` (or ``task=cityscapes``) is a dense problem on random tensors of the task's
+shape, not its data: NYUv2 3x288x384 inputs with 13-class segmentation, depth and normals
+(Cityscapes 3x128x256, 7 classes, depth), batch 2 (``--batch-size``), the SegNet trunk
+(``model=segnet``, another dense model with ``model=...``) built by ``mtbench.models.build_model``
+from the task's dict head spec; the losses are the tasks' (cross-entropy ignoring -1, L1 over
+valid depth, 1 - cosine over valid normals). ``--dense-size HxW`` shrinks the inputs (tests).
 
 Each row has its own copy of the same initial model, its own optimizer and combiner. Every
 round runs one step of each row (the order rotates each round); the first ``--warmup`` rounds
@@ -104,6 +112,14 @@ TORCHJD_ROWS = {"torchjd-pcgrad": "pcgrad", "torchjd-mgda": "mgda"}
 #: mtbench config overrides of the default (CelebA-shaped) problem; the user's come after them
 PROBLEM_OVERRIDES = ["model=resnet18", "model.small_input=false", "model.weights=null"]
 
+#: the dense problems (``task=<name>``): input (C, H, W) and the head spec's outputs, canonical order
+DENSE_SHAPES = {
+    "nyuv2": ((3, 288, 384), {"segmentation": 13, "depth": 1, "normal": 3}),
+    "cityscapes": ((3, 128, 256), {"segmentation": 7, "depth": 1}),
+}
+#: the dense problems' model unless the user picks one, and their batch size unless given
+DENSE_MODEL, DENSE_BATCH = "segnet", 2
+
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -188,8 +204,127 @@ def heads_from_views(heads: torch.nn.Module, views) -> torch.Tensor:
     return torch.einsum("tbd,td->bt", stacked, linear.weight) + linear.bias
 
 
-def build_problem(cfg, args, device: torch.device, user_task: bool) -> Problem:
+class DenseShape:
+    """What ``build_model`` reads of a dense task (``head_spec`` a dict of output channels,
+    ``dense``), without its data: the bench's random problem of ``task=nyuv2|cityscapes``."""
+
+    dense = True
+    in_channels = 3
+    default_leak = None
+    column_losses = False
+
+    def __init__(self, name: str):
+        self.name = name
+        self.outputs = dict(DENSE_SHAPES[name][1])
+        self.task_names = list(self.outputs)
+        self.num_tasks = len(self.outputs)
+
+    def head_spec(self):
+        from mtbench.data.base import HeadSpec
+
+        return HeadSpec(outputs=dict(self.outputs))
+
+    def make_heads(self, rep_dim: int):
+        return None  # the model's own dense heads, from head_spec()
+
+
+def dense_losses(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dense tasks' losses [T], in the outputs' order: segmentation cross-entropy ignoring
+    -1, depth L1 over pixels with depth > 0, normals 1 - cosine over pixels with a normal."""
+    out = []
+    for name, pred in outputs.items():
+        target = labels[name]
+        if name == "segmentation":
+            out.append(F.cross_entropy(pred.float(), target, ignore_index=-1))
+        elif name == "depth":
+            valid = target > 0
+            out.append((pred.float() - target).abs()[valid].mean())
+        else:
+            valid = target.abs().sum(1) > 0
+            cos = F.cosine_similarity(F.normalize(pred.float(), dim=1), target, dim=1)
+            out.append((1 - cos)[valid].mean())
+    return torch.stack(out)
+
+
+def dense_batches(name: str, size: tuple[int, int], bs: int, n: int, device: torch.device, seed: int):
+    """``n`` random batches shaped as the task's: images, and labels with some pixels missing."""
+    (c, _, _), outputs = DENSE_SHAPES[name]
+    h, w = size
+    gen = torch.Generator().manual_seed(seed + 7)
+    data = []
+    for _ in range(n):
+        x = torch.randn(bs, c, h, w, generator=gen)
+        y: dict[str, torch.Tensor] = {}
+        for task, ch in outputs.items():
+            if task == "segmentation":
+                seg = torch.randint(0, ch, (bs, h, w), generator=gen)
+                seg[torch.rand(bs, h, w, generator=gen) < 0.1] = -1
+                y[task] = seg
+            elif task == "depth":
+                depth = torch.rand(bs, 1, h, w, generator=gen) * 10
+                depth[torch.rand(bs, 1, h, w, generator=gen) < 0.1] = 0
+                y[task] = depth
+            else:
+                normal = F.normalize(torch.randn(bs, 3, h, w, generator=gen), dim=1)
+                normal[(torch.rand(bs, h, w, generator=gen) < 0.1).unsqueeze(1).expand_as(normal)] = 0
+                y[task] = normal
+        data.append((x.to(device), {k: v.to(device) for k, v in y.items()}))
+    return data
+
+
+def build_dense_problem(cfg, args, device: torch.device, name: str) -> Problem:
+    """The dense problem of ``task=<name>``: the model built through ``build_model`` by name."""
+    from mtbench.errors import MtbenchError
     from mtbench.models import build_model
+
+    torch.manual_seed(int(cfg.seed))
+    shape = DenseShape(name)
+    (c, h, w), _ = DENSE_SHAPES[name]
+    if args.dense_size:
+        try:
+            h, w = (int(v) for v in args.dense_size.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bench_step: --dense-size {args.dense_size!r}: give HxW, e.g. 32x48") from None
+    try:
+        model = build_model(cfg.model, in_channels=c, task=shape).to(device)
+    except (MtbenchError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"bench_step: task={name} needs a dense model; model.name={cfg.model.get('name')!r} could not be built "
+            f"({type(e).__name__}: {e}); give model=segnet (or another dense model)"
+        ) from None
+    bs = int(cfg.trainer.batch_size)
+    data = dense_batches(name, (h, w), bs, args.num_batches, device, int(cfg.seed))
+    rep, outputs = model(data[0][0])
+    x = data[0][0]
+    if (
+        not isinstance(outputs, dict)
+        or list(outputs) != shape.task_names
+        or any(tuple(o.shape) != (bs, shape.outputs[k], *x.shape[2:]) for k, o in outputs.items())
+    ):
+        raise SystemExit(
+            f"bench_step: task={name}: model.name={cfg.model.name!r} is not a dense model (its outputs are not a dict "
+            f"of {', '.join(shape.task_names)} maps [B, C, H, W] at the input's size); give model=segnet"
+        )
+    return Problem(
+        name=f"{name}_shaped",
+        description=(
+            f"random tensors shaped as {name}: inputs [{bs}, {c}, {h}, {w}], tasks {', '.join(shape.task_names)}, "
+            f"model {cfg.model.name}"
+        ),
+        model=model,
+        num_tasks=shape.num_tasks,
+        batches=data,
+        losses=dense_losses,
+        info={"task": f"{name}_shaped", "input_shape": [bs, c, h, w], "num_tasks": shape.num_tasks},
+        column_losses=False,
+    )
+
+
+def build_problem(cfg, args, device: torch.device, user_task: bool, dense: str | None = None) -> Problem:
+    from mtbench.models import build_model
+
+    if dense is not None:
+        return build_dense_problem(cfg, args, device, dense)
 
     torch.manual_seed(int(cfg.seed))
     bs = int(cfg.trainer.batch_size)
@@ -534,6 +669,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--head-hidden", type=int, default=64, help="hidden units of each MLP head (default 64)")
     parser.add_argument("--num-batches", type=int, default=4, help="distinct batches cycled through (default 4)")
+    parser.add_argument(
+        "--dense-size", default=None, help="HxW inputs of task=nyuv2|cityscapes instead of the task's (e.g. 32x48)"
+    )
     parser.add_argument("--out", default=None, help="JSON output (default docs/results/bench/<problem>-<device>.json)")
     parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument(
@@ -545,13 +683,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in user]
     if args.combiners is None and "combiner" in keys:  # combiner=a,b reads as --combiners a,b
         args.combiners = user[keys.index("combiner")].split("=", 1)[1]
-    # the CelebA-shaped problem's model unless the user picks one
-    base = [] if "model" in keys else list(PROBLEM_OVERRIDES)
+    # task=nyuv2|cityscapes: the random dense problem of that shape (the task's data is not read)
+    dense = None
+    if "task" in keys and user[keys.index("task")].split("=", 1)[1] in DENSE_SHAPES:
+        dense = user[keys.index("task")].split("=", 1)[1]
+        user, keys = [o for o, k in zip(user, keys) if k != "task"], [k for k in keys if k != "task"]
+    # the CelebA-shaped problem's model (the dense problems': SegNet) unless the user picks one
+    if dense is not None:
+        base = [] if "model" in keys else [f"model={DENSE_MODEL}"]
+    else:
+        base = [] if "model" in keys else list(PROBLEM_OVERRIDES)
     base += [o for o, k in zip(user, keys) if not (k == "combiner" or k.startswith("combiner."))]
     if args.batch_size is not None:
         base.append(f"trainer.batch_size={args.batch_size}")
+    elif dense is not None:
+        base.append(f"trainer.batch_size={DENSE_BATCH}")
     user_task = "task" in keys
-    cfg = compose(base)
+    try:
+        cfg = compose(base)
+    except Exception as e:  # noqa: BLE001 - Hydra's errors for a missing config group option vary
+        if dense is None:
+            raise
+        model = next((o.split("=", 1)[1] for o in base if o.startswith("model=")), "?")
+        raise SystemExit(
+            f"bench_step: task={dense} needs a dense model; model={model} is not registered here, or an override "
+            f"does not apply ({type(e).__name__}: {str(e).splitlines()[0]}); give model=segnet (or another dense model)"
+        ) from None
 
     from mtbench.train.device import channels_last, resolve_device, retain_freed_memory
 
@@ -559,7 +716,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     retain_freed_memory(bool(cfg.trainer.get("retain_freed_memory", True)))  # as the training loop
     device = resolve_device(cfg.trainer.device)
-    problem = build_problem(cfg, args, device, user_task)
+    problem = build_problem(cfg, args, device, user_task, dense)
     if cfg.trainer.get("channels_last", False):  # as the training loop: NHWC model and batches
         problem.model = channels_last(problem.model)
         problem.batches = [(channels_last(x), y) for x, y in problem.batches]

@@ -148,6 +148,7 @@ def test_celeba_table(celeba):
     lines = [line for line in md.splitlines() if line.startswith("|")]
     assert lines[0] == (
         "| combiner | error rate (%) ↓ | paper error rate (%) | max F1 ↑ | paper max F1 | speed vs baseline | paper speed | seeds | "
+        + "Δm% ↓ | paper Δm% | mean rank ↓ | paper mean rank | "
         + SIG_HEADER
         + " |"
     )
@@ -156,10 +157,16 @@ def test_celeba_table(celeba):
     assert list(rows) == ["baseline", "mgda", "pcgrad", "graddrop"]  # the paper's order
     # best of each column in bold: graddrop's error and max F1, the paper's GradDrop, the baseline's speed
     assert "| **8.50 ± 0.05** | **8.52** | **29.60 ± 0.10** | **29.57** |" in rows["graddrop"]
-    assert "| **1.00** | **1.00** | 3 | — |" in rows["baseline"]  # 1.00 by definition: its spread is a footnote
-    assert rows["mgda"].endswith("| 0.25 ± 0.00 | 0.25 | 3 | worse, p<0.001 |")
-    assert "| better, p=" in rows["graddrop"] and "| n.s., p=" in rows["pcgrad"]
-    assert md.count("**") == 2 * 6
+    # 1.00 by definition (its spread is a footnote); Δm% 0 against itself (no single-task runs, no
+    # published single-task row: each row's baseline); mean rank (2 + 3) / 2 (error 2nd, max F1 3rd)
+    assert "| **1.00** | **1.00** | 3 | 0.00 | 0.00 | 2.50 | 5.00 | — |" in rows["baseline"]
+    # Δm% by hand: (100/2) * ((10.90 - 9.0167) / 9.0167 - (25.967 - 29.1) / 29.1) = 15.83; the
+    # paper's MGDA against the paper's baseline: 50 * (2.11 / 8.71 + 3.35 / 29.35) = 17.82
+    assert rows["mgda"].endswith("| 0.25 ± 0.00 | 0.25 | 3 | 15.83 | 17.82 | 4.00 | 8.00 | worse, p<0.001 |")
+    assert "| 3 | 0.13 | 0.23 | 2.50 | 7.00 | n.s., p=" in rows["pcgrad"]  # ties share the mean rank
+    assert "| **-3.72** | **-1.47** | **1.00** | **1.00** | better, p=" in rows["graddrop"]
+    assert md.count("**") == 2 * 10
+    assert "B_k from each row's baseline run" in md and "against its baseline row, ranks among the paper's 8 rows" in md
     # old runs (no CPU step time): the speed is from wall time, and the footnote says so
     assert (
         "from train_step_s, the wall (on a GPU: device) time per training step, because 12 of 12 runs have no CPU time"
@@ -169,6 +176,10 @@ def test_celeba_table(celeba):
 
     csv = pd.read_csv(celeba / "table.csv").set_index("combiner")
     assert csv.loc["graddrop", "paper_error_rate"] == 8.52 and csv.loc["mgda", "paper_speed"] == 0.25
+    base_err, base_f1, mgda_f1 = (9.00 + 9.10 + 8.95) / 3, 29.1, (26.0 + 25.8 + 26.1) / 3
+    expected_dm = 50 * ((10.9 - base_err) / base_err - (mgda_f1 - base_f1) / base_f1)
+    assert csv.loc["mgda", "delta_m"] == pytest.approx(expected_dm)
+    assert (csv["delta_m_vs"] == "baseline").all() and csv.loc["pcgrad", "mean_rank"] == 2.5
     assert csv.loc["graddrop", "test_error_rate_mean"] == pytest.approx(8.5)
     expected = welch_t_test([8.50, 8.55, 8.45], [9.00, 9.10, 8.95])
     assert csv.loc["graddrop", "p_vs_baseline"] == pytest.approx(expected.p)
@@ -179,7 +190,8 @@ def test_celeba_table(celeba):
 
     tex = (celeba / "table.tex").read_text()
     assert tex.splitlines()[0].startswith("%") and "booktabs" in tex.splitlines()[0]  # its rules are booktabs'
-    assert tex.splitlines()[1].startswith(r"\begin{tabular}{lrrrrrrrl}")
+    assert tex.splitlines()[1].startswith(r"\begin{tabular}{lrrrrrrrrrrrl}")
+    assert r"$\Delta$m\% $\downarrow$" in tex
     assert r"\textbf{8.50 $\pm$ 0.05}" in tex and r"\textbf{8.52}" in tex and "better, p=" in tex
     assert "random" not in tex and "n.s., p=" in tex and r"p $<$ 0.05" in tex
 
@@ -211,9 +223,13 @@ def test_no_paper_columns_for_other_tasks_and_failed_runs_counted(tmp_path):
     tables = build_tables(folder)
     assert tables.paper_file is None and tables.per_attribute is None
     lines = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("|")]
-    assert lines[0] == f"| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds | {SIG_HEADER} |"
-    assert lines[3] == "| clip | **11.20** | **71.00** | **1.00** | 1 | n/a |"  # baseline and clip tie on speed
-    assert "| 2 (+1 failed) | n.s., p=" in lines[4]
+    assert (
+        lines[0]
+        == f"| combiner | error rate (%) ↓ | max F1 ↑ | speed vs baseline | seeds | Δm% ↓ | mean rank ↓ | {SIG_HEADER} |"
+    )
+    # baseline and clip tie on speed; clip's Δm%: 50 * ((11.2 - 11.5) / 11.5 - (71 - 70) / 70) = -2.02
+    assert lines[3] == "| clip | **11.20** | **71.00** | **1.00** | 1 | **-2.02** | **1.00** | n/a |"
+    assert "| 2 (+1 failed) | 5.06 | 3.00 | n.s., p=" in lines[4]  # 50 * (1 / 11.5 + 1 / 70); last on both
 
 
 def test_other_metric_columns_and_explicit_paper_file(tmp_path):

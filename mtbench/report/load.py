@@ -27,6 +27,7 @@ __all__ = [
     "reference",
     "row_keys",
     "run_files",
+    "single_task_runs",
     "speed_clock",
 ]
 
@@ -77,7 +78,9 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     Returns the frame, the files skipped (corrupt), the number of runs in progress, and the
     metric columns (as the runs' ``metric_columns`` name them). The frame has the columns
     ``combiner``, ``variant``, ``overrides`` (a dict), ``label``, ``seed``, ``status``, ``reason``,
-    ``task``, ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
+    ``task``, ``tasks`` (the trained tasks, comma-separated; empty: all), ``n_tasks``, ``report``
+    (``best_val`` or ``last_k``; empty when the run does not say) and ``report_k``,
+    ``run_dir``, ``started_at`` and, for completed runs, ``test_<key>`` per metric,
     ``train_step_s`` (wall time; device time on a GPU), ``train_step_cpu_s`` (process CPU time,
     NaN for runs without it: on a GPU, or made before mtbench recorded it), ``load_max`` (the
     highest 1-minute load average sampled during the run, NaN without samples), ``cores`` and
@@ -103,6 +106,9 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             record.update(
                 task=str(m.get("task", "")), run_dir=str(path.parent), started_at=str(m.get("started_at") or "")
             )
+            tasks = _tasks(m)
+            record.update(tasks=",".join(tasks), n_tasks=len(tasks))
+            record.update(report=str(m.get("report") or ""), report_k=int(m.get("report_k") or 0))
             if status == "completed":
                 cols = tuple((str(k), str(h), bool(hi)) for k, h, hi in m.get("metric_columns", DEFAULT_COLUMNS))
                 record.update({f"test_{k}": float(m["test"][k]) for k, _, _ in cols})
@@ -122,7 +128,8 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                     select_metric=select,
                     select_higher=bool(higher),
                 )
-                columns = columns or cols
+                if columns is None or len(cols) > len(columns):  # single-task runs have fewer
+                    columns = cols
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             warnings.warn(
                 f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2
@@ -140,6 +147,23 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])
         ]
     return frame, skipped, in_progress, columns or DEFAULT_COLUMNS
+
+
+def _tasks(m: dict) -> list[str]:
+    """The tasks a run trained: ``tasks`` of its metrics.json, else its ``config.task.tasks``
+    (empty when neither says: all of the task's)."""
+    tasks = m.get("tasks")
+    if tasks is None:
+        tasks = ((m.get("config") or {}).get("task") or {}).get("tasks")
+    return [str(t) for t in tasks] if isinstance(tasks, list) else []
+
+
+def single_task_runs(runs: pd.DataFrame) -> pd.Series:
+    """Which runs trained one task alone while others in the folder trained several (the
+    single-task references of Δm%, not rows of the table)."""
+    if runs.empty or "n_tasks" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return (runs["n_tasks"] == 1) & bool((runs["n_tasks"] != 1).any())
 
 
 def _order_key(name: str) -> tuple[int, str]:
