@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from omegaconf import OmegaConf
 
 from mtbench.combiners import build_combiner
@@ -14,7 +15,6 @@ from mtbench.combiners.base import Step, check_representation
 from mtbench.data.base import HeadSpec
 from mtbench.errors import MtbenchError
 from mtbench.models import DENSE_MODELS, MODELS, build_model, check_model, shared_representation
-from conftest import run_cli
 
 NYU = {"segmentation": 5, "depth": 1, "normal": 3}
 
