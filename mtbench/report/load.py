@@ -89,6 +89,8 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     for path in run_files(folder):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(m, dict):
+                raise TypeError(f"a JSON {type(m).__name__}, not an object")
             status = m["status"]
             overrides = {str(k): str(v) for k, v in dict(m.get("overrides") or {}).items()}
             variant = str(m.get("variant") or "default")
@@ -123,7 +125,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                     select_higher=bool(higher),
                 )
                 columns = columns or cols
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
             warnings.warn(
                 f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2
             )

@@ -138,8 +138,9 @@ class RunDir:
             if not isinstance(data, dict):
                 raise ValueError(f"a JSON {type(data).__name__}, not an object")
             return data
-        except (OSError, ValueError) as e:
-            log.warning(f"mtbench: {self.metrics} is unreadable ({e}); the run starts again")
+        except (OSError, ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else e
+            log.warning(f"mtbench: {self.metrics} is unreadable ({why}); the run starts again")
             return None
 
     def tidy(self, previous: dict[str, Any] | None) -> None:
@@ -149,6 +150,15 @@ class RunDir:
 
         for path in remove_stale_tmp(self.path, CHECKPOINT):
             log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
+        # the folder's lock is held: no other process writes here, so every temporary file of
+        # an atomic write (``.<name>.<random>.tmp``) was left by a writer that was killed
+        for name in (METRICS, HISTORY, PER_ATTRIBUTE, ERROR_LOG, "model.pt"):
+            for path in self.path.glob(f".{name}.*.tmp"):
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                log.warning(f"mtbench: removed {path}, left by a process that stopped while writing it")
         if previous is not None and previous.get("status") == "completed" and self.checkpoint.exists():
             self.checkpoint.unlink()
             log.warning(f"mtbench: removed {self.checkpoint}: the run is completed and needs no checkpoint")
@@ -185,10 +195,35 @@ class RunDir:
                     f"{'; ...' if len(diff) > 6 else ''}); use force=true to replace it, or name=<other> to keep both"
                 )
             skip = previous.get("status") == "completed"
+            if skip:
+                self.check_history(previous)
         elif previous is not None:  # force=true: start this run again from scratch
             self.clear()
         self.previous = previous
         return skip
+
+    def check_history(self, previous: dict[str, Any]) -> None:
+        """A completed run's ``history.csv`` must be there, with one row per epoch (1, 2, ...):
+        else a one-line ``MtbenchError`` naming it (a skipped re-run would hide the loss)."""
+        from mtbench.errors import MtbenchError
+
+        fix = "re-run it with force=true to write it again (its metrics.json is kept until then)"
+        try:
+            rows = list(csv.DictReader(io.StringIO(self.history.read_text(encoding="utf-8"))))
+        except FileNotFoundError:
+            raise MtbenchError(f"{self.history} of a completed run is missing; {fix}") from None
+        except (OSError, ValueError, csv.Error) as e:
+            raise MtbenchError(f"{self.history} of a completed run is unreadable ({e}); {fix}") from None
+        epochs = [row.get("epoch") for row in rows]
+        expected = previous.get("epochs")
+        if (
+            not rows
+            or epochs != [str(i) for i in range(1, len(rows) + 1)]
+            or (isinstance(expected, int) and len(rows) != expected)
+        ):
+            raise MtbenchError(
+                f"{self.history} of a completed run is damaged (not one row per epoch 1..{expected}); {fix}"
+            )
 
     # -- what each outcome writes ------------------------------------------------------------------
     def start(self, base: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

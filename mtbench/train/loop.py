@@ -160,9 +160,17 @@ class Trainer:
 
         self.state = RunState(epoch_start_data_rng=self.data_gen.get_state())  # saved in checkpoints
         self.ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
+        self.identity = checkpoint_file.run_identity(cfg)  # what a checkpoint is bound to
         if self.ckpt_path is not None and self.ckpt_path.exists():
             saved = checkpoint_file.resume_run(
-                self.ckpt_path, model, self.optimizer, self.scheduler, combiner, self.gens
+                self.ckpt_path,
+                model,
+                self.optimizer,
+                self.scheduler,
+                combiner,
+                self.gens,
+                self.identity,
+                self.steps_per_epoch,
             )
             self.state = RunState.from_dict(saved)
             log.info(
@@ -176,7 +184,14 @@ class Trainer:
         """Write the checkpoint (atomically; nothing without a run folder)."""
         if self.ckpt_path is not None:
             checkpoint_file.save_run(
-                self.ckpt_path, self.state, self.model, self.optimizer, self.scheduler, self.combiner, self.gens
+                self.ckpt_path,
+                self.state,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.combiner,
+                self.gens,
+                self.identity,
             )
 
     def train_epoch(self, stop: StopFlag) -> None:
