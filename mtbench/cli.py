@@ -290,12 +290,27 @@ def _check_folder(path: Path, prefix: str = "", file_fix: str = "", write_fix: s
 
 
 def _check_results_dir(argv: list[str]) -> None:
-    """Fail early, in one line, when the results folder cannot be created (Hydra would give a traceback)."""
+    """Fail early, in one line, when the results folder cannot be created (Hydra would give a
+    traceback: a file in the way, a read-only disk, ``/proc``), or when ``name=`` would put
+    the runs outside it (``name=../x``: a name is one folder name)."""
     root = "results"
     for arg in argv:
-        if arg.startswith("results_dir="):
-            root = arg.split("=", 1)[1]
-    _check_folder(Path(root), f"results_dir={root}: ", "choose another results_dir", "choose another results_dir")
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "results_dir":
+            root = value
+        if key.lstrip("+") == "name":
+            for name in value.split(",") if value else [value]:
+                if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+                    _error(
+                        f"name={name} is not a plain folder name (it would write outside results_dir); "
+                        "choose a name without '/' or '..', e.g. name=my_experiment"
+                    )
+    for each in root.split(",") if root else [root]:
+        _check_folder(Path(each), f"results_dir={each}: ", "choose another results_dir", "choose another results_dir")
+        try:
+            Path(each).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _error(f"results_dir={each}: cannot create it ({e.strerror or e}); choose another results_dir")
 
 
 #: the flags that make a sweep; accepted anywhere on the command line (``mtbench name=x -m seed=0,1``)
@@ -419,7 +434,25 @@ def _register_sweeper() -> None:
 
 def main() -> None:
     """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
-    command failed or was interrupted, 2 if any was refused (a bad input)."""
+    command failed or was interrupted, 2 if any was refused (a bad input). Ctrl-C before a run
+    holds its folder (while the command starts up) is one line and exit 130; a disk that fails
+    outside a run (full, read-only) is one line and exit 2."""
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per message
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print(
+            "mtbench: interrupted while starting up (no run was in progress); re-run the command to go on",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except OSError as e:
+        hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
+        where = f" ({e.filename})" if e.filename else ""
+        _error(f"cannot write{where}: {e.strerror or e}; {hint} and re-run", e)
+
+
+def _main() -> None:
     argv = sys.argv[1:]
     # the working folder is importable, as with ``python -m``: a combiner (model, optimizer) of
     # the user's, named by ``_target_: mine.Mine``, lives next to where mtbench runs

@@ -98,7 +98,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 "combiner": str(m["combiner"]),
                 "variant": variant,
                 "overrides": overrides,
-                "seed": m["seed"],
+                "seed": _seed(m["seed"]),
                 "status": status,
             }
             record.update(label=label(record["combiner"], variant, overrides), reason=m.get("reason"))
@@ -142,6 +142,13 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
             label(c, v, o, common) for c, v, o in zip(frame["combiner"], frame["variant"], frame["overrides"])
         ]
     return frame, skipped, in_progress, columns or DEFAULT_COLUMNS
+
+
+def _seed(value: object) -> int:
+    """A run's seed: an integer >= 0 (not a list, a text or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"seed {value!r} is not an integer >= 0")
+    return value
 
 
 def _order_key(name: str) -> tuple[int, str]:

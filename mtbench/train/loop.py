@@ -233,7 +233,12 @@ class Trainer:
             if self.step.needs_input_grad:
                 x.requires_grad_(True)
             self.timer.start()
-            losses = self.step(x, y)
+            try:
+                losses = self.step(x, y)
+            except ValueError as e:  # a solver's check (mgda, nash_mtl, gradvac, cagrad): name where
+                if "NaN or infinite" not in str(e):
+                    raise
+                raise TrainingFailed(f"non-finite Gram matrix at epoch {epoch}, step {i + 1} ({e})") from e
             state.add_step_times(self.timer.stop())  # on a GPU: read at the logging interval, no sync here
             state.step_cpu_times += self.timer.take_cpu()  # on a CPU: the step's process CPU time
             state.examples += int(x.shape[0])
