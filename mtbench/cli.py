@@ -394,15 +394,40 @@ def _check_sweep_folder(sweep: Path, combiners: list[str] | None = None) -> None
             _check_run_folder(entry)
 
 
+def _check_space(path: Path, size: int = 1 << 16) -> None:
+    """One line and exit 2 when the disk of ``path`` (its first existing folder) cannot take
+    ``size`` bytes: Hydra writes the run's ``.hydra/*.yaml`` before mtbench could report a full
+    disk itself (Hydra would print a traceback)."""
+    folder = next((p for p in [path, *path.parents] if p.is_dir()), None)
+    if folder is None:
+        return
+    probe = folder / f".mtbench-space.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _error(f"no space left on the disk of {folder}; free some disk space (or set results_dir=...) and re-run")
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 class FolderCheck(Callback):
     """Hydra callback: before Hydra creates any run folder, the folders the runs write to are
-    checked (one line, exit 2, instead of a traceback from Hydra)."""
+    checked (one line, exit 2, instead of a traceback from Hydra): permissions and free space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_run_folder(Path(str(config.hydra.run.dir)))
+        _check_space(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_sweep_folder(Path(str(config.hydra.sweep.dir)), _swept_combiners(config))
+        _check_space(Path(str(config.hydra.sweep.dir)))
 
 
 def _swept_combiners(config: DictConfig) -> list[str] | None:

@@ -533,3 +533,22 @@ def test_non_finite_gram_matrix_reason_names_epoch_and_step(tmp_path, monkeypatc
     with pytest.raises(TrainingFailed) as e:
         train(cfg)
     assert str(e.value).startswith("non-finite Gram matrix at epoch 1, step 3 (mgda:")
+
+
+def test_disk_full_before_hydra_writes_its_files_is_one_line(tmp_path, monkeypatch, capsys):
+    """The run folder's disk cannot take Hydra's ``.hydra/*.yaml``: one line, exit 2, before
+    Hydra starts writing (its own error would be a traceback)."""
+    import errno
+    import os
+
+    from mtbench import cli
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli.os, "fsync", full)
+    with pytest.raises(SystemExit) as e:
+        cli._check_space(tmp_path / "results" / "run")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"no space left on the disk of {tmp_path}" in err
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
