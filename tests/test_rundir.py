@@ -23,6 +23,8 @@ def saved(folder: RunDir, status: str, config=CONFIG, checkpoint: bool = False) 
     atomic_write_text(folder.metrics, json.dumps({**BASE, "status": status, "config": config, "started_at": "then"}))
     if checkpoint:
         atomic_write_bytes(folder.checkpoint, b"a checkpoint")
+    if status == "completed":  # a completed run has its history
+        atomic_write_text(folder.history, "epoch,val_error_rate\n1,10.0\n")
 
 
 def test_config_diff_names_identity_keys_only_and_ignores_retired_ones():
