@@ -99,17 +99,18 @@ def _check_each_loss(losses: Any, stacked: Tensor, stop: Any) -> None:
             (i, x.grad_fn if x.grad_fn is not None else (_node(x) if x.requires_grad else None))
             for i, x in enumerate(losses)
         ]
+    bad = []
     for i, node in items:
-        why = None
         if node is None:
-            why = "a constant or a detached tensor"
+            bad.append((i, "a constant or a detached tensor"))
         elif not _walk([node], stop)[1]:
-            why = "computed from other tensors only"
-        if why is not None:
-            raise ValueError(
-                f"losses[{i}] does not depend on features ({why}): its task would get no gradient; "
-                "compute every task's loss from the features passed"
-            )
+            bad.append((i, "computed from other tensors only"))
+    if bad and len(bad) < len(items):  # (none depends on them: the caller's one-line check)
+        i, why = bad[0]
+        raise ValueError(
+            f"losses[{i}] does not depend on features ({why}): its task would get no gradient; "
+            "compute every task's loss from the features passed"
+        )
 
 
 def _combiner(combiner: Any, num_tasks: int) -> Combiner:
