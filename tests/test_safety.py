@@ -552,3 +552,18 @@ def test_disk_full_before_hydra_writes_its_files_is_one_line(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and f"no space left on the disk of {tmp_path}" in err
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["numbers removed", "test as text"])
+def test_completed_run_with_damaged_numbers_is_reported_by_the_rerun(completed, tmp_path, damage):
+    cwd, folder = copy_of(completed, tmp_path)
+    record = json.loads((folder / "metrics.json").read_text())
+    if damage == "numbers removed":
+        for key in ("test", "val", "train_step_s"):
+            record.pop(key)
+    else:
+        record["test"] = "text"
+    (folder / "metrics.json").write_text(json.dumps(record))
+    line = one_error_line(run_cli("mtbench", TINY, cwd=cwd))
+    assert "metrics.json" in line and "force=true" in line

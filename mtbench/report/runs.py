@@ -196,11 +196,34 @@ class RunDir:
                 )
             skip = previous.get("status") == "completed"
             if skip:
+                self.check_completed(previous)
                 self.check_history(previous)
         elif previous is not None:  # force=true: start this run again from scratch
             self.clear()
         self.previous = previous
         return skip
+
+    def check_completed(self, previous: dict[str, Any]) -> None:
+        """A completed run's ``metrics.json`` must hold its numbers (``metric_columns``, a
+        number per column in ``test`` and ``val``, ``train_step_s``): else a one-line
+        ``MtbenchError`` naming it (the skipped run's summary would read them)."""
+        from mtbench.errors import MtbenchError
+
+        def number(value: Any) -> bool:
+            return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+        columns = previous.get("metric_columns")
+        ok = isinstance(columns, list) and bool(columns)
+        ok = ok and all(isinstance(c, list) and len(c) == 3 and isinstance(c[0], str) for c in columns)
+        for split in ("test", "val"):
+            values = previous.get(split)
+            ok = ok and isinstance(values, dict) and all(c[0] in values and number(values[c[0]]) for c in columns)
+        ok = ok and number(previous.get("train_step_s")) and number(previous.get("wall_s"))
+        if not ok:
+            raise MtbenchError(
+                f"{self.metrics} says completed but lacks its numbers (metric_columns, test, val, train_step_s); "
+                "re-run it with force=true"
+            )
 
     def check_history(self, previous: dict[str, Any]) -> None:
         """A completed run's ``history.csv`` must be there, with one row per epoch (1, 2, ...):
