@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -307,10 +308,14 @@ def _check_results_dir(argv: list[str]) -> None:
                     )
     for each in root.split(",") if root else [root]:
         _check_folder(Path(each), f"results_dir={each}: ", "choose another results_dir", "choose another results_dir")
-        try:
-            Path(each).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            _error(f"results_dir={each}: cannot create it ({e.strerror or e}); choose another results_dir")
+        parent = next((p for p in [Path(each), *Path(each).parents] if p.exists()), None)
+        if parent is not None and parent.is_dir():  # can a folder be made there (root passes os.access)?
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".mtbench-check.", dir=parent))
+            except OSError as e:
+                _error(
+                    f"results_dir={each}: cannot create it in {parent} ({e.strerror or e}); choose another results_dir"
+                )
 
 
 #: the flags that make a sweep; accepted anywhere on the command line (``mtbench name=x -m seed=0,1``)
