@@ -29,14 +29,11 @@ import time
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mtbench.errors import MtbenchError
-
-if TYPE_CHECKING:
-    from mtbench.data.celeba import CelebAFiles
 
 log = logging.getLogger("mtbench")
 
@@ -92,7 +89,7 @@ def verify(folder: Path, meta: dict[str, Any], workers: int | None = None) -> st
 
 
 def fingerprint(
-    files: CelebAFiles,
+    files: Any,
     names: list[str],
     attr_raw: bytes,
     partition_raw: bytes,
@@ -116,7 +113,7 @@ def fingerprint(
     return h.hexdigest()
 
 
-def cache_root(files: CelebAFiles, cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_root(files: Any, cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else ``<base>/.mtbench_cache`` if writable, else the user cache."""
     if cache_dir:
         root = Path(str(cache_dir)).expanduser().absolute()
@@ -289,7 +286,7 @@ def _remove_stale(root: Path, prefix: str) -> None:
 
 
 def build_cache(
-    files: CelebAFiles,
+    files: Any,
     names: list[str],
     partition: np.ndarray,
     fp: str,
