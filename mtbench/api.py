@@ -83,6 +83,36 @@ def _node(t: Tensor) -> Any:
     return t.view_as(t).grad_fn.next_functions[0][0]
 
 
+def _check_each_loss(losses: Any, stacked: Tensor, stop: Any) -> None:
+    """One line naming the first loss that does not depend on ``features`` (a constant, a
+    detached tensor, a loss of other inputs): its task would get no gradient, silently."""
+    if isinstance(losses, Tensor):
+        node = losses.grad_fn
+        if node is None or type(node).__name__ not in ("StackBackward0", "CatBackward0"):
+            return  # one tensor from elsewhere: checked as a whole
+        nodes = [nxt for nxt, _ in node.next_functions]
+        if len(nodes) != stacked.numel():
+            return
+        items = [(i, n) for i, n in enumerate(nodes)]
+    else:
+        items = [
+            (i, x.grad_fn if x.grad_fn is not None else (_node(x) if x.requires_grad else None))
+            for i, x in enumerate(losses)
+        ]
+    bad = []
+    for i, node in items:
+        if node is None:
+            bad.append((i, "a constant or a detached tensor"))
+        elif not _walk([node], stop)[1]:
+            bad.append((i, "computed from other tensors only"))
+    if bad and len(bad) < len(items):  # (none depends on them: the caller's one-line check)
+        i, why = bad[0]
+        raise ValueError(
+            f"losses[{i}] does not depend on features ({why}): its task would get no gradient; "
+            "compute every task's loss from the features passed"
+        )
+
+
 def _combiner(combiner: Any, num_tasks: int) -> Combiner:
     if isinstance(combiner, Combiner):
         if combiner.num_tasks != num_tasks:
@@ -156,11 +186,13 @@ def backward(
             f"combiner {comb.name!r} needs the network's inputs (the input gradient penalty); use target=representation, or mtbench's trainer"
         )
     stop = _node(features)
+    _check_each_loss(losses, stacked, stop)
     heads, reached = _walk([stacked.grad_fn], stop)
     if not reached:
         raise ValueError("losses do not depend on features: compute every task's loss from the features passed")
     if shared_params is None:
-        shared = _walk([features.grad_fn], None)[0] if features.grad_fn is not None else []
+        # features that are a leaf (the caller's own embedding): their gradient is the shared one
+        shared = _walk([features.grad_fn], None)[0] if features.grad_fn is not None else [features]
     else:
         shared = [p for p in shared_params if p.requires_grad]
     shared_ids = {id(p) for p in shared}

@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -295,12 +296,31 @@ def _check_folder(path: Path, prefix: str = "", file_fix: str = "", write_fix: s
 
 
 def _check_results_dir(argv: list[str]) -> None:
-    """Fail early, in one line, when the results folder cannot be created (Hydra would give a traceback)."""
+    """Fail early, in one line, when the results folder cannot be created (Hydra would give a
+    traceback: a file in the way, a read-only disk, ``/proc``), or when ``name=`` would put
+    the runs outside it (``name=../x``: a name is one folder name)."""
     root = "results"
     for arg in argv:
-        if arg.startswith("results_dir="):
-            root = arg.split("=", 1)[1]
-    _check_folder(Path(root), f"results_dir={root}: ", "choose another results_dir", "choose another results_dir")
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "results_dir":
+            root = value
+        if key.lstrip("+") == "name":
+            for name in value.split(",") if value else [value]:
+                if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+                    _error(
+                        f"name={name} is not a plain folder name (it would write outside results_dir); "
+                        "choose a name without '/' or '..', e.g. name=my_experiment"
+                    )
+    for each in root.split(",") if root else [root]:
+        _check_folder(Path(each), f"results_dir={each}: ", "choose another results_dir", "choose another results_dir")
+        parent = next((p for p in [Path(each), *Path(each).parents] if p.exists()), None)
+        if parent is not None and parent.is_dir():  # can a folder be made there (root passes os.access)?
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".mtbench-check.", dir=parent))
+            except OSError as e:
+                _error(
+                    f"results_dir={each}: cannot create it in {parent} ({e.strerror or e}); choose another results_dir"
+                )
 
 
 #: the flags that make a sweep; accepted anywhere on the command line (``mtbench name=x -m seed=0,1``)
@@ -384,15 +404,40 @@ def _check_sweep_folder(sweep: Path, combiners: list[str] | None = None) -> None
             _check_run_folder(entry)
 
 
+def _check_space(path: Path, size: int = 1 << 16) -> None:
+    """One line and exit 2 when the disk of ``path`` (its first existing folder) cannot take
+    ``size`` bytes: Hydra writes the run's ``.hydra/*.yaml`` before mtbench could report a full
+    disk itself (Hydra would print a traceback)."""
+    folder = next((p for p in [path, *path.parents] if p.is_dir()), None)
+    if folder is None:
+        return
+    probe = folder / f".mtbench-space.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _error(f"no space left on the disk of {folder}; free some disk space (or set results_dir=...) and re-run")
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 class FolderCheck(Callback):
     """Hydra callback: before Hydra creates any run folder, the folders the runs write to are
-    checked (one line, exit 2, instead of a traceback from Hydra)."""
+    checked (one line, exit 2, instead of a traceback from Hydra): permissions and free space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_run_folder(Path(str(config.hydra.run.dir)))
+        _check_space(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_sweep_folder(Path(str(config.hydra.sweep.dir)), _swept_combiners(config))
+        _check_space(Path(str(config.hydra.sweep.dir)))
 
 
 def _swept_combiners(config: DictConfig) -> list[str] | None:
@@ -424,7 +469,25 @@ def _register_sweeper() -> None:
 
 def main() -> None:
     """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
-    command failed or was interrupted, 2 if any was refused (a bad input)."""
+    command failed or was interrupted, 2 if any was refused (a bad input). Ctrl-C before a run
+    holds its folder (while the command starts up) is one line and exit 130; a disk that fails
+    outside a run (full, read-only) is one line and exit 2."""
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per message
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print(
+            "mtbench: interrupted while starting up (no run was in progress); re-run the command to go on",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except OSError as e:
+        hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
+        where = f" ({e.filename})" if e.filename else ""
+        _error(f"cannot write{where}: {e.strerror or e}; {hint} and re-run", e)
+
+
+def _main() -> None:
     argv = sys.argv[1:]
     # the working folder is importable, as with ``python -m``: a combiner (model, optimizer) of
     # the user's, named by ``_target_: mine.Mine``, lives next to where mtbench runs

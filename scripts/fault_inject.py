@@ -30,6 +30,17 @@ Each case disturbs one run (or sweep) in a fresh folder and checks what must hol
   ends with the undisturbed numbers or stops with exit 2 and one ``mtbench: error:`` line
   (never other numbers, never a traceback); a file where the results folder or a combiner's
   folder belongs: exit 2 with one line, the file untouched.
+- ``malicious_*``: a crafted pickle whose loading would create a marker file, as the
+  checkpoint of a stopped run (a raw pickle, a torch zip file, torch's legacy format, one
+  behind a valid checksum header), as a fresh run folder's checkpoint, as ``model.pt`` for
+  ``mtbench-eval``, and a ``metrics.json`` naming a builder (``model._target_``): exit 2 with
+  one line naming the file, and the marker never appears.
+- ``foreign_*``: another seed's or another combiner's checkpoint, or the run's own with its
+  epoch rewritten, all with valid checksums: exit 2 with one line naming the checkpoint.
+- ``damaged_*``: ``mtbench-eval`` on a garbage, list-shaped or config-less ``metrics.json``, an
+  empty or truncated ``model.pt``, a batch size of 0; ``mtbench-table`` with an empty, binary
+  or wrongly shaped paper CSV; ``name=../../outside``; a results folder under ``/proc``: exit 2
+  with one line, no traceback, nothing written outside the results folder.
 - ``order_*``: a run's numbers do not depend on the runs before it in the same process.
 - ``badopt_*``: a bad option value or a typo in a name: exit 2, exactly one ``mtbench: error:`` line, no
   traceback, no ``metrics.json`` left.
@@ -375,9 +386,11 @@ class Injector:
         skipped = sum(err.count("skipped") for _, err in results)
         case.details.update(skip_lines=skipped)
 
-    def _killed_mid_run(self, cwd: Path) -> bool:
-        proc = start(cwd, CONFIG)
-        ok = wait_for(lambda: (run_folder(cwd) / "checkpoint.pt").exists(), proc)
+    def _killed_mid_run(self, cwd: Path, extra: list[str] | None = None) -> bool:
+        proc = start(cwd, [*CONFIG, *(extra or [])])
+        combiner = next((a.split("=", 1)[1] for a in extra or [] if a.startswith("combiner=")), "baseline")
+        seed = int(next((a.split("=", 1)[1] for a in extra or [] if a.startswith("seed=")), 0))
+        ok = wait_for(lambda: (run_folder(cwd, combiner, seed) / "checkpoint.pt").exists(), proc)
         proc.kill()
         proc.wait()
         return ok
@@ -450,6 +463,116 @@ class Injector:
                 numbers(folder) == self.refs["baseline"], "completed with other numbers than the undisturbed run"
             )
 
+    # -- files from elsewhere ----------------------------------------------------------------
+    def one_line(self, case: Case, proc: subprocess.CompletedProcess, names: str, prefix: str = "mtbench") -> None:
+        """Exit 2, one ``<prefix>: error:`` line that contains ``names``, no traceback."""
+        errors = [x for x in proc.stderr.splitlines() if x.startswith(f"{prefix}: error:")]
+        case.details.update(exit=proc.returncode, error=errors[0] if errors else last_line(proc.stderr))
+        case.check(proc.returncode == 2, f"exit {proc.returncode}")
+        case.check("Traceback" not in proc.stderr, "traceback on stderr")
+        case.check(len(errors) == 1 and names in errors[0], f"no single error line naming {names}")
+
+    def completed_run(self, case: Case, cwd: Path) -> Path | None:
+        proc = run(cwd, CONFIG)
+        return run_folder(cwd) if case.check(proc.returncode == 0, "the first run failed") else None
+
+    def malicious(self, case: Case, what: str) -> None:
+        cwd = self.fresh(case.name)
+        marker = cwd / "MARKER"
+        payload = _crafted(marker, what.split("_", 1)[1] if what.startswith(("checkpoint_", "model_")) else "zip")
+        if what.startswith("checkpoint_"):
+            if not case.check(self._killed_mid_run(cwd), "the run never checkpointed"):
+                return
+            (run_folder(cwd) / "checkpoint.pt").write_bytes(payload)
+            self.one_line(case, run(cwd, CONFIG), "checkpoint.pt")
+        elif what == "fresh_folder":
+            probe = self.fresh(case.name + "_probe")  # where this config's run folder is
+            if not case.check(self._killed_mid_run(probe), "the run never checkpointed"):
+                return
+            folder = cwd / run_folder(probe).relative_to(probe)
+            folder.mkdir(parents=True)
+            (folder / "checkpoint.pt").write_bytes(payload)
+            self.one_line(case, run(cwd, CONFIG), "checkpoint.pt")
+        else:
+            folder = self.completed_run(case, cwd)
+            if folder is None:
+                return
+            if what.startswith("model_"):
+                (folder / "model.pt").write_bytes(payload)
+                names = "model.pt"
+            else:  # metrics.json names a builder
+                record = json.loads((folder / "metrics.json").read_text())
+                record["config"]["model"] = {
+                    "name": "small_cnn",
+                    "_target_": "builtins.open",
+                    "file": str(marker),
+                    "mode": "w",
+                }
+                (folder / "metrics.json").write_text(json.dumps(record))
+                names = "_target_"
+            self.one_line(case, run_tool("mtbench-eval", cwd, [str(folder)]), names)
+        case.check(not marker.exists(), "the payload ran: the marker file exists")
+
+    def foreign(self, case: Case, what: str) -> None:
+        cwd = self.fresh(case.name)
+        if not case.check(self._killed_mid_run(cwd), "the run never checkpointed"):
+            return
+        path = run_folder(cwd) / "checkpoint.pt"
+        if what == "epoch_rewritten":
+            from mtbench.train import checkpoint
+
+            payload = checkpoint.load(path)
+            payload["state"]["epoch"] += 1
+            checkpoint.save(payload, path)  # a valid checksum
+        else:
+            other = self.fresh(case.name + "_other")
+            extra = ["seed=1"] if what == "seed" else ["combiner=clip"]
+            if not case.check(self._killed_mid_run(other, extra), "the other run never checkpointed"):
+                return
+            shutil.copy(
+                run_folder(other, "clip" if what == "combiner" else "baseline", 1 if what == "seed" else 0)
+                / "checkpoint.pt",
+                path,
+            )
+        self.one_line(case, run(cwd, CONFIG), "checkpoint.pt")
+
+    def damaged(self, case: Case, what: str) -> None:
+        cwd = self.fresh(case.name)
+        if what == "name_escape":
+            self.one_line(case, run(cwd, [*CONFIG, "name=../../outside"]), "name=../../outside")
+            case.check(not (cwd.parent.parent / "outside").exists(), "a folder was written outside results_dir")
+            return
+        if what == "results_proc":
+            self.one_line(case, run(cwd, [*CONFIG, "results_dir=/proc/mtbench"]), "/proc/mtbench")
+            return
+        folder = self.completed_run(case, cwd)
+        if folder is None:
+            return
+        metrics, model = folder / "metrics.json", folder / "model.pt"
+        if what.startswith("table_paper_"):
+            paper = cwd / "paper.csv"
+            paper.write_bytes({"empty": b"", "binary": bytes(range(256)) * 4, "shape": b'a,b\n1,2,3\n"x\n'}[what[12:]])
+            proc = run_tool("mtbench-table", cwd, [SWEEP, "--no-plots", "--paper", str(paper)])
+            self.one_line(case, proc, "paper.csv", prefix="mtbench-table")
+            return
+        args = [str(folder)]
+        if what == "eval_metrics_garbage":
+            metrics.write_bytes(os.urandom(300))
+        elif what == "eval_metrics_list":
+            metrics.write_text("[1, 2]")
+        elif what == "eval_metrics_no_config":
+            record = json.loads(metrics.read_text())
+            record.pop("config")
+            metrics.write_text(json.dumps(record))
+        elif what == "eval_model_empty":
+            model.write_bytes(b"")
+        elif what == "eval_model_truncated":
+            model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+        elif what == "eval_batch_zero":
+            args += ["--batch-size", "0"]
+        names = "model.pt" if "model" in what else ("--batch-size" if "batch" in what else "metrics.json")
+        self.one_line(case, run_tool("mtbench-eval", cwd, args), names)
+
     def order(self, case: Case) -> None:
         cwd = self.fresh(case.name)
         proc = run(cwd, ["-m", "combiner=clip,baseline", *CONFIG])
@@ -472,6 +595,46 @@ class Injector:
         case.check(not list(cwd.glob("results/**/metrics.json")), "a metrics.json was left")
 
 
+def run_tool(name: str, cwd: Path, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``mtbench-eval`` or ``mtbench-table`` (the console script next to this interpreter)."""
+    script = Path(sys.executable).parent / name
+    command = [str(script)] if script.exists() else [shutil.which(name) or name]
+    return subprocess.run(
+        command + args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+class _Payload:
+    """Unpickling it creates ``marker`` (what an attacker's code would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted(marker: Path, kind: str) -> bytes:
+    """A malicious file: ``raw`` pickle, torch ``zip``, torch ``legacy`` format, or ``header``
+    (a torch zip behind a valid mtbench checksum header)."""
+    import hashlib
+    import io
+    import pickle
+
+    import torch
+
+    if kind == "raw":
+        return pickle.dumps({"state": _Payload(marker)})
+    buf = io.BytesIO()
+    torch.save({"state": _Payload(marker)}, buf, _use_new_zipfile_serialization=kind != "legacy")
+    body = buf.getvalue()
+    if kind == "header":
+        from mtbench.train.checkpoint import MAGIC
+
+        return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    return body
+
+
 def last_line(text: str) -> str:
     lines = [x for x in text.strip().splitlines() if x.strip()]
     return lines[-1][:200] if lines else ""
@@ -490,6 +653,13 @@ def all_cases(inj: Injector, n_random: int) -> list[tuple[str, str, Callable[[Ca
     for what in ("metrics_truncated_completed", "metrics_not_an_object", "metrics_garbage_running", "checkpoint_truncated", "checkpoint_flipped_bytes", "lock_garbage_old", "lock_other_host_old", "stale_tmp_files",
                  "results_folder_is_a_file", "combiner_folder_is_a_file"):  # fmt: skip
         cases.append((f"corrupt_{what}", "corrupted files", lambda c, w=what: inj.corrupt(c, w)))
+    for what in ("checkpoint_raw", "checkpoint_zip", "checkpoint_legacy", "checkpoint_header", "fresh_folder", "model_raw", "model_zip", "model_legacy", "metrics_target"):  # fmt: skip
+        cases.append((f"malicious_{what}", "malicious files", lambda c, w=what: inj.malicious(c, w)))
+    for what in ("seed", "combiner", "epoch_rewritten"):
+        cases.append((f"foreign_{what}", "foreign files", lambda c, w=what: inj.foreign(c, w)))
+    for what in ("eval_metrics_garbage", "eval_metrics_list", "eval_metrics_no_config", "eval_model_empty", "eval_model_truncated", "eval_batch_zero",
+                 "table_paper_empty", "table_paper_binary", "table_paper_shape", "name_escape", "results_proc"):  # fmt: skip
+        cases.append((f"damaged_{what}", "damaged inputs", lambda c, w=what: inj.damaged(c, w)))
     cases.append(("order_sweep_vs_single", "order", inj.order))
     for name, overrides in BAD_OPTIONS:
         cases.append((f"badopt_{name}", "bad option", lambda c, o=overrides: inj.bad_option(c, o)))

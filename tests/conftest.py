@@ -34,7 +34,7 @@ def command(name: str) -> list[str]:
         return [found]
     module = {
         "mtbench": "mtbench",
-        "mtbench-table": "mtbench.report.table",
+        "mtbench-table": "mtbench.report.table_main",
         "mtbench-fake": "mtbench.data.fake",
         "mtbench-eval": "mtbench.train.evaluate",
     }[name]

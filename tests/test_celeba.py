@@ -20,7 +20,7 @@ import torch
 from conftest import run_cli, run_dir
 from PIL import Image
 
-from mtbench.data import celeba
+from mtbench.data import celeba, celeba_cache
 from mtbench.errors import MtbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def decodes(monkeypatch) -> list[str]:
         seen.append(Path(path).name)
         return original(path, size)
 
-    monkeypatch.setattr(celeba, "decode_image", counting)
+    monkeypatch.setattr(celeba_cache, "decode_image", counting)
     return seen
 
 
@@ -256,12 +256,12 @@ def test_killed_build_is_never_used(fake, decodes):
     """SIGKILL in the middle of a build: the next load ignores and removes its leftovers."""
     code = (
         "import time, sys\n"
-        "from mtbench.data import celeba\n"
-        "original = celeba.decode_image\n"
+        "from mtbench.data import celeba, celeba_cache\n"
+        "original = celeba_cache.decode_image\n"
         "def slow(path, size):\n"
         "    time.sleep(0.1)\n"
         "    return original(path, size)\n"
-        "celeba.decode_image = slow\n"
+        "celeba_cache.decode_image = slow\n"
         f"celeba.load_celeba({str(fake)!r}, image_size={SIZE}, workers=1, progress=False)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -291,11 +291,11 @@ def test_interrupted_build_leaves_nothing(fake, monkeypatch):
             raise KeyboardInterrupt
         return original(path, size)
 
-    monkeypatch.setattr(celeba, "decode_image", dying)
+    monkeypatch.setattr(celeba_cache, "decode_image", dying)
     with pytest.raises(KeyboardInterrupt):
         load(fake, workers=1)
     assert cache_entries(fake) == []
-    monkeypatch.setattr(celeba, "decode_image", original)
+    monkeypatch.setattr(celeba_cache, "decode_image", original)
     assert len(load(fake).splits["test"]) == 4
 
 
@@ -575,3 +575,40 @@ def test_sweep_end_to_end(pristine, tmp_path):
         }
 
     assert numbers(run_dir(tmp_path / "alone" / "celeba", "graddrop", 0)) == numbers(run_dir(folder, "graddrop", 0))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "same-size file", "edited statistics", "no checksums"])
+def test_damaged_cache_is_rebuilt_never_used(fake, decodes, damage):
+    """The cache is verified on every load (meta.json's block SHA-256s and its own digest): a
+    damaged one is rebuilt, and the data and statistics are those of an undamaged cache."""
+    first = load(fake)
+    images = {s: first.splits[s].images.clone() for s in celeba.SPLITS}
+    mean, std = first.mean.clone(), first.std.clone()
+    del first
+    (folder,) = [p for p in (fake / ".mtbench_cache").iterdir() if p.is_dir()]
+    built = len(decodes)
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "flipped byte":
+        path = folder / "val.npy"
+        raw = bytearray(path.read_bytes())
+        raw[-7] ^= 0x01
+        path.write_bytes(bytes(raw))
+    elif damage == "same-size file":
+        path = folder / "train.npy"
+        raw = path.read_bytes()
+        header = len(raw) - images["train"].numel()
+        path.write_bytes(raw[:header] + bytes(reversed(raw[header:])))
+    elif damage == "edited statistics":
+        meta["mean"] = [0.5, 0.5, 0.5]
+        meta_path.write_text(json.dumps(meta))
+    else:  # a cache of an earlier version: no checksums
+        del meta["checksums"], meta["meta_sha256"]
+        meta_path.write_text(json.dumps(meta))
+    again = load(fake)
+    assert len(decodes) == 2 * built  # decoded again
+    for s in celeba.SPLITS:
+        assert torch.equal(again.splits[s].images, images[s])
+    assert torch.equal(again.mean, mean) and torch.equal(again.std, std)
+    load(fake)
+    assert len(decodes) == 2 * built  # an intact cache is used as it is

@@ -23,6 +23,12 @@ def saved(folder: RunDir, status: str, config=CONFIG, checkpoint: bool = False) 
     atomic_write_text(folder.metrics, json.dumps({**BASE, "status": status, "config": config, "started_at": "then"}))
     if checkpoint:
         atomic_write_bytes(folder.checkpoint, b"a checkpoint")
+    if status == "completed":  # a completed run has its numbers and its history
+        numbers = {"metric_columns": [["error_rate", "error rate (%)", False]], "test": {"error_rate": 9.0}}
+        numbers.update(val={"error_rate": 10.0}, train_step_s=0.01, wall_s=1.0)
+        record = json.loads(folder.metrics.read_text())
+        atomic_write_text(folder.metrics, json.dumps({**record, **numbers}))
+        atomic_write_text(folder.history, "epoch,val_error_rate\n1,10.0\n")
 
 
 def test_config_diff_names_identity_keys_only_and_ignores_retired_ones():

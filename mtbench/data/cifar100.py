@@ -59,13 +59,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only (what the CIFAR files hold), so a
-    pickle from elsewhere cannot run code."""
+    pickle from elsewhere cannot run code. NumPy 1 and NumPy 2 name the same functions in
+    different modules (``numpy.core`` / ``numpy._core``); a file re-saved by NumPy 2 with
+    pickle protocol 5 rebuilds its arrays with ``numeric._frombuffer`` (bytes, dtype, shape,
+    order: no code)."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
@@ -76,6 +81,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
         if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core") :]
+        elif module.startswith("numpy._core") and not hasattr(np, "_core"):
+            module = "numpy.core" + module[len("numpy._core") :]
         return super().find_class(module, name)
 
 

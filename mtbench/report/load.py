@@ -92,6 +92,8 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
     for path in run_files(folder):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(m, dict):
+                raise TypeError(f"a JSON {type(m).__name__}, not an object")
             status = m["status"]
             overrides = {str(k): str(v) for k, v in dict(m.get("overrides") or {}).items()}
             variant = str(m.get("variant") or "default")
@@ -99,7 +101,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 "combiner": str(m["combiner"]),
                 "variant": variant,
                 "overrides": overrides,
-                "seed": m["seed"],
+                "seed": _seed(m["seed"]),
                 "status": status,
             }
             record.update(label=label(record["combiner"], variant, overrides), reason=m.get("reason"))
@@ -130,7 +132,7 @@ def load_runs(folder: Path) -> tuple[pd.DataFrame, list[str], int, tuple[tuple[s
                 )
                 if columns is None or len(cols) > len(columns):  # single-task runs have fewer
                     columns = cols
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
             warnings.warn(
                 f"skipping {path}: not a readable mtbench metrics file ({type(e).__name__}: {e})", stacklevel=2
             )
@@ -164,6 +166,13 @@ def single_task_runs(runs: pd.DataFrame) -> pd.Series:
     if runs.empty or "n_tasks" not in runs.columns:
         return pd.Series(False, index=runs.index)
     return (runs["n_tasks"] == 1) & bool((runs["n_tasks"] != 1).any())
+
+
+def _seed(value: object) -> int:
+    """A run's seed: an integer >= 0 (not a list, a text or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"seed {value!r} is not an integer >= 0")
+    return value
 
 
 def _order_key(name: str) -> tuple[int, str]:

@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    except OSError:
+    except (OSError, OverflowError, ValueError):  # not a process id of this system
         return False
     return True
 
@@ -84,7 +84,7 @@ def stale_reason(path: Path, info: dict[str, Any] | None, now: float | None = No
         return f"unreadable and {age:.0f} s old" if age > HEARTBEAT_S else None
     host, pid = info.get("host"), info.get("pid")
     if host == socket.gethostname():
-        if not isinstance(pid, int) or pid <= 0:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
             return "its pid is not a number"
         if pid == os.getpid():
             return None if info.get("token") in _HELD else "left by an earlier run of this process id"

@@ -138,8 +138,9 @@ class RunDir:
             if not isinstance(data, dict):
                 raise ValueError(f"a JSON {type(data).__name__}, not an object")
             return data
-        except (OSError, ValueError) as e:
-            log.warning(f"mtbench: {self.metrics} is unreadable ({e}); the run starts again")
+        except (OSError, ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else e
+            log.warning(f"mtbench: {self.metrics} is unreadable ({why}); the run starts again")
             return None
 
     def tidy(self, previous: dict[str, Any] | None) -> None:
@@ -149,6 +150,15 @@ class RunDir:
 
         for path in remove_stale_tmp(self.path, CHECKPOINT):
             log.warning(f"mtbench: removed {path}, left by a process that stopped while saving a checkpoint")
+        # the folder's lock is held: no other process writes here, so every temporary file of
+        # an atomic write (``.<name>.<random>.tmp``) was left by a writer that was killed
+        for name in (METRICS, HISTORY, PER_ATTRIBUTE, ERROR_LOG, "model.pt"):
+            for path in self.path.glob(f".{name}.*.tmp"):
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                log.warning(f"mtbench: removed {path}, left by a process that stopped while writing it")
         if previous is not None and previous.get("status") == "completed" and self.checkpoint.exists():
             self.checkpoint.unlink()
             log.warning(f"mtbench: removed {self.checkpoint}: the run is completed and needs no checkpoint")
@@ -185,10 +195,58 @@ class RunDir:
                     f"{'; ...' if len(diff) > 6 else ''}); use force=true to replace it, or name=<other> to keep both"
                 )
             skip = previous.get("status") == "completed"
+            if skip:
+                self.check_completed(previous)
+                self.check_history(previous)
         elif previous is not None:  # force=true: start this run again from scratch
             self.clear()
         self.previous = previous
         return skip
+
+    def check_completed(self, previous: dict[str, Any]) -> None:
+        """A completed run's ``metrics.json`` must hold its numbers (``metric_columns``, a
+        number per column in ``test`` and ``val``, ``train_step_s``): else a one-line
+        ``MtbenchError`` naming it (the skipped run's summary would read them)."""
+        from mtbench.errors import MtbenchError
+
+        def number(value: Any) -> bool:
+            return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+        columns = previous.get("metric_columns")
+        ok = isinstance(columns, list) and bool(columns)
+        ok = ok and all(isinstance(c, list) and len(c) == 3 and isinstance(c[0], str) for c in columns)
+        for split in ("test", "val"):
+            values = previous.get(split)
+            ok = ok and isinstance(values, dict) and all(c[0] in values and number(values[c[0]]) for c in columns)
+        ok = ok and number(previous.get("train_step_s")) and number(previous.get("wall_s"))
+        if not ok:
+            raise MtbenchError(
+                f"{self.metrics} says completed but lacks its numbers (metric_columns, test, val, train_step_s); "
+                "re-run it with force=true"
+            )
+
+    def check_history(self, previous: dict[str, Any]) -> None:
+        """A completed run's ``history.csv`` must be there, with one row per epoch (1, 2, ...):
+        else a one-line ``MtbenchError`` naming it (a skipped re-run would hide the loss)."""
+        from mtbench.errors import MtbenchError
+
+        fix = "re-run it with force=true to write it again (its metrics.json is kept until then)"
+        try:
+            rows = list(csv.DictReader(io.StringIO(self.history.read_text(encoding="utf-8"))))
+        except FileNotFoundError:
+            raise MtbenchError(f"{self.history} of a completed run is missing; {fix}") from None
+        except (OSError, ValueError, csv.Error) as e:
+            raise MtbenchError(f"{self.history} of a completed run is unreadable ({e}); {fix}") from None
+        epochs = [row.get("epoch") for row in rows]
+        expected = previous.get("epochs")
+        if (
+            not rows
+            or epochs != [str(i) for i in range(1, len(rows) + 1)]
+            or (isinstance(expected, int) and len(rows) != expected)
+        ):
+            raise MtbenchError(
+                f"{self.history} of a completed run is damaged (not one row per epoch 1..{expected}); {fix}"
+            )
 
     # -- what each outcome writes ------------------------------------------------------------------
     def start(self, base: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

@@ -166,9 +166,17 @@ class Trainer:
 
         self.state = RunState(epoch_start_data_rng=self.data_gen.get_state())  # saved in checkpoints
         self.ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
+        self.identity = checkpoint_file.run_identity(cfg)  # what a checkpoint is bound to
         if self.ckpt_path is not None and self.ckpt_path.exists():
             saved = checkpoint_file.resume_run(
-                self.ckpt_path, model, self.optimizer, self.scheduler, combiner, self.gens
+                self.ckpt_path,
+                model,
+                self.optimizer,
+                self.scheduler,
+                combiner,
+                self.gens,
+                self.identity,
+                self.steps_per_epoch,
             )
             self.state = RunState.from_dict(saved)
             log.info(
@@ -182,7 +190,14 @@ class Trainer:
         """Write the checkpoint (atomically; nothing without a run folder)."""
         if self.ckpt_path is not None:
             checkpoint_file.save_run(
-                self.ckpt_path, self.state, self.model, self.optimizer, self.scheduler, self.combiner, self.gens
+                self.ckpt_path,
+                self.state,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.combiner,
+                self.gens,
+                self.identity,
             )
 
     def train_epoch(self, stop: StopFlag) -> None:
@@ -224,7 +239,12 @@ class Trainer:
             if self.step.needs_input_grad:
                 x.requires_grad_(True)
             self.timer.start()
-            losses = self.step(x, y)
+            try:
+                losses = self.step(x, y)
+            except ValueError as e:  # a solver's check (mgda, nash_mtl, gradvac, cagrad): name where
+                if "NaN or infinite" not in str(e):
+                    raise
+                raise TrainingFailed(f"non-finite Gram matrix at epoch {epoch}, step {i + 1} ({e})") from e
             state.add_step_times(self.timer.stop())  # on a GPU: read at the logging interval, no sync here
             state.step_cpu_times += self.timer.take_cpu()  # on a CPU: the step's process CPU time
             state.examples += int(x.shape[0])
