@@ -101,6 +101,7 @@ def plot_error_vs_speed(done: pd.DataFrame, columns, folder: Path) -> list[Path]
 def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
     """The figure of ``error_vs_speed`` (None without a run to draw). With one seed per row the
     mean is the run itself: one marker per row, and the legend lists no per-seed marks."""
+    from matplotlib.markers import MarkerStyle
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     key, header, higher = columns[0]
@@ -130,7 +131,7 @@ def error_vs_speed_figure(done: pd.DataFrame, columns, title: str):
             s=120 * big,
             color=colour,
             marker=marker,
-            edgecolors="black",
+            edgecolors="black" if MarkerStyle(marker).is_filled() else None,  # a line marker has no edge
             linewidths=0.9,
             label=label,
             zorder=3,

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtbench.errors import MtbenchError
 from mtbench.report.aggregate import (  # noqa: F401 - re-exported: the table's public names
     _mean_std,
     _welch_fields,
@@ -185,7 +186,7 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
     if paper_file is not None:
         try:
             paper_frame = read_paper(paper_file)
-        except (OSError, ValueError) as e:
+        except MtbenchError as e:
             if paper is not None:  # asked for explicitly: an error
                 raise
             warnings.warn(f"ignoring the paper's numbers in {paper_file}: {e}", stacklevel=2)

@@ -11,35 +11,8 @@ from __future__ import annotations
 
 import errno
 import sys
-from pathlib import Path
-from typing import Any
 
 from mtbench.errors import MtbenchError
-
-PAPER_FIX = (
-    "give a CSV with a 'combiner' column (mtbench's names) and one numeric column per metric "
-    "(error_rate, max_f1, ..., speed), or leave --paper out"
-)
-
-
-def read_paper_checked(path: Path | str, read: Any) -> Any:
-    """``read(path)`` (the table's ``read_paper``), its failures one ``MtbenchError`` naming the
-    file; every column but ``method`` must hold numbers."""
-    import pandas as pd
-
-    try:
-        paper = read(path)
-    except (OSError, ValueError) as e:  # pandas' parser errors and a file that is not text are ValueErrors
-        first = " ".join(str(e).split())[:160]
-        raise MtbenchError(f"paper CSV {path} is not readable ({type(e).__name__}: {first}); {PAPER_FIX}") from None
-    for column in paper.columns:
-        if column == "method":
-            continue
-        try:
-            pd.to_numeric(paper[column], errors="raise")
-        except (ValueError, TypeError):
-            raise MtbenchError(f"paper CSV {path}: column {column!r} does not hold numbers; {PAPER_FIX}") from None
-    return paper
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from mtbench.report import table
 
-        read = table.read_paper
-        table.read_paper = lambda path: read_paper_checked(path, read)  # the checked reader, for this command
-        try:
-            return table.main(argv)
-        finally:
-            table.read_paper = read
+        return table.main(argv)
     except KeyboardInterrupt:
         print(
             "mtbench-table: interrupted; the tables written so far are whole, re-run to write the rest", file=sys.stderr
