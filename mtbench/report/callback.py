@@ -11,6 +11,7 @@ tables of each: the folders are read from the command's manifest (``sweep.py``).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,19 @@ class TableCallback(Callback):
 
                 log_table(config.logger, folder, Path(str(config.results_dir)))
         except NoRuns as e:
-            print(f"mtbench: {e}", file=sys.stderr)
+            if any(job.get("outcome") == "skipped" for job in sweep.jobs()):
+                print(
+                    f"mtbench: {folder}: no finished runs yet; the process that owns them writes the tables",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"mtbench: {e}", file=sys.stderr)
         except (OSError, ValueError) as e:
             print(f"mtbench: could not write the tables in {folder}: {e}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("MTBENCH_DRY_RUN") == "1":  # mtbench -m ... --dry-run: no job ran
+            return
         folders = sweep.folders() or [Path(config.hydra.sweep.dir)]
         for folder in folders:
             self._tables(folder, config)
