@@ -47,6 +47,7 @@ from typing import Any
 
 import pandas as pd
 
+from mtbench.report import speed
 from mtbench.report.load import (  # noqa: F401 - re-exported: the table's public names
     DEFAULT_COLUMNS,
     ORDER,
@@ -282,6 +283,8 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
     for _, col, higher in layout:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
         best[col] = _best(values, bool(higher))
+        if col == "speed":  # -- speed bolding rule (mtbench/report/speed.py): outside the baseline's spread --
+            best[col] = speed.boldable(table, best[col])
     rows = []
     labels = (
         {(r["combiner"], r["variant"]): r["label"] for _, r in table.iterrows()} if "label" in table.columns else {}
@@ -295,7 +298,7 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
             else:
                 text = _fmt(row[col], math.nan)
             text = bold(text) if i in best[col] else text
-            if col == "speed" and _flag(row.get("overloaded")):
+            if col == "speed" and _flag(row.get("overloaded")) and not _flag(row.get("speed_measured")):
                 text += " †"  # the machine's load exceeded its cores during these runs (speed_notes)
             cells.append(text)
         seeds = str(int(row["seeds"]))
@@ -602,7 +605,10 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
             paper_note = f"{paper_file} is not readable ({e})"
             paper_file = None
     table = aggregate(runs, columns, paper_frame)
-    notes = speed_notes(runs, table)
+    # -- speed column source (mtbench/report/speed.py): the sweep-end interleaved measurement --
+    table = speed.apply(table, folder)
+    notes = speed.notes(folder) or speed_notes(runs, table)
+    # -- end speed column source --
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
     tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
