@@ -203,12 +203,12 @@ def aggregate(runs: pd.DataFrame, columns=DEFAULT_COLUMNS, paper: pd.DataFrame |
 
 
 def _shows_reference(table: pd.DataFrame) -> bool:
-    """Whether the table needs its ``compared with`` column (more than one baseline variant, or a
-    row compared with a non-default one)."""
+    """Whether the table needs its ``compared with`` column: only with more than one baseline
+    variant (with one, every row is compared with it: docs/guide/sweeps.md)."""
     if "reference" not in table.columns:
         return False
     baselines = table.loc[table["combiner"] == "baseline", "variant"]
-    return len(baselines) > 1 or bool((table["reference"].fillna("").isin(["", "default"]) == False).any())  # noqa: E712
+    return len(baselines) > 1
 
 
 def _reference_cell(row: pd.Series, runs_label) -> str:
