@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "load": [round(load0, 2), round(load1, 2)],
                     "seconds": result["seconds"],
                     "baseline_spread": result["baseline_spread"],
-                    "speed": {r["label"]: r["speed"] for r in result["rows"]},
+                    "speed": {r["combiner"]: r["speed"] for r in result["rows"]},
                 }
             )
             print(
