@@ -110,3 +110,19 @@ def test_a_live_commands_manifest_stays(tmp_path, monkeypatch):
     live.write_text("")
     sweep.discard(path)
     assert live.exists()
+
+
+@pytest.mark.parametrize("name", ["resnet_graddrop", "resnet_mgda"])
+def test_examples_help_is_complete(name, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [name, "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "examples" / f"{name}.py"), run_name="__main__")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    options = " ".join(out.split("options:", 1)[1].split())
+    blocks = {b.split()[0]: b for b in ("--" + x for x in options.split(" --")[1:])}
+    for option in ("--steps", "--batch-size", "--image-size", "--device"):
+        assert "(default: " in blocks[option], blocks[option]  # a help text and its default
+    assert "heads" in out and "random data" in " ".join(out.split())  # the whole first paragraph
