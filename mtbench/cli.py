@@ -521,6 +521,11 @@ def _print_version(argv: list[str]) -> None:
 DRY_RUN_FLAG = "--dry-run"
 
 
+def _is_cfg_flag(arg: str) -> bool:
+    """Hydra's ``--cfg``/``-c`` flag in any of its spellings (not ``-cd``, the config dir)."""
+    return arg in ("--cfg", "-c") or arg.startswith("--cfg=") or arg in ("-cjob", "-chydra", "-call")
+
+
 def _sweep_listing(argv: list[str]) -> list[str]:
     """``--dry-run`` taken out of ``argv`` (a multirun of the same overrides, whose sweeper
     lists the jobs and runs none: ``MTBENCH_DRY_RUN=1``); ``--cfg`` with ``-m`` refused in one
@@ -528,16 +533,14 @@ def _sweep_listing(argv: list[str]) -> list[str]:
     from hydra_plugins.mtbench_sweeper import DRY_RUN
 
     if DRY_RUN_FLAG in argv:
-        if any(a in ("--cfg", "-c") or a.startswith(("--cfg=", "-c")) for a in argv):
+        if any(_is_cfg_flag(a) for a in argv):
             _error("--dry-run lists a sweep's jobs; --cfg prints one run's config: use one of them")
         argv = [a for a in argv if a != DRY_RUN_FLAG]
         if not any(a in MULTIRUN_FLAGS for a in argv):
             argv = ["-m", *argv]
         os.environ[DRY_RUN] = "1"
         return argv
-    if any(a in MULTIRUN_FLAGS for a in argv) and any(
-        a in ("--cfg", "-c") or a.startswith(("--cfg=", "-c")) for a in argv
-    ):
+    if any(a in MULTIRUN_FLAGS for a in argv) and any(_is_cfg_flag(a) for a in argv):
         _error(
             "--cfg prints one run's config and cannot go with -m; list the sweep's jobs with "
             "mtbench -m ... --dry-run, or drop -m (and the commas) to see one run's config"

@@ -165,3 +165,10 @@ def test_gpu_preset_without_a_gpu_is_refused_unless_the_device_is_explicit(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = ["experiment=paper_celeba", "data.root=/nonexistent"]
     assert check_job(_composed(*args), args) is None
+
+
+def test_cfg_flag_spellings():
+    from mtbench.cli import _is_cfg_flag
+
+    assert all(_is_cfg_flag(a) for a in ("--cfg", "-c", "--cfg=job", "-cjob"))
+    assert not any(_is_cfg_flag(a) for a in ("-cd", "--config-dir", "--config-name", "combiner=clip"))
