@@ -418,6 +418,8 @@ def check_job(cfg: DictConfig, overrides: list[str]) -> str | None:
     Hydra creates the job's folder (a refused run writes nothing; a sweep checks every job
     before the first starts)."""
     cfg = cfg.copy()
+    dropped, disabled = set(_DROPPED), log.disabled
+    log.disabled = True  # the job itself logs what it drops, once
     try:
         _drop_inapplicable(cfg, overrides)
         _apply_per_combiner(cfg, overrides)
@@ -425,6 +427,10 @@ def check_job(cfg: DictConfig, overrides: list[str]) -> str | None:
         validate(cfg)
     except MtbenchError as e:
         return str(e)
+    finally:
+        log.disabled = disabled
+        _DROPPED.clear()
+        _DROPPED.update(dropped)
     return None
 
 
