@@ -35,11 +35,17 @@ class MultiTaskResNet(nn.Module):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    ap.add_argument("--steps", type=int, default=20, help="training steps, each on a fresh random batch")
+    ap.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    ap.add_argument("--image-size", type=int, default=64, help="height and width of the random RGB images")
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (cuda when one is visible)",
+    )
     args = ap.parse_args()
 
     torch.manual_seed(0)

@@ -209,5 +209,24 @@ def backward(
         generator=generator,
         cpu_generator=cpu_generator,
     )  # type: ignore[arg-type]
+    _check_trunk(comb, trunk)
     comb.backward(step)
     return comb.log_values()
+
+
+def _check_trunk(comb: Combiner, trunk: nn.Module | None) -> None:
+    """A combiner that reads the trunk's last weight layer (GradNorm's ``grad_at="last_shared"``,
+    the default) needs ``trunk=``: say so in the terms of this function's arguments."""
+    if getattr(comb, "grad_at", None) != "last_shared":
+        return
+    has_weight = trunk is not None and any(
+        isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2 and m.weight.requires_grad
+        for m in trunk.modules()
+    )
+    if not has_weight:
+        given = "no trunk= was given" if trunk is None else "trunk= has no layer with a weight matrix"
+        raise ValueError(
+            f"{comb.name} takes its gradient norms at the trunk's last weight layer and {given}: pass "
+            "trunk=<the module that produced features> to mtbench.backward, or build the combiner with "
+            "grad_at='representation'"
+        )

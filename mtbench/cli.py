@@ -71,6 +71,7 @@ def validate(cfg: DictConfig) -> None:
     from mtbench.train.options import check_trainer
 
     check_trainer(cfg.trainer)
+    _check_gpu_preset(cfg)
     check_int("seed", cfg.get("seed"), minimum=0)
     check_bool("force", cfg.get("force", False))
     check_loggers(cfg.get("logger"))
@@ -87,6 +88,35 @@ def validate(cfg: DictConfig) -> None:
     combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
     # a combiner at the shared representation needs a model that has one (not segnet_mtan)
     check_representation(combiner, cfg.model.name, shared_representation(cfg.model))
+
+
+#: the presets sized for a GPU: refused where none is visible unless trainer.device is explicit
+GPU_PRESETS = ("paper_celeba", "paper_cifar100", "kurin_celeba", "famo_celeba")
+
+
+def _check_gpu_preset(cfg: DictConfig) -> None:
+    """``experiment=<a GPU preset>`` with ``trainer.device=auto`` on a machine without a CUDA GPU:
+    a one-line error (the run would fall back to the CPU silently, many times slower) naming
+    ``trainer.device=cpu``, which runs it on the CPU anyway."""
+    if str(cfg.trainer.get("device", "auto")) != "auto":
+        return
+    hydra_node = cfg.get("hydra") if "hydra" in cfg else None
+    if hydra_node is not None:
+        choices = hydra_node.runtime.choices
+    elif HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+    else:
+        return
+    preset = choices.get("experiment")
+    if preset not in GPU_PRESETS:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MtbenchError(
+            f"experiment={preset} is sized for a GPU and no CUDA GPU is visible; add trainer.device=cpu to run it "
+            "on the CPU anyway (many times slower: hours per run), or run it on a machine with a GPU"
+        )
 
 
 def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:
@@ -250,6 +280,7 @@ def _app(cfg: DictConfig) -> float:
         validate(cfg)
         record = run(cfg, run_dir, ident)
     except MtbenchError as e:
+        _remove_leftovers(run_dir)
         if not multirun:
             _error(str(e), e)
         print(f"mtbench: error: {run_dir}: {e}", file=sys.stderr)  # this job only: the sweep goes on
@@ -266,6 +297,8 @@ def _app(cfg: DictConfig) -> float:
             e,
         )
     sweep.record(run_dir, str(record.get("status")), record.get("reason"))
+    if record["status"] == "skipped" and not multirun:
+        _error(_held_message([f"{record['reason']}"]), code=sweep.HELD)
     if record["status"] == "failed":
         FAILED.append(str(run_dir))
         log.error(f"mtbench: run {run_dir} failed: {record['reason']} (details in {run_dir / 'error.log'})")
@@ -427,13 +460,40 @@ def _check_space(path: Path, size: int = 1 << 16) -> None:
             pass
 
 
+def check_job(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """The one-line reason mtbench refuses the job whose composed config is ``cfg`` (its
+    command-line ``overrides``), or None: what ``_app`` checks before it trains, done before
+    Hydra creates the job's folder (a refused run writes nothing; a sweep checks every job
+    before the first starts)."""
+    cfg = cfg.copy()
+    dropped, disabled = set(_DROPPED), log.disabled
+    log.disabled = True  # the job itself logs what it drops, once
+    try:
+        _drop_inapplicable(cfg, overrides)
+        _apply_per_combiner(cfg, overrides)
+        identity(overrides, str(cfg.combiner.name))
+        validate(cfg)
+    except MtbenchError as e:
+        return str(e)
+    finally:
+        log.disabled = disabled
+        _DROPPED.clear()
+        _DROPPED.update(dropped)
+    return None
+
+
 class FolderCheck(Callback):
     """Hydra callback: before Hydra creates any run folder, the folders the runs write to are
-    checked (one line, exit 2, instead of a traceback from Hydra): permissions and free space."""
+    checked (one line, exit 2, instead of a traceback from Hydra): permissions and free space;
+    and a single run's config is checked (``check_job``), so that a refused run leaves no folder
+    behind."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_run_folder(Path(str(config.hydra.run.dir)))
         _check_space(Path(str(config.hydra.run.dir)))
+        problem = check_job(config, [str(o) for o in config.hydra.overrides.task])
+        if problem:
+            _error(problem)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_sweep_folder(Path(str(config.hydra.sweep.dir)), _swept_combiners(config))
@@ -467,6 +527,84 @@ def _register_sweeper() -> None:
     Plugins.instance().register(InterleavedSweeper)
 
 
+def _held_message(lines: list[str]) -> str:
+    """The one line for runs that another live process holds (exit status ``sweep.HELD``)."""
+    return (
+        f"{len(lines)} run(s) are owned by another mtbench process that is running them ({'; '.join(lines)}); "
+        "wait for it to end (or stop it) and re-run to check them"
+    )
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """A refused run writes nothing: remove what Hydra put in ``run_dir`` before the job started
+    (``.hydra/``, ``mtbench.log``) when nothing else is there, and the folders above it that this
+    leaves empty (up to ``<results_dir>/<name>``). A folder holding another run's files is left alone."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.name not in (".hydra", "mtbench.log") for p in run_dir.iterdir()):
+        return
+    log_file = (run_dir / "mtbench.log").resolve()
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
+                handler.close()
+                logger.removeHandler(handler)
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / "mtbench.log").unlink(missing_ok=True)
+    folder = run_dir
+    for _ in range(5):  # seed=<s>, <variant>, <combiner>, runs, <name>
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _print_version(argv: list[str]) -> None:
+    """``mtbench --version``: mtbench's version (and the Hydra it runs on), exit 0."""
+    if "--version" not in argv:
+        return
+    from hydra import __version__ as hydra_version
+
+    from mtbench import __version__
+
+    print(f"mtbench {__version__}")
+    print(f"Hydra {hydra_version}")
+    sys.exit(0)
+
+
+#: ``mtbench -m ... --dry-run``: check and list the sweep's jobs, run none (hydra_plugins.mtbench_sweeper)
+DRY_RUN_FLAG = "--dry-run"
+
+
+def _is_cfg_flag(arg: str) -> bool:
+    """Hydra's ``--cfg``/``-c`` flag in any of its spellings (not ``-cd``, the config dir)."""
+    return arg in ("--cfg", "-c") or arg.startswith("--cfg=") or arg in ("-cjob", "-chydra", "-call")
+
+
+def _sweep_listing(argv: list[str]) -> list[str]:
+    """``--dry-run`` taken out of ``argv`` (a multirun of the same overrides, whose sweeper
+    lists the jobs and runs none: ``MTBENCH_DRY_RUN=1``); ``--cfg`` with ``-m`` refused in one
+    line naming ``--dry-run`` (Hydra shows one job's config, never a sweep's)."""
+    from hydra_plugins.mtbench_sweeper import DRY_RUN
+
+    if DRY_RUN_FLAG in argv:
+        if any(_is_cfg_flag(a) for a in argv):
+            _error("--dry-run lists a sweep's jobs; --cfg prints one run's config: use one of them")
+        argv = [a for a in argv if a != DRY_RUN_FLAG]
+        if not any(a in MULTIRUN_FLAGS for a in argv):
+            argv = ["-m", *argv]
+        os.environ[DRY_RUN] = "1"
+        return argv
+    if any(a in MULTIRUN_FLAGS for a in argv) and any(_is_cfg_flag(a) for a in argv):
+        _error(
+            "--cfg prints one run's config and cannot go with -m; list the sweep's jobs with "
+            "mtbench -m ... --dry-run, or drop -m (and the commas) to see one run's config"
+        )
+    return argv
+
+
 def main() -> None:
     """Console entry point: check the command line, run the Hydra app; exit 1 if any run of the
     command failed or was interrupted, 2 if any was refused (a bad input). Ctrl-C before a run
@@ -493,7 +631,9 @@ def _main() -> None:
     # the user's, named by ``_target_: mine.Mine``, lives next to where mtbench runs
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
+    _print_version(argv)
     _check_results_dir(argv)
+    argv = _sweep_listing(argv)
     try:
         argv, multirun = _rewrite_argv(argv)
     except MtbenchError as e:
@@ -504,9 +644,16 @@ def _main() -> None:
         _register_sweeper()
         root = next((a.split("=", 1)[1] for a in argv if a.startswith("results_dir=")), "results")
         manifest = sweep.start(root.split(",")[0])
-    _app()
+    try:
+        _app()
+    except BaseException:
+        if manifest is not None:  # interrupted or refused: the manifest has no further use
+            sweep.discard(manifest)
+        raise
     if manifest is not None:
         code, lines = sweep.finish(manifest)
+        if code == sweep.HELD:
+            _error(_held_message(lines), code=sweep.HELD)
         if code:
             print(f"mtbench: {len(lines)} run(s) did not complete: " + "; ".join(lines), file=sys.stderr)
             sys.exit(code)

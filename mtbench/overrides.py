@@ -120,10 +120,11 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    overrides = [expand_home(text) for text in overrides]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
-        return overrides  # a syntax error: Hydra's own message says where
+        raise MtbenchError(_syntax_error(overrides)) from None
     group_choices: dict[str, list[str]] = {}
     keyed = []
     searchpath: list[str] = [f"file://{Path(d).resolve()}" for d in config_dirs or []]
@@ -147,6 +148,7 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
             group_choices[key] = values
         elif not key.startswith("hydra") and not o.is_delete():
             keyed.append((text, o))
+    _check_hydra_plugins(parsed, searchpath, hydra_keep)
     out = list(overrides)
     configs = (
         _compose(group_choices, hydra_keep) if keyed or any(o.key_or_group == "hydra/sweeper" for o in parsed) else []
@@ -184,6 +186,137 @@ def check(overrides: list[str], multirun: bool, config_dirs: list[str] | None = 
     ):
         out.append(f"hydra.sweeper.direction={_direction(configs, overrides, parsed)}")
     return out
+
+
+#: Hydra's plugin groups mtbench's command line checks, and the package each known choice needs
+PLUGINS = {
+    "hydra/launcher": {
+        "joblib": "hydra-joblib-launcher",
+        "submitit_local": "hydra-submitit-launcher",
+        "submitit_slurm": "hydra-submitit-launcher",
+        "slurm": "hydra-submitit-launcher",
+        "ray": "hydra-ray-launcher",
+        "rq": "hydra-rq-launcher",
+    },
+    "hydra/sweeper": {
+        "optuna": 'the [optuna] extra: pip install -e ".[optuna]" (or pip install hydra-optuna-sweeper)',
+        "ax": "hydra-ax-sweeper",
+        "nevergrad": "hydra-nevergrad-sweeper",
+    },
+}
+
+#: the launchers that submit to SLURM (``sbatch`` must be on PATH)
+SLURM_LAUNCHERS = ("slurm", "submitit_slurm")
+
+
+def hydra_choices(group: str, searchpath: list[str] | None = None) -> list[str]:
+    """The choices Hydra finds for one of its plugin groups (``hydra/launcher``), from the
+    installed plugins and mtbench's configs."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtbench.configs", version_base="1.3"):
+            found = set(GlobalHydra.instance().config_loader().get_group_options(group))
+    finally:
+        GlobalHydra.instance().clear()
+    for entry in searchpath or []:
+        if entry.startswith("file://"):
+            folder = Path(entry[len("file://") :]) / group
+            if folder.is_dir():
+                found.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(found)
+
+
+def _check_hydra_plugins(parsed: list[Any], searchpath: list[str], hydra_keep: list[str]) -> None:
+    """``hydra/launcher=...`` and ``hydra/sweeper=...``: a choice that does not exist (did you
+    mean, or the package to install), SLURM off a cluster, and a ``hydra.launcher.<key>`` /
+    ``hydra.sweeper.<key>`` that the chosen plugin does not have."""
+    import shutil
+
+    chosen: dict[str, str] = {}
+    for o in parsed:
+        group = o.key_or_group
+        if group not in PLUGINS or o.package is not None:
+            continue
+        valid = hydra_choices(group, searchpath)
+        for v in _values(o):
+            if v in valid:
+                chosen[group] = v
+                continue
+            need = PLUGINS[group].get(v)
+            if need:
+                how = need if need.startswith("the ") else f"the {need} package: pip install {need}"
+                raise MtbenchError(f"{group}={v} needs {how}")
+            raise MtbenchError(
+                f"{group}={v}: no such {group.split('/')[1]}; {_suggest(v, valid)}available: {', '.join(valid)}"
+            )
+    launcher = chosen.get("hydra/launcher")
+    if launcher in SLURM_LAUNCHERS and shutil.which("sbatch") is None:
+        raise MtbenchError(
+            f"hydra/launcher={launcher} submits each run with SLURM's sbatch, which is not on this machine's PATH; "
+            "run the command on the cluster's login node, or drop hydra/launcher to run here"
+        )
+    keyed = [
+        o
+        for o in parsed
+        if o.key_or_group.split(".")[:2] in (["hydra", "launcher"], ["hydra", "sweeper"])
+        and len(o.key_or_group.split(".")) > 2
+        and not o.is_delete()
+    ]
+    if not keyed:
+        return
+    extra = [f"{g}={v}" for g, v in chosen.items()] + hydra_keep
+    configs = _compose({}, extra)
+    if not configs:
+        return
+    hydra_cfg = configs[0].hydra
+    for o in keyed:
+        _, part, option = o.key_or_group.split(".")[:3]
+        node = hydra_cfg.get(part)
+        if node is None or option in node or option == "params":
+            continue
+        name = chosen.get(f"hydra/{part}") or str(hydra_cfg.runtime.choices.get(f"hydra/{part}", ""))
+        close = difflib.get_close_matches(option, [str(k) for k in node.keys()], n=1, cutoff=0.6)
+        hint = (
+            f"did you mean hydra.{part}.{close[0]}?"
+            if close
+            else f"its keys are {', '.join(str(k) for k in node.keys())}"
+        )
+        raise MtbenchError(f"{o.key_or_group} is not an option of hydra/{part}={name}; {hint}")
+
+
+def expand_home(text: str) -> str:
+    """``key=~/path`` (and ``key=~``) with ``~`` expanded to the home folder and the value quoted
+    for Hydra: a shell expands ``~`` only at the start of a word, and Hydra's grammar rejects it."""
+    key, sep, value = text.partition("=")
+    if not sep or not (value == "~" or value.startswith("~/")):
+        return text
+    path = str(Path(value).expanduser())
+    if "'" in path or "\\" in path:
+        return text  # left to _syntax_error's advice
+    return f"{key}='{path}'"
+
+
+def _syntax_error(overrides: list[str]) -> str:
+    """The one-line message for the first override Hydra's grammar rejects."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for text in overrides:
+        try:
+            OverridesParser.create().parse_overrides([text])
+        except HydraException:
+            key, sep, value = text.partition("=")
+            if not sep:
+                return f"{text}: not an override; write key=value (e.g. trainer.epochs=2)"
+            quoted = value.replace("'", "\\'")
+            return (
+                f"{text}: Hydra's override grammar rejects a character in this value; quote it for Hydra "
+                f"inside the shell's quotes: \"{key}='{quoted}'\""
+            )
+    return "Hydra cannot parse the overrides; quote values that hold special characters: \"key='value'\""
 
 
 def _open_dicts(configs: list[Any]) -> set[str]:

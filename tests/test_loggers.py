@@ -80,7 +80,9 @@ def test_mlflow_store(swept):
     from mtbench.report.loggers import mlflow_client
 
     cwd, results, folder, metrics, history = swept
-    client = mlflow_client((cwd / "results" / "mlruns").resolve().as_uri())
+    # the default store: one SQLite file, which MLflow opens without MLFLOW_ALLOW_FILE_STORE
+    assert (cwd / "results" / "mlflow.db").is_file() and not (cwd / "results" / "mlruns").exists()
+    client = mlflow_client(f"sqlite:///{(cwd / 'results' / 'mlflow.db').resolve()}")
     experiment = client.get_experiment_by_name("shapes40")
     runs = client.search_runs([experiment.experiment_id])
     (run,) = [r for r in runs if r.data.tags.get("combiner") == "gradnorm"]
@@ -175,6 +177,7 @@ def test_default_logger_writes_todays_files_only(tmp_path):
     assert {p.name for p in folder.iterdir()} == TODAY
     assert (
         not (tmp_path / "results" / "mlruns").exists()
+        and not (tmp_path / "results" / "mlflow.db").exists()
         and not (tmp_path / "results" / "shapes40" / "tensorboard").exists()
     )
     # logger=csv is the default: the same folder (the variant does not change), skipped as completed

@@ -88,12 +88,17 @@ def test_second_process_skips_a_live_run_and_writes_nothing_into_it(tmp_path, re
     folder = run_dir(tmp_path / SWEEP, "baseline")
     lock = json.loads((folder / ".lock").read_text())
     assert lock["host"] == socket.gethostname() and lock["pid"] == first.pid
-    ours = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name not in ("mtbench.log", ".hydra")}
+    # the holder's heartbeat touches .lock every 30 s: its content is compared, not its mtime
+    ours = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name not in ("mtbench.log", ".hydra", ".lock")}
     second = run_cli("mtbench", TINY, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]  # a skipped run is not a failure
+    assert second.returncode == 3, second.stderr[-3000:]  # the other process owns the run
     assert f"is being run by {socket.gethostname()}:{first.pid}, skipped" in second.stderr
+    assert "mtbench: error: 1 run(s) are owned by another mtbench process that is running them" in second.stderr
     assert "Traceback" not in second.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name not in ("mtbench.log", ".hydra")} == ours
+    assert {
+        p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name not in ("mtbench.log", ".hydra", ".lock")
+    } == ours
+    assert json.loads((folder / ".lock").read_text()) == lock
     marker.unlink()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err[-3000:]

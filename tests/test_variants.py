@@ -123,12 +123,11 @@ def test_typos_get_one_line_with_the_closest_name(tmp_path, override, words):
     assert line.startswith("mtbench: error:") and words in line, line
 
 
-def test_a_bad_value_for_one_job_fails_that_job_and_the_sweep_goes_on(tmp_path):
+def test_a_bad_value_for_one_job_refuses_the_sweep_before_any_job_runs(tmp_path):
     proc = run_cli("mtbench", ["-m", "combiner=graddrop", "combiner.leak=0.5,7", *SMALL], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "combiner.leak" in proc.stderr and "did not complete" in proc.stderr
-    runs = _metrics(tmp_path / "results" / "shapes40")
-    assert [m["overrides"]["combiner.leak"] for m in runs] == ["0.5"] and runs[0]["status"] == "completed"
+    assert "job combiner.leak=7: combiner.leak" in proc.stderr and "1 of 2 job(s) refused; nothing ran" in proc.stderr
+    assert _metrics(tmp_path / "results" / "shapes40") == []  # the good job did not run either
 
 
 def test_failed_run_under_joblib_gives_a_nonzero_exit(tmp_path):

@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from mtbench.report import speed
 from mtbench.report.load import DEFAULT_COLUMNS, speed_clock
 from mtbench.report.significance import ALPHA
 
@@ -19,12 +20,12 @@ TEX_HEADER = "% mtbench table: needs \\usepackage{booktabs} in the preamble (\\t
 
 
 def _shows_reference(table: pd.DataFrame) -> bool:
-    """Whether the table needs its ``compared with`` column (more than one baseline variant, or a
-    row compared with a non-default one)."""
+    """Whether the table needs its ``compared with`` column: only with more than one baseline
+    variant (with one, every row is compared with it: docs/guide/sweeps.md)."""
     if "reference" not in table.columns:
         return False
     baselines = table.loc[table["combiner"] == "baseline", "variant"]
-    return len(baselines) > 1 or bool((table["reference"].fillna("").isin(["", "default"]) == False).any())  # noqa: E712
+    return len(baselines) > 1
 
 
 def _reference_cell(row: pd.Series, runs_label) -> str:
@@ -118,6 +119,8 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
     for _, col, higher in layout + summary:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
         best[col] = _best(values, bool(higher))
+        if col == "speed":  # bold only a speed outside the baseline's own spread (mtbench/report/speed.py)
+            best[col] = speed.boldable(table, best[col])
     rows = []
     labels = (
         {(r["combiner"], r["variant"]): r["label"] for _, r in table.iterrows()} if "label" in table.columns else {}
@@ -131,7 +134,7 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
             else:
                 text = _fmt(row[col], math.nan)
             text = bold(text) if i in best[col] else text
-            if col == "speed" and _flag(row.get("overloaded")):
+            if col == "speed" and _flag(row.get("overloaded")) and not _flag(row.get("speed_measured")):
                 text += " †"  # the machine's load exceeded its cores during these runs (speed_notes)
             cells.append(text)
         seeds = str(int(row["seeds"]))

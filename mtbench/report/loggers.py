@@ -7,8 +7,8 @@
   ``torch.utils.tensorboard``;
 - ``wandb``: a Weights & Biases run (its files in ``<run>/wandb/``); ``WANDB_MODE=offline`` (or
   ``logger.wandb.mode=offline``) needs no network;
-- ``mlflow``: an MLflow run in a local store (``<results_dir>/mlruns`` by default, any tracking
-  URI with ``logger.mlflow.tracking_uri=...``).
+- ``mlflow``: an MLflow run in a local SQLite store (``<results_dir>/mlflow.db`` by default, any
+  tracking URI with ``logger.mlflow.tracking_uri=...``).
 
 Several at once: ``logger=[tensorboard,mlflow]``. Each backend gets, per run, the resolved
 config, the combiner, variant and seed as tags (or params), and per epoch every number of the
@@ -143,10 +143,12 @@ class TensorBoardLogger(Logger):
 
 
 def mlflow_uri(options: dict[str, Any], results_root: Path) -> str:
-    """The tracking URI: ``logger.mlflow.tracking_uri`` (a URI, or a folder), else ``<results_dir>/mlruns``."""
+    """The tracking URI: ``logger.mlflow.tracking_uri`` (a URI, or a folder), else a SQLite store
+    ``sqlite:///<results_dir>/mlflow.db`` (MLflow 3 reads it without asking, unlike a folder store)."""
     uri = options.get("tracking_uri")
     if not uri:
-        return (results_root / "mlruns").resolve().as_uri()
+        results_root.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(results_root / 'mlflow.db').resolve()}"
     if "://" in str(uri) or str(uri).startswith(("databricks", "sqlite:")):
         return str(uri)
     return Path(uri).resolve().as_uri()

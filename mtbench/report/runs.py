@@ -62,6 +62,7 @@ RETIRED_KEYS = ("task.kind",)
 ADDED_KEYS: dict[str, Any] = {
     "task.columns": None, "task.preprocess": "center_crop", "task.head": "sigmoid",
     "trainer.max_steps_per_epoch": None, "trainer.overfit_batches": None, "trainer.max_eval_examples": None,
+    "trainer.early_stopping.patience": None,
 }  # fmt: skip
 
 

@@ -88,20 +88,54 @@ def folders(path: Path | str | None = None) -> list[Path]:
     return list(seen)
 
 
+#: the exit status when every job that did not complete is held by another live process
+#: (a second copy of a command that is running): that process owns those runs
+HELD = 3
+
+
 def finish(path: Path | str | None = None) -> tuple[int, list[str]]:
-    """Exit status of the command (0, 1 for a failed or interrupted run, 2 for a refused one) and
-    one line per job that did not complete; removes the manifest."""
+    """Exit status of the command (0; 2 for a refused job; else 1 for a failed or interrupted
+    run; else ``HELD`` (3) when runs were skipped because another process holds them) and one
+    line per job that did not complete; removes the manifest (and those of dead commands)."""
     path = path or os.environ.get(ENV)
-    lines, code = [], 0
+    lines, code, held = [], 0, False
     for job in jobs(path):
         status = status_on_disk(job)
         if status in FAILING:
             code = max(code, 2 if status == "refused" else 1)
             lines.append(f"{job['run_dir']}: {status}" + (f" ({job['reason']})" if job.get("reason") else ""))
+        elif status == "skipped":
+            held = True
+            lines.append(
+                f"{job['run_dir']}: owned by another process" + (f" ({job['reason']})" if job.get("reason") else "")
+            )
     if path:
-        Path(path).unlink(missing_ok=True)
-        try:
-            Path(path).parent.rmdir()
-        except OSError:
-            pass
-    return code, lines
+        discard(path)
+    return code or (HELD if held else 0), lines
+
+
+def discard(path: Path | str) -> None:
+    """Remove the manifest ``path``, those of commands no longer alive beside it (an interrupted
+    or killed sweep's), and the ``.sweeps`` folder when it is left empty."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    for other in path.parent.glob("*.jsonl"):
+        pid = other.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            other.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True

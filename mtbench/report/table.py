@@ -51,6 +51,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtbench.errors import MtbenchError
+from mtbench.report import speed
 from mtbench.report.aggregate import (  # noqa: F401 - re-exported: the table's public names
     _mean_std,
     _welch_fields,
@@ -197,9 +198,15 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         shown_paper = None
         paper_note = f"{paper_file} has only the published single-task row (used for Δm%)"
     table = aggregate(runs, columns, shown_paper)
+    # the speed column: the sweep-end interleaved measurement where there is one (speed.json)
+    table = speed.apply(table, folder)
     summary_notes = add_summary(table, columns, stl_runs, paper_frame, paper_file)
     epoch = reported_epoch(runs)
-    notes = speed_notes(runs, table) + summary_notes + ([f"Reported epoch: {epoch}."] if epoch else [])
+    notes = (
+        (speed.notes(folder) or speed_notes(runs, table))
+        + summary_notes
+        + ([f"Reported epoch: {epoch}."] if epoch else [])
+    )
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
     tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]

@@ -379,7 +379,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         stop.defer()
         pause_point("steps")
-        while run.state.epoch <= run.epochs:
+        while run.state.epoch <= run.epochs and not _stopped_early(run):
             epoch = run.state.epoch
             try:
                 run.train_epoch(stop)
@@ -388,7 +388,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
             run.end_epoch()
             if on_epoch is not None:
                 on_epoch(run.state.history)
-            if stop.signum is not None and epoch < run.epochs:
+            if stop.signum is not None and epoch < run.epochs and not _stopped_early(run):
                 raise Interrupted(stop.signum, f"after epoch {epoch}")
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
     pause_point("test")
@@ -399,11 +399,37 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
         from mtbench.train.predictions import PREDICTIONS, write_predictions
 
         write_predictions(run.model, run.task, run.prep, Path(run_dir) / PREDICTIONS)  # the reported model
+    result["early_stopping"] = _early_stopping_record(run)
     if run_dir is not None and save != "none":
         epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
         save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)
     stop.defer()
     return result
+
+
+def _patience(run: Trainer) -> int | None:
+    value = (run.cfg.trainer.get("early_stopping") or {}).get("patience")
+    return int(value) if value is not None else None
+
+
+def _stopped_early(run: Trainer) -> bool:
+    """``trainer.early_stopping.patience`` epochs in a row without a better selection metric than
+    the best epoch's (from the history and the best epoch, so a resumed run decides the same)."""
+    patience = _patience(run)
+    if patience is None or run.state.best is None or not run.state.history:
+        return False
+    return int(run.state.history[-1]["epoch"]) - int(run.state.best["epoch"]) >= patience
+
+
+def _early_stopping_record(run: Trainer) -> dict[str, Any]:
+    """metrics.json's ``early_stopping``: the patience, the metric it watched, and the last epoch
+    trained when the run stopped before ``trainer.epochs`` (else null)."""
+    last = int(run.state.history[-1]["epoch"]) if run.state.history else 0
+    return {
+        "patience": _patience(run),
+        "metric": run.select,
+        "stopped_at_epoch": last if _stopped_early(run) and last < run.epochs else None,
+    }
 
 
 def _sample_load(state: RunState) -> None:

@@ -52,6 +52,18 @@ def _amp(key: str, value: Any) -> Any:
     return value
 
 
+def _early_stopping(key: str, value: Any) -> None:
+    """``trainer.early_stopping``: a mapping with ``patience`` (null, or an integer >= 1)."""
+    if value is None:
+        return
+    if not hasattr(value, "keys"):
+        raise MtbenchError(f"{key} must be a mapping such as {{patience: 3}} (got {value!r}); set {key}.patience=3")
+    unknown = sorted(set(value.keys()) - {"patience"})
+    if unknown:
+        raise MtbenchError(f"{key}.{unknown[0]} is not an option; {key} has patience only")
+    check_int(f"{key}.patience", value.get("patience"), minimum=1, optional=True)
+
+
 #: trainer option -> its check (``check(key, value)``); options not listed are not checked
 TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "epochs": lambda k, v: check_int(k, v, minimum=1),
@@ -80,6 +92,7 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "overfit_batches": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "max_eval_examples": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "profile_steps": lambda k, v: check_int(k, v, minimum=1, optional=True),
+    "early_stopping": _early_stopping,
 }
 
 
