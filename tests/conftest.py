@@ -85,3 +85,17 @@ def variant_of(overrides: list[str], combiner: str = "baseline") -> str:
 def run_path(overrides: list[str], combiner: str = "baseline", seed: int = 0, name: str = "shapes40") -> str:
     """``results/<name>/runs/<combiner>/<variant>/seed=<seed>`` of a command line, relative to its folder."""
     return f"results/{name}/runs/{combiner}/{variant_of(overrides, combiner)}/seed={seed}"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run with ``--runslow`` or when ``-m`` names them; plain ``pytest`` skips them."""
+    if config.getoption("--runslow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: pytest --runslow (or -m slow) runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
