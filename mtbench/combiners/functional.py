@@ -26,10 +26,13 @@ Randomness only ever comes from the ``generator`` argument (``None`` means torch
 global generator), and each function documents exactly which draws it makes, so that
 results are reproducible from a seed.
 
-Autograd: the GradDrop outputs are ordinary tensor expressions of ``grads``. PCGrad's
-projection coefficients and the MGDA weights are computed from detached inputs, so
-PCGrad's output is differentiable only as a fixed linear combination of ``grads``
-and the MGDA weights carry no graph.
+Autograd, the same for every method: the weights (GradDrop's masks and its rescaling
+factor, every solver's weights) are computed from detached inputs and carry no graph; the
+result is their combination of ``grads``, so it is differentiable in ``grads`` as a fixed
+(linear) combination of them. ``mgda_weights`` returns the weights alone (no graph).
+
+No task (``T = 0``): every method returns zeros of shape ``grads.shape[1:]`` (the weights
+functions an empty weight vector).
 """
 
 from __future__ import annotations
@@ -196,8 +199,9 @@ def _keep_weights(
 
 
 def _rescaled(out: Tensor, target: Tensor) -> Tensor:
-    """``out`` rescaled to the L2 norm of ``target`` (an all-zero ``out`` unchanged)."""
-    norm, goal = out.norm(), target.norm()
+    """``out`` rescaled to the L2 norm of ``target`` (an all-zero ``out`` unchanged); the
+    factor is computed from detached values (a weight, like the masks)."""
+    norm, goal = out.detach().norm(), target.detach().norm()
     nonzero = norm > 0
     scale = torch.where(nonzero, goal / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
     return out * scale
@@ -450,9 +454,9 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """
     _check_grads(grads, "pcgrad")
     n_tasks = grads.shape[0]
-    flat = grads.reshape(n_tasks, -1)
     if n_tasks < 2:
         return grads.sum(dim=0)
+    flat = grads.reshape(n_tasks, -1)
     gram = gram64(flat.detach()).cpu()
     coeff, projected = _pcgrad_coefficients(gram, generator)
     if not projected:
@@ -814,7 +818,7 @@ def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int
     _check_grads(grads, "mgda_weights")
     n_tasks = grads.shape[0]
     if n_tasks == 0:
-        raise ValueError("mgda_weights: need at least one task")
+        return torch.zeros(0, dtype=grads.dtype, device=grads.device)
     flat = grads.detach().reshape(n_tasks, -1)
     if n_tasks == 1:
         return torch.ones(1, dtype=grads.dtype, device=grads.device)
@@ -849,6 +853,8 @@ def mgda_weights(grads: Tensor, *, tol: float = _DEFAULT_MGDA_TOL, max_iter: int
 
 def _combine_rows(grads: Tensor, fn: str, weights_from_gram, **options) -> Tensor:
     _check_grads(grads, fn)
+    if grads.shape[0] == 0:
+        return grads.sum(dim=0)  # no task: zeros
     flat = grads.reshape(grads.shape[0], -1)
     weights = weights_from_gram(gram64(flat.detach()).cpu(), **options)
     return combine(weights, flat).reshape(grads.shape[1:])
@@ -1569,11 +1575,14 @@ def config_weights_from_gram(gram: Tensor) -> Tensor:
         evals, evecs = (x.numpy() for x in torch.linalg.eigh(torch.from_numpy(units)))
         cut = float(evals.max()) * 1000.0 * n_tasks * np.finfo(np.float64).eps
         keep = evals > max(cut, 1e-300)
-        if not bool(keep.any()):
+        ones_in_range = evecs.sum(0) * keep  # the all-ones vector in the kept eigenbasis
+        # no component of 1 in U's range beyond rounding (e.g. opposing rows of one rank):
+        # pinv(U) 1 is then 0, and what the solve would give is rounding noise
+        if not float(np.linalg.norm(ones_in_range)) > cut / max(float(evals.max()), 1e-300) * math.sqrt(n_tasks):
             return torch.zeros(n_tasks, dtype=torch.float64)
         inv_evals = np.zeros_like(evals)
         inv_evals[keep] = 1.0 / evals[keep]
-        a = evecs @ (inv_evals * evecs.sum(0))
+        a = evecs @ (inv_evals * ones_in_range)
     coeff = a * inv  # v (before normalising) = sum_i coeff_i g_i
     norm2 = float(coeff @ g @ coeff)
     if not norm2 > 0:
