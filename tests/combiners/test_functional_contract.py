@@ -37,7 +37,7 @@ GRAM |= {"nash_mtl"}
 
 
 def test_every_combining_function_is_covered():
-    # graddrop_factored takes the factors of the stack, not the stack (tests/test_fast_paths.py)
+    # graddrop_factored takes the factors of the stack, not the stack (tests/combiners/test_fast_paths.py)
     others = {"gram_square_root", "graddrop_factored"}
     names = {n for n in F.__all__ if not n.endswith(("_from_gram", "_state", "_transfer")) and n not in others}
     covered = {n.split("-")[0] for n in METHODS} | {"mgda_weights"}
