@@ -85,3 +85,99 @@ def variant_of(overrides: list[str], combiner: str = "baseline") -> str:
 def run_path(overrides: list[str], combiner: str = "baseline", seed: int = 0, name: str = "shapes40") -> str:
     """``results/<name>/runs/<combiner>/<variant>/seed=<seed>`` of a command line, relative to its folder."""
     return f"results/{name}/runs/{combiner}/{variant_of(overrides, combiner)}/seed={seed}"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run the tests marked slow")
+
+
+#: the long end-to-end, resume, kill and sweep tests (``file::test``, every parametrization),
+#: marked ``slow`` here so that each stays where its subject is; a test file may also mark its
+#: own with ``@pytest.mark.slow``. The fast suite keeps one end-to-end CLI run per task
+#: (test_cli's single run, test_celeba's sweep, test_docs' example) and the one-line-error runs.
+SLOW = {
+    "test_api.py::test_the_resnet_example_trains",
+    "test_nn.py::test_the_resnet_example_trains",
+    "test_nn.py::test_distributed_data_parallel_replica",
+    "test_bench.py::test_bench_step_tiny_problem",
+    "test_bench.py::test_bench_step_says_when_torchjd_is_absent",
+    "test_bench.py::test_bench_step_rows_outside_the_trainer_with_mlp_heads",
+    "test_bench.py::test_bench_solvers_times_every_solver",
+    "test_celeba.py::test_partial_cache_is_detected_and_rebuilt",
+    "test_celeba.py::test_killed_build_is_never_used",
+    "test_cifar100.py::test_sweep_runs_the_papers_combiners",
+    "test_cifar100.py::test_sweep_table_has_the_transfer_columns",
+    "test_cifar100.py::test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep",
+    "test_cifar100.py::test_killed_run_resumes_to_the_same_numbers",
+    "test_cli.py::test_sweep_writes_every_run",
+    "test_cli.py::test_sweep_seeds_differ_and_table_is_printed",
+    "test_cli.py::test_table_files",
+    "test_cli.py::test_mtbench_table_rebuilds",
+    "test_cli.py::test_multirun_flag_anywhere_on_the_command_line",
+    "test_compare_metrics.py::test_f1_floor_command_on_the_fake_attribute_file",
+    "test_compare_metrics.py::test_columns_reach_metrics_json_and_the_table",
+    "test_debug.py::test_fast",
+    "test_debug.py::test_max_steps_per_epoch_and_eval_examples",
+    "test_debug.py::test_overfit_drives_the_training_loss_down",
+    "test_debug.py::test_profile_writes_a_trace",
+    "test_docs.py::test_example_combiner_from_the_command_line_alone",
+    "test_fault_inject.py::test_fault_inject_quick",
+    "test_files.py::test_metrics_json_that_is_not_an_object_is_unreadable",
+    "test_files.py::test_a_file_where_a_folder_belongs",
+    "test_files.py::test_read_only_run_folder_through_the_cli",
+    "test_files.py::test_flipped_checkpoint_through_the_cli",
+    "test_files.py::test_stale_temporary_files_and_a_completed_runs_checkpoint_are_removed",
+    "test_launchers.py::test_submitit_local_sweep_end_to_end",
+    "test_loggers.py::test_tensorboard_event_files",
+    "test_loggers.py::test_mlflow_store",
+    "test_loggers.py::test_wandb_offline_run",
+    "test_loggers.py::test_default_logger_writes_todays_files_only",
+    "test_optuna.py::test_two_optuna_trials",
+    "test_ownership.py::test_second_process_skips_a_live_run_and_writes_nothing_into_it",
+    "test_ownership.py::test_duplicate_concurrent_sweeps_each_run_once_and_consistent",
+    "test_ownership.py::test_stale_lock_of_a_killed_process_is_taken_over",
+    "test_ownership.py::test_sigterm_at_either_end_of_the_run",
+    "test_ownership.py::test_second_ctrl_c_stops_at_once_with_one_line",
+    "test_packaging.py::test_wheel_installs_and_finds_its_configs",
+    "test_packaging.py::test_your_own_combiner_from_your_own_folder",
+    "test_presets.py::test_kurin_celeba_end_to_end",
+    "test_presets.py::test_famo_celeba_end_to_end",
+    "test_presets.py::test_per_combiner_from_the_command_line",
+    "test_robustness.py::test_same_seed_same_numbers",
+    "test_robustness.py::test_killed_run_resumes_to_the_same_numbers",
+    "test_robustness.py::test_sigterm_checkpoints_marks_interrupted_and_resumes",
+    "test_robustness.py::test_every_combiner_resumes_mid_epoch_to_the_same_numbers",
+    "test_robustness.py::test_a_run_alone_has_the_numbers_it_has_late_in_a_sweep",
+    "test_robustness.py::test_retain_freed_memory_is_set_at_every_run_start",
+    "test_robustness.py::test_rerun_skips_completed_and_refuses_other_config",
+    "test_robustness.py::test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on",
+    "test_robustness.py::test_disk_full_while_writing_results_loses_nothing",
+    "test_saved_model.py::test_best_model_is_kept_and_the_checkpoint_removed",
+    "test_saved_model.py::test_eval_gives_the_numbers_of_metrics_json",
+    "test_saved_model.py::test_last_and_none",
+    "test_sweep_order.py::test_a_sweep_runs_every_combiner_of_a_seed_in_turn",
+    "test_sweep_order.py::test_hydras_basic_sweeper_keeps_its_own_order",
+    "test_zoo_gradient.py::test_every_new_combiner_runs_from_the_command_line",
+    "test_zoo_loss.py::test_each_runs_end_to_end_from_the_cli",
+    "test_targets.py::test_the_command_line_alone_names_a_trunk_and_a_scheduler_with_options",
+    "test_variants.py::test_sweep_over_a_combiner_option_and_a_trainer_option",
+    "test_variants.py::test_tuned_table_selects_on_validation_not_test",
+    "test_variants.py::test_a_bad_value_for_one_job_fails_that_job_and_the_sweep_goes_on",
+    "test_variants.py::test_failed_run_under_joblib_gives_a_nonzero_exit",
+    "test_variants.py::test_a_sweep_over_name_writes_each_folders_table",
+    "test_variants.py::test_mtbench_table_on_a_folder_where_every_run_failed",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on the marker
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run with ``--runslow`` or when ``-m`` names them; plain ``pytest`` skips them."""
+    for item in items:
+        if f"{item.path.name}::{item.originalname}" in SLOW:
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--runslow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: pytest --runslow (or -m slow) runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -113,6 +113,41 @@ def test_every_page_is_in_the_nav():
     assert pages == listed, f"not in the nav: {sorted(pages - listed)}; in the nav, no page: {sorted(listed - pages)}"
 
 
+#: the pages that include an example file whole, and that file
+EXAMPLE_PAGES = {
+    "extending/combiner.md": "examples/my_combiner.py",
+    "your-network/backward.md": "examples/resnet_mgda.py",
+    "your-network/layer.md": "examples/resnet_graddrop.py",
+}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_snippet_markers_are_intact(page):
+    """Every snippet line is pymdownx.snippets' exact syntax (a formatter that reflows a code block
+    turns ``--8<-- "x"`` into ``--8 < --"x"``, which the site then shows as text)."""
+    text = page.read_text(encoding="utf-8")
+    lines = [x.strip() for x in text.splitlines()]
+    lines = [x for x in lines if re.match(r"(<!-- )?--\s*8", x) or re.search(r"8\s+<|<\s+--", x)]
+    bad = [x for x in lines if not re.fullmatch(r'(<!-- )?--8<-- ("[^"]+"|\[(start|end):[\w-]+\])( -->)?', x)]
+    assert not bad, f"{page.relative_to(ROOT)}: malformed snippet markers {bad}"
+
+
+@pytest.mark.parametrize("page,example", sorted(EXAMPLE_PAGES.items()))
+def test_example_pages_include_their_example(page, example):
+    """The include sits in a code block the formatter leaves alone (``<!-- fmt: off -->``)."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    block = f'<!-- fmt: off -->\n```python\n--8<-- "{example}"\n```\n<!-- fmt: on -->'
+    assert block in text, f"{page} must include {example} as {block!r}"
+
+
+def _page_text(html: str) -> str:
+    """The visible text of a built page (code blocks' highlighting spans removed)."""
+    import html as html_lib
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists(),
     reason="mkdocs is not installed (pip install -e '.[docs]')",
@@ -132,6 +167,14 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (tmp_path / "site" / "results" / "shapes40_compare" / "error_vs_speed.png").is_file()
     assert "GradDrop" in (tmp_path / "site" / "combiners" / "graddrop" / "index.html").read_text(encoding="utf-8")
+    for page, example in EXAMPLE_PAGES.items():
+        built = _page_text((tmp_path / "site" / page.removesuffix(".md") / "index.html").read_text(encoding="utf-8"))
+        code = [x.strip() for x in (ROOT / example).read_text(encoding="utf-8").splitlines() if x.strip()]
+        missing = [x for x in code if x not in built]
+        assert not missing, f"{page} does not show {example}: {missing[:3]}"
+        assert "--8<--" not in built and "--8 <" not in built, page
+    math = (tmp_path / "site" / "combiners" / "upgrad" / "index.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in math, "the combiner pages' equations are not rendered as math"
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+from mtbench.combiners.rows import (
+    _combine_rows,
+)
+from mtbench.combiners.solvers.dual_cone import dual_cone_state
 from mtbench.combiners.upgrad import DualConeWeighted
+
+
+def dualproj_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tensor:
+    """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017, eq. 11, of the summed gradient):
+    T times torchjd's ``DualProjWeighting`` (the mean projected onto the dual cone), on the
+    unit gradients as for :func:`upgrad_weights_from_gram` (same solvers)."""
+    return dual_cone_state(gram, "dualproj", solver)[0]
+
+
+def dualproj(grads: Tensor, solver: str = "active_set") -> Tensor:
+    """DualProj of the rows of ``grads``: sum_i g_i projected onto the dual cone of the g_j
+    (T x torchjd's ``DualProj()``, up to its ridge)."""
+    return _combine_rows(grads, "dualproj", dualproj_weights_from_gram, solver=solver)
 
 
 class DualProj(DualConeWeighted):

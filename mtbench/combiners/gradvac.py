@@ -4,12 +4,77 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from mtbench.combiners.base import Step
-from mtbench.combiners.functional import gradvac_weights_from_gram
 from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.pcgrad import _visit_orders
+from mtbench.combiners.rows import (
+    _check_option,
+    _combine_rows,
+)
 from mtbench.options import Option, number
+
+
+def gradvac_weights_from_gram(
+    gram: Tensor,
+    phi: Tensor | None = None,
+    beta: float = 0.5,
+    eps: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GradVac (Wang et al. 2021, Algorithm 1) from the Gram matrix: ``(weights, phi)``.
+
+    For each task i, visiting the other tasks j in a fresh random order: phi_ij is the cosine
+    of the current g_i' and the original g_j; if phi_ij < phi_hat_ij (the EMA target),
+    g_i' += ||g_i'|| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) /
+    (||g_j|| sqrt(1 - phi_hat^2) + eps) g_j; then phi_hat_ij <- (1 - beta) phi_hat_ij + beta
+    phi_ij. The output is sum_i g_i' (the baseline's sum when nothing conflicts), here as
+    weights on the original g_k. ``phi`` is the [T, T] EMA (None: zeros); the updated one is
+    returned. The same updates as torchjd's ``GradVacWeighting(beta, eps)``, as a compiled
+    loop (:func:`mtbench.combiners.loops.gradvac_visits`, numba; the tasks' updates are
+    independent, so it runs one task after another).
+
+    Generator use: for T >= 2, T calls ``torch.randperm(T - 1, generator=generator)`` in task
+    order, task i's permutation indexing its other tasks in increasing order (the draws of
+    torchjd's GradVac from the global generator, in the same order).
+    """
+    from mtbench.combiners.jd import gram_np64
+
+    gn = gram_np64(gram, "gradvac")
+    n_tasks = gn.shape[0]
+    _check_option("gradvac", "beta", beta, isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0, "a number in [0, 1]")
+    phi_t = (
+        torch.zeros(n_tasks, n_tasks, dtype=torch.float64)
+        if phi is None
+        else phi.detach().to(device="cpu", dtype=torch.float64).clone()
+    )
+    if tuple(phi_t.shape) != (n_tasks, n_tasks):
+        raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
+    if n_tasks < 2:
+        return torch.ones(n_tasks, dtype=torch.float64), phi_t
+    from mtbench.combiners.loops import gradvac_visits
+
+    order = _visit_orders(n_tasks, generator)  # [T, T-1]: task i's s-th visit
+    coeff = np.eye(n_tasks)
+    cg = gn.copy()  # row i: g_i' . g_k for every k (coeff @ G, kept up to date)
+    gradvac_visits(gn, order, phi_t.numpy(), float(beta), float(eps), coeff, cg)  # compiled (numba), phi in place
+    return torch.from_numpy(coeff.sum(axis=0)), phi_t
+
+
+def gradvac(
+    grads: Tensor,
+    phi: Tensor | None = None,
+    beta: float = 0.5,
+    eps: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """GradVac of the rows of ``grads`` (one step from the EMA ``phi``; see
+    :func:`gradvac_weights_from_gram`); the updated EMA is not returned (use the weights
+    function to carry it)."""
+    return _combine_rows(grads, "gradvac", lambda gram: gradvac_weights_from_gram(gram, phi, beta, eps, generator)[0])
 
 
 class GradVac(GramWeighted):

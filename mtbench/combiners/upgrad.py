@@ -5,11 +5,32 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from mtbench.combiners.base import Step, one_of
-from mtbench.combiners.functional import DUAL_CONE_SOLVERS, dual_cone_state
 from mtbench.combiners.gramweighted import GramWeighted, WarmStarted
+from mtbench.combiners.rows import (
+    _combine_rows,
+)
+from mtbench.combiners.solvers.dual_cone import DUAL_CONE_SOLVERS, dual_cone_state
 from mtbench.options import Option
+
+
+def upgrad_weights_from_gram(gram: Tensor, solver: str = "active_set") -> Tensor:
+    """UPGrad (Quinton & Rey 2024): the mean of the projections of every g_i onto the dual cone
+    of all the g_j, times T, computed on the unit gradients' Gram matrix plus 1e-9 I
+    (``DUAL_CONE_REG``; :func:`dual_cone_state`): by mtbench's block principal pivoting
+    (``solver="active_set"``) or torchjd's ``UPGradWeighting`` with quadprog (``"quadprog"``),
+    the same QPs. torchjd's default ``UPGrad()`` regularises the raw Gram matrix divided by its
+    trace by 1e-4 I, which differs by about 1e-4 and leaves a task 1e4 times smaller than another
+    practically unconstrained."""
+    return dual_cone_state(gram, "upgrad", solver)[0]
+
+
+def upgrad(grads: Tensor, solver: str = "active_set") -> Tensor:
+    """UPGrad of the rows of ``grads`` [T, D]: the sum of the projections of the g_i onto the
+    dual cone {x : g_j . x >= 0 for all j} (T x torchjd's ``UPGrad()``, up to its ridge)."""
+    return _combine_rows(grads, "upgrad", upgrad_weights_from_gram, solver=solver)
 
 
 class DualConeWeighted(WarmStarted):

@@ -318,12 +318,12 @@ def test_mgda_warm_start_ignores_an_unusable_start():
 
 def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
     """From the last step's weights a slightly changed problem needs few affine solves."""
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.min_norm as min_norm
 
     calls = []
-    solve = functional._affine_minimizer_np
-    monkeypatch.setattr(functional, "_affine_minimizer_np", lambda g, s: calls.append(len(s)) or solve(g, s))
-    monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)  # the NumPy loop (the compiled one is the same)
+    solve = min_norm._affine_minimizer_np
+    monkeypatch.setattr(min_norm, "_affine_minimizer_np", lambda g, s: calls.append(len(s)) or solve(g, s))
+    monkeypatch.setattr(min_norm, "_COMPILED_BELOW", 0)  # the NumPy loop (the compiled one is the same)
     grads = make_problem(40, 200, "shared", 3)
     w0 = mgda_weights_from_gram(grads @ grads.T)
     cold = len(calls)
@@ -342,7 +342,7 @@ def test_compiled_wolfe_is_the_numpy_loop():
     solve to the NumPy loop, whose least-squares fallback then gives the answer."""
     import numpy as np
 
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.min_norm as min_norm
     from mtbench.combiners.loops import wolfe_min_norm
 
     rng = np.random.default_rng(0)
@@ -361,13 +361,13 @@ def test_compiled_wolfe_is_the_numpy_loop():
         g = J @ J.T
         g = 0.5 * (g + g.T) / g.diagonal().max()
         moved = J + 0.05 * rng.standard_normal(J.shape)
-        near = functional._wolfe_np((moved @ moved.T) / (moved @ moved.T).diagonal().max(), 1e-10, 1000, None)
+        near = min_norm._wolfe_np((moved @ moved.T) / (moved @ moved.T).diagonal().max(), 1e-10, 1000, None)
         w0 = rng.random(n) * (rng.random(n) < 0.4)
         w0[0] += 0.1
         support = np.flatnonzero(w0).tolist()
         for warm in (None, near, (support, w0[support] / w0[support].sum())):
-            ref = functional._wolfe_np(g, 1e-10, 1000, warm)
-            got = functional._wolfe(g, 1e-10, 1000, warm)
+            ref = min_norm._wolfe_np(g, 1e-10, 1000, warm)
+            got = min_norm._wolfe(g, 1e-10, 1000, warm)
             assert got[0] == ref[0], (trial, warm is None)
             assert np.array_equal(got[1], ref[1]), (trial, warm is None)
     J = rng.standard_normal((5, 8))
@@ -375,8 +375,8 @@ def test_compiled_wolfe_is_the_numpy_loop():
     g = J @ J.T / (J @ J.T).diagonal().max()
     warm = ([0, 1, 2], np.array([0.3, 0.3, 0.4]))
     assert not wolfe_min_norm(g, 1e-10, 1e-13, 1000, True, np.array(warm[0]), warm[1])[2]
-    ref = functional._wolfe_np(g, 1e-10, 1000, warm)
-    got = functional._wolfe(g, 1e-10, 1000, warm)
+    ref = min_norm._wolfe_np(g, 1e-10, 1000, warm)
+    got = min_norm._wolfe(g, 1e-10, 1000, warm)
     assert got[0] == ref[0] and np.array_equal(got[1], ref[1])
 
 
@@ -386,21 +386,21 @@ def test_mgda_block_pivots_on_large_supports(monkeypatch, kind):
     active set); the result meets the KKT conditions and equals the cold Wolfe solve, from a
     nearby problem's weights and from one vertex; with no pivots left, a wrong guess (the
     vertex) still reaches it through Wolfe's algorithm."""
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.min_norm as min_norm
 
     n_tasks = 120
-    assert n_tasks >= functional._PIVOT_MIN_TASKS
+    assert n_tasks >= min_norm._PIVOT_MIN_TASKS
     grads = make_problem(n_tasks, 300, kind, 11)
     gram = grads @ grads.T
     cold = mgda_weights_from_gram(gram)
     moved = grads + 1e-2 * torch.randn(grads.shape, generator=seeded(12), dtype=torch.float64)
     start = mgda_weights_from_gram(moved @ moved.T)
     wolfe_calls = []
-    wolfe = functional._wolfe_np
-    monkeypatch.setattr(functional, "_wolfe_np", lambda *a: wolfe_calls.append(1) or wolfe(*a))
+    wolfe = min_norm._wolfe_np
+    monkeypatch.setattr(min_norm, "_wolfe_np", lambda *a: wolfe_calls.append(1) or wolfe(*a))
     vertex = torch.eye(n_tasks, dtype=torch.float64)[0]
-    for begin, pivots in ((start, functional._BLOCK_PIVOTS), (vertex, functional._BLOCK_PIVOTS), (vertex, 0)):
-        monkeypatch.setattr(functional, "_BLOCK_PIVOTS", pivots)
+    for begin, pivots in ((start, min_norm._BLOCK_PIVOTS), (vertex, min_norm._BLOCK_PIVOTS), (vertex, 0)):
+        monkeypatch.setattr(min_norm, "_BLOCK_PIVOTS", pivots)
         pivoted = pivots > 0
         wolfe_calls.clear()
         w = mgda_weights_from_gram(gram, start=begin)

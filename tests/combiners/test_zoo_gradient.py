@@ -652,14 +652,14 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
         assert free.dtype == torch.bool and free.shape == (
             (J.shape[0], J.shape[0]) if method == "upgrad" else (1, J.shape[0])
         )
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.dual_cone as dual_cone
 
-    monkeypatch.setattr(functional, "_PIVOT_MAX_SWEEPS", 0)
+    monkeypatch.setattr(dual_cone, "_PIVOT_MAX_SWEEPS", 0)
     J = cases["t40"]
     fallback, state = dual_cone_state(J @ J.T, method)  # no row settles: quadprog solves every row
     assert state is not None and state.dtype == torch.bool
     torch.testing.assert_close(fallback, dual_cone_state(J @ J.T, method, "quadprog")[0], rtol=1e-12, atol=0)
-    monkeypatch.setattr(functional, "_PIVOT_MAX_SWEEPS", 100)
+    monkeypatch.setattr(dual_cone, "_PIVOT_MAX_SWEEPS", 100)
     J = cases["t40_d10"]  # (every QP here needs a factorisation)
     quadprog = dual_cone_state(J @ J.T, method, "quadprog")[0]
     # a failed factorisation: quadprog solves every row, no state; compiled (below 64 tasks)...
@@ -673,7 +673,7 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     torch.testing.assert_close(fallback, quadprog, rtol=0, atol=0)
     # ... and batched
     monkeypatch.setattr(loops, "dual_cone_pivots", real_pivots)
-    monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)
+    monkeypatch.setattr(dual_cone, "_COMPILED_BELOW", 0)
     real = torch.linalg.cholesky_ex
     monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: (real(m)[0], torch.ones(1, dtype=torch.int32)))
     fallback, state = dual_cone_state(J @ J.T, method)
@@ -688,7 +688,7 @@ def test_dual_cone_compiled_pivoting_is_the_batched_one(method, monkeypatch):
     sweeps: the same free sets, and the combined gradients equal to rounding (the weights of a
     singular Gram matrix, T > D, only to its condition number), cold and warm-started, on 40
     tasks in 512 dimensions and on the adversarial matrices."""
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.dual_cone as dual_cone
     from mtbench.combiners.functional import dual_cone_state
 
     gen = torch.Generator().manual_seed(11)
@@ -699,10 +699,10 @@ def test_dual_cone_compiled_pivoting_is_the_batched_one(method, monkeypatch):
     for J in cases.values():
         G = J @ J.T
         moved = J + 0.3 * torch.randn(J.shape, generator=gen, dtype=torch.float64)
-        monkeypatch.setattr(functional, "_COMPILED_BELOW", 64)
+        monkeypatch.setattr(dual_cone, "_COMPILED_BELOW", 64)
         _, start = dual_cone_state(moved @ moved.T, method)
         compiled = [dual_cone_state(G, method, start=s) for s in (None, start)]
-        monkeypatch.setattr(functional, "_COMPILED_BELOW", 0)
+        monkeypatch.setattr(dual_cone, "_COMPILED_BELOW", 0)
         batched = [dual_cone_state(G, method, start=s) for s in (None, start)]
         for (w, free), (ref, ref_free) in zip(compiled, batched):
             assert torch.equal(free, ref_free)
@@ -755,7 +755,7 @@ def test_dual_cone_conjugate_gradients_at_many_tasks(method, monkeypatch):
     (DualProj's one free set, the 30 correlated tasks, is ill-conditioned: Cholesky may take it). 150 tasks in
     40 dimensions (a singular Gram matrix, the ridge its only curvature): they do not
     converge and Cholesky takes over."""
-    import mtbench.combiners.functional as functional
+    import mtbench.combiners.solvers.dual_cone as dual_cone
     from mtbench.combiners.functional import dual_cone_state
 
     gen = torch.Generator().manual_seed(8)
@@ -765,25 +765,25 @@ def test_dual_cone_conjugate_gradients_at_many_tasks(method, monkeypatch):
     J[30:] += 0.3 * shared
     G = J @ J.T
     factorised = []
-    real = functional._free_set_solve
+    real = dual_cone._free_set_solve
     monkeypatch.setattr(
-        functional, "_free_set_solve", lambda *a: factorised.append(int(a[2].sum(1).max(initial=0))) or real(*a)
+        dual_cone, "_free_set_solve", lambda *a: factorised.append(int(a[2].sum(1).max(initial=0))) or real(*a)
     )
     conjugate = []
-    real_cg = functional._free_set_cg
-    monkeypatch.setattr(functional, "_free_set_cg", lambda *a: conjugate.append(1) or real_cg(*a))
+    real_cg = dual_cone._free_set_cg
+    monkeypatch.setattr(dual_cone, "_free_set_cg", lambda *a: conjugate.append(1) or real_cg(*a))
     ours, free = dual_cone_state(G, method)
     # UPGrad: only sweeps with small free sets are factorised (its large ones all converge);
     # DualProj's one small free set (29 tasks) is factorised
     assert method == "dualproj" or (conjugate and all(w**3 <= 6 * 100**2 for w in factorised))
     ref, _ = dual_cone_state(G, method, "quadprog")
     close(ours @ J, ref @ J, floor=float(J.sum(0).norm()))
-    monkeypatch.setattr(functional, "_CG_MAX_ITER", 0)
+    monkeypatch.setattr(dual_cone, "_CG_MAX_ITER", 0)
     factorised.clear()
     exact, exact_free = dual_cone_state(G, method)
     assert factorised and torch.equal(free, exact_free)
     torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12 * float(exact.abs().max()))
-    monkeypatch.setattr(functional, "_CG_MAX_ITER", 60)
+    monkeypatch.setattr(dual_cone, "_CG_MAX_ITER", 60)
     factorised.clear()
     K = torch.randn(150, 40, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
         40, generator=gen, dtype=torch.float64
