@@ -460,11 +460,12 @@ def _check_space(path: Path, size: int = 1 << 16) -> None:
             pass
 
 
-def check_job(cfg: DictConfig, overrides: list[str]) -> str | None:
+def check_job(cfg: DictConfig, overrides: list[str], raise_error: bool = False) -> str | None:
     """The one-line reason mtbench refuses the job whose composed config is ``cfg`` (its
     command-line ``overrides``), or None: what ``_app`` checks before it trains, done before
     Hydra creates the job's folder (a refused run writes nothing; a sweep checks every job
-    before the first starts)."""
+    before the first starts). ``raise_error``: the ``MtbenchError`` itself instead (its traceback,
+    for ``HYDRA_FULL_ERROR=1``)."""
     cfg = cfg.copy()
     dropped, disabled = set(_DROPPED), log.disabled
     log.disabled = True  # the job itself logs what it drops, once
@@ -474,6 +475,8 @@ def check_job(cfg: DictConfig, overrides: list[str]) -> str | None:
         identity(overrides, str(cfg.combiner.name))
         validate(cfg)
     except MtbenchError as e:
+        if raise_error:
+            raise
         return str(e)
     finally:
         log.disabled = disabled
@@ -491,7 +494,8 @@ class FolderCheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_run_folder(Path(str(config.hydra.run.dir)))
         _check_space(Path(str(config.hydra.run.dir)))
-        problem = check_job(config, [str(o) for o in config.hydra.overrides.task])
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the refusal's traceback, not one line
+        problem = check_job(config, [str(o) for o in config.hydra.overrides.task], raise_error=full_error)
         if problem:
             _error(problem)
 

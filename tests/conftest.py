@@ -162,7 +162,7 @@ SLOW = {
     "test_targets.py::test_the_command_line_alone_names_a_trunk_and_a_scheduler_with_options",
     "test_variants.py::test_sweep_over_a_combiner_option_and_a_trainer_option",
     "test_variants.py::test_tuned_table_selects_on_validation_not_test",
-    "test_variants.py::test_a_bad_value_for_one_job_fails_that_job_and_the_sweep_goes_on",
+    "test_variants.py::test_a_bad_value_for_one_job_refuses_the_sweep_before_any_job_runs",
     "test_variants.py::test_failed_run_under_joblib_gives_a_nonzero_exit",
     "test_variants.py::test_a_sweep_over_name_writes_each_folders_table",
     "test_variants.py::test_mtbench_table_on_a_folder_where_every_run_failed",

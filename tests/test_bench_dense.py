@@ -104,7 +104,7 @@ def test_bench_step_nyuv2_says_which_model_is_missing(tmp_path):
 
 def test_bench_step_nyuv2_refuses_a_model_without_dense_outputs(tmp_path):
     bench = bench_module()
-    with pytest.raises(SystemExit, match="is not a dense model"):
+    with pytest.raises(SystemExit, match="needs a dense model"):
         bench.main(
             ["task=nyuv2", "model=small_cnn", "model.width=2", "model.rep_dim=4", "trainer.device=cpu",
              "--dense-size", "8x8", "--combiners", "baseline", "--out", str(tmp_path / "b.json")]
