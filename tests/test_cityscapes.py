@@ -75,6 +75,7 @@ def test_cli_run(fake, tmp_path):
     args = [
         "task=cityscapes",
         f"data.root={fake}",
+        "model=small_cnn",  # its width key; the trunk is the toy one
         "model._target_=toydense.build",
         "model.name=toydense",
         "model.width=8",

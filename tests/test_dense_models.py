@@ -414,8 +414,10 @@ def test_params_and_loss_level_combiners_allowed_on_mtan(name):
 
 @pytest.mark.slow
 def test_cli_refuses_representation_level_on_mtan(tmp_path):
-    args = ["task=shapes40", "model=segnet_mtan", "combiner=mgda", "trainer.device=cpu", "trainer.num_threads=1"]
-    proc = run_cli("mtbench", args, cwd=tmp_path)
+    fake = run_cli("mtbench-fake", ["nyuv2", "--root", str(tmp_path / "nyu")], cwd=tmp_path)
+    assert fake.returncode == 0, fake.stderr
+    args = ["task=nyuv2", f"data.root={tmp_path / 'nyu'}", "model=segnet_mtan", "combiner=mgda"]
+    proc = run_cli("mtbench", [*args, "trainer.device=cpu", "trainer.num_threads=1"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]

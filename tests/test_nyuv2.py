@@ -234,6 +234,7 @@ def _cli_args(root: Path, *extra: str) -> list[str]:
     return [
         "task=nyuv2",
         f"data.root={root}",
+        "model=small_cnn",  # its width key; the trunk is the toy one
         "model._target_=toydense.build",
         "model.name=toydense",
         "model.width=8",
@@ -336,6 +337,7 @@ def test_last_k_resumes_to_the_numbers_of_an_uninterrupted_run(fake, tmp_path, m
         "task=nyuv2",
         f"data.root={fake}",
         f"data.cache_dir={tmp_path / 'cache'}",
+        "model=small_cnn",  # its width key; the trunk is the toy one
         "+model._target_=toydense.build",
         "model.name=toydense",
         "model.width=8",

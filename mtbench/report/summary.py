@@ -141,7 +141,7 @@ def add_summary(
             for _, r in table.iterrows()
         ]
         table["delta_m_vs"] = "baseline"
-        against = "each row's baseline run (the one its speed is compared with): no single-task runs in this folder"
+        against = "each row's baseline run (the one its speed is measured against): no single-task runs in this folder"
         against += " and no published single-task numbers" if paper is None or STL not in paper.index else ""
     table["mean_rank"] = mean_ranks(table, columns).to_numpy()
     notes = [
