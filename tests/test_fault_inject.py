@@ -34,4 +34,5 @@ def test_fault_inject_quick(tmp_path):
     assert report["total"] == {"tried": 6, "held": 6}
     assert "| **all** | **6** | **6** |" in proc.stdout
     assert cases["sigterm@test"]["details"]["status"] == "interrupted"
-    assert cases["duplicate_sweep_x2"]["details"]["exits"] == [0, 0]
+    # each copy exits 0, or 3 when it skipped a run the other held (the held-runs status)
+    assert set(cases["duplicate_sweep_x2"]["details"]["exits"]) <= {0, 3}
