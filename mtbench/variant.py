@@ -62,6 +62,16 @@ def _group_choice_keys() -> set[str]:
     return {"combiner", "task", "experiment"}
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}`` (a saved config, for identities, diffs and the loggers' params)."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
 def is_identity_key(key: str) -> bool:
     """Whether an override of ``key`` (``trainer.lr``, ``model``, ``combiner.leak``) enters the identity."""
     key = key.lstrip("+~")

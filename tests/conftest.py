@@ -181,3 +181,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# -- one completed run, shared by the tests that damage a copy of it (test_files, test_safety) --
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
+    return line
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    """A working folder holding one completed TINY run with its model.pt (copied by the tests that change it)."""
+    cwd = tmp_path_factory.mktemp("completed")
+    proc = run_cli("mtbench", TINY, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd
+
+
+def copy_of(completed: Path, tmp_path: Path) -> tuple[Path, Path]:
+    cwd = tmp_path / "work"
+    shutil.copytree(completed, cwd)
+    return cwd, run_dir(cwd / "results" / "shapes40", "baseline", 0)

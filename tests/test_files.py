@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, copy_of, one_error_line, run_cli
 from hydra import compose, initialize_config_module
 
 from mtbench.errors import MtbenchError
 from mtbench.train import checkpoint as ckpt
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
-    return line
-
-
-@pytest.fixture(scope="module")
-def completed(tmp_path_factory) -> Path:
-    """A working folder holding one completed TINY run (copied by the tests that change it)."""
-    cwd = tmp_path_factory.mktemp("completed")
-    proc = run_cli("mtbench", TINY, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd
-
-
-def copy_of(completed: Path, tmp_path: Path) -> tuple[Path, Path]:
-    cwd = tmp_path / "work"
-    shutil.copytree(completed, cwd)
-    return cwd, run_dir(cwd / "results" / "shapes40", "baseline", 0)
 
 
 def dead_pid() -> int:

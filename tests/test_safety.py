@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli, run_dir, run_path
+from conftest import TINY, copy_of, one_error_line, run_cli, run_path
 
 from mtbench.errors import MtbenchError
 from mtbench.train import checkpoint as ckpt
@@ -58,28 +58,6 @@ CRAFTED = {
     "checksum header": lambda m: with_header(torch_zip(m)),
     "old checksum header": lambda m: with_header(torch_zip(m), ckpt.OLD_MAGIC),
 }
-
-
-def one_error_line(proc) -> str:
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
-    return line
-
-
-@pytest.fixture(scope="module")
-def completed(tmp_path_factory) -> Path:
-    """A working folder holding one completed TINY run with its model.pt."""
-    cwd = tmp_path_factory.mktemp("completed")
-    proc = run_cli("mtbench", TINY, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd
-
-
-def copy_of(completed: Path, tmp_path: Path) -> tuple[Path, Path]:
-    cwd = tmp_path / "work"
-    shutil.copytree(completed, cwd)
-    return cwd, run_dir(cwd / "results" / "shapes40", "baseline", 0)
 
 
 # ------------------------------------------------------------------------------ no file runs code

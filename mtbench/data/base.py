@@ -7,7 +7,9 @@ config file under ``configs/task/``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -275,3 +277,20 @@ class TaskSpec:
     default_leak: list[float] | None = None
     #: a per-pixel task (NYUv2, Cityscapes) whose heads need a dense model
     dense: bool = False
+
+
+def given_cache_dir(cache_dir: Any) -> Path:
+    """``data.cache_dir`` as given by the user: an absolute folder, created if missing and
+    writable, else a one-line error naming the option."""
+    from mtbench.errors import MtbenchError
+
+    root = Path(str(cache_dir)).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise MtbenchError(f"data.cache_dir={root} is a file, not a folder; remove it or choose another data.cache_dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MtbenchError(f"data.cache_dir={root}: cannot create it ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK):
+        raise MtbenchError(f"data.cache_dir={root} is not writable; choose another data.cache_dir")
+    return root

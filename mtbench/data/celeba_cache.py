@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mtbench.data.base import given_cache_dir
 from mtbench.errors import MtbenchError
 
 log = logging.getLogger("mtbench")
@@ -116,18 +117,7 @@ def fingerprint(
 def cache_root(files: Any, cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else ``<base>/.mtbench_cache`` if writable, else the user cache."""
     if cache_dir:
-        root = Path(str(cache_dir)).expanduser().absolute()
-        if root.exists() and not root.is_dir():
-            raise MtbenchError(
-                f"data.cache_dir={root} is a file, not a folder; remove it or choose another data.cache_dir"
-            )
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MtbenchError(f"data.cache_dir={root}: cannot create it ({e.strerror or e})") from None
-        if not os.access(root, os.W_OK):
-            raise MtbenchError(f"data.cache_dir={root} is not writable")
-        return root
+        return given_cache_dir(cache_dir)
     local = files.base / ".mtbench_cache"
     try:
         local.mkdir(exist_ok=True)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from mtbench.data.base import HeadSpec, Labels, MetricColumn, Split, Task, TaskSpec
+from mtbench.data.base import HeadSpec, Labels, MetricColumn, Split, Task, TaskSpec, given_cache_dir
 from mtbench.data.dense_metrics import METRICS, DenseMetrics
 from mtbench.errors import MtbenchError
 from mtbench.options import check_bool, check_choice, check_int, check_number
@@ -230,14 +230,7 @@ def _fingerprint(files: dict[str, dict[str, list[Path]]], val_seed: int) -> str:
 
 def _cache_root(ds: DenseDataset, root: Path, cache_dir: Any) -> Path:
     if cache_dir:
-        path = Path(str(cache_dir)).expanduser().absolute()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MtbenchError(f"data.cache_dir={path}: cannot create it ({e.strerror or e})") from None
-        if not os.access(path, os.W_OK):
-            raise MtbenchError(f"data.cache_dir={path} is not writable; choose another data.cache_dir")
-        return path
+        return given_cache_dir(cache_dir)
     local = root / ".mtbench_cache"
     if os.access(root, os.W_OK) and (not local.exists() or os.access(local, os.W_OK)):
         return local

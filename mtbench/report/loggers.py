@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.errors import MtbenchError
-from mtbench.report.runs import flatten
+from mtbench.variant import flatten
 
 log = logging.getLogger("mtbench")
 

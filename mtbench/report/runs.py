@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.files import atomic_write_text
+from mtbench.variant import flatten
 
 log = logging.getLogger("mtbench")
 
@@ -64,16 +65,6 @@ ADDED_KEYS: dict[str, Any] = {
     "trainer.max_steps_per_epoch": None, "trainer.overfit_batches": None, "trainer.max_eval_examples": None,
     "trainer.early_stopping.patience": None,
 }  # fmt: skip
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict as ``{"a.b.c": value}`` (a saved config, for diffs and the loggers' params)."""
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -149,15 +149,6 @@ def remove_stale_tmp(folder: Path, name: str) -> list[Path]:
 CHECKPOINT = "checkpoint.pt"
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def run_identity(cfg: Any) -> dict[str, Any]:
     """What a checkpoint is bound to: ``{"settings": <SHA-256 of the resolved settings that
     change what the run computes>, "seed", "combiner"}`` (the settings: every key of the resolved
@@ -165,10 +156,10 @@ def run_identity(cfg: Any) -> dict[str, Any]:
     do not count, so a run moved to another machine or folder still resumes)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from mtbench.variant import is_identity_key
+    from mtbench.variant import flatten, is_identity_key
 
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    kept = {k: v for k, v in _flatten(resolved).items() if is_identity_key(k)}
+    kept = {k: v for k, v in flatten(resolved).items() if is_identity_key(k)}
     text = json.dumps(kept, sort_keys=True, default=str)
     combiner = (resolved.get("combiner") or {}).get("name") if isinstance(resolved.get("combiner"), dict) else None
     return {
