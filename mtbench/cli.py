@@ -615,6 +615,10 @@ def main() -> None:
     holds its folder (while the command starts up) is one line and exit 130; a disk that fails
     outside a run (full, read-only) is one line and exit 2."""
     logging.raiseExceptions = False  # a log file on a full disk: no traceback per message
+    # torch's OpenMP worker threads sleep when idle instead of spinning: on a busy machine the
+    # spinning burns the cores the other threads wait for (scripts/bench_threads.py; an
+    # OMP_WAIT_POLICY of the user's wins). Read when torch loads, which is after this line.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         _main()
     except KeyboardInterrupt:

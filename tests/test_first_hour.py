@@ -126,3 +126,29 @@ def test_examples_help_is_complete(name, monkeypatch, capsys):
     for option in ("--steps", "--batch-size", "--image-size", "--device"):
         assert "(default: " in blocks[option], blocks[option]  # a help text and its default
     assert "heads" in out and "random data" in " ".join(out.split())  # the whole first paragraph
+
+
+_WAIT_POLICY = """
+import os, sys
+import mtbench.cli
+assert "torch" not in sys.modules, "torch loaded before main() sets OMP_WAIT_POLICY"
+sys.argv = ["mtbench", "--version"]
+try:
+    mtbench.cli.main()
+except SystemExit:
+    pass
+print(os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_sets_a_passive_openmp_wait_policy_before_torch_loads(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", _WAIT_POLICY], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == expected
