@@ -176,6 +176,12 @@ def graddrop(
             ``P = 1/2`` instead of 0/0.
         renormalize: rescale the output to the L2 norm of the plain sum ``sum_i grads[i]``
             (an all-zero output is returned unchanged).
+        process_group: under DistributedDataParallel, the group whose ranks hold the other
+            equal slices of the batch: ``grads`` are this rank's rows (batch first) of the
+            global batch's per-task gradients; the batch sums ``G_i`` and the norms of
+            ``renormalize`` are summed over the group and the per-element draws are the global
+            batch's rows of this rank (one process's result on the whole batch, sliced).
+            None: one process.
 
     Returns:
         The combined gradient, shape ``S``, dtype and device of ``grads``.
