@@ -96,7 +96,9 @@ def rand_rows(shape: tuple[int, ...], generator: Any, group: Any, **kw: Any) -> 
 def sum_grads(params: Iterable[Tensor], group: Any) -> None:
     """Sum the ``.grad`` of ``params`` over the ranks (in one flat buffer per dtype) and mark
     them summed, so the end of the step does not sum them again. Parameters without a gradient
-    are left out (on every rank alike: the ranks run the same graph)."""
+    are left out (on every rank alike: the ranks run the same graph). Inside a combiner's step,
+    the gradients accumulated in ``.grad`` before it (set aside while it runs) are added back to
+    the summed ones here."""
     if group is None:
         return
     done = getattr(_state, "summed", None)
@@ -115,6 +117,10 @@ def sum_grads(params: Iterable[Tensor], group: Any) -> None:
             offset += n
     if done is not None:
         done.update(id(p) for p in todo)
+    held = getattr(_state, "held", None)
+    for p in todo if held else ():  # the gradients accumulated before the step, back now (Clip clips their sum)
+        if id(p) in held:
+            p.grad = held.pop(id(p))[1].add_(p.grad)
 
 
 def mark_summed(params: Iterable[Tensor]) -> None:
@@ -145,12 +151,20 @@ def ddp_backward(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
         import dataclasses
 
         gstep = dataclasses.replace(step, losses=global_losses(step.losses, group))
-        _state.summed = set()
+        params = [p for p in step.model.parameters() if p.requires_grad]
+        # gradients accumulated before this step (gradient accumulation) are already global:
+        # set aside, so that only this step's are summed, and added back after
+        held = {id(p): (p, p.grad) for p in params if p.grad is not None}
+        for p, _ in held.values():
+            p.grad = None
+        _state.summed, _state.held = set(), held
         try:
             fn(self, gstep)
-            sum_grads([p for p in step.model.parameters() if p.requires_grad], group)
+            sum_grads(params, group)
         finally:
-            _state.summed = None
+            _state.summed = _state.held = None
+            for p, g in held.values():
+                p.grad = g if p.grad is None else g.add_(p.grad)
 
     backward.__wrapped_ddp__ = True  # type: ignore[attr-defined]
     return backward

@@ -114,6 +114,25 @@ def all_runs(group=None) -> dict[str, list[torch.Tensor]]:
     return out
 
 
+def accumulated(group=None) -> list[torch.Tensor]:
+    """Two steps' gradients accumulated in ``.grad``: pcgrad at the representation, then clip
+    (which clips the accumulated sum, as in one process)."""
+    out_grads = []
+    for comb in (COMBINERS["pcgrad"](T), COMBINERS["clip"](T, max_norm=0.05)):
+        model = make_model("linear")
+        gen = torch.Generator().manual_seed(3)
+        rows = slice(None)
+        if group is not None:
+            rows = slice(dist.get_rank() * B // WORLD, (dist.get_rank() + 1) * B // WORLD)
+        for s in range(2):
+            x, y = batch(s)
+            rep, out = model(x[rows])
+            losses = F.binary_cross_entropy_with_logits(out, y[rows], reduction="none").mean(0)
+            comb.backward(Step(model, x[rows], rep, out, losses, gen, gen, True, group))
+        out_grads += [p.grad.clone() for p in model.parameters()]
+    return out_grads
+
+
 def _worker(rank: int, init: str, result: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
@@ -128,6 +147,7 @@ def _worker(rank: int, init: str, result: str) -> None:
         with Traffic() as traffic:
             COMBINERS["mgda"](T).backward(Step(model, x, rep, out, losses, None, None, True, group))
         runs["traffic"] = [torch.tensor([traffic.calls, traffic.numbers])]
+        runs["accumulated"] = accumulated(group)
         torch.save(runs, f"{result}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -162,6 +182,14 @@ def test_every_combiner_at_every_level_equals_one_process(ddp_runs, single_runs)
                     bad.append(f"{key} rank {rank}: max difference {float((p - q).abs().max()):.3g}")
                     break
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.slow
+def test_gradients_accumulated_over_steps_are_one_process_s(ddp_runs):
+    ref = accumulated()
+    for runs in ddp_runs:
+        for p, q in zip(ref, runs["accumulated"]):
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
