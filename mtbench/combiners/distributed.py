@@ -29,6 +29,7 @@ communication (``Combiner.ddp``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Iterable
@@ -41,10 +42,13 @@ from torch import Tensor
 from mtbench.errors import MtbenchError
 
 __all__ = [
+    "Traffic",
     "all_reduce_sum",
     "check_ddp",
+    "combine_summed_param_grads",
     "ddp_backward",
     "global_losses",
+    "mark_summed",
     "rand_rows",
     "sum_grads",
     "world_size",
@@ -148,8 +152,6 @@ def ddp_backward(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
         if group is None or inside():
             return fn(self, step)
         check_ddp(self)
-        import dataclasses
-
         gstep = dataclasses.replace(step, losses=global_losses(step.losses, group))
         params = [p for p in step.model.parameters() if p.requires_grad]
         # gradients accumulated before this step (gradient accumulation) are already global:
@@ -166,7 +168,6 @@ def ddp_backward(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
             for p, g in held.values():
                 p.grad = g if p.grad is None else g.add_(p.grad)
 
-    backward.__wrapped_ddp__ = True  # type: ignore[attr-defined]
     return backward
 
 
