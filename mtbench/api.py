@@ -139,6 +139,7 @@ def backward(
     generator: torch.Generator | None = None,
     cpu_generator: torch.Generator | None = None,
     trunk: nn.Module | None = None,
+    process_group: Any = None,
 ) -> dict[str, float]:
     """Combine the task losses' gradients with ``combiner`` and leave them in ``.grad``.
 
@@ -157,6 +158,15 @@ def backward(
             when that is a CPU generator, else torch's global generator.
         trunk: the module that produced ``features``, when a combiner needs its layers
             (GradNorm's ``grad_at: last_shared``; the factored fast path at ``level: params``).
+        process_group: under DistributedDataParallel, the group of the ranks that each hold an
+            equal slice of the batch (``torch.distributed.group.WORLD``, or a group of its own).
+            The losses are then this rank's (means over its slice) and ``.grad`` gets, on every
+            rank, the gradient one process computes on the whole batch: the combiner sends
+            what it needs (the losses, the Gram matrix, GradDrop's batch sums; see
+            ``docs/reference/ddp-communication.md``) and sums the gradients itself, so the
+            model's own DDP gradient sync must be off for this step (``with ddp_model.no_sync():``
+            around the forward pass and this call, or a model not wrapped in DDP). Every rank
+            passes generators seeded alike. None: one process.
 
     Returns:
         The combiner's diagnostics (``combiner.log_values()``, e.g. GradNorm's or MGDA's
@@ -208,6 +218,7 @@ def backward(
         losses=stacked,
         generator=generator,
         cpu_generator=cpu_generator,
+        group=process_group,
     )  # type: ignore[arg-type]
     _check_trunk(comb, trunk)
     comb.backward(step)

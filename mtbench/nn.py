@@ -22,9 +22,14 @@ The extra cost over a plain model is the mask arithmetic and one [T, *A.shape] s
 arriving gradients, in ``A``'s dtype. The layer works on any device, under ``torch.autocast``
 (the gradients arriving at the views are in ``A``'s dtype), and with ``torch.compile``
 (the layer's autograd function runs outside the compiled graph where dynamo cannot trace it).
-Under ``DistributedDataParallel`` the layer acts on each replica's own batch before the
-gradients are averaged across replicas: the masks are local to each replica (with the same
-``generator`` seed on every replica, the uniform draws agree, the gradients they mask do not).
+Under ``DistributedDataParallel`` give the layer ``process_group`` (a group of the replicas;
+one of its own, ``torch.distributed.new_group()``, keeps its collectives apart from DDP's
+buckets) and the same ``generator`` seed on every replica: the batch sums of the
+batch-separated rule ([T, *F] numbers per step) and, with ``renormalize``, two squared norms
+are summed over the replicas, and the per-element rule's draws are the global batch's rows of
+this replica; the masks are then those of one process on the whole batch, and DDP's averaged
+gradient equals one process's (``examples/ddp_graddrop.py`` checks it). Without
+``process_group`` each replica masks its own batch's gradients (a different rule).
 
 Views are views: modify them in place (``ReLU(inplace=True)`` as a head's first layer) and
 autograd refuses, as it does for any view a custom function returns; use an out-of-place
@@ -61,8 +66,14 @@ class _SignDropFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor) -> tuple[None, Tensor, None]:
         (activation,) = ctx.saved_tensors
         stacked = torch.stack(grads)
-        combined = ctx.layer.combine(stacked, activation.detach() if ctx.layer.batch_separated else None)
-        return None, combined, None
+        activation = activation.detach() if ctx.layer.batch_separated else None
+        group = ctx.layer.process_group
+        if group is None:
+            return None, ctx.layer.combine(stacked, activation), None
+        # DDP averages: the arriving gradients are N times this replica's share of the global
+        # batch's; the rule runs on the share (its eps, its sums) and the result is scaled back
+        n = torch.distributed.get_world_size(group)
+        return None, ctx.layer.combine(stacked / n, activation) * n, None
 
 
 @torch.compiler.disable
@@ -81,6 +92,7 @@ class _GradDropBase(nn.Module):
         renormalize: bool = False,
         eps: float = 1e-7,
         generator: torch.Generator | None = None,
+        process_group: Any = None,
     ):
         super().__init__()
         if isinstance(leak, Tensor):
@@ -103,6 +115,7 @@ class _GradDropBase(nn.Module):
         self.renormalize = renormalize
         self.eps = float(eps)
         self.generator = generator
+        self.process_group = process_group
 
     def forward(self, activation: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
         """``num_tasks`` views of ``activation`` (each equal to it), one per task's head."""
@@ -147,6 +160,8 @@ class GradDrop(_GradDropBase):
         eps: added to the purity's denominator (all-zero positions get P = 1/2).
         generator: where the uniform draws come from (None: torch's global generator); on
             the device of ``A``.
+        process_group: under DistributedDataParallel, the replicas' group (see the module's
+            docstring): the statistics are the global batch's. None: one process.
     """
 
     def __init__(
@@ -158,8 +173,9 @@ class GradDrop(_GradDropBase):
         renormalize: bool = False,
         eps: float = 1e-7,
         generator: torch.Generator | None = None,
+        process_group: Any = None,
     ):
-        super().__init__(leak, batch_separated, renormalize, eps, generator)
+        super().__init__(leak, batch_separated, renormalize, eps, generator, process_group)
         if not isinstance(f, str) or f not in GRADDROP_F:
             raise ValueError(f"f must be one of {', '.join(GRADDROP_F)}; got {f!r}")
         if isinstance(k, bool) or not isinstance(k, numbers.Real) or not (0 < float(k) < float("inf")):
@@ -178,6 +194,7 @@ class GradDrop(_GradDropBase):
             generator=self.generator,
             eps=self.eps,
             renormalize=self.renormalize,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:
@@ -191,5 +208,11 @@ class RandomGradDrop(_GradDropBase):
     def combine(self, grads: Tensor, activation: Tensor | None) -> Tensor:
         """Random GradDrop's combination of the per-task gradients ``grads`` [T, *A.shape]."""
         return random_graddrop(
-            grads, activation, leak=self.leak, generator=self.generator, eps=self.eps, renormalize=self.renormalize
+            grads,
+            activation,
+            leak=self.leak,
+            generator=self.generator,
+            eps=self.eps,
+            renormalize=self.renormalize,
+            process_group=self.process_group,
         )

@@ -48,8 +48,16 @@ at the representation); plus ``torchjd-pcgrad@params`` and ``torchjd-mgda@params
 when torchjd is not installed (it is one of mtbench's dependencies, so only a stripped
 environment lacks it).
 
-Writes a JSON file (``--out``, default ``docs/results/bench/<problem>-<device>.json``) and prints a
-markdown table.
+``--ddp N`` (CPU, gloo): N processes, each holding its equal slice of every batch, time the
+step of every combiner under DistributedDataParallel (``Step.group``: the combiner sends what it
+needs, ``docs/reference/ddp-communication.md``) against the row ``ddp``, the plain sum of the
+losses in a model wrapped in ``torch.nn.parallel.DistributedDataParallel`` (its one all-reduce
+of the gradients). A step's time is the slowest rank's; each row counts its collectives and
+the numbers they carry per step (and that traffic over DDP's: the model's parameter count).
+Default rows: every registered combiner at each level.
+
+Writes a JSON file (``--out``, default ``docs/results/bench/<problem>-<device>.json``; with
+``--ddp N``: ``<problem>-<device>-ddp<N>.json``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -677,6 +685,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--memory-steps", type=int, default=1, help="steps per row of the memory pass after the timing (default 1)"
     )
+    parser.add_argument(
+        "--ddp",
+        type=int,
+        default=0,
+        help="N: time every combiner under DistributedDataParallel in N gloo processes on the CPU (vs DDP's baseline)",
+    )
     args = parser.parse_intermixed_args(argv)
 
     user = list(args.overrides)
@@ -720,6 +734,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.trainer.get("channels_last", False):  # as the training loop: NHWC model and batches
         problem.model = channels_last(problem.model)
         problem.batches = [(channels_last(x), y) for x, y in problem.batches]
+
+    if args.ddp:
+        return run_ddp(args, cfg, user, base, user_task, dense, argv)
 
     try:
         import torchjd
@@ -904,6 +921,199 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
     table = markdown_table(report)
     print(table)
+    print(f"bench_step: wrote {out}", file=sys.stderr)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# --ddp N: every combiner under DistributedDataParallel, against DDP's baseline
+# ---------------------------------------------------------------------------------------------
+
+
+def ddp_rows(text: str | None) -> list[str]:
+    """``ddp`` (DDP's own baseline) first, then the rows asked for (default: every registered
+    combiner at each level; the plain-loop and torchjd rows have no DDP form here)."""
+    if text:
+        rows = [r.strip() for part in text.split(",") for r in part.split() if r.strip()]
+    else:
+        rows = [r for r in DEFAULT_ROWS if r not in LAYER_ROWS + BACKWARD_ROWS and not r.startswith("torchjd-")]
+    return ["ddp"] + [r for r in dict.fromkeys(rows) if r != "ddp"]
+
+
+def _rank_rows(value: Any, rank: int, world: int) -> Any:
+    """This rank's equal slice of a batch (a tensor, or a dict of tensors, batch first)."""
+    if isinstance(value, dict):
+        return {k: _rank_rows(v, rank, world) for k, v in value.items()}
+    n = value.shape[0] // world
+    return value[rank * n : (rank + 1) * n]
+
+
+def _ddp_worker(
+    rank: int, world: int, init: str, args: Any, cfg: Any, user: list[str], base: list[str], ctx: dict
+) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mtbench.combiners import Step, build_combiner
+    from mtbench.combiners.distributed import Traffic, check_ddp
+    from mtbench.train.optim import build_optimizer
+
+    torch.set_num_threads(int(cfg.trainer.num_threads or 1))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    group = dist.group.WORLD
+    device = torch.device("cpu")
+    problem = build_problem(cfg, args, device, ctx["user_task"], ctx["dense"])
+    seed = int(cfg.seed)
+    params = sum(p.numel() for p in problem.model.parameters() if p.requires_grad)
+    rows: list[dict[str, Any]] = []
+    for spec in ddp_rows(args.combiners):
+        model = copy.deepcopy(problem.model)
+        gen = torch.Generator().manual_seed(seed + 1)
+        if spec == "ddp":
+            wrapped = DistributedDataParallel(model)
+            optimizer = build_optimizer(wrapped.parameters(), cfg.trainer)
+
+            def step(x, y, wrapped=wrapped, optimizer=optimizer):
+                optimizer.zero_grad(set_to_none=True)
+                _, outputs = wrapped(x)
+                problem.losses(outputs, y).sum().backward()  # DDP averages the gradients
+                optimizer.step()
+                return None
+
+            rows.append({"row": spec, "combiner": "ddp", "level": None, "step": step, "needs_input_grad": False})
+            continue
+        cfg_row = combiner_config(spec, user, base)
+        combiner = build_combiner(cfg_row.combiner, problem.num_tasks, default_leak=problem.default_leak)
+        check_ddp(combiner)
+        combiner.prepare(model)
+        optimizer = build_optimizer(model.parameters(), cfg_row.trainer)
+
+        def step(x, y, model=model, combiner=combiner, optimizer=optimizer, gen=gen):
+            optimizer.zero_grad(set_to_none=True)
+            rep, outputs = model(x)
+            losses = problem.losses(outputs, y)
+            with Traffic() as traffic:
+                combiner.backward(Step(model, x, rep, outputs, losses, gen, gen, problem.column_losses, group))
+            optimizer.step()
+            return traffic
+
+        level = cfg_row.combiner.get("level")
+        rows.append(
+            {
+                "row": spec,
+                "combiner": combiner.name,
+                "level": level,
+                "step": step,
+                "needs_input_grad": combiner.needs_input_grad,
+            }
+        )
+    del problem.model
+    total = args.warmup + args.steps
+    times: dict[str, list[float]] = {r["row"]: [] for r in rows}
+    traffic: dict[str, tuple[int, int, int]] = {}
+    for rnd in range(total):
+        shift = rnd % len(rows)
+        for r in rows[shift:] + rows[:shift]:
+            x, y = problem.batches[rnd % len(problem.batches)]
+            x, y = _rank_rows(x, rank, world), _rank_rows(y, rank, world)
+            if r["needs_input_grad"]:
+                x = x.detach().clone().requires_grad_(True)
+            dist.barrier()
+            t0 = time.perf_counter()
+            sent = r["step"](x, y)
+            dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # the step takes as long as its slowest rank
+            if rnd >= args.warmup:
+                times[r["row"]].append(float(dt))
+            if sent is not None:
+                traffic[r["row"]] = (sent.calls, sent.numbers, sent.bytes)
+    if rank == 0:
+        torch.save(
+            {
+                "times": times,
+                "traffic": traffic,
+                "params": params,
+                "name": problem.name,
+                "description": problem.description,
+            },
+            ctx["result"],
+        )
+    dist.destroy_process_group()
+
+
+def run_ddp(args: Any, cfg: Any, user: list[str], base: list[str], user_task: bool, dense: str | None, argv) -> dict:
+    """``--ddp N``: the rows in N gloo processes (``_ddp_worker``), the report written by this one."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    if str(cfg.trainer.device) not in ("cpu", "auto") or args.ddp < 2:
+        raise SystemExit("bench_step: --ddp N needs N >= 2 and trainer.device=cpu (gloo processes on the CPU)")
+    world = int(args.ddp)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = {"user_task": user_task, "dense": dense, "result": os.path.join(tmp, "result.pt")}
+        init = "file://" + os.path.join(tmp, "init")
+        print(f"bench_step: {world} gloo processes, {len(ddp_rows(args.combiners))} rows", file=sys.stderr)
+        mp.spawn(_ddp_worker, args=(world, init, args, cfg, user, base, ctx), nprocs=world, join=True)
+        got = torch.load(ctx["result"], weights_only=True)
+    params = int(got["params"])
+    base_ms = statistics.median(got["times"]["ddp"]) * 1000
+    results = []
+    for row, ts in got["times"].items():
+        name, level = split_row(row)
+        ms = statistics.median(ts) * 1000
+        calls, numbers, nbytes = got["traffic"].get(row, (None, params, None))
+        results.append(
+            {
+                "row": row,
+                "combiner": name,
+                "level": level or (COMBINERS[name].defaults.get("level") if name in COMBINERS else None),
+                "ms_per_step": ms,
+                "speed_vs_ddp": base_ms / ms,
+                "step_ms": [round(t * 1000, 2) for t in ts],
+                "collectives_per_step": calls,
+                "numbers_per_step": numbers,
+                "bytes_per_step": nbytes,
+                "traffic_vs_ddp": numbers / params,
+            }
+        )
+    report = {
+        "problem": {
+            "description": got["description"],
+            "batch_size": int(cfg.trainer.batch_size),
+            "model": dict(cfg.model),
+        },
+        "ddp": {"processes": world, "backend": "gloo", "parameters": params},
+        "machine": machine_info(torch.device("cpu")),
+        "command": " ".join(["python", "scripts/bench_step.py"] + (sys.argv[1:] if argv is None else list(argv))),
+        "protocol": {
+            "warmup_rounds": args.warmup,
+            "timed_rounds": args.steps,
+            "time": "median over the timed rounds of the slowest rank's step (forward, combiner, optimizer step)",
+            "speed_vs_ddp": "the ddp row's median / the row's median",
+            "traffic": "numbers all-reduced per step by the combiner (the ddp row: the parameters, in DDP's buckets)",
+        },
+        "rows": results,
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).resolve().parents[1] / "docs" / "results" / "bench" / f"{got['name']}-cpu-ddp{world}.json"
+    )
+    from mtbench.files import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
+    lines = [
+        "| combiner | level | ms / step | speed vs DDP | collectives / step | numbers sent / step | traffic vs DDP |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for x in results:
+        lines.append(
+            f"| {x['combiner']} | {x['level'] or '—'} | {x['ms_per_step']:.0f} | {x['speed_vs_ddp']:.2f} "
+            f"| {_fmt(x['collectives_per_step'], 'd')} | {x['numbers_per_step']} | {x['traffic_vs_ddp']:.2f}× |"
+        )
+    print("\n".join(lines))
     print(f"bench_step: wrote {out}", file=sys.stderr)
     return report
 

@@ -49,6 +49,11 @@ class Step:
     #: loss i reads column i of ``outputs`` [B, T] only (``Task.column_losses``): the per-task
     #: gradients at the outputs are then the columns of one backward pass of sum_i L_i
     column_losses: bool = False
+    #: the process group of a DistributedDataParallel run (None: one process). Each rank holds
+    #: its equal slice of the global batch and ``losses`` whose mean over the ranks is the
+    #: global batch's; ``Combiner.backward`` then leaves the global batch's gradient in ``.grad``
+    #: on every rank (:mod:`mtbench.combiners.distributed`)
+    group: torch.distributed.ProcessGroup | None = None
 
 
 class Combiner:
@@ -74,9 +79,18 @@ class Combiner:
     warm_start_state: ClassVar[bool] = False
     #: (colour, marker) of the combiner in the plots; None: one of the spare styles
     style: ClassVar[tuple[str, str] | None] = None
+    #: what the combiner communicates under DistributedDataParallel (``Step.group``), one line;
+    #: empty: not known to be exact, and ``trainer.strategy=ddp`` refuses it
+    #: (:func:`mtbench.combiners.distributed.check_ddp`). The declaration covers the ``backward``
+    #: of the class that declares it: a subclass that overrides ``backward`` declares its own.
+    ddp: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:  # under a process group: the global step, then the gradients summed
+            from mtbench.combiners.distributed import ddp_backward
+
+            cls.backward = ddp_backward(cls.__dict__["backward"])
         if "options" in cls.__dict__:
             cls.defaults = {k: o.default for k, o in cls.options.items()}
         elif "defaults" in cls.__dict__:  # a plain dict: keep any inherited declaration of the same key
@@ -130,6 +144,21 @@ class Combiner:
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging per epoch (e.g. task weights); empty by default."""
         return {}
+
+    def ddp_refusal(self) -> str | None:
+        """None when ``backward`` is exact under a process group (``Step.group``), else why not
+        (one sentence). Default: the class, or the ancestor whose ``backward`` it runs, declares
+        ``ddp``."""
+        owner = next(c for c in type(self).__mro__ if "backward" in c.__dict__)
+        for c in type(self).__mro__:  # a declaration at the class of the backward that runs, or below it
+            if c.__dict__.get("ddp"):
+                return None
+            if c is owner:
+                break
+        return (
+            f"{owner.__name__}.backward declares no DistributedDataParallel communication (its class attribute ddp), "
+            "so its gradients under several processes are not known to equal one process's"
+        )
 
     def check_positive(self, option: str, value: Any) -> float:
         """A finite number > 0, or a one-line error naming ``combiner.<option>``."""

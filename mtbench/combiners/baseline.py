@@ -13,6 +13,7 @@ class Baseline(Combiner):
 
     name = "baseline"
     style = ("#333333", "o")
+    ddp = "the gradients summed once (what DDP sends)"
 
     def backward(self, step: Step) -> None:
         step.losses.sum().backward()

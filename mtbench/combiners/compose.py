@@ -18,6 +18,7 @@ class Reweighted(Combiner):
     the pieces' config names, holding that piece's own options.
     """
 
+    ddp = "what its two pieces communicate"
     weighting_cls: ClassVar[type[Combiner]]
     combine_cls: ClassVar[type[Combiner]]
 
@@ -46,6 +47,13 @@ class Reweighted(Combiner):
     def prepare(self, model) -> None:
         self.weighting.prepare(model)
         self.combine.prepare(model)
+
+    def ddp_refusal(self) -> str | None:
+        for piece in (self.weighting, self.combine):
+            why = piece.ddp_refusal()
+            if why:
+                return why
+        return None
 
     def backward(self, step: Step) -> None:
         w = self.weighting.task_weights(step)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from mtbench.combiners import distributed
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.rows import (
     _check_grads,
@@ -69,6 +70,7 @@ def _graddrop_core(
     eps: float,
     renormalize: bool,
     fn: str,
+    group: Any = None,
 ) -> Tensor:
     """Shared body of :func:`graddrop` and :func:`random_graddrop`.
 
@@ -90,26 +92,33 @@ def _graddrop_core(
             raise ValueError("activation must have a leading batch dimension; got a 0-d tensor")
         # batch-separated gradients: G_i = sum_b sign(A_b) * dL_i/dA_b   -> [T, *S[1:]]
         sign = torch.sign(activation).to(device=grads.device, dtype=grads.dtype)
-        signed = (grads * sign.unsqueeze(0)).sum(dim=1)
+        signed = distributed.all_reduce_sum((grads * sign.unsqueeze(0)).sum(dim=1), group)  # batch sums
     else:
         signed = grads
 
-    weight = _keep_weights(signed, transfer, leak_values, eps, generator)
+    weight = _keep_weights(signed, transfer, leak_values, eps, generator, group if activation is None else None)
     if activation is not None:
         weight = weight.unsqueeze(1)  # broadcast the per-feature mask over the batch
     out = (weight * grads).sum(dim=0)
-    return _rescaled(out, grads.sum(dim=0)) if renormalize else out
+    return _rescaled(out, grads.sum(dim=0), group) if renormalize else out
 
 
 def _keep_weights(
-    signed: Tensor, transfer, leak_values: Tensor | None, eps: float, generator: torch.Generator | None
+    signed: Tensor,
+    transfer,
+    leak_values: Tensor | None,
+    eps: float,
+    generator: torch.Generator | None,
+    rows_of: Any = None,
 ) -> Tensor:
     """GradDrop's steps 2-5 on the signed gradients G [T, *P]: the purity P, ONE uniform draw of
-    P's shape, the masks M_i, and the weights l_i + (1 - l_i) M_i [T, *P] (M_i without a leak)."""
+    P's shape, the masks M_i, and the weights l_i + (1 - l_i) M_i [T, *P] (M_i without a leak).
+    ``rows_of``: the process group whose global batch P's first dimension slices (the draw of
+    the global shape, this rank's rows: :func:`distributed.rand_rows`)."""
     # Gradient Positive Sign Purity, one value per (feature) position.
     purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
     # exactly one uniform draw per position (so shared by the whole batch in batch mode)
-    uniform = torch.rand(purity.shape, generator=generator, device=signed.device, dtype=signed.dtype)
+    uniform = distributed.rand_rows(tuple(purity.shape), generator, rows_of, device=signed.device, dtype=signed.dtype)
     keep_positive_prob = transfer(purity)
     keep = ((keep_positive_prob > uniform) & (signed > 0)) | ((keep_positive_prob < uniform) & (signed < 0))
     weight = keep.to(signed.dtype)  # M_i, shape [T, *P.shape]
@@ -120,10 +129,15 @@ def _keep_weights(
     return weight
 
 
-def _rescaled(out: Tensor, target: Tensor) -> Tensor:
+def _rescaled(out: Tensor, target: Tensor, group: Any = None) -> Tensor:
     """``out`` rescaled to the L2 norm of ``target`` (an all-zero ``out`` unchanged); the
-    factor is computed from detached values (a weight, like the masks)."""
-    norm, goal = out.detach().norm(), target.detach().norm()
+    factor is computed from detached values (a weight, like the masks). Under a process group
+    both are this rank's rows of the global batch's: the squared norms are summed."""
+    if group is None:
+        norm, goal = out.detach().norm(), target.detach().norm()
+    else:
+        sq = torch.stack([out.detach().pow(2).sum(), target.detach().pow(2).sum()])
+        norm, goal = distributed.all_reduce_sum(sq, group).sqrt().unbind()
     nonzero = norm > 0
     scale = torch.where(nonzero, goal / torch.where(nonzero, norm, torch.ones_like(norm)), torch.ones_like(norm))
     return out * scale
@@ -139,6 +153,7 @@ def graddrop(
     *,
     eps: float = 1e-7,
     renormalize: bool = False,
+    process_group: Any = None,
 ) -> Tensor:
     """Gradient Sign Dropout (Chen et al., NeurIPS 2020, "Just Pick a Sign").
 
@@ -161,6 +176,12 @@ def graddrop(
             ``P = 1/2`` instead of 0/0.
         renormalize: rescale the output to the L2 norm of the plain sum ``sum_i grads[i]``
             (an all-zero output is returned unchanged).
+        process_group: under DistributedDataParallel, the group whose ranks hold the other
+            equal slices of the batch: ``grads`` are this rank's rows (batch first) of the
+            global batch's per-task gradients; the batch sums ``G_i`` and the norms of
+            ``renormalize`` are summed over the group and the per-element draws are the global
+            batch's rows of this rank (one process's result on the whole batch, sliced).
+            None: one process.
 
     Returns:
         The combined gradient, shape ``S``, dtype and device of ``grads``.
@@ -188,7 +209,9 @@ def graddrop(
     """
     if f == "random":  # (graddrop_transfer's name for random_graddrop's constant)
         raise ValueError(f"f must be one of {', '.join(repr(x) for x in GRADDROP_F)}; got {f!r}")
-    return _graddrop_core(grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop")
+    return _graddrop_core(
+        grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop", process_group
+    )
 
 
 def graddrop_transfer(f: str = "identity", k: float = 1.0):
@@ -222,6 +245,7 @@ def graddrop_factored(
     *,
     eps: float = 1e-7,
     renormalize: bool = False,
+    process_group: Any = None,
 ) -> Tensor:
     """:func:`graddrop` (``f="random"``: :func:`random_graddrop`) of per-task gradients that
     factor as ``grads[i, b] = e[b, i] * weight[i]``: linear heads (logits ``A W^T + b``, one
@@ -252,14 +276,14 @@ def graddrop_factored(
         if tuple(activation.shape) != (e.shape[0], weight.shape[1]):
             raise ValueError(f"{fn}: activation must be [B, D] = {(e.shape[0], weight.shape[1])}")
         sign = torch.sign(activation).to(dtype=e.dtype)
-        signed = weight * (e.T @ sign)  # [T, D]: G_i = sum_b sign(A_b) g_i[b]
+        signed = weight * distributed.all_reduce_sum(e.T @ sign, process_group)  # [T, D]: G_i = sum_b sign(A_b) g_i[b]
         out = e @ (_keep_weights(signed, transfer, leak_values, eps, generator) * weight)
     else:
         lk = None if leak_values is None else leak_values.to(device=e.device, dtype=e.dtype)
         e_pos, e_neg = e.clamp(min=0), e.clamp(max=0)
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         purity = 0.5 * (1.0 + total / ((e.abs() @ weight.abs()) + eps))
-        uniform = torch.rand(purity.shape, generator=generator, device=e.device, dtype=e.dtype)
+        uniform = distributed.rand_rows(tuple(purity.shape), generator, process_group, device=e.device, dtype=e.dtype)
         p = transfer(purity)
         if lk is not None:  # (1 - l_i) into the tasks' columns, l_i g_i passes untouched
             drop = 1.0 - lk
@@ -270,7 +294,7 @@ def graddrop_factored(
         out = torch.where(p > uniform, pos, zero) + torch.where(p < uniform, neg, zero)
         if lk is not None:
             out = out + (e * lk) @ weight
-    return _rescaled(out, total) if renormalize else out
+    return _rescaled(out, total, process_group) if renormalize else out
 
 
 def random_graddrop(
@@ -281,6 +305,7 @@ def random_graddrop(
     *,
     eps: float = 1e-7,
     renormalize: bool = False,
+    process_group: Any = None,
 ) -> Tensor:
     """Random-sign control for GradDrop (Chen et al., NeurIPS 2020): ``f(P) := 1/2``.
 
@@ -297,7 +322,15 @@ def random_graddrop(
     """
 
     return _graddrop_core(
-        grads, activation, leak, graddrop_transfer("random"), generator, eps, renormalize, "random_graddrop"
+        grads,
+        activation,
+        leak,
+        graddrop_transfer("random"),
+        generator,
+        eps,
+        renormalize,
+        "random_graddrop",
+        process_group,
     )
 
 
@@ -316,6 +349,7 @@ class GradDrop(Combiner):
     """
 
     name = "graddrop"
+    ddp = "the batch sums G_i [T, F] of the batch-separated rule (per element: nothing); renormalize: two squared norms"
     style = ("#d62728", "*")
     options = {
         "leak": Option(
@@ -347,7 +381,13 @@ class GradDrop(Combiner):
 
     def drop_options(self, step: Step) -> dict[str, Any]:
         """The functional GradDrop's other arguments, the same for every form of the gradients."""
-        return {"leak": self.leak, "generator": step.generator, "eps": self.eps, "renormalize": bool(self.renormalize)}
+        return {
+            "leak": self.leak,
+            "generator": step.generator,
+            "eps": self.eps,
+            "renormalize": bool(self.renormalize),
+            "process_group": step.group,
+        }
 
     def drop(self, grads, activation, step: Step):
         return graddrop(grads, activation, **self.rule(), **self.drop_options(step))

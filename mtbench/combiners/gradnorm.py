@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from mtbench.combiners import distributed
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.linalg import batched_vjp
 from mtbench.combiners.taskgrads import (
@@ -56,6 +57,10 @@ class GradNorm(Combiner):
     """
 
     name = "gradnorm"
+    ddp = (
+        "the norms' squares at the representation (T numbers), or the T per-task gradients of the last shared layer; "
+        "the T losses"
+    )
     style = ("#2ca02c", "P")
     options = {
         "alpha": Option(1.5, "the asymmetry alpha: how strongly the slower tasks are pushed", number(minimum=0)),
@@ -106,10 +111,14 @@ class GradNorm(Combiner):
     def grad_norms(self, step: Step) -> torch.Tensor:
         """||dL_i/dW|| for the T tasks (W as ``grad_at`` says), in the losses' dtype."""
         losses = step.losses
-        if self.grad_at == "representation":
-            return rep_task_grads(step).sq_norms().clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
+        if self.grad_at == "representation":  # per example: the squares sum over the ranks
+            sq = distributed.all_reduce_sum(rep_task_grads(step).sq_norms(), step.group)
+            return sq.clamp_min(0).sqrt().to(device=losses.device, dtype=losses.dtype)
         module, weight = self.last_shared_layer(step.model)
         source, cotangents = self._cotangents(step)
+        if step.group is not None:  # the layer's per-task gradients are sums over the ranks: sum them
+            (grads,) = batched_vjp(source, [weight], cotangents, retain_graph=True)
+            return distributed.all_reduce_sum(grads.flatten(1), step.group).norm(dim=1)
         norms = self._factored_norms(step, module, weight, source, cotangents)
         if norms is None:
             (grads,) = batched_vjp(source, [weight], cotangents, retain_graph=True)

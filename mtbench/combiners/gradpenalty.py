@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from mtbench.combiners import distributed
 from mtbench.combiners.base import Combiner, Step, one_of
 from mtbench.options import Option, number
 
@@ -26,6 +27,7 @@ class GradPenalty(Combiner):
 
     name = "gradpenalty"
     style = ("#bcbd22", "^")
+    ddp = "nothing beyond the gradients summed once: the penalty is a mean over examples, each rank's share of it local"
     options = {
         "lambda": Option(0.01, "weight of the penalty", number(minimum=0)),
         "target": Option("input", "z_b: input | representation", one_of("input", "representation")),
@@ -43,7 +45,11 @@ class GradPenalty(Combiner):
         total = step.losses.sum()
         z = step.inputs if self.target == "input" else step.rep
         (g,) = torch.autograd.grad(total, z, create_graph=True)
-        per_example = (g * g.shape[0]).flatten(1).pow(2).sum(1)
+        # under a process group g is already the global batch's gradient at this rank's examples
+        # (1 / B_global of each example's): B_global = N B_local, and the mean over the global
+        # batch is this rank's mean / N plus the other ranks' (summed with the gradients)
+        n = distributed.world_size(step.group)
+        per_example = (g * (g.shape[0] * n)).flatten(1).pow(2).sum(1)
         # only the parameters: the input's own gradient (target: input) is not needed
         params = [p for p in step.model.parameters() if p.requires_grad]
-        torch.autograd.backward(total + self.lam * per_example.mean(), inputs=params)
+        torch.autograd.backward(total + self.lam * per_example.mean() / n, inputs=params)

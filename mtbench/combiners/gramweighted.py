@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mtbench.combiners import distributed
 from mtbench.combiners.base import Combiner, Step, one_of, positive
 from mtbench.combiners.taskgrads import RepGrads, TaskGrads, backward_replacing_rep_grad
 from mtbench.options import Option, integer
@@ -30,8 +31,15 @@ class GramWeighted(Combiner):
       time, factored layers where that is cheaper, rows held within ``memory_budget_mb``).
 
     A new Gram-based method is one such subclass (``name``, ``options`` with
-    ``**GramWeighted.options``, ``gram_weights``) plus its config file.
+    ``**GramWeighted.options``, ``gram_weights``) plus its config file; it is exact under
+    DistributedDataParallel without code of its own (``ddp``): at the representation the g_i
+    are per example, so the global Gram matrix is the sum over ranks of the local ones (T x T
+    numbers all-reduced), the weights are computed alike on every rank and applied locally,
+    and the trunk's gradient is summed once; at the parameters the T per-task gradients are
+    summed (T times DDP's traffic), then the method runs as in one process.
     """
+
+    ddp = "representation: the T x T Gram matrix; params: the T per-task gradients of the shared parameters"
 
     options: ClassVar[dict[str, Option]] = {
         "level": Option(
@@ -89,6 +97,11 @@ class GramWeighted(Combiner):
         if self.level == "representation":
             self.backward_trunk(step, self._combine_at_rep(rep_grads, step))
             return
+        if step.group is not None:
+            self.last_weights = distributed.combine_summed_param_grads(
+                step, rep_grads, self.gram_weights, self.chunk_size
+            )
+            return
         per_task = self.task_grads.at_params(step, rep_grads)
         weights = self.gram_weights(per_task.gram(), step)
         per_task.add_combination(weights)
@@ -97,7 +110,7 @@ class GramWeighted(Combiner):
     def _combine_at_rep(self, rep_grads: RepGrads, step: Step) -> torch.Tensor:
         """sum_i w_i g_i at the representation, the weights from the g_i's Gram matrix (kept as
         ``last_weights``)."""
-        weights = self.gram_weights(rep_grads.gram(), step)
+        weights = self.gram_weights(distributed.all_reduce_sum(rep_grads.gram(), step.group), step)
         self.last_weights = weights
         return rep_grads.combine(weights)
 

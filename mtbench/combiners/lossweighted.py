@@ -18,7 +18,13 @@ class LossWeighted(Combiner):
 
     Each head gets its own loss's gradient times its task's weight; ``history.csv`` logs the
     range of the last step's weights (``combiner_w_min``, ``combiner_w_max``).
+
+    Under DistributedDataParallel the weights (and any state they keep) are computed from the
+    global batch's losses (the T losses all-reduced, ``Step.group``), so every rank computes the
+    same weights; then the gradients are summed once, as DDP does (``ddp``).
     """
+
+    ddp = "the T losses (then the gradients summed once)"
 
     def __init__(self, num_tasks: int, **options):
         super().__init__(num_tasks, **options)
