@@ -47,6 +47,10 @@ from mtbench.combiners.config import (  # noqa: F401
     config,
     config_weights_from_gram,
 )
+from mtbench.combiners.cr_mogm import (  # noqa: F401
+    cr_mogm,
+    cr_mogm_weights,
+)
 from mtbench.combiners.dualproj import (  # noqa: F401
     dualproj,
     dualproj_weights_from_gram,
@@ -84,6 +88,10 @@ from mtbench.combiners.mgda import (  # noqa: F401
 from mtbench.combiners.nash_mtl import (  # noqa: F401
     nash_mtl,
     nash_mtl_weights_from_gram,
+)
+from mtbench.combiners.pcd import (  # noqa: F401
+    pcd,
+    pcd_weights_from_gram,
 )
 from mtbench.combiners.pcgrad import (  # noqa: F401
     _pcgrad_coefficients,
@@ -173,4 +181,8 @@ __all__ = [
     "gradvac",
     "gradvac_weights_from_gram",
     "gram_square_root",
+    "pcd",
+    "pcd_weights_from_gram",
+    "cr_mogm",
+    "cr_mogm_weights",
 ]
