@@ -25,8 +25,10 @@ from mtbench.combiners.cagrad import CAGrad
 from mtbench.combiners.clip import Clip
 from mtbench.combiners.config import ConFIG
 from mtbench.combiners.cr_mogm import CRMOGM
+from mtbench.combiners.db_mtl import DBMTL
 from mtbench.combiners.dualproj import DualProj
 from mtbench.combiners.dwa import DWA
+from mtbench.combiners.excess_mtl import ExcessMTL
 from mtbench.combiners.fairgrad import FairGrad
 from mtbench.combiners.famo import FAMO
 from mtbench.combiners.gls import GLS
@@ -54,8 +56,9 @@ _PAPER = (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, G
 _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac)
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
-#: the gradient-level methods of 2022-2026 (PCD, CR-MOGM's smoothing of any Gram-weighted one)
-_GRAM2 = (PCD, CRMOGM)
+#: the gradient-level methods of 2022-2026 (PCD, CR-MOGM's smoothing of any Gram-weighted one;
+#: Excess-MTL and DB-MTL at the shared parameters, with per-parameter statistics)
+_GRAM2 = (PCD, CRMOGM, ExcessMTL, DBMTL)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style

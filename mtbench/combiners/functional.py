@@ -51,9 +51,17 @@ from mtbench.combiners.cr_mogm import (  # noqa: F401
     cr_mogm,
     cr_mogm_weights,
 )
+from mtbench.combiners.db_mtl import (  # noqa: F401
+    db_mtl,
+    db_mtl_state,
+)
 from mtbench.combiners.dualproj import (  # noqa: F401
     dualproj,
     dualproj_weights_from_gram,
+)
+from mtbench.combiners.excess_mtl import (  # noqa: F401
+    excess_mtl,
+    excess_mtl_state,
 )
 from mtbench.combiners.fairgrad import (  # noqa: F401
     FAIRGRAD_SOLVERS,
@@ -185,4 +193,8 @@ __all__ = [
     "pcd_weights_from_gram",
     "cr_mogm",
     "cr_mogm_weights",
+    "excess_mtl",
+    "excess_mtl_state",
+    "db_mtl",
+    "db_mtl_state",
 ]
