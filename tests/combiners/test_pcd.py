@@ -58,7 +58,8 @@ def jitter(J: torch.Tensor, k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("matrix", list(MATS))
 @pytest.mark.parametrize("primary", [0, "last"])
-def test_equals_torchjd_times_T_over_steps(matrix, primary):
+@pytest.mark.parametrize("solver", ["pivoting", "torchjd"])
+def test_equals_torchjd_times_T_over_steps(matrix, primary, solver):
     J = MATS[matrix]
     T = J.shape[0]
     p = T - 1 if primary == "last" else 0
@@ -68,7 +69,7 @@ def test_equals_torchjd_times_T_over_steps(matrix, primary):
     for k in range(4):
         Jk = J if k == 0 else jitter(J, k)
         G = Jk @ Jk.T
-        ours, ema, n = F.pcd_weights_from_gram(G, p, ema, n, tau=0.1, beta=0.9, eps=1e-8)
+        ours, ema, n = F.pcd_weights_from_gram(G, p, ema, n, tau=0.1, beta=0.9, eps=1e-8, solver=solver)
         theirs = ref(G[order][:, order])
         expected = torch.empty(T, dtype=torch.float64)
         expected[order] = T * theirs
@@ -77,7 +78,9 @@ def test_equals_torchjd_times_T_over_steps(matrix, primary):
         assert n == k + 1
     # and the combination of the rows (no history) is torchjd's aggregator's, times T
     agg = jd.PCD(tau=0.1, beta=0.9)(J[order])
-    torch.testing.assert_close(F.pcd(J, primary=p, tau=0.1, beta=0.9), T * agg, rtol=1e-9, atol=1e-9 * float(J.norm()))
+    torch.testing.assert_close(
+        F.pcd(J, primary=p, tau=0.1, beta=0.9, solver=solver), T * agg, rtol=1e-9, atol=1e-9 * float(J.norm())
+    )
 
 
 def test_every_secondary_task_gets_its_guaranteed_progress():
@@ -99,6 +102,30 @@ def test_every_secondary_task_gets_its_guaranteed_progress():
     agreeing = MATS["agreeing"]
     w, _, _ = F.pcd_weights_from_gram(agreeing @ agreeing.T, 0)
     torch.testing.assert_close(w @ agreeing, 3 * agreeing[0])  # mtbench's scale: T equal g give T g
+
+
+def test_the_pivoting_solves_many_tasks_as_torchjd_and_falls_back_where_it_certifies_nothing(monkeypatch):
+    """40 tasks whose constraints bind in many ways (the CelebA-shaped case): the pivoting's
+    certified multipliers give torchjd's weights; with dependent gradients (T > D) it certifies
+    nothing and torchjd's active set takes over (the same weights by construction)."""
+    import mtbench.combiners.pcd as pcd_module
+
+    gen = torch.Generator().manual_seed(4)
+    for tasks, dim, tau in ((40, 512, 0.02), (40, 512, 0.3), (40, 64, 0.1)):
+        J = torch.randn(tasks, dim, generator=gen, dtype=torch.float64) + 0.2 * torch.randn(
+            dim, generator=gen, dtype=torch.float64
+        )
+        G = J @ J.T
+        ours = F.pcd_weights_from_gram(G, 5, tau=tau)[0]
+        ref = F.pcd_weights_from_gram(G, 5, tau=tau, solver="torchjd")[0]
+        close = float((ours @ J - ref @ J).norm()) <= 1e-9 * float((ref @ J).norm())
+        assert close, (tasks, dim, tau)
+    calls = []
+    real = pcd_module._pcd_multipliers
+    monkeypatch.setattr(pcd_module, "_pcd_multipliers", lambda *a: calls.append(real(*a)) or calls[-1])
+    J = MATS["T_gt_D"]
+    F.pcd_weights_from_gram(J @ J.T, 0, tau=0.5)
+    assert calls == [None]  # dependent gradients: the fallback
 
 
 def test_state_resumes_to_the_same_weights():
@@ -138,6 +165,7 @@ def test_primary_is_a_task_name():
         ("beta", 1.0, "combiner.beta must be a finite number >= 0 and < 1 (got 1.0)"),
         ("eps", -1, "combiner.eps must be a finite number >= 0 (got -1)"),
         ("primary", 3, "combiner.primary must be null or a non-empty string (got 3)"),
+        ("solver", "qp", "combiner.solver='qp' is not allowed for combiner=pcd; choose one of: pivoting, torchjd"),
     ],
 )
 def test_an_option_out_of_range_is_one_line_naming_it(option, value, message):
