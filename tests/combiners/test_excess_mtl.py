@@ -105,3 +105,26 @@ def test_excess_mtl_and_db_mtl_run_from_the_command_line(tmp_path):
     for name in ("excess_mtl", "db_mtl"):
         m = json.loads((run_dir(tmp_path / "results" / "shapes40", name) / "metrics.json").read_text())
         assert m["status"] == "completed" and math.isfinite(m["test"]["error_rate"]), (name, m.get("reason"))
+
+
+@pytest.mark.slow
+def test_bench_step_times_the_new_methods_the_per_parameter_ones_as_slow_rows(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_step.py"
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(script), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu"]
+    args += ["trainer.num_threads=1", "--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "2"]
+    args += ["--warmup", "1", "--slow-steps", "1", "--no-memory", "--out", str(out)]
+    args += ["--combiners", "pcd@representation,cr_mogm@representation,excess_mtl,db_mtl"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    for name in ("pcd@representation", "cr_mogm@representation", "excess_mtl", "db_mtl"):
+        assert rows[name]["error"] is None and rows[name]["ms_per_step"] > 0, name
+    assert rows["pcd@representation"]["steps"] == 2
+    assert rows["excess_mtl"]["steps"] == 1 and rows["db_mtl"]["steps"] == 1  # T backward passes: slow rows
