@@ -12,6 +12,9 @@ mtbench's scale: T equal gradients g give T g.
 * :func:`mgda_weights`: the min-norm point of the gradients' convex hull (Sener & Koltun 2018).
 * the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`, :func:`aligned_mtl`,
   :func:`cagrad`, :func:`fairgrad`, :func:`config`, :func:`gradvac` and :func:`nash_mtl`.
+* :func:`pcd` (a primary task, the others guaranteed progress), :func:`cr_mogm` (any method's
+  weights smoothed by an EMA), :func:`excess_mtl` and :func:`db_mtl` (their first step; the
+  ``*_state`` functions carry their per-coordinate statistics from step to step).
 
 Randomness only comes from the ``generator`` argument (``None``: torch's global generator).
 
