@@ -85,7 +85,7 @@ def validate(cfg: DictConfig) -> None:
         raise MtbenchError(
             f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}"
         )
-    combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak)
+    combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak, task_names=spec.task_names)
     # a combiner at the shared representation needs a model that has one (not segnet_mtan)
     check_representation(combiner, cfg.model.name, shared_representation(cfg.model))
 

@@ -81,6 +81,7 @@ import torch.nn.functional as F
 
 from mtbench.combiners import COMBINERS
 from mtbench.combiners.gramweighted import LEVELS
+from mtbench.combiners.paramrows import ParamRows
 
 #: the combiners in a plain loop: rows ``layer-<name>`` and ``backward-<name>``
 LAYER_ROWS = ("layer-graddrop", "layer-random_graddrop")
@@ -766,7 +767,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(make_torchjd_row(spec, cfg, problem, torchjd))
             continue
         cfg_row = combiner_config(spec, user, base)
-        rows.append(make_row(spec, cfg_row, problem, device, comb_gens, slow=cfg_row.combiner.get("level") == "params"))
+        # T backward passes per step: at level=params, or always (the per-parameter methods)
+        slow = cfg_row.combiner.get("level") == "params" or issubclass(
+            COMBINERS.get(cfg_row.combiner.name, object), ParamRows
+        )
+        rows.append(make_row(spec, cfg_row, problem, device, comb_gens, slow=slow))
     del problem.model
 
     total = args.warmup + args.steps

@@ -14,6 +14,7 @@ comparison, the nine registered first: what ``mtbench -m`` sweeps with no argume
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,8 +24,11 @@ from mtbench.combiners.baseline import Baseline
 from mtbench.combiners.cagrad import CAGrad
 from mtbench.combiners.clip import Clip
 from mtbench.combiners.config import ConFIG
+from mtbench.combiners.cr_mogm import CRMOGM
+from mtbench.combiners.db_mtl import DBMTL
 from mtbench.combiners.dualproj import DualProj
 from mtbench.combiners.dwa import DWA
+from mtbench.combiners.excess_mtl import ExcessMTL
 from mtbench.combiners.fairgrad import FairGrad
 from mtbench.combiners.famo import FAMO
 from mtbench.combiners.gls import GLS
@@ -37,6 +41,7 @@ from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.imtl_g import IMTLG
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.nash_mtl import NashMTL
+from mtbench.combiners.pcd import PCD
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
@@ -51,11 +56,14 @@ _PAPER = (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, G
 _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac)
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
+#: the gradient-level methods of 2022-2026 (PCD, CR-MOGM's smoothing of any Gram-weighted one;
+#: Excess-MTL and DB-MTL at the shared parameters, with per-parameter statistics)
+_GRAM2 = (PCD, CRMOGM, ExcessMTL, DBMTL)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
 #: (``style``)
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS)}
+COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_GRAM2)}
 
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``
@@ -119,9 +127,12 @@ def _compose_pieces(options: dict) -> None:
         options[package] = {**piece, **given}
 
 
-def build_combiner(cfg: DictConfig, num_tasks: int, default_leak: list[float] | None = None) -> Combiner:
+def build_combiner(
+    cfg: DictConfig, num_tasks: int, default_leak: list[float] | None = None, task_names: Sequence[str] | None = None
+) -> Combiner:
     """The combiner of ``cfg`` for ``num_tasks`` tasks; ``default_leak`` (one per task, from the
-    task's config) fills any ``leak: null`` option."""
+    task's config) fills any ``leak: null`` option; ``task_names`` (where known) go to the
+    combiner's :meth:`~Combiner.bind_tasks` (an option naming a task is checked there)."""
     options = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(options, dict)
     _compose_pieces(options)
@@ -134,4 +145,7 @@ def build_combiner(cfg: DictConfig, num_tasks: int, default_leak: list[float] | 
         cls = COMBINERS[name]
     else:
         raise MtbenchError(f"combiner.name={name!r} is unknown; built-in combiners: {', '.join(COMBINERS)}")
-    return cls(num_tasks, **options)
+    combiner = cls(num_tasks, **options)
+    if task_names is not None:
+        combiner.bind_tasks(list(task_names))
+    return combiner

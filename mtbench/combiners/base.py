@@ -16,6 +16,7 @@ Gram-matrix methods derive from :class:`~mtbench.combiners.gramweighted.GramWeig
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -128,6 +129,12 @@ class Combiner:
         (default: nothing). A combiner with a per-layer fast path arms its forward hooks here,
         so every step, the first of a process (a resumed run's) included, takes the path that
         the step's own shapes call for."""
+
+    def bind_tasks(self, task_names: Sequence[str]) -> None:
+        """Called once with the task's names, in the order of ``Step.losses``, where they are
+        known (:func:`~mtbench.combiners.build_combiner`'s ``task_names``), before the run
+        starts (default: nothing). A combiner with an option naming a task (PCD's ``primary``)
+        resolves and checks it here."""
 
     def end_epoch(self) -> None:
         """Called by the trainer once an epoch's last step is done, before the epoch's checkpoint

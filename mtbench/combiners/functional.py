@@ -12,6 +12,9 @@ mtbench's scale: T equal gradients g give T g.
 * :func:`mgda_weights`: the min-norm point of the gradients' convex hull (Sener & Koltun 2018).
 * the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`, :func:`aligned_mtl`,
   :func:`cagrad`, :func:`fairgrad`, :func:`config`, :func:`gradvac` and :func:`nash_mtl`.
+* :func:`pcd` (a primary task, the others guaranteed progress), :func:`cr_mogm` (any method's
+  weights smoothed by an EMA), :func:`excess_mtl` and :func:`db_mtl` (their first step; the
+  ``*_state`` functions carry their per-coordinate statistics from step to step).
 
 Randomness only comes from the ``generator`` argument (``None``: torch's global generator).
 
@@ -47,9 +50,21 @@ from mtbench.combiners.config import (  # noqa: F401
     config,
     config_weights_from_gram,
 )
+from mtbench.combiners.cr_mogm import (  # noqa: F401
+    cr_mogm,
+    cr_mogm_weights,
+)
+from mtbench.combiners.db_mtl import (  # noqa: F401
+    db_mtl,
+    db_mtl_state,
+)
 from mtbench.combiners.dualproj import (  # noqa: F401
     dualproj,
     dualproj_weights_from_gram,
+)
+from mtbench.combiners.excess_mtl import (  # noqa: F401
+    excess_mtl,
+    excess_mtl_state,
 )
 from mtbench.combiners.fairgrad import (  # noqa: F401
     FAIRGRAD_SOLVERS,
@@ -84,6 +99,10 @@ from mtbench.combiners.mgda import (  # noqa: F401
 from mtbench.combiners.nash_mtl import (  # noqa: F401
     nash_mtl,
     nash_mtl_weights_from_gram,
+)
+from mtbench.combiners.pcd import (  # noqa: F401
+    pcd,
+    pcd_weights_from_gram,
 )
 from mtbench.combiners.pcgrad import (  # noqa: F401
     _pcgrad_coefficients,
@@ -173,4 +192,12 @@ __all__ = [
     "gradvac",
     "gradvac_weights_from_gram",
     "gram_square_root",
+    "pcd",
+    "pcd_weights_from_gram",
+    "cr_mogm",
+    "cr_mogm_weights",
+    "excess_mtl",
+    "excess_mtl_state",
+    "db_mtl",
+    "db_mtl_state",
 ]

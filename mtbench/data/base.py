@@ -277,6 +277,9 @@ class TaskSpec:
     default_leak: list[float] | None = None
     #: a per-pixel task (NYUv2, Cityscapes) whose heads need a dense model
     dense: bool = False
+    #: the tasks' names in loss order, where known without reading data (None: CelebA's come
+    #: from its attribute file); a combiner option naming a task is checked against them
+    task_names: tuple[str, ...] | None = None
 
 
 def given_cache_dir(cache_dir: Any) -> Path:

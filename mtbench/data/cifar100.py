@@ -553,7 +553,7 @@ def check_options(cfg: DictConfig) -> TaskSpec:
     names = ["target", "source"] + (["coarse"] if coarse else [])
     leak = _leaks(cfg, names)
     columns = COLUMNS + ((COARSE_COLUMN,) if coarse else ())
-    return TaskSpec(len(names), tuple(c.key for c in columns), default_leak=leak)
+    return TaskSpec(len(names), tuple(c.key for c in columns), default_leak=leak, task_names=tuple(names))
 
 
 def build_cifar100_transfer(cfg: DictConfig) -> Cifar100Transfer:

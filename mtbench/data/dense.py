@@ -158,7 +158,9 @@ def check_options(ds: DenseDataset, cfg: DictConfig, files: bool = True) -> Task
     check_number("task.normal_tol", cfg.get("normal_tol", 0.1), minimum=0, min_open=True)
     if files:
         find_files(ds, cfg.get("root"), required_folders(ds, tasks, classes), classes)
-    return TaskSpec(num_tasks=len(tasks), metric_keys=tuple(c.key for c in ds.columns(tasks)), dense=True)
+    return TaskSpec(
+        num_tasks=len(tasks), metric_keys=tuple(c.key for c in ds.columns(tasks)), dense=True, task_names=tuple(tasks)
+    )
 
 
 def required_folders(ds: DenseDataset, tasks: list[str], classes: int) -> list[str]:

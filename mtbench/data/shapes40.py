@@ -461,7 +461,9 @@ def check_options(cfg) -> TaskSpec:
         check_int(f"task.{key}", cfg.get(key), minimum=1)
     check_int("task.image_size", cfg.get("image_size"), minimum=16)
     check_binary_head(cfg)
-    return TaskSpec(len(ATTRIBUTES), tuple(c.key for c in binary_columns(cfg.get("columns"))))
+    return TaskSpec(
+        len(ATTRIBUTES), tuple(c.key for c in binary_columns(cfg.get("columns"))), task_names=tuple(ATTRIBUTES)
+    )
 
 
 def _check_int(name: str, value, minimum: int) -> int:

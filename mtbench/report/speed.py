@@ -120,7 +120,9 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
             labels[name] = key
             own = copy.deepcopy(model)
             optimizer = build_optimizer(own.parameters(), cfg.trainer)
-            combiner = build_combiner(cfg.combiner, task.num_tasks, default_leak=task.default_leak)
+            combiner = build_combiner(
+                cfg.combiner, task.num_tasks, default_leak=task.default_leak, task_names=task.task_names
+            )
             gen = torch.Generator(device=device).manual_seed(0)
             cpu_gen = torch.Generator().manual_seed(0)
             steps[name] = TrainStep(

@@ -112,7 +112,9 @@ class Trainer:
             task.setup(device)
         with forked_global_rng(seed, "model init"):
             model = build_model(cfg.model, in_channels=task.in_channels, task=task).to(device)
-        combiner = self.combiner = build_combiner(cfg.combiner, task.num_tasks, default_leak=task.default_leak)
+        combiner = self.combiner = build_combiner(
+            cfg.combiner, task.num_tasks, default_leak=task.default_leak, task_names=task.task_names
+        )
         check_representation(combiner, cfg.model.name, getattr(model, "shared_representation", True))
         combiner.prepare(model)  # before the first forward pass: fast paths armed for every step
         self.optimizer = build_optimizer(model.parameters(), tcfg)

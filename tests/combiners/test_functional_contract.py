@@ -30,15 +30,21 @@ METHODS = {
     "config": F.config,
     "gradvac": lambda g: F.gradvac(g, generator=_gen()),
     "nash_mtl": F.nash_mtl,
+    "pcd": F.pcd,
+    "excess_mtl": F.excess_mtl,
+    "db_mtl": F.db_mtl,
+    "cr_mogm": lambda g: F.cr_mogm(g, F.upgrad_weights_from_gram, torch.full((g.shape[0],), 0.5, dtype=g.dtype)),
 }
 #: the Gram-matrix methods: one weight per task, from the detached Gram matrix
 GRAM = {"pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "cagrad", "fairgrad", "config", "gradvac"}
 GRAM |= {"nash_mtl"}
+GRAM |= {"pcd", "cr_mogm", "excess_mtl", "db_mtl"}  # (one weight per task, as the Gram-matrix methods)
 
 
 def test_every_combining_function_is_covered():
     # graddrop_factored takes the factors of the stack, not the stack (tests/combiners/test_fast_paths.py)
     others = {"gram_square_root", "graddrop_factored"}
+    others |= {"cr_mogm_weights"}  # smooths a weight vector (tests/combiners/test_cr_mogm.py)
     names = {n for n in F.__all__ if not n.endswith(("_from_gram", "_state", "_transfer")) and n not in others}
     covered = {n.split("-")[0] for n in METHODS} | {"mgda_weights"}
     assert names <= covered, f"not checked here: {sorted(names - covered)}"

@@ -1,0 +1,77 @@
+"""Shared inputs of the tests of the parameter-level methods (excess_mtl, db_mtl): adversarial
+[T, D] float64 stacks and a tiny two-layer model whose per-task gradients autograd gives
+directly."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtbench.combiners import Step
+from mtbench.models import LinearHeads, MultiTaskModel
+
+T, B, D_IN, D_REP = 3, 6, 4, 5
+
+
+def matrices() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(12, generator=gen, dtype=torch.float64)
+    h = torch.randn(12, generator=gen, dtype=torch.float64)
+    large = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    large[2] *= 1e4
+    small = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    small[1] *= 1e-6
+    zero = torch.randn(4, 16, generator=gen, dtype=torch.float64)
+    zero[1] = 0.0
+    return {
+        "random": torch.randn(5, 20, generator=gen, dtype=torch.float64),
+        "agreeing": torch.stack([g, g, g]),
+        "opposing": torch.stack([g, -g, h]),
+        "rank_one": torch.outer(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), g),
+        "zero_task": zero,
+        "one_1e4_larger": large,
+        "one_1e6_smaller": small,
+        "T_gt_D": torch.randn(8, 3, generator=gen, dtype=torch.float64),
+        "T1": torch.randn(1, 9, generator=gen, dtype=torch.float64),
+    }
+
+
+def moved(J: torch.Tensor, k: int) -> torch.Tensor:
+    """Step k's stack: J moved a little (k = 0: J itself)."""
+    if k == 0:
+        return J
+    gen = torch.Generator().manual_seed(50 + k)
+    return J + 0.3 * torch.randn(J.shape, generator=gen, dtype=torch.float64) * J.abs().mean(dim=1, keepdim=True)
+
+
+def make_model(seed: int = 0) -> MultiTaskModel:
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(D_IN, 8), nn.Tanh(), nn.Linear(8, D_REP), nn.Tanh())
+    return MultiTaskModel(trunk, LinearHeads(D_REP, T), rep_dim=D_REP).double()
+
+
+def make_step(model: MultiTaskModel, seed: int = 1) -> Step:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+    y = (torch.rand(B, T, generator=g) < 0.5).double()
+    rep, out = model(x)
+    losses = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
+    return Step(model, x, rep, out, losses, torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))
+
+
+def autograd_rows(model: MultiTaskModel, seed: int, fn=lambda losses: losses):
+    """Per-task gradients of ``fn(losses)`` straight from autograd: the shared rows [T, P] and
+    each head's gradient (the sum over tasks: each head reads only its own task)."""
+    step = make_step(model, seed)
+    objectives = fn(step.losses)
+    shared = list(model.trunk.parameters())
+    rows = torch.stack(
+        [torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, shared, retain_graph=True)]) for o in objectives]
+    )
+    heads = torch.autograd.grad(objectives.sum(), list(model.heads.parameters()))
+    return rows, heads, step.losses.detach()
+
+
+def shared_grad(model: MultiTaskModel) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.trunk.parameters()])
