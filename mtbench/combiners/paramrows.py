@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mtbench.combiners.base import Combiner, Step
+from mtbench.combiners.distributed import all_reduce_sum, mark_summed
 from mtbench.combiners.taskgrads import default_chunk, param_grad_stack, rep_task_grads, shared_parameters
 from mtbench.options import Option, integer
 
@@ -23,7 +24,12 @@ class ParamRows(Combiner):
     differentiates another function of the loss). Such a method is defined at the shared
     parameters only: its statistics are per parameter, and at the representation the
     coordinates would be other examples at every step.
+
+    Under several processes the rows are summed over the ranks (T times DDP's traffic), so the
+    statistics and the combination are the single process's, the same on every rank.
     """
+
+    ddp = "the T per-task gradients of the shared parameters (T x P numbers), then the heads' gradients summed once"
 
     options: ClassVar[dict[str, Option]] = {
         "chunk_size": Option(
@@ -55,6 +61,7 @@ class ParamRows(Combiner):
         if scale is not None:
             u = u * scale.to(u.dtype).reshape((-1,) + (1,) * (u.dim() - 1))
         rows = param_grad_stack(step, u, params, default_chunk(self.chunk_size, step.rep.device))
+        rows = all_reduce_sum(rows, step.group)
         flat = self.combine(rows, step)
         offset = 0
         for p in params:
@@ -62,6 +69,7 @@ class ParamRows(Combiner):
             g = flat[offset : offset + n].view_as(p)
             p.grad = g.clone() if p.grad is None else p.grad.add_(g)
             offset += n
+        mark_summed(params)
 
     def log_values(self) -> dict[str, float]:
         if self.last_weights is None:
