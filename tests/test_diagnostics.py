@@ -210,6 +210,65 @@ def test_reweighted_reports_its_pieces():
     assert comb.last_weights is comb.weighting.last_weights
 
 
+# -- the report: the table's column and conflict.png, from runs written to disk -------------
+
+
+def _runs_with_diagnostics(tmp_path):
+    import pandas as pd
+    from test_report import write_run
+
+    folder = tmp_path / "results" / "celeba"
+    conflict = {"baseline": [[0.5, 0.3], [0.2, 0.2]], "pcgrad": [[0.1, 0.3], [0.4, 0.4]]}
+    for name, per_seed in conflict.items():
+        for seed, values in enumerate(per_seed):
+            run = write_run(folder, name, seed, 9.0 + seed, 29.0, 0.01, cpu_s=0.01, epochs=2)
+            history = pd.read_csv(run / "history.csv")
+            history["diag_conflict_frac"] = values
+            history["diag_cos_mean"] = [0.1, 0.2]
+            history["diag_cos_min"] = [-0.3, -0.2]
+            if name == "pcgrad":
+                history["diag_w_entropy"] = [0.9, 0.95]
+            history.to_csv(run / "history.csv", index=False)
+    write_run(folder, "mgda", 0, 9.0, 29.0, 0.01, cpu_s=0.01, epochs=2)  # trained without diagnostics
+    return folder
+
+
+def test_table_conflict_column(tmp_path):
+    from mtbench.report.table import build_tables
+
+    folder = _runs_with_diagnostics(tmp_path)
+    plain = build_tables(folder)
+    assert "conflict_frac_mean" not in plain.frame.columns and "conflict" not in plain.markdown
+    tables = build_tables(folder, diagnostics=True)
+    frame = tables.frame.set_index("combiner")
+    # per run the mean over epochs (0.4, 0.2 | 0.2, 0.4), then over seeds
+    assert frame.loc["baseline", "conflict_frac_mean"] == pytest.approx(0.3)
+    assert frame.loc["baseline", "conflict_frac_std"] == pytest.approx(np.std([0.4, 0.2], ddof=1))
+    assert frame.loc["pcgrad", "conflict_frac_mean"] == pytest.approx(0.3)
+    assert math.isnan(frame.loc["mgda", "conflict_frac_mean"])
+    head, _, *rows = tables.markdown.splitlines()
+    assert "| conflict frac |" in head
+    col = [c.strip() for c in head.split("|")].index("conflict frac")
+    cells = {r.split("|")[1].strip(): r.split("|")[col].strip() for r in rows[:3]}
+    assert cells == {"baseline": "0.30 ± 0.14", "mgda": "n/a", "pcgrad": "0.30 ± 0.14"}  # never bold
+    assert "Conflict frac:" in tables.markdown
+
+
+def test_conflict_plot_only_with_diagnostics(tmp_path):
+    from mtbench.report.load import load_runs
+    from mtbench.report.plots import conflict_figure, load_histories
+
+    folder = _runs_with_diagnostics(tmp_path)
+    runs = load_runs(folder)[0]
+    histories = load_histories(runs[runs["status"] == "completed"])
+    fig = conflict_figure(histories, "celeba")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert len(labels) == 3 and "entropy" in labels[2]
+    lines = {line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert lines == {"baseline", "pcgrad"}  # one line per combiner with the columns (mgda has none)
+    assert conflict_figure(histories.drop(columns=[c for c in histories if c.startswith("diag_")]), "x") is None
+
+
 # -- the CLI: history.csv, conflict.png, mtbench-table --diagnostics ----------------------
 
 
