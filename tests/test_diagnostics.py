@@ -269,6 +269,25 @@ def test_conflict_plot_only_with_diagnostics(tmp_path):
     assert conflict_figure(histories.drop(columns=[c for c in histories if c.startswith("diag_")]), "x") is None
 
 
+def test_every_logger_gets_the_diag_columns(tmp_path, monkeypatch):
+    """The loggers take every number of a history row: the diag_* columns included."""
+    from omegaconf import OmegaConf
+
+    from mtbench.report import loggers
+
+    got = []
+
+    class Recording(loggers.Logger):
+        def epoch(self, step, values):
+            got.append((step, values))
+
+    monkeypatch.setitem(loggers.CLASSES, "tensorboard", Recording)
+    run = loggers.RunLoggers(OmegaConf.create({"tensorboard": {}}), tmp_path, tmp_path)
+    row = {"epoch": 1, "train_loss": 0.5, "diag_cos_mean": 0.1, "diag_conflict_frac": 0.4, "diag_gnorm_a": 2.0}
+    run.history([row])
+    assert got == [(1, {"train_loss": 0.5, "diag_cos_mean": 0.1, "diag_conflict_frac": 0.4, "diag_gnorm_a": 2.0})]
+
+
 # -- the CLI: history.csv, conflict.png, mtbench-table --diagnostics ----------------------
 
 
