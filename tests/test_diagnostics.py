@@ -307,3 +307,29 @@ def test_cli_history_plot_and_table(tmp_path):
     header = (folder / "table.csv").read_text().splitlines()[0]
     assert "conflict_frac" in header
     assert "conflict" in (folder / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_diag_rows(tmp_path):
+    """scripts/bench_step.py's +diag rows: the same combiner with the diagnostics, its cost."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_step.py"
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(script), "model=small_cnn", "model.width=4", "model.rep_dim=8", "trainer.device=cpu"]
+    args += ["--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
+    args += ["--no-memory", "--combiners", "baseline+diag,pcgrad@representation,pcgrad@representation+diag"]
+    args += ["--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"baseline", "baseline+diag", "pcgrad@representation", "pcgrad@representation+diag"}
+    for name in ("baseline+diag", "pcgrad@representation+diag"):
+        assert rows[name]["error"] is None and rows[name]["diagnostics_cost"] > 0
+        assert rows[name]["combiner"].endswith("+diag")
+    assert rows["pcgrad@representation+diag"]["level"] == "representation"
+    assert "the row without diagnostics" in proc.stdout

@@ -26,6 +26,7 @@ synchronisation per step).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["PREFIX", "Diagnostics", "gram_statistics", "weight_statistics"]
+
+log = logging.getLogger("mtbench")
 
 #: the prefix of the diagnostics' columns in ``history.csv``
 PREFIX = "diag_"
@@ -86,6 +89,7 @@ class Diagnostics:
         self.shared_representation = shared_representation is not False
         combiner.diagnostics = True
         self._extra: Tensor | None = None
+        self._warned = False
         #: the epoch's running sums and counts, per tuple of value names (one per step kind)
         self.sums: dict[tuple[str, ...], Tensor] = {}
         self.counts: dict[tuple[str, ...], Tensor] = {}
@@ -100,7 +104,13 @@ class Diagnostics:
             return
         from mtbench.combiners.taskgrads import rep_task_grads
 
-        gram = rep_task_grads(step).gram().detach()
+        try:
+            gram = rep_task_grads(step).gram().detach()
+        except RuntimeError as e:  # (a loss that does not reach the representation): no Gram matrix
+            if not self._warned:
+                log.warning(f"mtbench: trainer.diagnostics: no gradients at the representation ({e}); no cosines")
+                self._warned = True
+            return
         group = getattr(step, "group", None)
         if group is not None:  # every rank's slice of the batch: the global batch's Gram matrix
             import torch.distributed as dist
@@ -111,7 +121,7 @@ class Diagnostics:
 
     def after(self, step: Any) -> None:
         """After the combiner's backward pass: add the step's values to the epoch's sums (one
-        vector of every value, on the device: a few small operations per step)."""
+        vector of the values per device they are on: a few small operations per step, no copy)."""
         combiner = self.combiner
         gram = combiner.diagnostics_gram if combiner.diagnostics_gram is not None else self._extra
         self._extra = None
@@ -137,14 +147,23 @@ class Diagnostics:
             parts.append(norms)
         if not parts:
             return
-        device = parts[0].device
-        vec = torch.cat([p.detach().to(device=device, dtype=torch.float64) for p in parts])
+        by_device: dict[torch.device, tuple[list[str], list[Tensor]]] = {}
+        at = 0
+        for part in parts:  # (a part's names: one per element)
+            n = part.numel()
+            own_names, own_parts = by_device.setdefault(part.device, ([], []))
+            own_names += names[at : at + n]
+            own_parts.append(part.detach().reshape(-1).to(torch.float64))
+            at += n
+        for own_names, own_parts in by_device.values():  # no copy between devices: no synchronisation
+            self._add(tuple(own_names), torch.cat(own_parts))
+
+    def _add(self, key: tuple[str, ...], vec: Tensor) -> None:
         ok = ~torch.isnan(vec)
         vec = torch.where(ok, vec, torch.zeros_like(vec))
-        key = tuple(names)
         if key in self.sums:  # (a resumed epoch's sums come back on the host)
-            self.sums[key] = self.sums[key].to(device) + vec
-            self.counts[key] = self.counts[key].to(device) + ok.to(torch.float64)
+            self.sums[key] = self.sums[key].to(vec.device) + vec
+            self.counts[key] = self.counts[key].to(vec.device) + ok.to(torch.float64)
         else:
             self.sums[key] = vec
             self.counts[key] = ok.to(torch.float64)
