@@ -188,6 +188,28 @@ def test_diagnostics_change_no_training_number(compose_cfg, combiner):
         assert 0.0 < row["diag_graddrop_kept"] < 1.0
 
 
+@pytest.mark.slow
+def test_resumed_epoch_has_the_uninterrupted_columns(compose_cfg, tmp_path):
+    """Interrupted after a step of epoch 1 and resumed: the diag_* columns of that epoch equal
+    an uninterrupted run's (the running sums are in the checkpoint)."""
+    import signal
+    from types import SimpleNamespace
+
+    from mtbench.train import Interrupted, loop
+
+    args = [*TINY, "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "trainer.progress=false"]
+    cfg = compose_cfg([*args, "combiner=pcgrad", "combiner.level=representation", "trainer.diagnostics=true"])
+    whole = loop.train(cfg, run_dir=tmp_path / "whole")
+    trainer = loop.Trainer(cfg, tmp_path / "cut")
+    with pytest.raises(Interrupted):
+        trainer.train_epoch(SimpleNamespace(signum=signal.SIGTERM))  # stops after its first step
+    assert trainer.state.step == 1 and trainer.state.diagnostics
+    resumed = loop.train(cfg, run_dir=tmp_path / "cut")
+    (a,), (b,) = whole["history"], resumed["history"]
+    diag = [k for k in a if k.startswith("diag_")]
+    assert diag and {k: a[k] for k in diag} == pytest.approx({k: b[k] for k in diag}, rel=1e-12)
+
+
 def test_option_is_checked(compose_cfg):
     from mtbench.errors import MtbenchError
     from mtbench.train.options import check_trainer
