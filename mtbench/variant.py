@@ -42,6 +42,7 @@ NON_IDENTITY = (
     "data.workers",
     "data.download",
     "trainer.progress",
+    "trainer.diagnostics",  # what a run logs, not what it computes
     "trainer.num_threads",
     "trainer.retain_freed_memory",
     "trainer.eval_batch_size",

@@ -56,6 +56,11 @@ of the gradients). A step's time is the slowest rank's; each row counts its coll
 the numbers they carry per step (and that traffic over DDP's: the model's parameter count).
 Default rows: every registered combiner at each level.
 
+A row ending in ``+diag`` (``pcgrad@representation+diag``, ``baseline+diag``) is the same
+combiner with ``trainer.diagnostics=true``: the per-step statistics of
+:mod:`mtbench.train.diagnostics` around its backward pass (the JSON's ``diagnostics_cost`` gives
+each such row's step time over the plain row's, from the same rounds).
+
 Writes a JSON file (``--out``, default ``docs/results/bench/<problem>-<device>.json``; with
 ``--ddp N``: ``<problem>-<device>-ddp<N>.json``) and prints a markdown table.
 """
@@ -155,8 +160,12 @@ def parse_rows(text: str | None) -> list[str]:
     return list(dict.fromkeys(rows))
 
 
+#: the suffix of a row with ``trainer.diagnostics=true``
+DIAG = "+diag"
+
+
 def split_row(row: str) -> tuple[str, str | None]:
-    name, _, level = row.partition("@")
+    name, _, level = row.removesuffix(DIAG).partition("@")
     return name, (level or None)
 
 
@@ -453,6 +462,12 @@ def make_row(row: str, cfg_row, problem: Problem, device: torch.device, comb_gen
     # the trainer's own step: forward (autocast under trainer.amp), combiner.backward, optimizer step
     amp = amp_dtype(cfg_row.trainer)
     step = TrainStep(model, combiner, optimizer, problem.losses, device, amp, gen, cpu_gen, problem.column_losses)
+    if row.endswith(DIAG):  # trainer.diagnostics=true: the trainer's per-step statistics
+        from mtbench.train.diagnostics import Diagnostics
+
+        names = [str(i) for i in range(problem.num_tasks)]
+        step.diagnostics = Diagnostics(combiner, names, getattr(model, "shared_representation", True))
+        name += DIAG
     return Row(row, name, options.get("level"), options, model, optimizer, step, slow)
 
 
@@ -872,6 +887,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_row = {x["row"]: x for x in results}
     for x in results:
         name, _ = split_row(x["row"])
+        if x["row"].endswith(DIAG):  # the cost of the diagnostics: this row's time over the plain row's
+            plain = by_row.get(x["row"].removesuffix(DIAG))
+            mine, other = _rows_by_name(rows, x["row"]), _rows_by_name(rows, x["row"].removesuffix(DIAG))
+            if plain and mine is not None and other is not None:
+                ratios = [mine.times[k] / other.times[k] for k in mine.times if k in other.times]
+                x["diagnostics_cost"] = statistics.median(ratios) if ratios else None
+            continue
         if x["row"] in FLOORS:
             key = x["row"]
         else:
@@ -928,6 +950,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     print(f"bench_step: wrote {out}", file=sys.stderr)
     return report
+
+
+def _rows_by_name(rows: list[Row], name: str) -> Row | None:
+    return next((r for r in rows if r.row == name), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1141,6 +1167,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             mark = ""
         if mark and x.get("meets_floor") is not None:
             mark += " ✓" if x["meets_floor"] else " ✗"
+        if x.get("diagnostics_cost") is not None:
+            mark = f"{x['diagnostics_cost']:.3f}× the row without diagnostics"
         if x.get("error"):
             mark = f"failed: {x['error'][:60]}"
         lines.append(

@@ -85,6 +85,16 @@ class Combiner:
     #: (:func:`mtbench.combiners.distributed.check_ddp`). The declaration covers the ``backward``
     #: of the class that declares it: a subclass that overrides ``backward`` declares its own.
     ddp: ClassVar[str] = ""
+    #: the last step's task weights [T], for a combiner that weights tasks (the per-epoch
+    #: diagnostics and ``log_values`` read them); None for the others
+    last_weights: torch.Tensor | None = None
+    #: ``trainer.diagnostics=true``: the run's per-epoch diagnostics read this combiner
+    #: (:mod:`mtbench.train.diagnostics` sets it); a combiner that computes the per-task
+    #: gradients' Gram matrix then keeps the step's in ``diagnostics_gram``
+    diagnostics: bool = False
+    #: the last step's Gram matrix [T, T] of the per-task gradients, where the combiner computed
+    #: one (kept with ``diagnostics`` only)
+    diagnostics_gram: torch.Tensor | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,6 +176,20 @@ class Combiner:
             f"{owner.__name__}.backward declares no DistributedDataParallel communication (its class attribute ddp), "
             "so its gradients under several processes are not known to equal one process's"
         )
+
+    # -- the per-epoch diagnostics (trainer.diagnostics=true) -------------------------------
+    def computes_gram(self) -> bool:
+        """True when every step of this combiner, as configured, computes the Gram matrix of
+        the per-task gradients and (with ``diagnostics``) keeps it in ``diagnostics_gram``: the
+        diagnostics then compute none of their own. False by default: the diagnostics compute
+        one at the shared representation."""
+        return False
+
+    def diagnostic_values(self) -> dict[str, torch.Tensor]:
+        """The last step's values of this combiner for the per-epoch diagnostics, as 0-d
+        tensors on any device (no host synchronisation): GradDrop's ``graddrop_kept``; empty by
+        default. Read with ``diagnostics`` on only."""
+        return {}
 
     def check_positive(self, option: str, value: Any) -> float:
         """A finite number > 0, or a one-line error naming ``combiner.<option>``."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import torch
+
 from mtbench.combiners.base import Combiner, Step
 from mtbench.errors import MtbenchError
 
@@ -69,3 +71,31 @@ class Reweighted(Combiner):
 
     def log_values(self) -> dict[str, float]:
         return {**self.weighting.log_values(), **self.combine.log_values()}
+
+    # the per-epoch diagnostics: the weighting's weights, the combining piece's Gram matrix (of
+    # the re-weighted losses' gradients, what it combines) and values
+    @property
+    def diagnostics(self) -> bool:  # type: ignore[override]
+        return bool(self.combine.diagnostics)
+
+    @diagnostics.setter
+    def diagnostics(self, on: bool) -> None:
+        self.weighting.diagnostics = self.combine.diagnostics = bool(on)
+
+    @property
+    def diagnostics_gram(self) -> torch.Tensor | None:  # type: ignore[override]
+        return self.combine.diagnostics_gram
+
+    @diagnostics_gram.setter
+    def diagnostics_gram(self, gram: torch.Tensor | None) -> None:
+        self.combine.diagnostics_gram = gram
+
+    @property
+    def last_weights(self) -> torch.Tensor | None:  # type: ignore[override]
+        return self.weighting.last_weights
+
+    def computes_gram(self) -> bool:
+        return self.combine.computes_gram()
+
+    def diagnostic_values(self) -> dict[str, torch.Tensor]:
+        return {**self.weighting.diagnostic_values(), **self.combine.diagnostic_values()}

@@ -42,11 +42,17 @@ def cr_mogm(grads: Tensor, weights_from_gram, previous: Tensor | None = None, al
 
 
 def gram_weighted_methods() -> dict[str, type[GramWeighted]]:
-    """The registered combiners CR-MOGM can wrap: those weighting the gradients from their Gram
-    matrix alone (:class:`GramWeighted` subclasses), CR-MOGM itself excepted."""
-    from mtbench.combiners import COMBINERS
-
-    return {n: c for n, c in COMBINERS.items() if issubclass(c, GramWeighted) and not issubclass(c, CRMOGM)}
+    """The built-in combiners CR-MOGM can wrap, by name: those weighting the gradients from their
+    Gram matrix alone (mtbench's :class:`GramWeighted` subclasses; the registry imports them all),
+    CR-MOGM itself excepted."""
+    found: dict[str, type[GramWeighted]] = {}
+    todo = list(GramWeighted.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo.extend(cls.__subclasses__())
+        if cls.name and cls.__module__.startswith("mtbench.combiners.") and not issubclass(cls, CRMOGM):
+            found.setdefault(cls.name, cls)
+    return dict(sorted(found.items()))
 
 
 class CRMOGM(GramWeighted):

@@ -71,6 +71,7 @@ def _graddrop_core(
     renormalize: bool,
     fn: str,
     group: Any = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """Shared body of :func:`graddrop` and :func:`random_graddrop`.
 
@@ -96,7 +97,7 @@ def _graddrop_core(
     else:
         signed = grads
 
-    weight = _keep_weights(signed, transfer, leak_values, eps, generator, group if activation is None else None)
+    weight = _keep_weights(signed, transfer, leak_values, eps, generator, group if activation is None else None, stats)
     if activation is not None:
         weight = weight.unsqueeze(1)  # broadcast the per-feature mask over the batch
     out = (weight * grads).sum(dim=0)
@@ -110,11 +111,14 @@ def _keep_weights(
     eps: float,
     generator: torch.Generator | None,
     rows_of: Any = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """GradDrop's steps 2-5 on the signed gradients G [T, *P]: the purity P, ONE uniform draw of
     P's shape, the masks M_i, and the weights l_i + (1 - l_i) M_i [T, *P] (M_i without a leak).
     ``rows_of``: the process group whose global batch P's first dimension slices (the draw of
-    the global shape, this rank's rows: :func:`distributed.rand_rows`)."""
+    the global shape, this rank's rows: :func:`distributed.rand_rows`). ``stats`` (a dict)
+    receives ``kept`` (the entries with M_i = 1) and ``signed`` (those with G_i != 0), 0-d
+    tensors."""
     # Gradient Positive Sign Purity, one value per (feature) position.
     purity = 0.5 * (1.0 + signed.sum(dim=0) / (signed.abs().sum(dim=0) + eps))
     # exactly one uniform draw per position (so shared by the whole batch in batch mode)
@@ -122,6 +126,8 @@ def _keep_weights(
     keep_positive_prob = transfer(purity)
     keep = ((keep_positive_prob > uniform) & (signed > 0)) | ((keep_positive_prob < uniform) & (signed < 0))
     weight = keep.to(signed.dtype)  # M_i, shape [T, *P.shape]
+    if stats is not None:
+        stats["kept"], stats["signed"] = keep.sum(), (signed != 0).sum()
     if leak_values is not None:
         shape = (signed.shape[0],) + (1,) * (weight.dim() - 1)
         lk = leak_values.to(device=signed.device, dtype=signed.dtype).reshape(shape)
@@ -154,6 +160,7 @@ def graddrop(
     eps: float = 1e-7,
     renormalize: bool = False,
     process_group: Any = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """Gradient Sign Dropout (Chen et al., NeurIPS 2020, "Just Pick a Sign").
 
@@ -182,6 +189,9 @@ def graddrop(
             ``renormalize`` are summed over the group and the per-element draws are the global
             batch's rows of this rank (one process's result on the whole batch, sliced).
             None: one process.
+        stats: a dict that receives the masks' counts as 0-d tensors: ``kept`` (the entries
+            with ``M_i = 1``) and ``signed`` (those with ``G_i != 0``); their ratio is the kept
+            fraction (``trainer.diagnostics``). None: not counted.
 
     Returns:
         The combined gradient, shape ``S``, dtype and device of ``grads``.
@@ -210,7 +220,7 @@ def graddrop(
     if f == "random":  # (graddrop_transfer's name for random_graddrop's constant)
         raise ValueError(f"f must be one of {', '.join(repr(x) for x in GRADDROP_F)}; got {f!r}")
     return _graddrop_core(
-        grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop", process_group
+        grads, activation, leak, graddrop_transfer(f, k), generator, eps, renormalize, "graddrop", process_group, stats
     )
 
 
@@ -246,6 +256,7 @@ def graddrop_factored(
     eps: float = 1e-7,
     renormalize: bool = False,
     process_group: Any = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """:func:`graddrop` (``f="random"``: :func:`random_graddrop`) of per-task gradients that
     factor as ``grads[i, b] = e[b, i] * weight[i]``: linear heads (logits ``A W^T + b``, one
@@ -277,7 +288,7 @@ def graddrop_factored(
             raise ValueError(f"{fn}: activation must be [B, D] = {(e.shape[0], weight.shape[1])}")
         sign = torch.sign(activation).to(dtype=e.dtype)
         signed = weight * distributed.all_reduce_sum(e.T @ sign, process_group)  # [T, D]: G_i = sum_b sign(A_b) g_i[b]
-        out = e @ (_keep_weights(signed, transfer, leak_values, eps, generator) * weight)
+        out = e @ (_keep_weights(signed, transfer, leak_values, eps, generator, None, stats) * weight)
     else:
         lk = None if leak_values is None else leak_values.to(device=e.device, dtype=e.dtype)
         e_pos, e_neg = e.clamp(min=0), e.clamp(max=0)
@@ -292,6 +303,11 @@ def graddrop_factored(
         neg = e_pos @ w_neg + e_neg @ w_pos  # ... and of the negative parts
         zero = torch.zeros_like(pos)
         out = torch.where(p > uniform, pos, zero) + torch.where(p < uniform, neg, zero)
+        if stats is not None:  # per element, the tasks whose g_i > 0 (< 0): products of sign counts
+            ep, en, wp, wn = ((t > 0).to(e.dtype) for t in (e, -e, weight, -weight))
+            n_pos, n_neg = ep @ wp + en @ wn, ep @ wn + en @ wp
+            stats["kept"] = torch.where(p > uniform, n_pos, zero).sum() + torch.where(p < uniform, n_neg, zero).sum()
+            stats["signed"] = (n_pos + n_neg).sum()
         if lk is not None:
             out = out + (e * lk) @ weight
     return _rescaled(out, total, process_group) if renormalize else out
@@ -306,6 +322,7 @@ def random_graddrop(
     eps: float = 1e-7,
     renormalize: bool = False,
     process_group: Any = None,
+    stats: dict | None = None,
 ) -> Tensor:
     """Random-sign control for GradDrop (Chen et al., NeurIPS 2020): ``f(P) := 1/2``.
 
@@ -315,7 +332,7 @@ def random_graddrop(
     gradients. The signed gradients ``G_i`` (and so the grouping of tasks into
     positive/negative) are computed as in :func:`graddrop`, the generator is consumed
     identically (one ``torch.rand`` of ``P``'s shape), and ``leak``, ``eps`` and
-    ``renormalize`` mean the same.
+    ``renormalize`` and ``stats`` mean the same.
 
     Returns:
         The combined gradient, shape ``grads.shape[1:]``.
@@ -331,6 +348,7 @@ def random_graddrop(
         renormalize,
         "random_graddrop",
         process_group,
+        stats,
     )
 
 
@@ -380,14 +398,32 @@ class GradDrop(Combiner):
         return {"f": self.f, "k": self.k}
 
     def drop_options(self, step: Step) -> dict[str, Any]:
-        """The functional GradDrop's other arguments, the same for every form of the gradients."""
-        return {
+        """The functional GradDrop's other arguments, the same for every form of the gradients
+        (with ``diagnostics``: ``stats``, the masks' counts of the step)."""
+        options = {
             "leak": self.leak,
             "generator": step.generator,
             "eps": self.eps,
             "renormalize": bool(self.renormalize),
             "process_group": step.group,
         }
+        if self.diagnostics:
+            self._stats: dict[str, Tensor] = {}
+            options["stats"] = self._stats
+        return options
+
+    def computes_gram(self) -> bool:
+        """True: the per-task gradients at the representation are in hand (their Gram matrix is
+        kept with ``diagnostics``)."""
+        return True
+
+    def diagnostic_values(self) -> dict[str, Tensor]:
+        """``graddrop_kept``: the share of the (task, feature) entries with a non-zero signed
+        gradient whose mask M_i is 1 at the last step."""
+        stats = getattr(self, "_stats", None) or {}
+        if "kept" not in stats:
+            return {}
+        return {"graddrop_kept": stats["kept"].double() / stats["signed"].double().clamp_min(1)}
 
     def drop(self, grads, activation, step: Step):
         return graddrop(grads, activation, **self.rule(), **self.drop_options(step))
@@ -400,6 +436,8 @@ class GradDrop(Combiner):
         if backward_replacing_rep_grad(step, lambda rep_grads: self._drop_columns(rep_grads, step)):
             return  # linear heads, per-column losses: one backward pass, two products, no [T, B, D] stack
         rep_grads = rep_task_grads(step)
+        if self.diagnostics:
+            self.diagnostics_gram = rep_grads.gram()
         activation = step.rep.detach() if self.batch_separated else None
         combined = self.drop(rep_grads.full(), activation, step)
         self.backward_heads(step, rep_grads=rep_grads)
@@ -408,6 +446,8 @@ class GradDrop(Combiner):
     def _drop_columns(self, rep_grads, step: Step):
         """:meth:`drop_factored` of gradients held as ``e[b, i] W_i``, shape [B, D]."""
         flat = step.rep.detach().reshape(step.rep.shape[0], -1)
+        if self.diagnostics:
+            self.diagnostics_gram = rep_grads.gram()
         return self.drop_factored(*rep_grads.column_factors(), flat if self.batch_separated else None, step)
 
 

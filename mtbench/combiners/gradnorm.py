@@ -200,6 +200,7 @@ class GradNorm(Combiner):
             self.w.clamp_(min=0)
             total = self.w.sum()
             self.w.copy_(torch.where(total > 0, self.w * (self.num_tasks / total), torch.ones_like(self.w)))
+        self.last_weights = current
         return current
 
     def backward(self, step: Step) -> None:

@@ -103,16 +103,26 @@ class GramWeighted(Combiner):
             )
             return
         per_task = self.task_grads.at_params(step, rep_grads)
-        weights = self.gram_weights(per_task.gram(), step)
+        gram = per_task.gram()
+        if self.diagnostics:
+            self.diagnostics_gram = gram
+        weights = self.gram_weights(gram, step)
         per_task.add_combination(weights)
         self.last_weights = weights
 
     def _combine_at_rep(self, rep_grads: RepGrads, step: Step) -> torch.Tensor:
         """sum_i w_i g_i at the representation, the weights from the g_i's Gram matrix (kept as
         ``last_weights``)."""
-        weights = self.gram_weights(distributed.all_reduce_sum(rep_grads.gram(), step.group), step)
+        gram = distributed.all_reduce_sum(rep_grads.gram(), step.group)
+        if self.diagnostics:
+            self.diagnostics_gram = gram
+        weights = self.gram_weights(gram, step)
         self.last_weights = weights
         return rep_grads.combine(weights)
+
+    def computes_gram(self) -> bool:
+        """True: the Gram matrix at the level the combiner works (``level``) is its input."""
+        return True
 
     def log_values(self) -> dict[str, float]:
         """The range of the last step's task weights (``history.csv``'s ``combiner_w_min`` and

@@ -84,6 +84,8 @@ def _layout(table: pd.DataFrame, columns) -> list[tuple[str, str | None, bool | 
     out.append(("speed vs baseline", "speed", True))
     if "paper_speed" in table.columns:
         out.append(("paper speed", "paper_speed", True))
+    if "conflict_frac_mean" in table.columns:  # mtbench-table --diagnostics (report/diagnostics.py)
+        out.append(("conflict frac", "conflict_frac", None))
     return out
 
 
@@ -118,7 +120,7 @@ def _rows(table: pd.DataFrame, columns, pm: str, bold) -> list[list[str]]:
     best = {}
     for _, col, higher in layout + summary:
         values = table[f"{col}_mean"] if f"{col}_mean" in table.columns else table[col]
-        best[col] = _best(values, bool(higher))
+        best[col] = _best(values, bool(higher)) if higher is not None else set()  # (None: no better end)
         if col == "speed":  # bold only a speed outside the baseline's own spread (mtbench/report/speed.py)
             best[col] = speed.boldable(table, best[col])
     rows = []

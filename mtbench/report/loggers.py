@@ -12,8 +12,9 @@
 
 Several at once: ``logger=[tensorboard,mlflow]``. Each backend gets, per run, the resolved
 config, the combiner, variant and seed as tags (or params), and per epoch every number of the
-run's ``history.csv`` row (train loss, validation metrics, step time, learning rate and the
-combiner's diagnostics ``combiner_*``); at the end the test metrics of the selected epoch.
+run's ``history.csv`` row (train loss, validation metrics, step time, learning rate, the
+combiner's values ``combiner_*`` and, with ``trainer.diagnostics=true``, the ``diag_*`` columns:
+gradient norms, cosines, conflicts, weights); at the end the test metrics of the selected epoch.
 At the end of a sweep the comparison table (``table.md``/``table.csv``) goes to each backend
 (:func:`log_table`).
 

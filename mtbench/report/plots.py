@@ -7,6 +7,10 @@
 - ``val_curves.{png,pdf}``: the validation error per epoch, one panel per row of the table
   (combiner and variant): the mean over seeds and a band from the lowest to the highest seed,
   with the baseline's in grey for reference.
+- ``conflict.{png,pdf}`` (runs trained with ``trainer.diagnostics=true``): per epoch, the mean
+  pairwise cosine of the per-task gradients (the minimum dashed), the fraction of conflicting
+  pairs and the task weights' normalised entropy (1: equal weights), one line per row of the
+  table (the mean over its seeds), from the runs' ``history.csv`` ``diag_*`` columns.
 
 Drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no display needed).
 """
@@ -286,5 +290,64 @@ def make_plots(folder: Path | str, runs: pd.DataFrame | None = None, columns=Non
     if done.empty:
         return []
     written = plot_error_vs_speed(done, columns, folder)
-    written += plot_val_curves(load_histories(done), columns, folder)
+    histories = load_histories(done)
+    written += plot_val_curves(histories, columns, folder)
+    written += plot_conflict(histories, folder)
     return written
+
+
+#: the panels of ``conflict.png``: (history column, y label, a second column drawn dashed)
+CONFLICT_PANELS = (
+    ("diag_cos_mean", "pairwise cosine\n(mean; minimum dashed)", "diag_cos_min"),
+    ("diag_conflict_frac", "conflicting pairs\n(fraction)", None),
+    ("diag_w_entropy", "task-weight entropy\n(1 = equal weights)", None),
+)
+
+
+def plot_conflict(histories: pd.DataFrame, folder: Path) -> list[Path]:
+    """``conflict.{png,pdf}`` when some run has the diagnostics' columns (else nothing)."""
+    fig = conflict_figure(histories, folder.name)
+    return _save(fig, folder, "conflict") if fig is not None else []
+
+
+def conflict_figure(histories: pd.DataFrame, title: str):
+    """The figure of ``conflict`` (None without a run trained with ``trainer.diagnostics``): one
+    panel per statistic that some run has, one line per row (the mean over its seeds)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if histories.empty or "epoch" not in histories.columns:
+        return None
+    panels = [p for p in CONFLICT_PANELS if p[0] in histories.columns and histories[p[0]].notna().any()]
+    if not panels:
+        return None
+    has = histories[histories[[p[0] for p in panels]].notna().any(axis=1)]
+    names, styles = _rows(has)
+    fig = Figure(figsize=(7.6, 2.0 * len(panels) + 0.9), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False).ravel()
+    for ax, (col, ylabel, dashed) in zip(axes, panels):
+        for name in names:
+            colour, marker = styles[name]
+            st = _epoch_stats(has, name, col)
+            if st.empty:
+                continue
+            ax.plot(st.index, st["mean"], color=colour, marker=marker, ms=4, lw=1.6, label=name)
+            if dashed is not None and dashed in has.columns:
+                low = _epoch_stats(has, name, dashed)
+                if not low.empty:
+                    ax.plot(low.index, low["mean"], color=colour, lw=1.0, ls="--")
+        if col != "diag_w_entropy":
+            ax.axhline(0.0, color="0.6", lw=0.8, ls=":", zorder=0)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(True, color="0.9", lw=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("epoch", fontsize=9)
+    epochs = sorted(int(e) for e in has["epoch"].dropna().unique())
+    if len(epochs) < 3:
+        axes[0].set_xticks(epochs)
+        axes[0].set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    fig.suptitle(f"{title}: per-task gradients and task weights per epoch", fontsize=11)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=9)
+    return fig

@@ -30,6 +30,8 @@ reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`
   variant): one row per combiner, the variant with the best mean validation score over seeds
   (the runs' select metric; ties: the fewer changed keys, then the earlier variant) with its
   test metrics, its settings and how many variants were tried. The test split never chooses.
+- with ``--diagnostics``, a column of the mean fraction of conflicting task-gradient pairs
+  (``diagnostics.py``; runs trained with ``trainer.diagnostics=true``).
 - the plots (``plots.py``) and, for the dense tasks, ``predictions.png`` (``predictions.py``),
   unless told not to.
 
@@ -153,12 +155,15 @@ def write_tuned(
     return frame, md, written
 
 
-def build_tables(folder: Path | str, paper: Path | str | None = None, select: str | None = None) -> Tables:
+def build_tables(
+    folder: Path | str, paper: Path | str | None = None, select: str | None = None, diagnostics: bool = False
+) -> Tables:
     """Aggregate the runs under ``folder`` and write ``table.{md,csv,tex}`` there (and
     ``per_attribute.{md,csv,tex}`` when the runs have per-attribute results; and
     ``table_tuned.{md,csv,tex}`` with ``select="val"`` or when some combiner has several
     variants). ``paper``: a CSV of the paper's numbers; by default ``paper/<task>.csv`` is looked
-    up (``find_paper``). Without a completed run, ``table.md`` lists the runs' statuses and
+    up (``find_paper``). ``diagnostics``: a column of the mean conflicting-pair fraction
+    (``report/diagnostics.py``). Without a completed run, ``table.md`` lists the runs' statuses and
     :class:`NoRuns` is raised."""
     folder = Path(folder)
     runs, skipped, in_progress, columns = load_runs(folder)
@@ -207,6 +212,10 @@ def build_tables(folder: Path | str, paper: Path | str | None = None, select: st
         + summary_notes
         + ([f"Reported epoch: {epoch}."] if epoch else [])
     )
+    if diagnostics:
+        from mtbench.report.diagnostics import add_conflict
+
+        notes.append(add_conflict(table, runs))
     md = to_markdown(table, columns) + "\n" + "".join(f"{line}\n" for line in notes)
     tex = to_latex(table, columns) + "".join(f"% {line}\n" for line in notes)
     written = [folder / "table.csv", folder / "table.md", folder / "table.tex"]
@@ -254,11 +263,16 @@ def tuned_note(tables: Tables) -> str:
 
 
 def report(
-    folder: Path | str, out=sys.stdout, plots: bool = True, paper: Path | str | None = None, select: str | None = None
+    folder: Path | str,
+    out=sys.stdout,
+    plots: bool = True,
+    paper: Path | str | None = None,
+    select: str | None = None,
+    diagnostics: bool = False,
 ) -> Tables:
     """Build and print the tables (and, with ``plots``, draw the plots) of ``folder``."""
     folder = Path(folder)
-    tables = build_tables(folder, paper=paper, select=select)
+    tables = build_tables(folder, paper=paper, select=select, diagnostics=diagnostics)
     runs = tables.runs
     epoch = reported_epoch(runs) if runs is not None else ""
     shown = "mean of the last epochs" if epoch.startswith("the mean") else "best-validation epoch"
@@ -325,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CSV of the paper's numbers to show beside ours (default: paper/<task>.csv next to the results folder, else the packaged numbers)",
     )
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="add the mean fraction of conflicting task-gradient pairs per row (runs trained with trainer.diagnostics=true)",
+    )
     args = parser.parse_args(argv)
     status = 0
     if args.paper is not None and not args.paper.is_file():
@@ -339,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         try:
-            report(folder, plots=not args.no_plots, paper=args.paper, select=args.select)
+            report(folder, plots=not args.no_plots, paper=args.paper, select=args.select, diagnostics=args.diagnostics)
         except NoRuns as e:
             print(f"mtbench-table: {e}", file=sys.stderr)
             status = 1

@@ -44,6 +44,7 @@ from mtbench.train.device import (
     resolve_device,
     retain_freed_memory,
 )
+from mtbench.train.diagnostics import Diagnostics
 from mtbench.train.optim import build_optimizer, build_scheduler
 from mtbench.train.rng import derive_seed, forked_global_rng, run_generators, set_num_threads
 from mtbench.train.signals import AGAIN, Interrupted, StopFlag, StopNow, pause_point
@@ -141,6 +142,10 @@ class Trainer:
             self.gens["combiner cpu"],
             column_losses=task.column_losses,
         )
+        self.diagnostics: Diagnostics | None = None
+        if tcfg.get("diagnostics", False):  # trainer.diagnostics: per-epoch diag_* columns
+            self.diagnostics = Diagnostics(combiner, task.task_names, getattr(model, "shared_representation", True))
+            self.step.diagnostics = self.diagnostics
         torch.manual_seed(derive_seed(seed, "training"))  # anything else drawn while training (dropout)
         self.columns = {c.key: c for c in task.metric_columns}
         select = self.select = str(tcfg.select_metric) if tcfg.get("select_metric") else task.metric_columns[0].key
@@ -181,6 +186,8 @@ class Trainer:
                 self.steps_per_epoch,
             )
             self.state = RunState.from_dict(saved)
+            if self.diagnostics is not None:  # the diagnostics of an epoch resumed mid-way
+                self.diagnostics.load_state_dict(self.state.diagnostics)
             log.info(
                 f"[{cfg.name}] {combiner.name} seed={seed}: resuming from {self.ckpt_path} (epoch {self.state.epoch}, step {self.state.step})"
             )
@@ -191,6 +198,8 @@ class Trainer:
     def checkpoint(self) -> None:
         """Write the checkpoint (atomically; nothing without a run folder)."""
         if self.ckpt_path is not None:
+            if self.diagnostics is not None:  # (the epoch's diagnostics so far, in the state's dict)
+                self.state.diagnostics = self.diagnostics.state_dict()
             checkpoint_file.save_run(
                 self.ckpt_path,
                 self.state,
@@ -302,6 +311,7 @@ class Trainer:
             "train_step_s": state.epoch_step_s / steps,
             "lr": self.optimizer.param_groups[0]["lr"],
             **{f"combiner_{k}": v for k, v in self.combiner.log_values().items()},
+            **(self.diagnostics.epoch_values() if self.diagnostics is not None else {}),
         }
         state.history.append(row)
         self.combiner.end_epoch()  # (after the row: it logs the weights the epoch trained with)

@@ -82,6 +82,7 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "num_threads": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "retain_freed_memory": check_bool,
     "progress": check_bool,
+    "diagnostics": check_bool,
     "amp": _amp,
     "channels_last": check_bool,
     "select_metric": lambda k, v: check_str(k, v, optional=True),

@@ -42,6 +42,8 @@ class RunState:
     best_model: dict[str, torch.Tensor] | None = None
     #: ``trainer.report=last_k``: ``{"epoch", "val", "test"}`` of each of the last k epochs so far
     reported: list[dict[str, Any]] = field(default_factory=list)
+    #: ``trainer.diagnostics``: the epoch's running sums so far (``Diagnostics.state_dict``)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
     def add_step_times(self, times: list[float]) -> None:
         for dt in times:

@@ -42,6 +42,9 @@ class TrainStep:
         self.device, self.amp = device, amp
         self.generator, self.cpu_generator = generator, cpu_generator
         self.column_losses = bool(column_losses)
+        #: ``trainer.diagnostics=true``: a :class:`mtbench.train.diagnostics.Diagnostics` called
+        #: around the combiner's backward pass (None: off)
+        self.diagnostics: Any = None
 
     @property
     def needs_input_grad(self) -> bool:
@@ -53,6 +56,10 @@ class TrainStep:
             rep, outputs = self.model(x)
             losses = self.losses(outputs, labels)
         step = Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator, self.column_losses)
+        if self.diagnostics is not None:
+            self.diagnostics.before(step)
         self.combiner.backward(step)
+        if self.diagnostics is not None:
+            self.diagnostics.after(step)
         self.optimizer.step()
         return losses
