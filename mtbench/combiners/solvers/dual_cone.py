@@ -16,6 +16,7 @@ from mtbench.combiners.rows import (
     _check_option,
     _norms_and_inverses,
 )
+from mtbench.combiners.solvers import _PIVOT_REL_TOL, _PIVOT_RETRIES
 from mtbench.combiners.solvers.min_norm import _COMPILED_BELOW, _TORCH_SOLVE_SIZE, _matvec
 
 DUAL_CONE_REG = 1e-9
@@ -24,13 +25,6 @@ DUAL_CONE_REG = 1e-9
 DUAL_CONE_SOLVERS = ("active_set", "quadprog")
 #: block principal pivoting's sweeps before the QPs fall back to quadprog (a safeguard; the tests force it)
 _PIVOT_MAX_SWEEPS = 100
-#: the pivoting's rule, one definition for both forms (batched here, compiled in
-#: :mod:`~mtbench.combiners.solvers.dual_cone_compiled`): an entry violates its sign beyond this
-#: times max_i A_ii max|U| ...
-_PIVOT_REL_TOL = 1e-13
-#: ... and the sweeps that may move every violating entry at once without reducing their number
-#: before only the last one moves (Kim & Park's safeguard)
-_PIVOT_RETRIES = 3
 
 
 def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtbench.combiners.solvers import _PIVOT_REL_TOL, _PIVOT_RETRIES
 from mtbench.combiners.solvers._compiled import _cholesky_solve, _compiled, _numpy_sum
-from mtbench.combiners.solvers.dual_cone import _PIVOT_REL_TOL, _PIVOT_RETRIES
 
 
 @_compiled
