@@ -21,6 +21,13 @@ and ``AlignedMTLWeighting`` (its T x T balance matrix),
 the Gram matrix, and only up to ``MAX_TASKS`` tasks: beyond, one call takes minutes). Writes JSON (``--out``, default
 ``docs/results/bench/solvers-cpu.json``) and prints a markdown table; one thread unless
 ``--threads``.
+
+    python scripts/bench_solvers.py --forms               # compiled against batched, T = 4 .. 256
+
+``--forms`` times the algorithms that exist in two forms, compiled (numba, the form below
+``COMPILED_BELOW`` = 64 tasks) and batched (NumPy and torch, the form from 64 on), each forced
+on both sides of the switch, and checks that both give the same weights; JSON to
+``docs/results/bench/solver-forms-cpu.json``.
 """
 
 from __future__ import annotations
@@ -119,6 +126,79 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     }
 
 
+#: the algorithms in two forms: row -> (the module whose switch picks the form, its name, the
+#: call on (gram, last) warm-started as the combiner runs it)
+FORMS = {
+    "dual_cone/upgrad": ("dual_cone", "_COMPILED_BELOW"),
+    "dual_cone/dualproj": ("dual_cone", "_COMPILED_BELOW"),
+    "min_norm/mgda-cold": ("min_norm", "_COMPILED_BELOW"),
+    "newton/nash_mtl": ("newton", "_COMPILED_BELOW"),
+    "newton/fairgrad": ("newton", "_COMPILED_BELOW"),
+    "certified/imtl_g": ("certified", "COMPILED_BELOW"),
+    "certified/config": ("certified", "COMPILED_BELOW"),
+    "cagrad_dual/cagrad": ("cagrad_dual", "_COMPILED_BELOW"),
+}
+
+
+def form_calls(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """Row of :data:`FORMS` -> a call returning the weights (state from ``last``)."""
+    _, up_free = F.dual_cone_state(last, "upgrad")
+    _, dp_free = F.dual_cone_state(last, "dualproj")
+    _, nash_alpha = F.nash_mtl_weights_from_gram(last)
+    _, fair_start = F.fairgrad_state(last)
+    _, ca_start = F.cagrad_state(last)
+    return {
+        "dual_cone/upgrad": lambda: F.dual_cone_state(gram, "upgrad", start=up_free)[0],
+        "dual_cone/dualproj": lambda: F.dual_cone_state(gram, "dualproj", start=dp_free)[0],
+        "min_norm/mgda-cold": lambda: F.mgda_weights_from_gram(gram),
+        "newton/nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha)[0],
+        "newton/fairgrad": lambda: F.fairgrad_state(gram, start=fair_start)[0],
+        "certified/imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
+        "certified/config": lambda: F.config_weights_from_gram(gram),
+        "cagrad_dual/cagrad": lambda: F.cagrad_state(gram, start=ca_start)[0],
+    }
+
+
+def forced(row: str, compiled: bool) -> Callable[[Callable[[], torch.Tensor]], torch.Tensor]:
+    """Run a call with the row's switch set so that every T takes the ``compiled`` form (or the
+    batched one)."""
+    import importlib
+
+    module_name, attr = FORMS[row]
+    module = importlib.import_module(f"mtbench.combiners.solvers.{module_name}")
+
+    def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        saved = getattr(module, attr)
+        setattr(module, attr, 1 << 30 if compiled else 0)
+        try:
+            return fn()
+        finally:
+            setattr(module, attr, saved)
+
+    return run
+
+
+def bench_forms(tasks: list[int], dim: int, seconds: float, chosen: list[str]) -> list[dict]:
+    rows = []
+    for n_tasks in tasks:
+        calls = form_calls(*gram_pair(n_tasks, dim, n_tasks))
+        for name in chosen:
+            out = {}
+            for form in ("compiled", "batched"):
+                run = forced(name, form == "compiled")
+                fn = calls[name]
+                weights = run(fn)
+                ms, n = time_call(lambda fn=fn, run=run: run(fn), seconds)
+                out[form] = (ms, weights.to(torch.float64))
+                print(f"bench_solvers: T={n_tasks} {name} {form}: {ms:.3f} ms", file=sys.stderr)
+            (c_ms, c_w), (b_ms, b_w) = out["compiled"], out["batched"]
+            diff = float((c_w - b_w).abs().max() / b_w.abs().max().clamp_min(1e-300))
+            rows.append(
+                {"algorithm": name, "tasks": n_tasks, "compiled_ms": c_ms, "batched_ms": b_ms, "max_rel_diff": diff}
+            )
+    return rows
+
+
 def time_call(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
     """Mean ms per call over at least ``seconds`` (and 3 calls), after one untimed call."""
     fn()
@@ -137,8 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=0.5, help="time per row (default 0.5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default=None, help="JSON output (default docs/results/bench/solvers-cpu.json)")
+    parser.add_argument("--forms", action="store_true", help="compiled against batched forms (T = 4 .. 256)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.forms:
+        return main_forms(args, argv)
     tasks = [int(t) for t in args.tasks.split(",")]
     names = list(solvers(*gram_pair(3, 4, 0)))
     chosen = names if args.solvers is None else args.solvers.split(",")
@@ -178,6 +261,46 @@ def main(argv: list[str] | None = None) -> dict:
         cells = [f"{found[t]:.3g}" if t in found else "—" for t in tasks]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"bench_solvers: wrote {out}", file=sys.stderr)
+    return report
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def main_forms(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """``--forms``: both forms of each two-form algorithm at every T, and their ratio."""
+    tasks = [int(t) for t in (args.tasks if args.tasks != "40,400" else "4,10,40,63,64,128,256").split(",")]
+    chosen = list(FORMS) if args.solvers is None else args.solvers.split(",")
+    unknown = [n for n in chosen if n not in FORMS]
+    if unknown:
+        print(f"bench_solvers: unknown row {unknown[0]!r}; choose from: {', '.join(FORMS)}", file=sys.stderr)
+        raise SystemExit(2)
+    rows = bench_forms(tasks, args.dim, args.seconds, chosen)
+    report = {
+        "command": "python scripts/bench_solvers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": _machine(),
+        "dim": args.dim,
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else ROOT / "docs" / "results" / "bench" / "solver-forms-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print("| algorithm | " + " | ".join(f"T = {t}" for t in tasks) + " |")
+    print("|---|" + "---:|" * len(tasks))
+    for name in chosen:
+        cells = []
+        for t in tasks:
+            r = next(r for r in rows if r["algorithm"] == name and r["tasks"] == t)
+            cells.append(f"{r['compiled_ms']:.3g} / {r['batched_ms']:.3g}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"bench_solvers: wrote {out} (cells: compiled / batched ms per call)", file=sys.stderr)
     return report
 
 

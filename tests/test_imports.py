@@ -26,7 +26,14 @@ LAYERS = {
     "api": ("mtbench", "mtbench.nn", "mtbench.api"),
     "train": ("mtbench.train",),
     "report": ("mtbench.report",),
-    "cli": ("mtbench.cli", "mtbench.__main__", "mtbench.overrides", "mtbench.sweep_order", "mtbench.configs"),
+    "cli": (
+        "mtbench.cli",
+        "mtbench.cli_argv",
+        "mtbench.__main__",
+        "mtbench.overrides",
+        "mtbench.sweep_order",
+        "mtbench.configs",
+    ),
 }
 ORDER = list(LAYERS)
 

@@ -35,12 +35,7 @@ from mtbench.combiners.aligned_mtl import (  # noqa: F401
     aligned_mtl_weights_from_gram,
 )
 from mtbench.combiners.cagrad import (  # noqa: F401
-    _CAGRAD_FRONT,
-    _CAGRAD_MAX_ITER,
     CAGRAD_SOLVERS,
-    _cagrad_candidate_np,
-    _cagrad_dual,
-    _cagrad_piece,
     cagrad,
     cagrad_solve,
     cagrad_state,
@@ -118,6 +113,13 @@ from mtbench.combiners.rows import (  # noqa: F401
     _norms_and_inverses,
     _projection_scale,
     gram_square_root,
+)
+from mtbench.combiners.solvers.cagrad_dual import (  # noqa: F401
+    _CAGRAD_FRONT,
+    _CAGRAD_MAX_ITER,
+    _cagrad_candidate_np,
+    _cagrad_dual,
+    _cagrad_piece,
 )
 from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
     _CG_MAX_ITER,

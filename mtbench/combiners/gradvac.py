@@ -34,7 +34,7 @@ def gradvac_weights_from_gram(
     phi_ij. The output is sum_i g_i' (the baseline's sum when nothing conflicts), here as
     weights on the original g_k. ``phi`` is the [T, T] EMA (None: zeros); the updated one is
     returned. The same updates as torchjd's ``GradVacWeighting(beta, eps)``, as a compiled
-    loop (:func:`mtbench.combiners.loops.gradvac_visits`, numba; the tasks' updates are
+    loop (:func:`mtbench.combiners.sequential.gradvac_visits`, numba; the tasks' updates are
     independent, so it runs one task after another).
 
     Generator use: for T >= 2, T calls ``torch.randperm(T - 1, generator=generator)`` in task
@@ -55,7 +55,7 @@ def gradvac_weights_from_gram(
         raise ValueError(f"gradvac: phi must be [T, T] = [{n_tasks}, {n_tasks}]; got {tuple(phi_t.shape)}")
     if n_tasks < 2:
         return torch.ones(n_tasks, dtype=torch.float64), phi_t
-    from mtbench.combiners.loops import gradvac_visits
+    from mtbench.combiners.sequential import gradvac_visits
 
     order = _visit_orders(n_tasks, generator)  # [T, T-1]: task i's s-th visit
     coeff = np.eye(n_tasks)

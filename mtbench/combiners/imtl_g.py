@@ -8,8 +8,8 @@ from torch import Tensor
 
 from mtbench.combiners.base import Step
 from mtbench.combiners.gramweighted import GramWeighted
-from mtbench.combiners.linalg import well_conditioned_solve
 from mtbench.combiners.rows import _combine_rows
+from mtbench.combiners.solvers.certified import well_conditioned_solve
 
 
 def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:

@@ -5,8 +5,8 @@ The numerical building blocks every combiner shares:
 * :func:`gram64`: ``flat @ flat.T`` of a [T, D] stack in float64, block by block;
 * :func:`cross64`: ``block @ row`` in float64, block by block;
 * :func:`combine`: ``weights @ flat`` for float64 weights, in the stack's dtype;
-* :func:`well_conditioned_solve`: ``G^{-1} b`` for a symmetric matrix certified well
-  conditioned by its Cholesky factor (else None: the caller's pseudo-inverse applies);
+* :func:`well_conditioned_solve` (from :mod:`mtbench.combiners.solvers.certified`): ``G^{-1} b``
+  for a symmetric matrix certified well conditioned by its Cholesky factor, else None;
 * :func:`batched_vjp`: several vector-Jacobian products of one output in one vmapped autograd
   call, with a loop of plain calls where vmap cannot run the backward.
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from mtbench.combiners.solvers import COMPILED_BELOW
+from mtbench.combiners.solvers.certified import MAX_CERTIFIED_CONDITION, well_conditioned_solve
 
 __all__ = [
     "BLOCK_COLUMNS",
@@ -33,17 +35,8 @@ __all__ = [
     "well_conditioned_solve",
 ]
 
-#: the largest condition number :func:`well_conditioned_solve` accepts: far below the 1 / (T eps)
-#: at which pseudo-inverses start dropping directions, and small enough that its solve and an
-#: SVD-based pseudo-inverse agree to about 1e-8 relative
-MAX_CERTIFIED_CONDITION = 1e8
-
 #: columns per float64 block of a Gram product or a combination
 BLOCK_COLUMNS = 1 << 15
-
-#: below this many tasks the small solves run as compiled loops (:mod:`mtbench.combiners.loops`);
-#: from it on, LAPACK through torch (the compiled loops' scalar factorisations would cost more)
-COMPILED_BELOW = 64
 
 
 def gram64(flat: Tensor) -> Tensor:
@@ -85,42 +78,6 @@ def combine(weights: Tensor, flat: Tensor) -> Tensor:
         piece = flat[:, start : start + BLOCK_COLUMNS].to(torch.float64)
         out[start : start + BLOCK_COLUMNS] = (weights @ piece).to(flat.dtype)
     return out
-
-
-def well_conditioned_solve(gram: Tensor | np.ndarray, rhs: Tensor | np.ndarray) -> Tensor | np.ndarray | None:
-    """``gram^{-1} rhs`` for a symmetric float64 [T, T] ``gram`` by its Cholesky factor L, when
-    the factor certifies the condition number below :data:`MAX_CERTIFIED_CONDITION`; else None.
-    NumPy arrays in (``rhs`` a vector), a NumPy array out: below 64 tasks by one compiled call
-    (:func:`mtbench.combiners.loops.certified_solve`, the same certificate), else by torch's.
-
-    The certificate: ``||G^{-1}||_2 <= ||G^{-1}||_F <= ||L^{-1}||_F^2`` and ``||G||_2 <=
-    ||G||_F``, so ``||G||_F ||L^{-1}||_F^2`` bounds the condition number from above. Below the
-    bound, no eigenvalue of G is near the cut-off of a pseudo-inverse (``T eps`` of the largest,
-    or 1000 times that), so ``pinv(G) rhs`` is this same solution in exact arithmetic, and the
-    two computed ones differ by rounding only. Two triangular O(T^3 / 3) steps instead of an
-    SVD or eigendecomposition: about 7 times faster than the pseudo-inverse at T = 400 (``scripts/bench_solvers.py``, imtl_g).
-    """
-    if isinstance(gram, np.ndarray):
-        if gram.shape[0] < COMPILED_BELOW:
-            from mtbench.combiners.loops import certified_solve
-
-            out = np.empty(gram.shape[0])
-            ok = certified_solve(
-                np.ascontiguousarray(gram), np.ascontiguousarray(rhs, dtype=np.float64), MAX_CERTIFIED_CONDITION, out
-            )
-            return out if ok else None
-        solved = well_conditioned_solve(torch.from_numpy(gram), torch.from_numpy(np.asarray(rhs, dtype=np.float64)))
-        return None if solved is None else solved.numpy()
-    factor, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
-        return None
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    inv_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
-    bound = float(torch.linalg.norm(gram)) * float(inv_factor.pow(2).sum())
-    if not bound <= MAX_CERTIFIED_CONDITION:  # (also False for NaN)
-        return None
-    flat = rhs.reshape(gram.shape[0], -1)
-    return (inv_factor.T @ (inv_factor @ flat)).reshape(rhs.shape)
 
 
 def batched_vjp(

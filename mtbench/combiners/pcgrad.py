@@ -33,9 +33,9 @@ def _pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None) -> tup
     Row ``i`` of the returned [T, T] float64 matrix holds the coefficients of task
     ``i``'s projected gradient in the basis of the original gradients. Also returns
     whether any projection happened. (The permutations come from torch's ``randperm``;
-    the visits run compiled, :func:`mtbench.combiners.loops.pcgrad_visits`.)
+    the visits run compiled, :func:`mtbench.combiners.sequential.pcgrad_visits`.)
     """
-    from mtbench.combiners.loops import pcgrad_visits
+    from mtbench.combiners.sequential import pcgrad_visits
 
     n_tasks = gram.shape[0]
     if n_tasks < 2:
@@ -76,7 +76,7 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     plus at most ``O(T^3)`` work instead of ``O(T^2 D)`` vector updates (each task's products
     with all the originals, ``c_i G``, are kept up to date, so a visit without a conflict costs
     O(1) and one with a conflict O(T)). The visits run as a compiled loop
-    (:func:`mtbench.combiners.loops.pcgrad_visits`, numba), one task after another, which is
+    (:func:`mtbench.combiners.sequential.pcgrad_visits`, numba), one task after another, which is
     legal because the tasks' projections are independent.
 
     Generator use: for ``T >= 2``, exactly ``T`` calls

@@ -1,52 +1,43 @@
 """Per-task gradients for the combiners, computed with as little work as the math allows.
 
-Two places need the T per-task gradients g_i of the losses L_i:
-
-* **at the shared representation A** (GradDrop, MGDA-UB, PCGrad and GradNorm at the
-  representation): :func:`rep_task_grads` returns a :class:`RepGrads`. The general way is one
-  batched autograd call over the heads (``is_grads_batched``; a loop of T calls where vmap
-  cannot run). When the heads are the stock :class:`~mtbench.models.LinearHeads` (logits
-  ``O = A W^T + b``) the chain rule gives ``dL_i/dA = (dL_i/dO) W`` exactly, so only the
-  tiny Jacobian of the losses with respect to the logits is taken by autograd; and when each
-  loss reads its own logit column only (per-attribute losses), ``dL_i/dA[b] = e[b, i] W_i``
-  with ``e[b, i] = dL_i/dO[b, i]``: the T x B x D stack costs O(T B D) memory at most and the
-  Gram matrix ``g_i . g_j = (sum_b e[b, i] e[b, j]) (W_i . W_j)`` never needs it. When the
-  task promises per-column losses (``Task.column_losses``, passed on as ``Step.column_losses``),
-  ``e`` is the gradient of ``sum_i L_i`` at the logits: one backward pass, no Jacobian at all.
-
-* **at the shared parameters** (PCGrad and MGDA at ``level: params``):
-  :class:`ParamTaskGrads` runs the T backward passes through the trunk (``chunk`` tasks per
-  batched call) and keeps only what the combiners use: the float64 Gram matrix of the
-  g_i and the ability to add any combination ``sum_i w_i g_i`` to the parameters' ``.grad``.
-  Rows of the per-task gradient stack are held within a memory budget (beyond it, blocks of
-  rows are recomputed: more backward passes, same Gram matrix). For a convolution or linear
-  layer whose input has fewer positions N than its weight has columns K (the last ResNet
-  stage), the per-task weight gradients ``dW_i = D_i^T X`` (D_i the task's gradient at the
-  layer's output, N x C_out; X the layer's unfolded input, N x K) are never formed: their
-  Gram entries are ``<dW_i, dW_j> = <D_i, (X X^T) D_j>`` and a combination is
-  ``(sum_i w_i D_i)^T X``; the backward passes skip those weight gradients. This needs the
-  layers' inputs and outputs, which forward hooks (:class:`LayerCapture`) keep; the combiner
-  arms them before the first forward pass (``Combiner.prepare``), and decides at every step,
-  from that step's shapes alone, which layers take the factored form.
-
-A combiner holds a :class:`TaskGrads` (its options ``chunk_size`` and ``memory_budget_mb``,
-its forward hooks, the layers that took the factored form at the last step) and asks it for
-both. The model is read through its protocol (:class:`mtbench.models.multitask.MultiTaskNet`):
-``trunk``, ``shared_parameters()``, ``head_parameters()``, ``linear_heads()``.
-
-Every result here equals the plain computation up to floating-point rounding.
+At the shared representation (GradDrop, MGDA-UB, PCGrad and GradNorm there):
+:func:`rep_task_grads` (:mod:`mtbench.combiners.rep_grads`). At the shared parameters (PCGrad and
+MGDA at ``level: params``): :class:`ParamTaskGrads` runs the T backward passes through the trunk
+(``chunk`` tasks per batched call) and keeps the float64 Gram matrix of the g_i and the ability
+to add any combination ``sum_i w_i g_i`` to ``.grad``; rows are held within a memory budget
+(beyond it, blocks of rows are recomputed), and layers with few positions and wide weights enter
+in factored form (:mod:`mtbench.combiners.factored`). A combiner holds a :class:`TaskGrads` and
+asks it for both; this module re-exports the names of the other two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtbench.combiners.factored import (
+    LayerCapture,
+    _Factored,
+    captured_layers,
+    factored_cost,
+    factored_gram,
+    factored_layer,
+    layer_input_matrix,
+    layer_output_matrix,
+)
 from mtbench.combiners.linalg import batched_vjp, combine, cross64, gram64
+from mtbench.combiners.rep_grads import (
+    RepGrads,
+    backward_replacing_rep_grad,
+    column_loss_grads,
+    linear_heads_of,
+    loss_jacobian,
+    rep_task_grads,
+    task_grads_at,
+)
 
 __all__ = [
     "TaskGrads",
@@ -67,11 +58,10 @@ __all__ = [
     "factored_gram",
     "factored_cost",
     "captured_layers",
+    "linear_heads_of",
+    "loss_jacobian",
+    "budget_bytes",
 ]
-
-#: columns per float64 block of the factored layers' cross products (cache-sized: faster)
-_CROSS_BLOCK = 1 << 13
-
 
 #: the batched vector-Jacobian products of :mod:`mtbench.combiners.linalg` (one vmapped call,
 #: a loop where vmap cannot run the backward)
@@ -88,14 +78,6 @@ def shared_parameters(model: nn.Module) -> list[Tensor]:
 def default_chunk(value: Any, device: torch.device) -> int:
     """``chunk_size: null`` = 1 on a CPU (a loop is faster there), 8 on an accelerator."""
     return int(value) if value is not None else (1 if device.type == "cpu" else 8)
-
-
-def task_grads_at(losses: Tensor, tensor: Tensor, retain_graph: bool = True) -> Tensor:
-    """All T per-task gradients dL_i/d(tensor), shape [T, *tensor.shape]: one batched autograd
-    call (vmap over the backward pass), a loop over tasks where vmap cannot run the backward."""
-    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
-    (grads,) = batched_vjp(losses, [tensor], eye, retain_graph=retain_graph)
-    return grads
 
 
 def param_grad_stack(step: Any, rep_grads: Tensor, params: list[Tensor], chunk_size: int = 8) -> Tensor:
@@ -117,438 +99,6 @@ def param_grad_stack(step: Any, rep_grads: Tensor, params: list[Tensor], chunk_s
         for r in range(part.shape[0]):
             torch.cat([g[r].reshape(-1) for g in grads], out=out[start + r])
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# at the representation
-# ----------------------------------------------------------------------------------------------
-
-
-class RepGrads:
-    """The T per-task gradients g_i = dL_i/dA at the shared representation A (shape [B, *F]).
-
-    Either held as a stack [T, B, *F] (``full``) or factored through linear heads with weight
-    W [O, D] (D = prod F): ``g_i = J_i W`` with ``J_i = dL_i/dO`` [B, O], or, when each loss
-    reads only its own logit column, ``g_i[b] = e[b, i] W_i`` (``diag`` = e [B, T]; ``jac`` may
-    then be omitted).
-    """
-
-    def __init__(
-        self,
-        rep: Tensor,
-        *,
-        full: Tensor | None = None,
-        jac: Tensor | None = None,
-        weight: Tensor | None = None,
-        diag: Tensor | None = None,
-        linear: nn.Linear | None = None,
-    ):
-        self.shape = tuple(rep.shape)
-        self.dtype = rep.dtype
-        self.device = rep.device
-        self._full = full
-        self._jac = jac  # [T, B, O]
-        self._weight = weight  # [O, D], detached
-        self._diag = diag  # [B, T]
-        self._factors: tuple[Tensor, Tensor] | None = None  # (e, W) in float64
-        #: the heads' ``nn.Linear`` when ``diag`` came from per-column losses (the heads'
-        #: gradient of sum_i L_i is then ``diag^T A``: :meth:`add_head_grads`)
-        self.linear = linear
-        if full is not None:
-            self.num_tasks = int(full.shape[0])
-        elif jac is not None:
-            self.num_tasks = int(jac.shape[0])
-        elif diag is not None and weight is not None:
-            self.num_tasks = int(diag.shape[1])
-        else:
-            raise ValueError("RepGrads needs a full stack or a factored form")
-
-    @property
-    def factored(self) -> bool:
-        return self._full is None
-
-    def column_factors(self) -> tuple[Tensor, Tensor] | None:
-        """``(e, W)`` with ``g_i[b] = e[b, i] W_i`` (e [B, T], W [T, D]) when the gradients are
-        held in that form (linear heads, per-column losses), else None."""
-        if self._diag is None or self._full is not None:
-            return None
-        return self._diag, self._weight
-
-    def add_head_grads(self, rep: Tensor) -> bool:
-        """Accumulate the heads' gradient of sum_i L_i into their ``.grad`` in closed form,
-        ``dW = e^T A``, ``db = sum_b e`` (what autograd's linear backward computes, without
-        another pass through the losses' graph); False (nothing done) unless the gradients
-        came from per-column losses through linear heads."""
-        lin = self.linear
-        if lin is None or self._diag is None:
-            return False
-        e = self._diag
-        grads = [(lin.weight, e.T @ rep.detach().reshape(rep.shape[0], -1))]
-        if lin.bias is not None:
-            grads.append((lin.bias, e.sum(0)))
-        for param, g in grads:
-            if param.requires_grad:
-                param.grad = g if param.grad is None else param.grad.add_(g)
-        return True
-
-    def _factors64(self) -> tuple[Tensor, Tensor]:
-        """``(e, W)`` of the per-column form in float64 (converted once: the Gram matrix and
-        the combination both read them)."""
-        if self._factors is None:
-            self._factors = (self._diag.double(), self._weight.double())
-        return self._factors
-
-    def full(self) -> Tensor:
-        """The stack [T, B, *F] (materialised once)."""
-        if self._full is None:
-            T = self.num_tasks
-            if self._diag is not None:
-                stack = self._diag.T.unsqueeze(-1) * self._weight.unsqueeze(1)  # [T, B, D]
-            else:
-                stack = torch.matmul(self._jac, self._weight)
-            self._full = stack.reshape((T,) + self.shape)
-        return self._full
-
-    def gram(self) -> Tensor:
-        """``G[i, j] = g_i . g_j`` over batch and features, float64, on the gradients' device."""
-        if self._diag is not None:
-            e, w = self._factors64()
-            return (e.T @ e) * (w @ w.T)
-        return gram64(self.full().reshape(self.num_tasks, -1))
-
-    def sq_norms(self) -> Tensor:
-        """``||g_i||^2``, float64 [T]."""
-        if self._diag is not None:
-            e, w = self._factors64()
-            return e.pow(2).sum(0) * w.pow(2).sum(1)
-        return (
-            self.gram().diagonal().clone()
-            if self.factored
-            else self._full.reshape(self.num_tasks, -1).double().pow(2).sum(1)
-        )
-
-    def combine(self, weights: Tensor) -> Tensor:
-        """``sum_i w_i g_i``, shape [B, *F], in the representation's dtype."""
-        if self._diag is not None:
-            w = weights.to(device=self.device, dtype=torch.float64)
-            e, weight = self._factors64()
-            out = (e * w) @ weight
-            return out.to(self.dtype).reshape(self.shape)
-        if self._full is None:
-            w = weights.to(device=self.device, dtype=torch.float64)
-            coeff = torch.tensordot(w, self._jac.double(), dims=1)  # [B, O]
-            return (coeff @ self._weight.double()).to(self.dtype).reshape(self.shape)
-        flat = self._full.reshape(self.num_tasks, -1)
-        return combine(weights.to(torch.float64), flat).reshape(self.shape)
-
-
-def _no_hooks(*modules: nn.Module) -> bool:
-    for m in modules:
-        if m._forward_hooks or m._forward_pre_hooks:
-            return False
-    from torch.nn.modules import module as module_mod
-
-    return not getattr(module_mod, "_global_forward_hooks", None) and not getattr(
-        module_mod, "_global_forward_pre_hooks", None
-    )
-
-
-def linear_heads_of(step: Any) -> nn.Linear | None:
-    """The heads' ``nn.Linear`` when ``step.outputs`` is exactly ``linear(step.rep.flatten(1))``:
-    the model's ``linear_heads()`` (its protocol) gives the heads, no forward hooks run on the
-    model, the heads or the layer, same dtypes (no autocast), matching shapes. Else None."""
-    model, rep, out = step.model, step.rep, step.outputs
-    get = getattr(model, "linear_heads", None)
-    heads = get() if callable(get) else None
-    if heads is None:
-        return None
-    lin = heads.linear
-    if type(lin).forward is not nn.Linear.forward or not _no_hooks(model, heads, lin):
-        return None
-    if not (isinstance(out, Tensor) and isinstance(rep, Tensor) and out.dim() == 2 and rep.dim() >= 1):
-        return None
-    if not out.requires_grad or out.shape[0] != rep.shape[0] or rep.shape[0] == 0:
-        return None
-    if tuple(lin.weight.shape) != (out.shape[1], rep[0].numel()):
-        return None
-    if not (out.dtype == rep.dtype == lin.weight.dtype):
-        return None
-    return lin
-
-
-def loss_jacobian(losses: Tensor, outputs: Tensor) -> Tensor | None:
-    """``J[i] = dL_i/d outputs`` ([T, *outputs.shape]), one batched call over the loss graph
-    (a loop where vmap cannot run); None when the losses do not depend on ``outputs``."""
-    if losses.dim() != 1 or losses.shape[0] == 0:
-        return None
-    eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
-    try:
-        (jac,) = batched_vjp(losses, [outputs], eye, retain_graph=True, allow_unused=True)
-    except RuntimeError:
-        return None
-    return jac
-
-
-def _per_column_shapes(losses: Tensor, outputs: Tensor) -> bool:
-    """Losses [T] (T >= 1) and outputs [B, T]: the shapes per-column losses have."""
-    return losses.dim() == 1 and outputs.dim() == 2 and outputs.shape[1] == losses.shape[0] and losses.shape[0] > 0
-
-
-def column_loss_grads(losses: Tensor, outputs: Tensor) -> Tensor | None:
-    """``e[b, i] = dL_i/d outputs[b, i]`` [B, T] when loss i reads column i of ``outputs`` [B, T]
-    only (the caller's promise, ``Step.column_losses``): then dL_i/d outputs is zero outside
-    column i, and the gradient of sum_i L_i is every task's column at once (one backward pass
-    through the losses' graph, instead of T). None when the shapes do not fit that promise."""
-    if not _per_column_shapes(losses, outputs):
-        return None
-    (e,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True, allow_unused=True)
-    return e if e is not None and e.dtype == outputs.dtype else None
-
-
-def rep_task_grads(step: Any, general: Any = None) -> RepGrads:
-    """Per-task gradients at ``step.rep`` (see the module docstring): through the linear heads
-    by the chain rule when :func:`linear_heads_of` finds them, else ``general(losses, rep)``
-    (default :func:`task_grads_at`)."""
-    lin = linear_heads_of(step)
-    if lin is not None and getattr(step, "column_losses", False):
-        diag = column_loss_grads(step.losses, step.outputs)
-        if diag is not None:
-            return RepGrads(step.rep, weight=lin.weight.detach(), diag=diag, linear=lin)
-    if lin is not None:
-        jac = loss_jacobian(step.losses, step.outputs)
-        if jac is not None and jac.dtype == step.rep.dtype:
-            weight = lin.weight.detach()
-            T, _, n_out = jac.shape
-            if T == n_out and jac.device.type == "cpu":  # (the check reads the values: on a GPU it would synchronise)
-                diag = jac.diagonal(dim1=0, dim2=2)  # [B, T]: dL_i/dO[b, i]
-                if int(torch.count_nonzero(jac)) == int(torch.count_nonzero(diag)):
-                    return RepGrads(step.rep, jac=jac, weight=weight, diag=diag)
-            return RepGrads(step.rep, jac=jac, weight=weight)
-    full = (general or task_grads_at)(step.losses, step.rep)
-    return RepGrads(step.rep, full=full)
-
-
-def backward_replacing_rep_grad(step: Any, combination: Any) -> bool:
-    """One backward pass of ``sum_i L_i`` in which the gradient arriving at ``step.rep`` is
-    replaced by ``combination(rep_grads)`` (a tensor of the representation's shape and dtype),
-    ``rep_grads`` the step's factored :class:`RepGrads`; True when done, False (nothing done)
-    unless the per-task gradients factor as ``g_i[b] = e[b, i] W_i`` (stock linear heads,
-    per-column losses: :func:`rep_task_grads`'s first form).
-
-    The same gradients as :func:`rep_task_grads`, then the heads' closed form and a second
-    backward through the trunk (``e`` is the gradient of ``sum_i L_i`` at the logits, which
-    this pass computes on its way; each head gets its own loss's gradient, which is what the
-    plain pass gives it): one pass through the autograd engine instead of two."""
-    lin = linear_heads_of(step)
-    losses, outputs, rep = step.losses, step.outputs, step.rep
-    if lin is None or not getattr(step, "column_losses", False) or not losses.requires_grad:
-        return False
-    if not _per_column_shapes(losses, outputs):
-        return False
-    seen: dict[str, Tensor] = {}
-
-    def at_outputs(grad: Tensor) -> None:
-        seen["e"] = grad
-
-    def at_rep(grad: Tensor) -> Tensor:
-        e = seen.get("e")
-        if e is None:  # (cannot happen: rep is read through the heads only)
-            raise RuntimeError("mtbench: the gradient at the heads' logits did not arrive before the representation's")
-        seen["rep"] = grad
-        out = combination(RepGrads(rep, weight=lin.weight.detach(), diag=e))
-        return out.reshape(grad.shape).to(grad.dtype)
-
-    handles = [outputs.register_hook(at_outputs), rep.register_hook(at_rep)]
-    try:
-        losses.sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-    if "rep" not in seen:
-        raise RuntimeError("mtbench: no gradient reached the shared representation through the linear heads")
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# layers whose weight gradient factors as D^T X
-# ----------------------------------------------------------------------------------------------
-
-
-def factored_layer(module: nn.Module) -> bool:
-    """A stock ``nn.Conv2d`` (one group, numeric zero padding) or ``nn.Linear``: its weight
-    gradient is ``D^T X`` with X the unfolded input and D the gradient at its output."""
-    if type(module).forward is nn.Linear.forward and isinstance(module, nn.Linear):
-        return True
-    if isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward:
-        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-    return False
-
-
-def layer_input_matrix(module: nn.Module, x: Tensor) -> Tensor:
-    """The layer's input as an [N, K] matrix: N positions (batch x output pixels), K = the
-    weight's columns (``weight.view(C_out, -1)``)."""
-    if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [B * L, K]
-    return x.reshape(-1, x.shape[-1])
-
-
-def layer_output_matrix(module: nn.Module, grads: Tensor) -> Tensor:
-    """Per-task gradients at the layer's output [T, *out.shape] as [T, N, C_out] (the same
-    position order as :func:`layer_input_matrix`)."""
-    T = grads.shape[0]
-    if isinstance(module, nn.Conv2d):
-        c = grads.shape[2]
-        return grads.movedim(2, -1).reshape(T, -1, c)
-    return grads.reshape(T, -1, grads.shape[-1])
-
-
-def factored_cost(n: int, k: int, c: int, t: int) -> tuple[float, float]:
-    """Multiply-adds of one layer's share of the per-task Gram matrix, (factored, plain), with
-    float64 work counted twice. Plain: T weight gradients (N C K each, inside the backward
-    passes) and their float64 Gram matrix (T^2 C K); factored: X X^T (N^2 K), (X X^T) D_j
-    (T N^2 C) and the float64 pairs (T^2 N C)."""
-    factored = n * n * k + t * n * n * c + 2 * t * t * n * c
-    plain = t * n * c * k + 2 * t * t * c * k
-    return float(factored), float(plain)
-
-
-class LayerCapture:
-    """Forward hooks keeping, for watched layers, the input and the output of their calls in a
-    forward pass with gradients enabled (``take`` hands them over once and forgets them).
-
-    A call whose input or output was modified in place after the layer returned (an
-    ``nn.ReLU(inplace=True)`` right after it: the output then holds the activation, and a
-    gradient taken at it is the activation's, not the layer's) is not handed over: the
-    tensors' version counters tell."""
-
-    def __init__(self) -> None:
-        self._handles: dict[nn.Module, Any] = {}
-        self._calls: dict[nn.Module, list[tuple[Tensor, Tensor, int, int]]] = {}
-
-    def watch(self, modules: Iterable[nn.Module]) -> None:
-        for m in modules:
-            if m not in self._handles:
-                self._handles[m] = m.register_forward_hook(self._hook)
-
-    def watching(self, module: nn.Module) -> bool:
-        return module in self._handles
-
-    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if (
-            torch.is_grad_enabled()
-            and isinstance(output, Tensor)
-            and output.requires_grad
-            and args
-            and isinstance(args[0], Tensor)
-        ):
-            x = args[0].detach()  # (shares the input's version counter)
-            self._calls.setdefault(module, []).append((x, output, x._version, output._version))
-
-    def take(self, module: nn.Module) -> tuple[Tensor, Tensor] | None:
-        """(input, output) of the module's one call since the last ``take``; None when it was
-        called zero or several times, or when its input or output has been modified in place
-        since (then the factored form does not apply)."""
-        calls = self._calls.pop(module, [])
-        if len(calls) != 1:
-            return None
-        x, out, x_version, out_version = calls[0]
-        if x._version != x_version or out._version != out_version:
-            return None
-        return x, out
-
-    def __deepcopy__(self, memo):  # a copied model must not feed this capture: start empty
-        return LayerCapture()
-
-
-def _uses(root: Any, targets: set) -> dict:
-    """How many graph edges reach each node of ``targets`` from ``root`` (each node visited once)."""
-    counts = {t: 0 for t in targets}
-    seen = {root}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        for nxt, _ in node.next_functions:
-            if nxt is None:
-                continue
-            if nxt in counts:
-                counts[nxt] += 1
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return counts
-
-
-def captured_layers(
-    step: Any, capture: LayerCapture, modules: Sequence[nn.Module], select: Any = None
-) -> list[tuple[nn.Module, Tensor, Tensor]]:
-    """The (module, input, output) of ``modules`` captured for this step whose weight enters the
-    graph of ``step.rep`` exactly once (through that call); with ``select(module, input,
-    output)``, only those it accepts (checked first: the graph is walked for them only). Every
-    module's capture is taken (forgotten), selected or not."""
-    found = []
-    for m in modules:
-        got = capture.take(m)
-        if got is not None and (select is None or select(m, got[0], got[1])):
-            found.append((m, got[0], got[1]))
-    if not found or step.rep.grad_fn is None:
-        return []
-    nodes = {}
-    for m, _, _ in found:
-        try:
-            nodes[m] = torch.autograd.graph.get_gradient_edge(m.weight).node
-        except (RuntimeError, AttributeError):
-            nodes[m] = None
-    counts = _uses(step.rep.grad_fn, {n for n in nodes.values() if n is not None})
-    return [(m, x, out) for m, x, out in found if nodes[m] is not None and counts.get(nodes[m]) == 1]
-
-
-# ----------------------------------------------------------------------------------------------
-# at the parameters
-# ----------------------------------------------------------------------------------------------
-
-
-def factored_gram(x: Tensor, d: Tensor, diagonal: bool = False) -> Tensor:
-    """Gram matrix (float64) of the weight gradients ``dW_i = d_i^T x`` of one factored layer,
-    from x [N, K] and d [T, N, C] without forming them: ``<dW_i, dW_j> = <d_i, (x x^T) d_j>``.
-    ``diagonal``: only ``||dW_i||^2`` ([T]). On a CPU the two matrix products run in the
-    gradients' dtype (sums over K and over N) and the final sums in float64 (for the diagonal,
-    the sum over C in the gradients' dtype, over N in float64); elsewhere (no TF32) in float64."""
-    T = d.shape[0]
-    if x.device.type == "cpu":
-        s = x @ x.T  # [N, N]
-        sd = torch.matmul(s, d)  # [T, N, C]
-    else:
-        x64 = x.double()
-        s = x64 @ x64.T
-        sd = torch.matmul(s, d.double())
-    if diagonal:  # products and the sum over channels in d's dtype, the sum over positions in float64
-        return (d * sd).sum(2, dtype=d.dtype if x.device.type == "cpu" else torch.float64).double().sum(1)
-    a, b = d.reshape(T, -1), sd.reshape(T, -1)
-    g = torch.zeros(T, T, dtype=torch.float64, device=d.device)
-    for s in range(0, a.shape[1], _CROSS_BLOCK):  # float64 in cache-sized column blocks
-        g += a[:, s : s + _CROSS_BLOCK].double() @ b[:, s : s + _CROSS_BLOCK].double().T
-    return 0.5 * (g + g.T)
-
-
-class _Factored:
-    """One factored layer: its unfolded input X [N, K] and the tasks' output gradients [T, N, C]."""
-
-    def __init__(self, module: nn.Module, x: Tensor, out: Tensor, num_tasks: int):
-        self.module = module
-        self.weight = module.weight
-        self.out = out
-        self.x = layer_input_matrix(module, x)
-        self.d = torch.empty((num_tasks, self.x.shape[0], self.weight.shape[0]), dtype=out.dtype, device=out.device)
-
-    def gram(self) -> Tensor:
-        return factored_gram(self.x, self.d)
-
-    def combination(self, weights: Tensor) -> Tensor:
-        """``sum_i w_i dW_i = (sum_i w_i D_i)^T X``, in the gradients' dtype."""
-        w = weights.to(device=self.d.device, dtype=self.d.dtype)
-        dw = torch.tensordot(w, self.d, dims=1)  # [N, C]
-        return (dw.T @ self.x).view_as(self.weight)
 
 
 class ParamTaskGrads:

@@ -343,7 +343,7 @@ def test_compiled_wolfe_is_the_numpy_loop():
     import numpy as np
 
     import mtbench.combiners.solvers.min_norm as min_norm
-    from mtbench.combiners.loops import wolfe_min_norm
+    from mtbench.combiners.solvers.min_norm_compiled import wolfe_min_norm
 
     rng = np.random.default_rng(0)
     for trial in range(300):

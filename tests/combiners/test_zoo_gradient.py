@@ -207,7 +207,7 @@ def test_cagrad_compiled_candidate_is_the_numpy_one():
     and weights (to rounding), and hands a singular piece to it (code 3)."""
     import numpy as np
 
-    from mtbench.combiners.loops import cagrad_candidate
+    from mtbench.combiners.solvers.cagrad_dual_compiled import cagrad_candidate
 
     rng = np.random.default_rng(5)
     verdicts = set()
@@ -300,7 +300,7 @@ def test_compiled_newton_is_the_numpy_one(power, monkeypatch):
     stop where a Newton step no longer decreases the objective beyond its rounding)."""
     import numpy as np
 
-    import mtbench.combiners.loops as loops
+    import mtbench.combiners.solvers.newton_compiled as loops
 
     gen = torch.Generator().manual_seed(12)
     t40 = 0.3 * torch.randn(512, generator=gen, dtype=torch.float64) + torch.randn(
@@ -663,7 +663,7 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     J = cases["t40_d10"]  # (every QP here needs a factorisation)
     quadprog = dual_cone_state(J @ J.T, method, "quadprog")[0]
     # a failed factorisation: quadprog solves every row, no state; compiled (below 64 tasks)...
-    import mtbench.combiners.loops as loops
+    import mtbench.combiners.solvers.dual_cone_compiled as loops
 
     real_pivots = loops.dual_cone_pivots
     monkeypatch.setattr(loops, "dual_cone_weights", lambda *a: False)  # (its pivots are compiled in: the general path)
@@ -715,7 +715,7 @@ def test_dual_cone_one_call_is_the_general_path(method, monkeypatch):
     (:func:`loops.dual_cone_weights`); its weights and free sets are those of the general path
     (NumPy around the compiled pivoting) bit for bit, cold and warm-started, on 100 random
     problems of 2 to 59 tasks; a zero gradient hands the solve to the general path."""
-    import mtbench.combiners.loops as loops
+    import mtbench.combiners.solvers.dual_cone_compiled as loops
 
     gen = torch.Generator().manual_seed(21)
     calls = []

@@ -1,6 +1,10 @@
 """The dual-cone QPs of UPGrad and DualProj (and CAGrad's Pareto front): block principal
 pivoting on the unit gradients' Gram matrix, compiled below ``COMPILED_BELOW`` tasks, batched
-Cholesky or conjugate gradients above, quadprog (torchjd) as the fallback and the option."""
+Cholesky or conjugate gradients above, quadprog (torchjd) as the fallback and the option.
+
+Both forms timed on both sides of the switch: docs/performance.md, "Compiled and batched forms
+of one solver" (``python scripts/bench_solvers.py --forms``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from mtbench.combiners.rows import (
     _check_option,
     _norms_and_inverses,
 )
+from mtbench.combiners.solvers import _PIVOT_REL_TOL, _PIVOT_RETRIES
 from mtbench.combiners.solvers.min_norm import _COMPILED_BELOW, _TORCH_SOLVE_SIZE, _matvec
 
 DUAL_CONE_REG = 1e-9
@@ -42,24 +47,24 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
     A): Cholesky solves those rows and every later sweep. ``free`` (the last step's sets) is
     the first guess; None: all x = 0. The bookkeeping between the solves runs in NumPy. Below
     ``_COMPILED_BELOW`` tasks the same pivoting runs compiled, each row's sweeps one after
-    another (:func:`mtbench.combiners.loops.dual_cone_pivots`): at T = 40 a batched sweep
+    another (:func:`mtbench.combiners.solvers.dual_cone_compiled.dual_cone_pivots`): at T = 40 a batched sweep
     costs more in calls than the compiled one's factorisations of its small free sets."""
     an = a.detach().to(device="cpu", dtype=torch.float64).numpy()
     un = u.detach().to(device="cpu", dtype=torch.float64).numpy()
     rows, n = un.shape
     scale = float(an.diagonal().max()) * max(float(np.abs(un).max()), 1e-300)
-    tol = 1e-13 * scale
+    tol = _PIVOT_REL_TOL * scale
     f = np.zeros((rows, n), dtype=bool) if free is None else free.numpy().astype(bool, copy=True)
     if n < _COMPILED_BELOW:  # each row's sweeps one after another, compiled
-        from mtbench.combiners.loops import dual_cone_pivots
+        from mtbench.combiners.solvers.dual_cone_compiled import dual_cone_pivots
 
         v, settled = np.empty((rows, n)), np.empty(rows, dtype=bool)
-        if not dual_cone_pivots(an, un, f.copy(), tol, _PIVOT_MAX_SWEEPS, v, f, settled):
+        if not dual_cone_pivots(an, un, f.copy(), tol, _PIVOT_MAX_SWEEPS, _PIVOT_RETRIES, v, f, settled):
             return None
         return torch.from_numpy(v), torch.from_numpy(f), torch.from_numpy(settled)
     q = _matvec(un, an)  # [R, T]: (A U[r]) (A symmetric)
     best = np.full(rows, n + 1)
-    tries = np.full(rows, 3)
+    tries = np.full(rows, _PIVOT_RETRIES)
     last = np.arange(n)
     x = np.zeros((rows, n))
     y = q.copy()
@@ -88,7 +93,7 @@ def _dual_cone_pivoting(a: Tensor, u: Tensor, free: Tensor | None) -> tuple[Tens
             break
         fewer = count < best
         best = np.where(fewer, count, best)
-        tries = np.where(fewer, 3, tries - (count > 0))
+        tries = np.where(fewer, _PIVOT_RETRIES, tries - (count > 0))
         all_at_once = fewer | (tries >= 0)
         only_last = np.zeros_like(bad)
         only_last[every, np.maximum(np.where(bad, last, -1).max(1), 0)] = True
@@ -199,21 +204,29 @@ def dual_cone_state(
 def _dual_cone(g: np.ndarray, method: str, solver: str, start: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """:func:`dual_cone_state` on the checked, symmetric float64 Gram matrix ``g``: below
     ``_COMPILED_BELOW`` tasks in one compiled call where it applies
-    (:func:`mtbench.combiners.loops.dual_cone_weights`: no zero gradient, every row settled;
+    (:func:`mtbench.combiners.solvers.dual_cone_compiled.dual_cone_weights`: no zero gradient, every row settled;
     the same arithmetic as the code below), else the code below."""
     from mtbench.combiners.jd import weighting
 
     n_tasks = g.shape[0]
     rows = n_tasks if method == "upgrad" else 1
     if solver == "active_set" and n_tasks < _COMPILED_BELOW:
-        from mtbench.combiners.loops import dual_cone_weights
+        from mtbench.combiners.solvers.dual_cone_compiled import dual_cone_weights
 
         first = np.zeros((rows, n_tasks), dtype=bool)
         if start is not None and tuple(start.shape) == (rows, n_tasks):
             first = start.numpy().astype(bool)
         weights, free = np.empty(n_tasks), np.empty((rows, n_tasks), dtype=bool)
         if dual_cone_weights(
-            np.ascontiguousarray(g), method == "upgrad", first, DUAL_CONE_REG, _PIVOT_MAX_SWEEPS, weights, free
+            np.ascontiguousarray(g),
+            method == "upgrad",
+            first,
+            DUAL_CONE_REG,
+            _PIVOT_MAX_SWEEPS,
+            weights,
+            free,
+            _PIVOT_REL_TOL,
+            _PIVOT_RETRIES,
         ):
             return torch.from_numpy(weights), torch.from_numpy(free)
     norms, inv = _norms_and_inverses(g)

@@ -1,6 +1,10 @@
 """The min-norm point of the convex hull of the task gradients on their Gram matrix (MGDA, and
 CAGrad's dual): Wolfe's active-set algorithm, certified by the duality gap; compiled below
-``COMPILED_BELOW`` tasks, NumPy above, with block pivots on large supports."""
+``COMPILED_BELOW`` tasks, NumPy above, with block pivots on large supports.
+
+Both forms timed on both sides of the switch: docs/performance.md, "Compiled and batched forms
+of one solver" (``python scripts/bench_solvers.py --forms``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtbench.combiners.linalg import COMPILED_BELOW
+from mtbench.combiners.solvers import COMPILED_BELOW
 
 _DEFAULT_MGDA_TOL = 1e-10
 _DEFAULT_MGDA_MAX_ITER = 1000
@@ -42,7 +46,7 @@ _TORCH_SOLVE_SIZE = 64
 #: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm
 _BLOCK_PIVOTS = 5
 #: below this many tasks the dual-cone pivoting (each QP on its own) and the Newton iteration of
-#: Nash-MTL and FairGrad run compiled (:mod:`mtbench.combiners.loops`); from it on, batched in
+#: Nash-MTL and FairGrad run compiled (``*_compiled.py``); from it on, batched in
 #: NumPy and torch (the compiled loops' scalar factorisations would cost more than LAPACK's)
 _COMPILED_BELOW = COMPILED_BELOW
 #: MGDA tries block pivots from this many tasks on (below it Wolfe's cycles solve small
@@ -178,7 +182,7 @@ def _wolfe(
     g: np.ndarray, tol: float, max_iter: int, warm: tuple[list[int], np.ndarray] | None
 ) -> tuple[list[int], np.ndarray]:
     """Wolfe's algorithm (:func:`_wolfe_np`): below ``_COMPILED_BELOW`` tasks the compiled loop
-    (:func:`mtbench.combiners.loops.wolfe_min_norm`, bit for bit the same iterations; the NumPy
+    (:func:`mtbench.combiners.solvers.min_norm_compiled.wolfe_min_norm`, bit for bit the same iterations; the NumPy
     loop where an affine solve needs its least-squares fallback), else the NumPy loop."""
     n_tasks = g.shape[0]
     if n_tasks < _COMPILED_BELOW:
@@ -186,7 +190,7 @@ def _wolfe(
             support, w_s = np.array([int(np.argmin(g.diagonal()))], dtype=np.int64), np.ones(1)
         else:
             support, w_s = np.asarray(warm[0], dtype=np.int64), np.asarray(warm[1], dtype=np.float64)
-        from mtbench.combiners.loops import wolfe_min_norm
+        from mtbench.combiners.solvers.min_norm_compiled import wolfe_min_norm
 
         found, w, ok = wolfe_min_norm(
             np.ascontiguousarray(g), tol, _GAP_FLOOR, max_iter, warm is not None, support, w_s

@@ -1,5 +1,10 @@
 """The Newton solve of G x = x^(-1/p) (Nash-MTL: p = 1; FairGrad: p = alpha) on the normalised
-Gram matrix with a small ridge, compiled, NumPy where a Hessian does not factorise."""
+Gram matrix with a small ridge: compiled below ``COMPILED_BELOW`` tasks, NumPy from there on and
+where a Hessian does not factorise.
+
+Both forms timed on both sides of the switch: docs/performance.md, "Compiled and batched forms
+of one solver" (``python scripts/bench_solvers.py --forms``).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,18 @@ from mtbench.combiners.rows import (
 from mtbench.combiners.solvers.min_norm import _COMPILED_BELOW, _matvec, _solve
 
 NASH_RIDGE = 1e-8
+#: the stopping rule and line search of both forms (NumPy below, compiled in
+#: :mod:`~mtbench.combiners.solvers.newton_compiled`): stop when the squared Newton decrement is
+#: at most the first; a step goes at most the second's fraction of the way to x = 0 and is halved
+#: until it decreases the objective by the third times its predicted decrease, or is below the fourth
+NEWTON_RULE = (1e-24, 0.99, 0.25, 1e-12)
 
 
 def _fair_newton(g: np.ndarray, x0: np.ndarray | None, max_iter: int, power: float = 1.0) -> np.ndarray:
     """x > 0 with (Gn + ridge diag(Gn)) x = x^(-power), Gn = G / ||G||_F (no zero gradient in
     G), by damped Newton steps on the strictly convex 1/2 x^T Gn x - sum_i psi(x_i), psi' =
     x^(-power) (psi = log for power 1: Nash-MTL; FairGrad's power is 1 / alpha). Below
-    ``_COMPILED_BELOW`` tasks compiled (:func:`mtbench.combiners.loops.fair_newton`, Newton's
+    ``_COMPILED_BELOW`` tasks compiled (:func:`mtbench.combiners.solvers.newton_compiled.fair_newton`, Newton's
     systems by Cholesky): at T = 40 a step is a few dozen tiny operations, whose calls cost
     more than their arithmetic. From there on (and should a Hessian not factorise) in NumPy,
     the large solves and products through :func:`_solve` and :func:`_matvec`."""
@@ -30,12 +40,13 @@ def _fair_newton(g: np.ndarray, x0: np.ndarray | None, max_iter: int, power: flo
     if a is None or a.shape != (n_tasks,) or not (a > 0).all() or not np.isfinite(a).all():
         a = np.ones(n_tasks)
     if n_tasks < _COMPILED_BELOW:  # the same iteration, compiled (NumPy's below if it fails)
-        from mtbench.combiners.loops import fair_newton
+        from mtbench.combiners.solvers.newton_compiled import fair_newton
 
         compiled = a.copy()
-        if fair_newton(h, compiled, max_iter, float(power)):
+        if fair_newton(h, compiled, max_iter, float(power), *NEWTON_RULE):
             return compiled
     log = power == 1.0
+    tol, boundary, decrease, min_step = NEWTON_RULE
 
     def phi(x: np.ndarray) -> float:
         barrier = np.log(x).sum() if log else np.power(x, 1.0 - power).sum() / (1.0 - power)
@@ -50,16 +61,16 @@ def _fair_newton(g: np.ndarray, x0: np.ndarray | None, max_iter: int, power: flo
         hess[np.diag_indices(n_tasks)] += curvature
         step = _solve(hess, grad)
         decrement = float(grad @ step)  # the squared Newton decrement
-        if not decrement > 1e-24:
+        if not decrement > tol:
             break
         t = 1.0
         ahead = step > 0
         if ahead.any():
-            t = min(1.0, 0.99 * float((a[ahead] / step[ahead]).min()))
+            t = min(1.0, boundary * float((a[ahead] / step[ahead]).min()))
         while True:
             trial = a - t * step
             trial_value = phi(trial)
-            if trial_value <= value - 0.25 * t * decrement or t < 1e-12:
+            if trial_value <= value - decrease * t * decrement or t < min_step:
                 break
             t *= 0.5
         if not trial_value < value:
