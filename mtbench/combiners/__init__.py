@@ -40,6 +40,7 @@ from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.si import SI
 from mtbench.combiners.upgrad import UPGrad
 from mtbench.combiners.uw import UW
 from mtbench.errors import MtbenchError
@@ -51,11 +52,13 @@ _PAPER = (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, G
 _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac)
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
+#: the loss-level combiners of 2021-2024 (STCH, IMTL-L, SI) and the full IMTL
+_LOSS2 = (SI,)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
 #: (``style``)
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS)}
+COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_LOSS2)}
 
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``
