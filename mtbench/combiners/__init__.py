@@ -35,12 +35,14 @@ from mtbench.combiners.gradpenalty import GradPenalty
 from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.imtl_g import IMTLG
+from mtbench.combiners.imtl_l import IMTLL
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
 from mtbench.combiners.si import SI
+from mtbench.combiners.stch import STCH
 from mtbench.combiners.upgrad import UPGrad
 from mtbench.combiners.uw import UW
 from mtbench.errors import MtbenchError
@@ -53,7 +55,7 @@ _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG,
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
 #: the loss-level combiners of 2021-2024 (STCH, IMTL-L, SI) and the full IMTL
-_LOSS2 = (SI,)
+_LOSS2 = (STCH, IMTLL, SI)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
