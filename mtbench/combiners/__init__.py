@@ -34,6 +34,7 @@ from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.gradpenalty import GradPenalty
 from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.imtl import IMTL
 from mtbench.combiners.imtl_g import IMTLG
 from mtbench.combiners.imtl_l import IMTLL
 from mtbench.combiners.mgda import MGDA
@@ -55,7 +56,7 @@ _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG,
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
 #: the loss-level combiners of 2021-2024 (STCH, IMTL-L, SI) and the full IMTL
-_LOSS2 = (STCH, IMTLL, SI)
+_LOSS2 = (STCH, IMTLL, SI, IMTL)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style

@@ -73,6 +73,10 @@ from mtbench.combiners.gradvac import (  # noqa: F401
     gradvac,
     gradvac_weights_from_gram,
 )
+from mtbench.combiners.imtl import (  # noqa: F401
+    imtl,
+    imtl_weights_from_gram,
+)
 from mtbench.combiners.imtl_g import (  # noqa: F401
     imtl_g,
     imtl_g_weights_from_gram,
@@ -173,4 +177,6 @@ __all__ = [
     "gradvac",
     "gradvac_weights_from_gram",
     "gram_square_root",
+    "imtl",
+    "imtl_weights_from_gram",
 ]

@@ -30,10 +30,12 @@ METHODS = {
     "config": F.config,
     "gradvac": lambda g: F.gradvac(g, generator=_gen()),
     "nash_mtl": F.nash_mtl,
+    "imtl": lambda g: F.imtl(g, torch.linspace(-1.0, 1.0, g.shape[0])),
 }
 #: the Gram-matrix methods: one weight per task, from the detached Gram matrix
 GRAM = {"pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "cagrad", "fairgrad", "config", "gradvac"}
 GRAM |= {"nash_mtl"}
+GRAM |= {"imtl"}
 
 
 def test_every_combining_function_is_covered():
