@@ -38,13 +38,17 @@ from mtbench.combiners.gradnorm_graddrop import GradNormGradDrop
 from mtbench.combiners.gradpenalty import GradPenalty
 from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.gramweighted import GramWeighted
+from mtbench.combiners.imtl import IMTL
 from mtbench.combiners.imtl_g import IMTLG
+from mtbench.combiners.imtl_l import IMTLL
 from mtbench.combiners.mgda import MGDA
 from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcd import PCD
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.si import SI
+from mtbench.combiners.stch import STCH
 from mtbench.combiners.upgrad import UPGrad
 from mtbench.combiners.uw import UW
 from mtbench.errors import MtbenchError
@@ -59,11 +63,13 @@ _LOSS = (UW, DWA, RLW, GLS, FAMO)
 #: the gradient-level methods of 2022-2026 (PCD, CR-MOGM's smoothing of any Gram-weighted one;
 #: Excess-MTL and DB-MTL at the shared parameters, with per-parameter statistics)
 _GRAM2 = (PCD, CRMOGM, ExcessMTL, DBMTL)
+#: the loss-level combiners of 2021-2024 (STCH, IMTL-L, SI) and the full IMTL
+_LOSS2 = (STCH, IMTLL, SI, IMTL)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
 #: (``style``)
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_GRAM2)}
+COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_GRAM2, *_LOSS2)}
 
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``

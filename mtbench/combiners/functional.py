@@ -83,6 +83,10 @@ from mtbench.combiners.gradvac import (  # noqa: F401
     gradvac,
     gradvac_weights_from_gram,
 )
+from mtbench.combiners.imtl import (  # noqa: F401
+    imtl,
+    imtl_weights_from_gram,
+)
 from mtbench.combiners.imtl_g import (  # noqa: F401
     imtl_g,
     imtl_g_weights_from_gram,
@@ -202,4 +206,6 @@ __all__ = [
     "excess_mtl_state",
     "db_mtl",
     "db_mtl_state",
+    "imtl",
+    "imtl_weights_from_gram",
 ]

@@ -34,11 +34,13 @@ METHODS = {
     "excess_mtl": F.excess_mtl,
     "db_mtl": F.db_mtl,
     "cr_mogm": lambda g: F.cr_mogm(g, F.upgrad_weights_from_gram, torch.full((g.shape[0],), 0.5, dtype=g.dtype)),
+    "imtl": lambda g: F.imtl(g, torch.linspace(-1.0, 1.0, g.shape[0])),
 }
 #: the Gram-matrix methods: one weight per task, from the detached Gram matrix
 GRAM = {"pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "cagrad", "fairgrad", "config", "gradvac"}
 GRAM |= {"nash_mtl"}
 GRAM |= {"pcd", "cr_mogm", "excess_mtl", "db_mtl"}  # (one weight per task, as the Gram-matrix methods)
+GRAM |= {"imtl"}
 
 
 def test_every_combining_function_is_covered():
