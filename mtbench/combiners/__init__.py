@@ -36,10 +36,13 @@ from mtbench.combiners.gradvac import GradVac
 from mtbench.combiners.gramweighted import GramWeighted
 from mtbench.combiners.imtl_g import IMTLG
 from mtbench.combiners.mgda import MGDA
+from mtbench.combiners.moco import MoCo
+from mtbench.combiners.modo import MoDo
 from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.sdmgrad import SDMGrad
 from mtbench.combiners.upgrad import UPGrad
 from mtbench.combiners.uw import UW
 from mtbench.errors import MtbenchError
@@ -51,11 +54,13 @@ _PAPER = (Baseline, Clip, GradPenalty, MGDA, PCGrad, GradNorm, RandomGradDrop, G
 _GRAM = (UPGrad, CAGrad, NashMTL, IMTLG, AlignedMTL, DualProj, FairGrad, ConFIG, GradVac)
 #: the loss-level combiners (one weight per task from the losses alone)
 _LOSS = (UW, DWA, RLW, GLS, FAMO)
+#: the methods of two independent mini-batches per step (J1 J2^T) and MoCo's tracked gradients
+_TWO_BATCH = (SDMGrad, MoDo, MoCo)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
 #: (``style``)
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS)}
+COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_TWO_BATCH)}
 
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``

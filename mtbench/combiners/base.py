@@ -49,6 +49,13 @@ class Step:
     #: loss i reads column i of ``outputs`` [B, T] only (``Task.column_losses``): the per-task
     #: gradients at the outputs are then the columns of one backward pass of sum_i L_i
     column_losses: bool = False
+    #: a second, independent mini-batch of the same size, drawn by the trainer only for a
+    #: combiner that sets ``needs_second_batch`` (SDMGrad, MoDo): its inputs, representation
+    #: (attached to the trunk's graph), heads' outputs and per-task losses [T]; None otherwise
+    inputs2: torch.Tensor | None = None
+    rep2: torch.Tensor | None = None
+    outputs2: torch.Tensor | None = None
+    losses2: torch.Tensor | None = None
 
 
 class Combiner:
@@ -68,6 +75,9 @@ class Combiner:
     defaults: ClassVar[dict[str, Any]] = {}
     #: True when the trainer must make the inputs require grad (input gradient penalty)
     needs_input_grad: ClassVar[bool] = False
+    #: True when the combiner needs a second, independent mini-batch per step (``Step.losses2``):
+    #: the trainer then draws one from the run's ``second batch`` generator and runs its forward
+    needs_second_batch: ClassVar[bool] = False
     #: True when the combiner's state only warm-starts its next solve (MGDA's last weights):
     #: the results do not depend on it beyond the solver's tolerance, so a fresh instance per
     #: step (``mtbench.backward(losses, rep, "mgda")``) is fine

@@ -12,6 +12,10 @@ mtbench's scale: T equal gradients g give T g.
 * :func:`mgda_weights`: the min-norm point of the gradients' convex hull (Sener & Koltun 2018).
 * the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`, :func:`aligned_mtl`,
   :func:`cagrad`, :func:`fairgrad`, :func:`config`, :func:`gradvac` and :func:`nash_mtl`.
+* the two-batch methods :func:`sdmgrad` and :func:`modo` (``grads`` and ``grads2``: the per-task
+  gradients of two independent mini-batches; their weights from A = J1 J2^T,
+  :func:`sdmgrad_weights`, :func:`modo_weights`) and :func:`moco` (its tracked state from
+  :func:`moco_update`).
 
 Randomness only comes from the ``generator`` argument (``None``: torch's global generator).
 
@@ -81,6 +85,14 @@ from mtbench.combiners.mgda import (  # noqa: F401
     mgda_weights,
     mgda_weights_from_gram,
 )
+from mtbench.combiners.moco import (  # noqa: F401
+    moco,
+    moco_update,
+)
+from mtbench.combiners.modo import (  # noqa: F401
+    modo,
+    modo_weights,
+)
 from mtbench.combiners.nash_mtl import (  # noqa: F401
     nash_mtl,
     nash_mtl_weights_from_gram,
@@ -99,6 +111,10 @@ from mtbench.combiners.rows import (  # noqa: F401
     _norms_and_inverses,
     _projection_scale,
     gram_square_root,
+)
+from mtbench.combiners.sdmgrad import (  # noqa: F401
+    sdmgrad,
+    sdmgrad_weights,
 )
 from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
     _CG_MAX_ITER,
@@ -138,6 +154,10 @@ from mtbench.combiners.solvers.newton import (  # noqa: F401
     _fair_newton,
     _live_newton,
 )
+from mtbench.combiners.twobatch import (  # noqa: F401
+    project_onto_simplex,
+    two_batch_matrix,
+)
 from mtbench.combiners.upgrad import (  # noqa: F401
     upgrad,
     upgrad_weights_from_gram,
@@ -173,4 +193,11 @@ __all__ = [
     "gradvac",
     "gradvac_weights_from_gram",
     "gram_square_root",
+    "sdmgrad",
+    "sdmgrad_weights",
+    "modo",
+    "modo_weights",
+    "two_batch_matrix",
+    "moco",
+    "moco_update",
 ]

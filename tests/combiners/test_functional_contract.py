@@ -30,10 +30,14 @@ METHODS = {
     "config": F.config,
     "gradvac": lambda g: F.gradvac(g, generator=_gen()),
     "nash_mtl": F.nash_mtl,
+    # the two-batch methods with both batches' rows equal; MoCo's first step, losses of 1
+    "sdmgrad": lambda g: F.sdmgrad(g, g),
+    "modo": lambda g: F.modo(g, g),
+    "moco": lambda g: F.moco(g, torch.ones(g.shape[0], dtype=g.dtype)),
 }
 #: the Gram-matrix methods: one weight per task, from the detached Gram matrix
 GRAM = {"pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "cagrad", "fairgrad", "config", "gradvac"}
-GRAM |= {"nash_mtl"}
+GRAM |= {"nash_mtl", "sdmgrad", "modo", "moco"}
 
 
 def test_every_combining_function_is_covered():
@@ -41,6 +45,8 @@ def test_every_combining_function_is_covered():
     others = {"gram_square_root", "graddrop_factored"}
     names = {n for n in F.__all__ if not n.endswith(("_from_gram", "_state", "_transfer")) and n not in others}
     covered = {n.split("-")[0] for n in METHODS} | {"mgda_weights"}
+    # the two-batch and MoCo weights and state (tests/combiners/test_twobatch.py)
+    covered |= {"sdmgrad_weights", "modo_weights", "moco_update", "two_batch_matrix", "project_onto_simplex"}
     assert names <= covered, f"not checked here: {sorted(names - covered)}"
 
 
