@@ -95,6 +95,8 @@ class MoCo(Combiner):
     against an independent reimplementation of LibMTL's."""
 
     name = "moco"
+    #: the levels this combiner has (``scripts/bench_step.py``'s rows)
+    levels: ClassVar[tuple[str, ...]] = ("params",)
     options: ClassVar[dict[str, Option]] = {
         "level": TwoBatch.options["level"].replace(
             doc="params: the per-task gradients of all shared parameters (the tracked Y follows fixed coordinates)"

@@ -89,6 +89,8 @@ class TwoBatch(Combiner):
     """
 
     needs_second_batch = True
+    #: the levels this combiner has (``scripts/bench_step.py``'s rows)
+    levels: ClassVar[tuple[str, ...]] = ("params",)
     options: ClassVar[dict[str, Option]] = {
         "level": Option(
             "params",

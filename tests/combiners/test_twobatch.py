@@ -336,3 +336,25 @@ def test_cli_run_resumes_mid_epoch_to_the_same_numbers(tmp_path, name):
     a = _numbers(run_dir(tmp_path / "ref" / "results" / "shapes40", name))
     b = _numbers(run_dir(tmp_path / "cut" / "results" / "shapes40", name))
     assert a == b
+
+
+@pytest.mark.slow
+def test_bench_step_times_the_two_batch_rows(tmp_path):
+    """scripts/bench_step.py gives a two-batch row the next batch of its cycle as its second
+    batch; its default rows hold only these methods' level (params)."""
+    from tests.test_bench import TINY_PROBLEM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import bench_step
+
+    rows = [r for r in bench_step.DEFAULT_ROWS if r.split("@")[0] in ("sdmgrad", "modo", "moco")]
+    assert rows == ["sdmgrad@params", "modo@params", "moco@params"]
+    out = tmp_path / "bench.json"
+    args = [*TINY_PROBLEM, "--num-tasks", "3", "--image-size", "8", "--batch-size", "4", "--steps", "2"]
+    args += ["--warmup", "1", "--slow-steps", "1", "--combiners", ",".join(rows), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    got = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows:
+        assert got[row]["error"] is None and got[row]["ms_per_step"] > 0, got[row]
