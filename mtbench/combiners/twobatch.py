@@ -129,7 +129,8 @@ class TwoBatch(Combiner):
         w = self.simplex_weights(matrix)
         applied = w * self.num_tasks
         self.last_matrix, self.last_weights = matrix, applied
-        flat = ((j1 + j2) * 0.5).T @ applied.to(j1.dtype)
+        coef = applied.to(j1.dtype) * 0.5  # no [T, P] temporary: each batch's rows combined apart
+        flat = torch.mv(j1.T, coef).add_(torch.mv(j2.T, coef))
         offset = 0
         for p in params:
             g = flat[offset : offset + p.numel()].view_as(p)
