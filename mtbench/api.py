@@ -140,6 +140,8 @@ def backward(
     cpu_generator: torch.Generator | None = None,
     trunk: nn.Module | None = None,
     process_group: Any = None,
+    second_losses: Sequence[Tensor] | Tensor | None = None,
+    second_features: Tensor | None = None,
 ) -> dict[str, float]:
     """Combine the task losses' gradients with ``combiner`` and leave them in ``.grad``.
 
@@ -167,6 +169,13 @@ def backward(
             model's own DDP gradient sync must be off for this step (``with ddp_model.no_sync():``
             around the forward pass and this call, or a model not wrapped in DDP). Every rank
             passes generators seeded alike. None: one process.
+        second_losses: the T task losses of a second, independent mini-batch of the same model
+            (SDMGrad, MoDo: their weights come from the two batches' per-task gradients); the
+            shared and head parameters then get the gradient of the mean of both batches'
+            losses. Required by those combiners, refused by the others.
+        second_features: the second batch's shared representation (optional: its per-task
+            gradients then go through it, as the first batch's do; without it, straight from
+            ``second_losses`` to ``shared_params``).
 
     Returns:
         The combiner's diagnostics (``combiner.log_values()``, e.g. GradNorm's or MGDA's
@@ -195,6 +204,7 @@ def backward(
         raise ValueError(
             f"combiner {comb.name!r} needs the network's inputs (the input gradient penalty); use target=representation, or mtbench's trainer"
         )
+    stacked2 = _second_losses(comb, second_losses, int(stacked.numel()))
     stop = _node(features)
     _check_each_loss(losses, stacked, stop)
     heads, reached = _walk([stacked.grad_fn], stop)
@@ -220,9 +230,31 @@ def backward(
         cpu_generator=cpu_generator,
         group=process_group,
     )  # type: ignore[arg-type]
+    if stacked2 is not None:
+        step.rep2, step.losses2 = second_features, stacked2
     _check_trunk(comb, trunk)
     comb.backward(step)
     return comb.log_values()
+
+
+def _second_losses(comb: Combiner, losses: Any, num_tasks: int) -> Tensor | None:
+    """``second_losses`` as a [T] tensor; a one-line error where the combiner and the argument
+    disagree (given to a one-batch combiner, missing for a two-batch one, another T)."""
+    needs = bool(getattr(comb, "needs_second_batch", False))
+    if losses is None:
+        if needs:
+            raise ValueError(
+                f"combiner {comb.name!r} needs a second, independent mini-batch: pass its losses as second_losses="
+            )
+        return None
+    if not needs:
+        raise ValueError(
+            f"second_losses is only for a two-batch combiner (sdmgrad, modo); {comb.name!r} takes one batch"
+        )
+    stacked = losses.reshape(-1) if isinstance(losses, Tensor) else torch.stack([x.reshape(()) for x in losses])
+    if stacked.numel() != num_tasks:
+        raise ValueError(f"second_losses has {stacked.numel()} losses but losses has {num_tasks}: give one per task")
+    return stacked
 
 
 def _check_trunk(comb: Combiner, trunk: nn.Module | None) -> None:

@@ -97,7 +97,7 @@ DEFAULT_ROWS = (
     tuple(
         row
         for name, cls in COMBINERS.items()
-        for row in ([f"{name}@{lv}" for lv in LEVELS] if "level" in cls.options else [name])
+        for row in ([f"{name}@{lv}" for lv in getattr(cls, "levels", LEVELS)] if "level" in cls.options else [name])
     )
     + LAYER_ROWS
     + BACKWARD_ROWS
@@ -657,6 +657,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def second_batch_of(r: Row, problem: Problem, k: int) -> tuple:
+    """A two-batch combiner's row (SDMGrad, MoDo: ``needs_second_batch``): the next batch of the
+    cycle as its second batch, so its step processes twice the examples of the others' (compare
+    it with ``--batch-size`` doubled for the baseline); other rows: nothing."""
+    if not getattr(r.step, "needs_second_batch", False):
+        return ()
+    return (problem.batches[(k + 1) % len(problem.batches)],)
+
+
 def spread(k: int, start: int, n: int) -> list[int]:
     """``k`` round numbers spread evenly over rounds ``start .. start + n - 1``."""
     k = max(0, min(k, n))
@@ -818,12 +827,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             x, y = problem.batches[rnd % len(problem.batches)]
             if getattr(r.step, "needs_input_grad", False):
                 x = x.detach().clone().requires_grad_(True)
+            more = second_batch_of(r, problem, rnd)
             gc.collect()
             sync(device)
             c0 = time.process_time()
             t0 = time.perf_counter()
             try:
-                r.step(x, y)
+                r.step(x, y, *more)
                 sync(device)
             except Exception as e:  # a row that cannot run is reported, the others go on
                 r.error = f"{type(e).__name__}: {e}"
@@ -847,10 +857,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 x, y = problem.batches[k % len(problem.batches)]
                 if getattr(r.step, "needs_input_grad", False):
                     x = x.detach().clone().requires_grad_(True)
+                more = second_batch_of(r, problem, k)
                 gc.collect()
                 before = memory.start()
                 try:
-                    r.step(x, y)
+                    r.step(x, y, *more)
                 except Exception as e:
                     r.error = f"{type(e).__name__}: {e}"
                     continue

@@ -83,9 +83,15 @@ def make_step(model, comb: Combiner, seed: int = 1, gen_seed: int = 0) -> Step:
     y = (torch.rand(B, T, generator=g) < 0.5).double()
     rep, out = model(x)
     losses = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
-    return Step(
+    step = Step(
         model, x, rep, out, losses, torch.Generator().manual_seed(gen_seed), torch.Generator().manual_seed(gen_seed)
     )
+    if comb.needs_second_batch:  # SDMGrad, MoDo: a second, independent batch of the same size
+        x2 = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+        y2 = (torch.rand(B, T, generator=g) < 0.5).double()
+        step.inputs2, (step.rep2, step.outputs2) = x2, model(x2)
+        step.losses2 = F.binary_cross_entropy_with_logits(step.outputs2, y2, reduction="none").mean(0)
+    return step
 
 
 def grads_after(model, comb: Combiner, seed: int = 1, gen_seed: int = 0) -> list[torch.Tensor]:

@@ -42,11 +42,14 @@ from mtbench.combiners.imtl import IMTL
 from mtbench.combiners.imtl_g import IMTLG
 from mtbench.combiners.imtl_l import IMTLL
 from mtbench.combiners.mgda import MGDA
+from mtbench.combiners.moco import MoCo
+from mtbench.combiners.modo import MoDo
 from mtbench.combiners.nash_mtl import NashMTL
 from mtbench.combiners.pcd import PCD
 from mtbench.combiners.pcgrad import PCGrad
 from mtbench.combiners.random_graddrop import RandomGradDrop
 from mtbench.combiners.rlw import RLW
+from mtbench.combiners.sdmgrad import SDMGrad
 from mtbench.combiners.si import SI
 from mtbench.combiners.stch import STCH
 from mtbench.combiners.upgrad import UPGrad
@@ -65,11 +68,15 @@ _LOSS = (UW, DWA, RLW, GLS, FAMO)
 _GRAM2 = (PCD, CRMOGM, ExcessMTL, DBMTL)
 #: the loss-level combiners of 2021-2024 (STCH, IMTL-L, SI) and the full IMTL
 _LOSS2 = (STCH, IMTLL, SI, IMTL)
+#: the methods of two independent mini-batches per step (J1 J2^T) and MoCo's tracked gradients
+_TWO_BATCH = (SDMGrad, MoDo, MoCo)
 
 #: the built-in combiners by config name: the paper's nine first (the table's row order, the
 #: sweep's order), then the others; each class carries its options (``options``) and plot style
 #: (``style``)
-COMBINERS: dict[str, type[Combiner]] = {cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_GRAM2, *_LOSS2)}
+COMBINERS: dict[str, type[Combiner]] = {
+    cls.name: cls for cls in (*_PAPER, *_GRAM, *_LOSS, *_GRAM2, *_LOSS2, *_TWO_BATCH)
+}
 
 #: the sweep of ``mtbench -m`` with no argument; every other registered combiner is swept by
 #: ``experiment=zoo``

@@ -55,6 +55,13 @@ class Step:
     #: global batch's; ``Combiner.backward`` then leaves the global batch's gradient in ``.grad``
     #: on every rank (:mod:`mtbench.combiners.distributed`)
     group: torch.distributed.ProcessGroup | None = None
+    #: a second, independent mini-batch of the same size, drawn by the trainer only for a
+    #: combiner that sets ``needs_second_batch`` (SDMGrad, MoDo): its inputs, representation
+    #: (attached to the trunk's graph), heads' outputs and per-task losses [T]; None otherwise
+    inputs2: torch.Tensor | None = None
+    rep2: torch.Tensor | None = None
+    outputs2: torch.Tensor | None = None
+    losses2: torch.Tensor | None = None
 
 
 class Combiner:
@@ -74,6 +81,9 @@ class Combiner:
     defaults: ClassVar[dict[str, Any]] = {}
     #: True when the trainer must make the inputs require grad (input gradient penalty)
     needs_input_grad: ClassVar[bool] = False
+    #: True when the combiner needs a second, independent mini-batch per step (``Step.losses2``):
+    #: the trainer then draws one from the run's ``second batch`` generator and runs its forward
+    needs_second_batch: ClassVar[bool] = False
     #: True when the combiner's state only warm-starts its next solve (MGDA's last weights):
     #: the results do not depend on it beyond the solver's tolerance, so a fresh instance per
     #: step (``mtbench.backward(losses, rep, "mgda")``) is fine

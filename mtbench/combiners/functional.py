@@ -15,6 +15,10 @@ mtbench's scale: T equal gradients g give T g.
 * :func:`pcd` (a primary task, the others guaranteed progress), :func:`cr_mogm` (any method's
   weights smoothed by an EMA), :func:`excess_mtl` and :func:`db_mtl` (their first step; the
   ``*_state`` functions carry their per-coordinate statistics from step to step).
+* the two-batch methods :func:`sdmgrad` and :func:`modo` (``grads`` and ``grads2``: the per-task
+  gradients of two independent mini-batches; their weights from A = J1 J2^T,
+  :func:`sdmgrad_weights`, :func:`modo_weights`) and :func:`moco` (its tracked state from
+  :func:`moco_update`).
 
 Randomness only comes from the ``generator`` argument (``None``: torch's global generator).
 
@@ -95,6 +99,14 @@ from mtbench.combiners.mgda import (  # noqa: F401
     mgda_weights,
     mgda_weights_from_gram,
 )
+from mtbench.combiners.moco import (  # noqa: F401
+    moco,
+    moco_update,
+)
+from mtbench.combiners.modo import (  # noqa: F401
+    modo,
+    modo_weights,
+)
 from mtbench.combiners.nash_mtl import (  # noqa: F401
     nash_mtl,
     nash_mtl_weights_from_gram,
@@ -117,6 +129,10 @@ from mtbench.combiners.rows import (  # noqa: F401
     _norms_and_inverses,
     _projection_scale,
     gram_square_root,
+)
+from mtbench.combiners.sdmgrad import (  # noqa: F401
+    sdmgrad,
+    sdmgrad_weights,
 )
 from mtbench.combiners.solvers.cagrad_dual import (  # noqa: F401
     _CAGRAD_FRONT,
@@ -163,6 +179,10 @@ from mtbench.combiners.solvers.newton import (  # noqa: F401
     _fair_newton,
     _live_newton,
 )
+from mtbench.combiners.twobatch import (  # noqa: F401
+    project_onto_simplex,
+    two_batch_matrix,
+)
 from mtbench.combiners.upgrad import (  # noqa: F401
     upgrad,
     upgrad_weights_from_gram,
@@ -208,4 +228,11 @@ __all__ = [
     "db_mtl_state",
     "imtl",
     "imtl_weights_from_gram",
+    "sdmgrad",
+    "sdmgrad_weights",
+    "modo",
+    "modo_weights",
+    "two_batch_matrix",
+    "moco",
+    "moco_update",
 ]

@@ -11,7 +11,7 @@ from mtbench.data import Split, Task
 from mtbench.data.base import Labels, index_labels, labels_to
 from mtbench.train.device import channels_last as _channels_last
 
-__all__ = ["Preprocess", "batches", "evaluate"]
+__all__ = ["Preprocess", "batches", "evaluate", "second_batch"]
 
 
 def batches(
@@ -27,6 +27,15 @@ def batches(
         else:
             idx = order[start : start + batch_size]
             yield split.images[idx], index_labels(split.labels, idx)
+
+
+def second_batch(split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, Labels]:
+    """A second, independent mini-batch (SDMGrad's and MoDo's): ``batch_size`` distinct examples
+    drawn uniformly from the whole split by ``generator`` (the run's ``second batch``
+    generator), whatever the first batch holds. It does not count in the epoch: the epoch is
+    still one pass of first batches over the split."""
+    idx = torch.randperm(len(split), generator=generator)[: min(batch_size, len(split))]
+    return split.images[idx], index_labels(split.labels, idx)
 
 
 class Preprocess:

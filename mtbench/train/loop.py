@@ -33,7 +33,7 @@ from mtbench.data import build_task
 from mtbench.errors import MtbenchError
 from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
-from mtbench.train.batches import Preprocess, batches, evaluate
+from mtbench.train.batches import Preprocess, batches, evaluate, second_batch
 from mtbench.train.checkpoint import CHECKPOINT
 from mtbench.train.device import (
     AMP_DTYPES,
@@ -46,7 +46,7 @@ from mtbench.train.device import (
 )
 from mtbench.train.diagnostics import Diagnostics
 from mtbench.train.optim import build_optimizer, build_scheduler
-from mtbench.train.rng import derive_seed, forked_global_rng, run_generators, set_num_threads
+from mtbench.train.rng import derive_seed, forked_global_rng, make_generator, run_generators, set_num_threads
 from mtbench.train.signals import AGAIN, Interrupted, StopFlag, StopNow, pause_point
 from mtbench.train.state import RunState
 from mtbench.train.step import TrainStep
@@ -129,6 +129,8 @@ class Trainer:
         self.timer = StepTimer(device)
 
         self.gens = run_generators(seed, device)  # saved in checkpoints
+        if combiner.needs_second_batch:  # SDMGrad, MoDo: a second batch per step, from its own generator
+            self.gens["second batch"] = make_generator(seed, "second batch")
         self.data_gen = self.gens["batch order"]
         task.augment_generator = self.gens["augmentation"]
         self.step = TrainStep(
@@ -247,11 +249,12 @@ class Trainer:
                 prof.step(i)
             x, y = self.prep(images, labels)
             x, y = task.extend_batch(*task.augment_batch(x, y))
+            second = self.second_batch(int(x.shape[0]))
             if self.step.needs_input_grad:
                 x.requires_grad_(True)
             self.timer.start()
             try:
-                losses = self.step(x, y)
+                losses = self.step(x, y, second)
             except ValueError as e:  # a solver's check (mgda, nash_mtl, gradvac, cagrad): name where
                 if "NaN or infinite" not in str(e):
                     raise
@@ -285,6 +288,21 @@ class Trainer:
         if prof is not None:
             prof.close()
         self.close_bar()
+
+    def second_batch(self, size: int) -> tuple[torch.Tensor, Any] | None:
+        """A combiner that ``needs_second_batch``: a second batch of ``size`` examples from the
+        run's ``second batch`` generator (:func:`~mtbench.train.batches.second_batch`; its
+        augmentation draws from the same generator), prepared as the first; else None."""
+        gen = self.gens.get("second batch")
+        if gen is None:
+            return None
+        task = self.task
+        x2, y2 = self.prep(*second_batch(task.train, size, gen))
+        augment_gen, task.augment_generator = task.augment_generator, gen
+        try:
+            return task.extend_batch(*task.augment_batch(x2, y2))
+        finally:
+            task.augment_generator = augment_gen
 
     def close_bar(self) -> None:
         """Close the epoch's progress bar (its line cleared): before any message."""

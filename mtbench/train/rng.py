@@ -18,6 +18,9 @@ purpose        draws
 ``combiner``   the combiner's random numbers on the training device (GradDrop's draws)
 ``combiner cpu`` the combiner's random numbers on the host (PCGrad's orders) when the
                training device is not the CPU (on a CPU: the ``combiner`` generator)
+``second batch`` the second, independent mini-batch of each step and its augmentation, for a
+               combiner that needs one (SDMGrad, MoDo: ``needs_second_batch``); only
+               such a run has (and checkpoints) this generator
 ``training``   torch's global generators during training (e.g. dropout in a model)
 ============== ==================================================================
 

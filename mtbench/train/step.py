@@ -50,12 +50,24 @@ class TrainStep:
     def needs_input_grad(self) -> bool:
         return bool(self.combiner.needs_input_grad)
 
-    def __call__(self, x: torch.Tensor, labels: Any) -> torch.Tensor:
+    @property
+    def needs_second_batch(self) -> bool:
+        return bool(getattr(self.combiner, "needs_second_batch", False))
+
+    def __call__(self, x: torch.Tensor, labels: Any, second: tuple[torch.Tensor, Any] | None = None) -> torch.Tensor:
+        """``second``: a second, independent prepared batch ``(x2, labels2)`` for a combiner that
+        ``needs_second_batch`` (its forward runs here, inside the step); the returned losses are
+        the first batch's."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             rep, outputs = self.model(x)
             losses = self.losses(outputs, labels)
+            if second is not None:
+                rep2, outputs2 = self.model(second[0])
+                losses2 = self.losses(outputs2, second[1])
         step = Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator, self.column_losses)
+        if second is not None:
+            step.inputs2, step.rep2, step.outputs2, step.losses2 = second[0], rep2, outputs2, losses2
         if self.diagnostics is not None:
             self.diagnostics.before(step)
         self.combiner.backward(step)

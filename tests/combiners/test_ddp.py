@@ -99,7 +99,13 @@ def train(name: str, options: dict, heads: str, group=None) -> list[torch.Tensor
         opt.zero_grad(set_to_none=True)
         rep, out = model(x)
         losses = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0)
-        comb.backward(Step(model, x, rep, out, losses, gen, cpu_gen, heads == "linear", group))
+        step = Step(model, x, rep, out, losses, gen, cpu_gen, heads == "linear", group)
+        if comb.needs_second_batch:  # (sdmgrad, modo) an independent batch, sliced alike
+            x2, y2 = batch(50 + s)
+            step.inputs2 = x2[rows]
+            step.rep2, step.outputs2 = model(step.inputs2)
+            step.losses2 = F.binary_cross_entropy_with_logits(step.outputs2, y2[rows], reduction="none").mean(0)
+        comb.backward(step)
         opt.step()
         if hasattr(comb, "end_epoch") and s == 1:
             comb.end_epoch()

@@ -35,10 +35,14 @@ METHODS = {
     "db_mtl": F.db_mtl,
     "cr_mogm": lambda g: F.cr_mogm(g, F.upgrad_weights_from_gram, torch.full((g.shape[0],), 0.5, dtype=g.dtype)),
     "imtl": lambda g: F.imtl(g, torch.linspace(-1.0, 1.0, g.shape[0])),
+    # the two-batch methods with both batches' rows equal; MoCo's first step, losses of 1
+    "sdmgrad": lambda g: F.sdmgrad(g, g),
+    "modo": lambda g: F.modo(g, g),
+    "moco": lambda g: F.moco(g, torch.ones(g.shape[0], dtype=g.dtype)),
 }
 #: the Gram-matrix methods: one weight per task, from the detached Gram matrix
 GRAM = {"pcgrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl", "cagrad", "fairgrad", "config", "gradvac"}
-GRAM |= {"nash_mtl"}
+GRAM |= {"nash_mtl", "sdmgrad", "modo", "moco"}
 GRAM |= {"pcd", "cr_mogm", "excess_mtl", "db_mtl"}  # (one weight per task, as the Gram-matrix methods)
 GRAM |= {"imtl"}
 
@@ -49,6 +53,8 @@ def test_every_combining_function_is_covered():
     others |= {"cr_mogm_weights"}  # smooths a weight vector (tests/combiners/test_cr_mogm.py)
     names = {n for n in F.__all__ if not n.endswith(("_from_gram", "_state", "_transfer")) and n not in others}
     covered = {n.split("-")[0] for n in METHODS} | {"mgda_weights"}
+    # the two-batch and MoCo weights and state (tests/combiners/test_twobatch.py)
+    covered |= {"sdmgrad_weights", "modo_weights", "moco_update", "two_batch_matrix", "project_onto_simplex"}
     assert names <= covered, f"not checked here: {sorted(names - covered)}"
 
 
