@@ -49,6 +49,7 @@ class Step:
     #: loss i reads column i of ``outputs`` [B, T] only (``Task.column_losses``): the per-task
     #: gradients at the outputs are then the columns of one backward pass of sum_i L_i
     column_losses: bool = False
+    group: Any = None
 
 
 class Combiner:

@@ -16,3 +16,10 @@ class Baseline(Combiner):
 
     def backward(self, step: Step) -> None:
         step.losses.sum().backward()
+        if step.group is not None:  # DDP: the mean over the ranks is the single-process gradient
+            import torch.distributed as dist
+
+            for p in step.model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, group=step.group)
+                    p.grad.div_(dist.get_world_size(step.group))

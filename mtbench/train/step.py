@@ -37,22 +37,39 @@ class TrainStep:
         generator: torch.Generator | None = None,
         cpu_generator: torch.Generator | None = None,
         column_losses: bool = False,
+        group: Any = None,
     ):
         self.model, self.combiner, self.optimizer, self.losses = model, combiner, optimizer, losses
         self.device, self.amp = device, amp
         self.generator, self.cpu_generator = generator, cpu_generator
         self.column_losses = bool(column_losses)
+        #: ``trainer.strategy=ddp``: the process group (``Step.group``); None in one process
+        self.group = group
 
     @property
     def needs_input_grad(self) -> bool:
         return bool(self.combiner.needs_input_grad)
 
-    def __call__(self, x: torch.Tensor, labels: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, labels: Any, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale`` (DDP): per-task factors [T] of this rank's losses, so that their mean over
+        the ranks is the global batch's loss (``World.loss_scale``)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             rep, outputs = self.model(x)
             losses = self.losses(outputs, labels)
-        step = Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator, self.column_losses)
+            if scale is not None:
+                losses = losses * scale.to(losses.dtype)
+        step = Step(
+            self.model,
+            x,
+            rep,
+            outputs,
+            losses,
+            self.generator,
+            self.cpu_generator,
+            self.column_losses,
+            group=self.group,
+        )
         self.combiner.backward(step)
         self.optimizer.step()
         return losses
