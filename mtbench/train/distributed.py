@@ -94,9 +94,9 @@ def world_size(tcfg: Any) -> int:
 
 def check_batch_size(tcfg: Any) -> None:
     """``trainer.batch_size`` is the global batch: it must split evenly over the processes."""
-    if not is_ddp(tcfg):
+    if not is_ddp(tcfg) or tcfg.get("batch_size") is None:
         return
-    n, bs = world_size(tcfg), int(tcfg.batch_size)
+    n, bs = world_size(tcfg), int(tcfg.get("batch_size"))
     if bs % n:
         raise MtbenchError(
             f"trainer.batch_size={bs} does not split evenly over {n} processes (trainer.strategy=ddp: it is the "
@@ -312,6 +312,11 @@ def _slurm_master() -> str:
             return nodes.split(",")[0]
 
 
+#: seconds the processes of a run may take to start and meet (at least): importing torch and
+#: building the task on a busy machine can take longer than one collective should
+STARTUP_S = 600
+
+
 def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -345,13 +350,15 @@ def start(cfg: Any, run_dir: Path | None, device: torch.device) -> World | None:
     if device.type == "cuda":
         torch.cuda.set_device(local)
     world = World(rank, size, local, workers=workers, error_dir=error_dir)
-    try:
-        dist.init_process_group(_backend(device), rank=rank, world_size=size, timeout=timeout)
+    try:  # the start-up (processes still importing) may take longer than a collective may
+        dist.init_process_group(
+            _backend(device), rank=rank, world_size=size, timeout=max(timeout, datetime.timedelta(seconds=STARTUP_S))
+        )
+        world.group = dist.new_group(list(range(size)), timeout=timeout)  # the training's collectives
     except Exception as e:
         failed = world.failure() if workers else None
         world.close()
         raise RuntimeError(failed or f"the process group did not start: {e}") from None
-    world.group = dist.group.WORLD
     global _STARTED
     _STARTED = True
     if found is not None and not os.environ.get(_SPAWNED):  # torchrun / SLURM: rank 0 trains (1), or not (0: release)
@@ -416,7 +423,7 @@ def _worker(config: dict, run_dir: str | None, rank: int, size: int, env: dict, 
                 )
                 traceback.print_exc()
     sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)
 
 
 def _peer_lost(e: BaseException) -> bool:
@@ -486,11 +493,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(input.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every batch-normalisation layer replaced by :class:`SyncBatchNorm`
-    (the same parameter and buffer tensors: an optimizer built before still holds them)."""
+def convert_sync_batchnorm(module: nn.Module, group: Any = None) -> nn.Module:
+    """``module`` with every batch-normalisation layer replaced by :class:`SyncBatchNorm` over
+    the process group ``group`` (None: the default group) (the same parameter and buffer
+    tensors: an optimizer built before still holds them)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
         new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.group = group
         if module.affine:
             new.weight, new.bias = module.weight, module.bias
         if module.track_running_stats:
@@ -499,7 +508,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
         new.train(module.training)
         return new
     for name, child in module.named_children():
-        new_child = convert_sync_batchnorm(child)
+        new_child = convert_sync_batchnorm(child, group)
         if new_child is not child:
             setattr(module, name, new_child)
     return module

@@ -122,7 +122,7 @@ class Trainer:
             distributed.check_task(task)
             distributed.check_combiner(combiner)
             if tcfg.get("sync_batchnorm", True):  # a training batch's statistics: the global batch's
-                model = distributed.convert_sync_batchnorm(model)
+                model = distributed.convert_sync_batchnorm(model, world.group)
         check_representation(combiner, cfg.model.name, getattr(model, "shared_representation", True))
         combiner.prepare(model)  # before the first forward pass: fast paths armed for every step
         self.optimizer = build_optimizer(model.parameters(), tcfg)
@@ -171,7 +171,7 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, int(tcfg.max_steps_per_epoch))
         self.profile_steps = int(tcfg.get("profile_steps") or 0)  # debug=profile: torch.profiler
         self.run_dir = run_dir
-        self.show = bool(tcfg.progress) and sys.stderr.isatty()
+        self.show = bool(tcfg.progress) and sys.stderr.isatty() and (world is None or world.main)  # one bar
         self.clock = time.monotonic  # the progress bar's refresh clock
         self.bar: Any = None  # the epoch's progress bar, closed by close_bar
 
@@ -235,7 +235,7 @@ class Trainer:
         refreshed = self.clock()
         prof = (
             _Profile(self.run_dir, self.profile_steps, device)
-            if self.profile_steps and epoch == 1 and state.step == 0
+            if self.profile_steps and epoch == 1 and state.step == 0 and (world is None or world.main)
             else None
         )
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
