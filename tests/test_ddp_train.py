@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -211,3 +214,51 @@ def test_failing_rank_fails_the_run_never_hangs(tmp_path, fault):
         assert "rank 1 failed: RuntimeError: injected fault on rank 1" in record["reason"]
     else:
         assert "rank 1 stopped answering" in record["reason"]
+
+
+@pytest.mark.slow
+def test_torchrun_joins_its_world_and_equals_one_process(single, tmp_path):
+    """``torchrun --nproc-per-node 2 -m mtbench ... trainer.strategy=ddp``: the ranks come from
+    the environment; rank 0 alone writes the run folder and the tables; the numbers are the
+    single-process run's. The same command again: the completed run is skipped by every rank
+    (rank 0 tells the other that there is nothing to train; no hang)."""
+    from mtbench.train.distributed import _free_port
+
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    launch += ["--master-port", str(_free_port()), "-m", "mtbench", *SMALL, "trainer.strategy=ddp"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("Wrote table.md") + proc.stderr.count("Wrote table.md") == 1
+    _assert_same_numbers(single, _metrics(tmp_path / "results"))
+    again = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "already completed with this config, skipped" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth", "normal"])
+def test_dense_losses_rescaled_by_valid_counts_average_to_the_global_loss(task):
+    """A dense loss is a mean over the batch's valid pixels: scaled by N * n_r / n (``valid_counts``),
+    the mean over N parts of the parts' losses is the whole batch's loss (``dense_loss``)."""
+    from mtbench.data.dense import dense_loss, valid_counts
+
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 5, 6, 7
+    if task == "segmentation":
+        pred = torch.randn(b, 4, h, w, generator=g)
+        target = torch.randint(-1, 4, (b, h, w), generator=g)
+        target[:2] = -1  # a part with fewer valid pixels than the other
+    elif task == "depth":
+        pred = torch.randn(b, 1, h, w, generator=g)
+        target = torch.rand(b, 1, h, w, generator=g) * (torch.rand(b, 1, h, w, generator=g) > 0.3)
+    else:
+        pred = torch.randn(b, 3, h, w, generator=g)
+        target = torch.nn.functional.normalize(torch.randn(b, 3, h, w, generator=g), dim=1)
+        target = target * (torch.rand(b, 1, h, w, generator=g) > 0.4)
+    whole = dense_loss(task, pred, target)
+    parts = [rank_slice(b, r, 2) for r in range(2)]
+    counts = [float(valid_counts(task, target[p])) for p in parts]
+    total = sum(counts)
+    assert total == float(valid_counts(task, target)) > 0
+    scaled = [dense_loss(task, pred[p], target[p]) * 2 * c / total for p, c in zip(parts, counts, strict=True)]
+    torch.testing.assert_close((scaled[0] + scaled[1]) / 2, whole)

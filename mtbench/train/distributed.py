@@ -350,25 +350,29 @@ def start(cfg: Any, run_dir: Path | None, device: torch.device) -> World | None:
     if device.type == "cuda":
         torch.cuda.set_device(local)
     world = World(rank, size, local, workers=workers, error_dir=error_dir)
+    global _STARTED
+    _STARTED = True
     try:  # the start-up (processes still importing) may take longer than a collective may
         dist.init_process_group(
             _backend(device), rank=rank, world_size=size, timeout=max(timeout, datetime.timedelta(seconds=STARTUP_S))
         )
+        if found is not None and not os.environ.get(
+            _SPAWNED
+        ):  # torchrun / SLURM: rank 0 trains (1), or not (0: release)
+            flag = torch.ones(1, device=torch.device("cuda", local) if device.type == "cuda" else torch.device("cpu"))
+            if rank != 0:
+                flag.zero_()
+            dist.broadcast(flag, 0)
+            if not flag.item():
+                world.close()
+                raise NothingToTrain()
         world.group = dist.new_group(list(range(size)), timeout=timeout)  # the training's collectives
+    except NothingToTrain:
+        raise
     except Exception as e:
         failed = world.failure() if workers else None
         world.close()
         raise RuntimeError(failed or f"the process group did not start: {e}") from None
-    global _STARTED
-    _STARTED = True
-    if found is not None and not os.environ.get(_SPAWNED):  # torchrun / SLURM: rank 0 trains (1), or not (0: release)
-        flag = torch.ones(1, device=torch.device("cuda", local) if device.type == "cuda" else torch.device("cpu"))
-        if rank != 0:
-            flag.zero_()
-        dist.broadcast(flag, 0)
-        if not flag.item():
-            world.close()
-            raise NothingToTrain()
     world.device_for_collectives = torch.device("cuda", local) if device.type == "cuda" else torch.device("cpu")
     if world.main:
         log.info(f"mtbench: trainer.strategy=ddp over {size} processes ({_backend(device)})")
