@@ -97,6 +97,10 @@ def validate(cfg: DictConfig) -> None:
     combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak, task_names=spec.task_names)
     # a combiner at the shared representation needs a model that has one (not segnet_mtan)
     check_representation(combiner, cfg.model.name, shared_representation(cfg.model))
+    from mtbench.train.distributed import check_combiner, is_ddp
+
+    if is_ddp(cfg.trainer):
+        check_combiner(combiner)  # trainer.strategy=ddp: a combiner that cannot be exact refuses
 
 
 #: the presets sized for a GPU: refused where none is visible unless trainer.device is explicit
@@ -268,12 +272,59 @@ def _objective(record: dict[str, Any] | None) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://mtbench.configs", config_name="config")
 def _app(cfg: DictConfig) -> float:
-    from mtbench.train import AGAIN, Interrupted, StopNow
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
+    rank = _joined_rank(cfg)
+    if rank:  # torchrun / SLURM: a rank other than 0 trains alongside rank 0 and writes nothing
+        return _follow(cfg, run_dir, overrides)
+    try:
+        return _lead(cfg, run_dir, multirun, overrides)
+    finally:
+        if rank == 0:
+            from mtbench.train.distributed import release
+
+            release(cfg)  # the other ranks learn that there is nothing to train (a skipped run)
+
+
+def _joined_rank(cfg: DictConfig) -> int | None:
+    """This process's rank in a world that torchrun or SLURM started (``trainer.strategy=ddp``), else None."""
+    from mtbench.train.distributed import external_rank, is_ddp
+
+    return external_rank() if is_ddp(cfg.trainer) else None
+
+
+def _follow(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
+    """A rank other than 0 of a torchrun / SLURM world: the job's checks, then the training
+    steps alongside rank 0 (which owns the run folder and writes every file)."""
+    from mtbench.train import Interrupted, StopNow, TrainingFailed, train
+    from mtbench.train.distributed import NothingToTrain
+
+    for handler in list(logging.getLogger().handlers):  # the run's log file is rank 0's
+        if isinstance(handler, logging.FileHandler):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    try:
+        _drop_inapplicable(cfg, overrides)
+        _apply_per_combiner(cfg, overrides)
+        validate(cfg)
+        train(cfg, run_dir=run_dir)
+    except NothingToTrain:
+        return float("nan")
+    except MtbenchError as e:
+        _error(str(e), e)
+    except (Interrupted, StopNow) as e:
+        sys.exit(128 + e.signum)
+    except TrainingFailed as e:
+        _error(str(e), e, code=1)
+    return float("nan")
+
+
+def _lead(cfg: DictConfig, run_dir: Path, multirun: bool, overrides: list[str]) -> float:
+    """The job of one run in this process (rank 0 of a DDP run: the one that writes its files)."""
+    from mtbench.train import AGAIN, Interrupted, StopNow
+
     try:
         _drop_inapplicable(cfg, overrides)
         _apply_per_combiner(cfg, overrides)

@@ -48,6 +48,9 @@ NON_IDENTITY = (
     "trainer.eval_batch_size",
     "trainer.save_model",  # what a run keeps, not what it computes
     "trainer.profile_steps",
+    "trainer.strategy",  # several processes compute the single-process run's numbers
+    "trainer.devices",
+    "trainer.collective_timeout_s",
     "hydra",
 )
 

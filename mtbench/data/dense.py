@@ -448,6 +448,19 @@ def dense_loss(task: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     raise ValueError(f"unknown dense task {task!r}")
 
 
+def valid_counts(task: str, target: torch.Tensor) -> torch.Tensor:
+    """How many elements :func:`dense_loss` averages ``task``'s loss over in a batch (its valid
+    pixels, by the same rules), as a 0-d tensor: what a rank's local loss is weighted by when
+    a batch is split over several processes."""
+    if task == "segmentation":
+        return (target.long() != -1).sum()
+    if task == "depth":
+        return (target != 0).sum()
+    if task == "normal":
+        return (target != 0).any(1).sum()
+    raise ValueError(f"unknown dense task {task!r}")
+
+
 def _zoom(t: torch.Tensor, box: tuple[int, int, int, int], mode: str) -> torch.Tensor:
     """The crop ``box`` = (row, column, height, width) of ``t`` [C, H, W], resized back to H x W."""
     i, j, ch, cw = box

@@ -53,6 +53,8 @@ class TableCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("MTBENCH_DRY_RUN") == "1":  # mtbench -m ... --dry-run: no job ran
             return
+        if _follower(config):
+            return
         folders = sweep.folders() or [Path(config.hydra.sweep.dir)]
         for folder in folders:
             self._measure_speed(folder)
@@ -81,4 +83,17 @@ class TableCallback(Callback):
             )
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _follower(config):
+            return
         self._tables(Path(config.results_dir) / config.name, config)
+
+
+def _follower(config: DictConfig) -> bool:
+    """A rank other than 0 of a ``trainer.strategy=ddp`` run that torchrun or SLURM started:
+    rank 0 writes the tables."""
+    trainer = config.get("trainer")
+    if trainer is None or str(trainer.get("strategy", "single")) != "ddp":
+        return False
+    from mtbench.train.distributed import external_rank
+
+    return bool(external_rank())

@@ -64,24 +64,51 @@ class Preprocess:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int, world: Any = None
+) -> dict[str, Any]:
     """The task's metrics on a whole split: batch by batch into ``task.accumulator()`` where the
-    task has one (dense tasks), else scores gathered on the host, then ``task.evaluate``."""
+    task has one (dense tasks), else scores gathered on the host, then ``task.evaluate``.
+
+    ``world`` (``trainer.strategy=ddp``): each rank scores its contiguous part of the split and
+    the parts are gathered in order, so every rank evaluates exactly the split's examples, each
+    once; a task with an accumulator is evaluated whole on every rank."""
     model.eval()
     acc = task.accumulator()
+    if world is not None and acc is None:
+        part = rank_slice(len(split), world.rank, world.size)
+        mine = Split(split.images[part], index_labels(split.labels, part)) if part.stop > part.start else None
+        local = _scores(model, task, mine, prep, batch_size) if mine is not None else None
+        parts = [p for p in world.gather(local) if p is not None]
+        if isinstance(parts[0], dict):
+            gathered: Any = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        else:
+            gathered = torch.cat(parts)
+        return task.evaluate(gathered, split.labels)
     if acc is not None:
         for images, labels in batches(split, batch_size):
             x, y = prep(images, labels)
             _, outputs = model(x)
             acc.update(outputs, y)
         return acc.compute()
+    return task.evaluate(_scores(model, task, split, prep, batch_size), split.labels)
+
+
+def _scores(model: torch.nn.Module, task: Task, split: Split, prep: Preprocess, batch_size: int) -> Any:
+    """``task.scores`` of a split's examples, batch by batch, concatenated on the host."""
     parts: list[Any] = []
     for images, labels in batches(split, batch_size):
         x, _ = prep(images, labels)
         _, outputs = model(x)
         parts.append(task.scores(outputs))
     if isinstance(parts[0], dict):
-        scores: Any = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
-    else:
-        scores = torch.cat([p.cpu() for p in parts])
-    return task.evaluate(scores, split.labels)
+        return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+    return torch.cat([p.cpu() for p in parts])
+
+
+def rank_slice(n: int, rank: int, size: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``n`` items split over ``size`` ranks (the first
+    ``n % size`` parts one item longer): the parts cover 0..n-1 once, in order."""
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))

@@ -33,6 +33,7 @@ from mtbench.data import build_task
 from mtbench.errors import MtbenchError
 from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
+from mtbench.train import distributed
 from mtbench.train.batches import Preprocess, batches, evaluate, second_batch
 from mtbench.train.checkpoint import CHECKPOINT
 from mtbench.train.device import (
@@ -98,12 +99,16 @@ class Trainer:
     another (``mtbench/train/rng.py``).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path | None = None):
+    def __init__(self, cfg: DictConfig, run_dir: Path | None = None, world: distributed.World | None = None):
         self.cfg = cfg
         tcfg = self.tcfg = cfg.trainer
         set_num_threads(tcfg.num_threads)  # every run: a sweep's earlier run never leaks its setting
         retain_freed_memory(bool(tcfg.get("retain_freed_memory", True)))  # (likewise)
-        device = self.device = resolve_device(tcfg.device)
+        device = self.device = _rank_device(resolve_device(tcfg.device), world)
+        #: trainer.strategy=ddp: this process's place in the run's process group (None: one process)
+        self.world = world
+        if world is not None:
+            distributed.check_batch_size(tcfg)
         seed = self.seed = int(cfg.seed)
 
         # one generator per purpose: what the task's builder draws (only on a cache miss, say)
@@ -116,6 +121,11 @@ class Trainer:
         combiner = self.combiner = build_combiner(
             cfg.combiner, task.num_tasks, default_leak=task.default_leak, task_names=task.task_names
         )
+        if world is not None:
+            distributed.check_task(task)
+            distributed.check_combiner(combiner)
+            if tcfg.get("sync_batchnorm", True):  # a training batch's statistics: the global batch's
+                model = distributed.convert_sync_batchnorm(model, world.group)
         check_representation(combiner, cfg.model.name, getattr(model, "shared_representation", True))
         combiner.prepare(model)  # before the first forward pass: fast paths armed for every step
         self.optimizer = build_optimizer(model.parameters(), tcfg)
@@ -143,6 +153,7 @@ class Trainer:
             self.gens["combiner"],
             self.gens["combiner cpu"],
             column_losses=task.column_losses,
+            group=world.group if world is not None else None,
         )
         self.diagnostics: Diagnostics | None = None
         if tcfg.get("diagnostics", False):  # trainer.diagnostics: per-epoch diag_* columns
@@ -169,7 +180,7 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, int(tcfg.max_steps_per_epoch))
         self.profile_steps = int(tcfg.get("profile_steps") or 0)  # debug=profile: torch.profiler
         self.run_dir = run_dir
-        self.show = bool(tcfg.progress) and sys.stderr.isatty()
+        self.show = bool(tcfg.progress) and sys.stderr.isatty() and (world is None or world.main)  # one bar
         self.clock = time.monotonic  # the progress bar's refresh clock
         self.bar: Any = None  # the epoch's progress bar, closed by close_bar
 
@@ -198,8 +209,8 @@ class Trainer:
         return a > b if self.higher else a < b
 
     def checkpoint(self) -> None:
-        """Write the checkpoint (atomically; nothing without a run folder)."""
-        if self.ckpt_path is not None:
+        """Write the checkpoint (atomically; nothing without a run folder; rank 0 only)."""
+        if self.ckpt_path is not None and (self.world is None or self.world.main):
             if self.diagnostics is not None:  # (the epoch's diagnostics so far, in the state's dict)
                 self.state.diagnostics = self.diagnostics.state_dict()
             checkpoint_file.save_run(
@@ -216,7 +227,7 @@ class Trainer:
     def train_epoch(self, stop: StopFlag) -> None:
         """The steps of the epoch in progress, from ``state.step`` on (its batch order replayed).
         After a step during which a signal came: checkpoint and ``Interrupted``."""
-        state, task, model, device = self.state, self.task, self.model, self.device
+        state, task, model, device, world = self.state, self.task, self.model, self.device, self.world
         epoch, bs, steps = state.epoch, self.batch_size, self.steps_per_epoch
         model.train()
         _sample_load(state)
@@ -237,7 +248,7 @@ class Trainer:
         refreshed = self.clock()
         prof = (
             _Profile(self.run_dir, self.profile_steps, device)
-            if self.profile_steps and epoch == 1 and state.step == 0
+            if self.profile_steps and epoch == 1 and state.step == 0 and (world is None or world.main)
             else None
         )
         for i, (images, labels) in enumerate(batches(task.train, bs, self.data_gen)):
@@ -249,25 +260,43 @@ class Trainer:
                 prof.step(i)
             x, y = self.prep(images, labels)
             x, y = task.extend_batch(*task.augment_batch(x, y))
-            second = self.second_batch(int(x.shape[0]))
+            batch, scale = int(x.shape[0]), None
+            second = self.second_batch(batch)  # (the global batch's size; under DDP sliced alike)
+            if world is not None:  # the global batch, prepared alike on every rank: this rank's slice
+                x, y = world.local_batch(x, y)
+                scale = world.loss_scale(task, batch, y, device)
+                if second is not None:
+                    x2, y2 = world.local_batch(*second)
+                    second = (x2, y2, world.loss_scale(task, batch, y2, device))
             if self.step.needs_input_grad:
                 x.requires_grad_(True)
             self.timer.start()
             try:
-                losses = self.step(x, y, second)
+                losses = self.step(x, y, second, scale)
             except ValueError as e:  # a solver's check (mgda, nash_mtl, gradvac, cagrad): name where
                 if "NaN or infinite" not in str(e):
                     raise
                 raise TrainingFailed(f"non-finite Gram matrix at epoch {epoch}, step {i + 1} ({e})") from e
             state.add_step_times(self.timer.stop())  # on a GPU: read at the logging interval, no sync here
             state.step_cpu_times += self.timer.take_cpu()  # on a CPU: the step's process CPU time
-            state.examples += int(x.shape[0])
+            state.examples += batch
             state.step = i + 1
+            if world is not None:  # the global batch's losses (the same on every rank)
+                losses = world.mean_losses(losses)
             loss_sum += losses.detach().sum()
             _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
             last = i + 1 == steps
             due = self.show and self.clock() - refreshed >= REFRESH_S  # by time, about once a second
-            if (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None or due:
+            if world is not None:  # every rank at the same steps (the signal's check is a collective)
+                interval = (i + 1) % LOG_EVERY == 0 or last
+                stopping = world.agree_signal(stop.signum) if interval else None
+                if stopping is not None and stop.signum is None:
+                    stop.signum = stopping  # another rank's signal: stop at the same step
+                stopping_now = stopping is not None
+            else:
+                interval = (i + 1) % LOG_EVERY == 0 or last or stop.signum is not None or due
+                stopping_now = stop.signum is not None
+            if interval:
                 state.add_step_times(self.timer.flush())  # the GPU steps' times since the last interval
                 if int(first_bad) >= 0:
                     raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
@@ -281,7 +310,7 @@ class Trainer:
                 )
                 bar.update(i + 1 - bar.n)
                 refreshed = self.clock()
-            if stop.signum is not None and not last:
+            if stopping_now and not last:
                 self.close_bar()  # the message that follows starts on its own line
                 self.checkpoint()
                 raise Interrupted(stop.signum, f"at epoch {epoch}, step {i + 1}")
@@ -321,7 +350,7 @@ class Trainer:
             raise TrainingFailed(
                 f"non-finite parameters or statistics after epoch {epoch} (every step's losses and gradients were finite)"
             )
-        val = evaluate(model, self.task, self.task.val, self.prep, self.eval_batch_size)
+        val = evaluate(model, self.task, self.task.val, self.prep, self.eval_batch_size, self.world)
         row = {
             "epoch": epoch,
             "train_loss": state.loss_sum / steps,
@@ -334,7 +363,7 @@ class Trainer:
         state.history.append(row)
         self.combiner.end_epoch()  # (after the row: it logs the weights the epoch trained with)
         if self.report == "last_k" and epoch > self.epochs - self.report_k:
-            test = evaluate(model, self.task, self.task.test, self.prep, self.eval_batch_size)
+            test = evaluate(model, self.task, self.task.test, self.prep, self.eval_batch_size, self.world)
             state.reported.append(
                 {"epoch": epoch, "val": {k: val[k] for k in self.columns}, "test": {k: test[k] for k in self.columns}}
             )
@@ -342,9 +371,10 @@ class Trainer:
             state.best = {"epoch": epoch, "val": val}
             state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         shown = "  ".join(f"val {c.header} {val[c.key]:.2f}" for c in self.task.metric_columns)
-        log.info(
-            f"[{self.cfg.name}] {self.combiner.name} seed={self.seed} epoch {epoch}/{self.epochs}: loss {row['train_loss']:.4f}  {shown}"
-        )
+        if self.world is None or self.world.main:
+            log.info(
+                f"[{self.cfg.name}] {self.combiner.name} seed={self.seed} epoch {epoch}/{self.epochs}: loss {row['train_loss']:.4f}  {shown}"
+            )
         state.next_epoch(self.data_gen.get_state())
         self.checkpoint()
         return row
@@ -364,7 +394,7 @@ class Trainer:
             report_epochs = [int(r["epoch"]) for r in rows]
         else:
             self.model.load_state_dict(state.best_model)
-            test = evaluate(self.model, self.task, self.task.test, self.prep, self.eval_batch_size)
+            test = evaluate(self.model, self.task, self.task.test, self.prep, self.eval_batch_size, self.world)
             val = {k: best["val"][k] for k in self.columns}
             report_epochs = [int(best["epoch"])]
         total_step_s = sum(state.step_times)
@@ -405,7 +435,25 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     if stop is not None:
         stop.now("before the first step")
     pause_point("setup")
-    run = Trainer(cfg, run_dir)
+    with distributed.run_world(cfg, run_dir, _rank_device(resolve_device(cfg.trainer.device), None), train) as world:
+        try:
+            return _train(cfg, run_dir, on_epoch, stop, world)
+        except Exception as e:
+            if world is None or not distributed.is_collective_failure(e):
+                raise
+            # another rank ended (its error, a kill) or stopped answering: fail with its reason
+            failed = world.failure() if world.workers else None
+            raise TrainingFailed(
+                failed or f"another process of the run failed or stopped answering ({str(e).splitlines()[0][:200]})"
+            ) from e
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path | None, on_epoch: Any, stop: StopFlag | None, world: distributed.World | None
+) -> dict[str, Any]:
+    """:func:`train`'s work in this process (``world``: its place in a DDP run, or None)."""
+    main = world is None or world.main
+    run = Trainer(cfg, run_dir, world)
     with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         stop.defer()
         pause_point("steps")
@@ -416,25 +464,35 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
             finally:  # a failure or an interrupt: the bar is gone before its message
                 run.close_bar()
             run.end_epoch()
-            if on_epoch is not None:
+            if on_epoch is not None and main:
                 on_epoch(run.state.history)
-            if stop.signum is not None and epoch < run.epochs and not _stopped_early(run):
-                raise Interrupted(stop.signum, f"after epoch {epoch}")
+            signum = world.agree_signal(stop.signum) if world is not None else stop.signum
+            if signum is not None and epoch < run.epochs and not _stopped_early(run):
+                raise Interrupted(signum, f"after epoch {epoch}")
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
     pause_point("test")
     save = str(cfg.trainer.get("save_model", "best")).lower()
     last = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} if save == "last" else None
     result = run.test()
-    if run_dir is not None and getattr(run.task, "dense", False):
+    if run_dir is not None and getattr(run.task, "dense", False) and main:
         from mtbench.train.predictions import PREDICTIONS, write_predictions
 
         write_predictions(run.model, run.task, run.prep, Path(run_dir) / PREDICTIONS)  # the reported model
     result["early_stopping"] = _early_stopping_record(run)
-    if run_dir is not None and save != "none":
+    if run_dir is not None and save != "none" and main:
         epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
         save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)
+    if world is not None:
+        result["processes"] = world.size
     stop.defer()
     return result
+
+
+def _rank_device(device: torch.device, world: distributed.World | None) -> torch.device:
+    """A DDP rank's GPU: ``cuda:<local rank>`` (one process per device); else ``device``."""
+    if world is not None and device.type == "cuda":
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def _patience(run: Trainer) -> int | None:

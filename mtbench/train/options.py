@@ -94,6 +94,10 @@ TRAINER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "max_eval_examples": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "profile_steps": lambda k, v: check_int(k, v, minimum=1, optional=True),
     "early_stopping": _early_stopping,
+    "strategy": lambda k, v: check_choice(k, v, ("single", "ddp")),
+    "devices": lambda k, v: check_int(k, v, minimum=1),
+    "sync_batchnorm": check_bool,
+    "collective_timeout_s": lambda k, v: check_number(k, v, minimum=0, min_open=True),
 }
 
 
@@ -102,3 +106,6 @@ def check_trainer(tcfg: Any) -> None:
     for key, check in TRAINER_OPTIONS.items():
         if key in tcfg:
             check(f"trainer.{key}", tcfg.get(key))
+    from mtbench.train.distributed import check_batch_size
+
+    check_batch_size(tcfg)  # ddp: the global batch splits evenly over the processes

@@ -37,6 +37,7 @@ class TrainStep:
         generator: torch.Generator | None = None,
         cpu_generator: torch.Generator | None = None,
         column_losses: bool = False,
+        group: Any = None,
     ):
         self.model, self.combiner, self.optimizer, self.losses = model, combiner, optimizer, losses
         self.device, self.amp = device, amp
@@ -45,6 +46,8 @@ class TrainStep:
         #: ``trainer.diagnostics=true``: a :class:`mtbench.train.diagnostics.Diagnostics` called
         #: around the combiner's backward pass (None: off)
         self.diagnostics: Any = None
+        #: ``trainer.strategy=ddp``: the process group (``Step.group``); None in one process
+        self.group = group
 
     @property
     def needs_input_grad(self) -> bool:
@@ -54,18 +57,36 @@ class TrainStep:
     def needs_second_batch(self) -> bool:
         return bool(getattr(self.combiner, "needs_second_batch", False))
 
-    def __call__(self, x: torch.Tensor, labels: Any, second: tuple[torch.Tensor, Any] | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, labels: Any, second: tuple | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``second``: a second, independent prepared batch ``(x2, labels2)`` for a combiner that
-        ``needs_second_batch`` (its forward runs here, inside the step); the returned losses are
-        the first batch's."""
+        ``needs_second_batch`` (its forward runs here, inside the step; under DDP a third item,
+        its losses' ``scale``); the returned losses are the first batch's. ``scale`` (DDP):
+        per-task factors [T] of this rank's losses, so that their mean over the ranks is the
+        global batch's loss (``World.loss_scale``)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             rep, outputs = self.model(x)
             losses = self.losses(outputs, labels)
+            if scale is not None:
+                losses = losses * scale.to(losses.dtype)
             if second is not None:
                 rep2, outputs2 = self.model(second[0])
                 losses2 = self.losses(outputs2, second[1])
-        step = Step(self.model, x, rep, outputs, losses, self.generator, self.cpu_generator, self.column_losses)
+                if len(second) > 2 and second[2] is not None:
+                    losses2 = losses2 * second[2].to(losses2.dtype)
+        step = Step(
+            self.model,
+            x,
+            rep,
+            outputs,
+            losses,
+            self.generator,
+            self.cpu_generator,
+            self.column_losses,
+            group=self.group,
+        )
         if second is not None:
             step.inputs2, step.rep2, step.outputs2, step.losses2 = second[0], rep2, outputs2, losses2
         if self.diagnostics is not None:
