@@ -24,19 +24,21 @@ def test_the_dual_cone_methods_conflict_with_no_task(method):
     assert float(ALL[method](torch.stack([g, -g])).norm()) < 1e-12 * float(g.norm())
 
 
+@pytest.mark.slow  # the solvers at 96 and 100 tasks against quadprog
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     """mtbench's block principal pivoting solves the same QPs as torchjd's quadprog: the same
-    weights on the adversarial matrices, on 40 tasks (in 512 and in 10 dimensions) and on 150 in
-    40, cold and warm-started from another matrix's free sets; quadprog takes over the rows on
+    weights on the adversarial matrices, on 40 tasks (in 512 and in 10 dimensions) and on 96 in
+    30, cold and warm-started from another matrix's free sets; quadprog takes over the rows on
     which the pivoting does not settle, and every row if a factorisation fails."""
     from mtbench.combiners.functional import dual_cone_state
 
     gen = torch.Generator().manual_seed(5)
     cases = dict(MATS)
-    # 150 tasks in 40 dimensions: free sets of many sizes (each row's system padded to the
-    # largest), and rows on which the pivoting does not settle (quadprog solves those rows)
-    for name, tasks, dim in (("t40", 40, 512), ("t40_d10", 40, 10), ("t150_d40", 150, 40)):
+    # 96 tasks in 30 dimensions (the batched pivoting, from 64 tasks on): free sets of many sizes
+    # (each row's system padded to the largest), and rows on which the pivoting does not settle
+    # (11 of the 96 here: quadprog solves those rows)
+    for name, tasks, dim in (("t40", 40, 512), ("t40_d10", 40, 10), ("t96_d30", 96, 30)):
         cases[name] = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64) + torch.randn(
             tasks, dim, generator=gen, dtype=torch.float64
         )
@@ -147,14 +149,15 @@ def test_dual_cone_one_call_is_the_general_path(method, monkeypatch):
     close(w @ J, getattr(F, method)(J), rtol=1e-12)
 
 
+@pytest.mark.slow  # the solvers at 96 and 100 tasks against quadprog
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 def test_dual_cone_conjugate_gradients_at_many_tasks(method, monkeypatch):
     """From 64 tasks on the pivoting's systems are solved by conjugate gradients. 100 tasks in
     1024 dimensions, 30 of them against the others: the weights are quadprog's, and the
     factorisations' (conjugate gradients held to no iteration: Cholesky solves every row)
     with the same free sets; UPGrad's 100 QPs factorise only in sweeps with small free sets
-    (DualProj's one free set, the 30 correlated tasks, is ill-conditioned: Cholesky may take it). 150 tasks in
-    40 dimensions (a singular Gram matrix, the ridge its only curvature): they do not
+    (DualProj's one free set, the 30 correlated tasks, is ill-conditioned: Cholesky may take it). 96 tasks in
+    30 dimensions (a singular Gram matrix, the ridge its only curvature): they do not
     converge and Cholesky takes over."""
     import mtbench.combiners.solvers.dual_cone as dual_cone
     from mtbench.combiners.functional import dual_cone_state
@@ -186,8 +189,8 @@ def test_dual_cone_conjugate_gradients_at_many_tasks(method, monkeypatch):
     torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12 * float(exact.abs().max()))
     monkeypatch.setattr(dual_cone, "_CG_MAX_ITER", 60)
     factorised.clear()
-    K = torch.randn(150, 40, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
-        40, generator=gen, dtype=torch.float64
+    K = torch.randn(96, 30, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
+        30, generator=gen, dtype=torch.float64
     )
     got, _ = dual_cone_state(K @ K.T, method)
     assert factorised
