@@ -29,6 +29,13 @@ CELEBA = ["task=celeba", "data.root=/nonexistent"]
 
 #: (extra overrides, the bad override): the bad one's key must be named in the error line
 BAD = [
+    ([], "trainer.epochs=0"),
+    ([], "trainer.batch_size=-4"),
+    ([], "trainer.lr=-0.1"),
+    ([], "trainer.lr=0"),
+    ([], "trainer.max_steps_per_epoch=0"),
+    ([], "trainer.overfit_batches=-1"),
+    ([], "trainer.profile_steps=x"),
     ([], "trainer.weight_decay=-1"),
     ([], "trainer.weight_decay=abc"),
     ([], "trainer.weight_decay=nan"),
