@@ -94,7 +94,9 @@ def pytest_addoption(parser):
 #: the long end-to-end, resume, kill and sweep tests (``file::test``, every parametrization),
 #: marked ``slow`` here so that each stays where its subject is; a test file may also mark its
 #: own with ``@pytest.mark.slow``. The fast suite keeps one end-to-end CLI run per task
-#: (test_cli's single run, test_celeba's sweep, test_docs' example) and the one-line-error runs.
+#: (shapes40: test_cli's single run and test_docs' example; celeba: test_celeba's sweep;
+#: cifar100_transfer: test_cifar100's test_one_run_end_to_end; nyuv2 and cityscapes: their test_cli_run*)
+#: and the one-line-error runs.
 SLOW = {
     "test_api.py::test_the_resnet_example_trains",
     "test_nn.py::test_the_resnet_example_trains",
@@ -152,16 +154,18 @@ SLOW = {
     "test_robustness.py::test_rerun_skips_completed_and_refuses_other_config",
     "test_robustness.py::test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on",
     "test_robustness.py::test_disk_full_while_writing_results_loses_nothing",
+    "test_robustness.py::test_table_tolerates_running_and_corrupt_runs",
     "test_saved_model.py::test_best_model_is_kept_and_the_checkpoint_removed",
     "test_saved_model.py::test_eval_gives_the_numbers_of_metrics_json",
     "test_saved_model.py::test_last_and_none",
     "test_sweep_order.py::test_a_sweep_runs_every_combiner_of_a_seed_in_turn",
     "test_sweep_order.py::test_hydras_basic_sweeper_keeps_its_own_order",
-    "test_zoo_gradient.py::test_every_new_combiner_runs_from_the_command_line",
-    "test_zoo_loss.py::test_each_runs_end_to_end_from_the_cli",
+    "test_registry.py::test_every_new_combiner_runs_from_the_command_line",
+    "test_lossweighted.py::test_each_runs_end_to_end_from_the_cli",
     "test_targets.py::test_the_command_line_alone_names_a_trunk_and_a_scheduler_with_options",
     "test_variants.py::test_sweep_over_a_combiner_option_and_a_trainer_option",
     "test_variants.py::test_tuned_table_selects_on_validation_not_test",
+    "test_variants.py::test_tuned_preset_writes_the_tuned_table",
     "test_variants.py::test_a_bad_value_for_one_job_refuses_the_sweep_before_any_job_runs",
     "test_variants.py::test_failed_run_under_joblib_gives_a_nonzero_exit",
     "test_variants.py::test_a_sweep_over_name_writes_each_folders_table",

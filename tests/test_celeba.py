@@ -531,7 +531,10 @@ def test_cli_without_data_root(tmp_path):
     assert not list(tmp_path.glob("results/**/metrics.json")), "a run that never started must leave no metrics.json"
 
 
-def test_sweep_end_to_end(pristine, tmp_path):
+@pytest.fixture(scope="module")
+def celeba_sweep(pristine, tmp_path_factory) -> tuple[Path, list[str]]:
+    """`mtbench -m task=celeba combiner=baseline,graddrop` on a copy of the fake: (its folder, its arguments)."""
+    tmp_path = tmp_path_factory.mktemp("celeba_sweep")
     tv = tmp_path / "data"
     shutil.copytree(pristine, tv / "celeba")  # torchvision's layout
     args = [
@@ -541,6 +544,12 @@ def test_sweep_end_to_end(pristine, tmp_path):
     ]  # fmt: skip
     proc = run_cli("mtbench", args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return tmp_path, args
+
+
+def test_sweep_end_to_end(celeba_sweep):
+    tmp_path, _ = celeba_sweep
+    tv = tmp_path / "data"
     folder = tmp_path / "results" / "celeba"
     for name in ("baseline", "graddrop"):
         run = run_dir(folder, name, 0)
@@ -555,8 +564,14 @@ def test_sweep_end_to_end(pristine, tmp_path):
     assert "| baseline |" in table and "| graddrop |" in table
     assert len([p for p in (tv / "celeba" / ".mtbench_cache").iterdir()]) == 1  # built once, shared by both runs
 
-    # graddrop alone, first in its process and building its own cache (another copy of the
-    # files), has exactly the numbers it had second in the sweep (random flips included)
+
+@pytest.mark.slow
+def test_a_run_alone_has_the_numbers_it_has_second_in_the_sweep(pristine, celeba_sweep, tmp_path):
+    """graddrop alone, first in its process and building its own cache (another copy of the
+    files), has exactly the numbers it had second in the sweep (random flips included)."""
+    sweep_path, args = celeba_sweep
+    tv = sweep_path / "data"
+    folder = sweep_path / "results" / "celeba"
     other = tmp_path / "other"
     shutil.copytree(pristine, other)
     alone = run_cli("mtbench", [a.replace(f"data.root={tv}", f"data.root={other}") for a in args[1:] if not a.startswith("combiner=")]

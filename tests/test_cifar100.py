@@ -462,6 +462,33 @@ def test_cli_bad_weights_is_a_one_line_error(tmp_path, data_root):
     assert f"mtbench: error: model.weights: file {missing} does not exist" in proc.stderr
 
 
+def test_one_run_end_to_end(data_root, weights, tmp_path):
+    """The fast suite's end-to-end run of cifar100_transfer: one `mtbench` run on the fake files."""
+    args = [
+        "task=cifar100_transfer",
+        f"data.root={data_root}",
+        f"model.weights={weights}",
+        f"task.val_size={VAL}",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        "trainer.eval_batch_size=64",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+    ]
+    proc = run_cli("mtbench", args, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = run_dir(tmp_path / "results" / "cifar100_transfer", "baseline", 0)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "completed", m.get("reason")
+    assert (m["task"], m["model"], m["select_metric"]) == ("cifar100_transfer", "resnet18", "top1_error")
+    for split in ("val", "test"):
+        assert set(m[split]) == {"top1_error", "top5_error", "source_agreement"}
+        assert all(0 <= v <= 100 for v in m[split].values())
+    assert m["steps"] == 2
+    classes = pd.read_csv(run / "per_attribute.csv")
+    assert len(classes) == 100 and classes["count"].sum() == N_TEST
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_root, weights):
     cwd = tmp_path_factory.mktemp("sweep")

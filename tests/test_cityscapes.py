@@ -69,7 +69,6 @@ def test_bad_input(fake, tmp_path):
         build_task(cfg(root, tmp_path, cache_dir=str(tmp_path / "cache2")))
 
 
-@pytest.mark.slow
 def test_cli_run(fake, tmp_path):
     shutil.copy(FIXTURES / "toydense.py", tmp_path)
     args = [

@@ -246,7 +246,6 @@ def _cli_args(root: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 def test_cli_run_metrics_report_last_k_and_predictions(fake, tmp_path):
     shutil.copy(FIXTURES / "toydense.py", tmp_path)
     r = run_cli("mtbench", _cli_args(fake, "trainer.report=last_k", "trainer.report_k=2"), cwd=tmp_path)

@@ -233,8 +233,9 @@ def test_foreign_checkpoint_with_a_valid_checksum_is_refused(tmp_path, case):
 
 
 @pytest.mark.slow
-def test_checkpoint_state_of_every_combiner_loads_with_weights_only(tmp_path):
+def test_checkpoint_state_of_every_combiner_loads_with_weights_only(tmp_path, monkeypatch):
     """Every registered combiner's state after a few steps is plain data (weights_only)."""
+    monkeypatch.syspath_prepend(Path(__file__).parent / "combiners")
     from test_contract import CASES, T, grads_after, make_model
 
     from mtbench.combiners import COMBINERS

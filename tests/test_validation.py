@@ -1,8 +1,9 @@
 """Every bad option value is refused up front: exit 2, one line naming the option, no run.
 
 The bad values go through the real ``mtbench`` entry point (``mtbench.cli.main``, Hydra and
-all), each in its own forked process of one interpreter that imported torch once: the same
-exit code and stderr as the console script, a fraction of the start-up time.
+all), each in its own forked process of one interpreter that imported torch once (as many at
+once as there are cores): the same exit code and stderr as the console script, a fraction of the
+start-up time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ CELEBA = ["task=celeba", "data.root=/nonexistent"]
 
 #: (extra overrides, the bad override): the bad one's key must be named in the error line
 BAD = [
+    ([], "trainer.epochs=0"),
+    ([], "trainer.batch_size=-4"),
+    ([], "trainer.lr=-0.1"),
+    ([], "trainer.lr=0"),
+    ([], "trainer.max_steps_per_epoch=0"),
+    ([], "trainer.overfit_batches=-1"),
+    ([], "trainer.profile_steps=x"),
     ([], "trainer.weight_decay=-1"),
     ([], "trainer.weight_decay=abc"),
     ([], "trainer.weight_decay=nan"),
@@ -94,8 +102,13 @@ RUNNER = r"""
 import json, os, sys
 import hydra, torch  # noqa: F401 - imported once, before the forks
 import mtbench.cli, mtbench.combiners, mtbench.train  # noqa: F401
-codes = []
-for cwd, err, args in json.loads(sys.stdin.read()):
+cases = json.loads(sys.stdin.read())
+codes = [None] * len(cases)
+running = {}  # pid -> case index; as many forks at once as there are cores
+for index, (cwd, err, args) in enumerate(cases):
+    if len(running) >= (os.cpu_count() or 1):
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
     pid = os.fork()
     if pid == 0:
         code = 99
@@ -116,8 +129,10 @@ for cwd, err, args in json.loads(sys.stdin.read()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    codes.append(os.waitstatus_to_exitcode(status))
+    running[pid] = index
+while running:
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
 print(json.dumps(codes))
 """
 

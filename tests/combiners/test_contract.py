@@ -24,7 +24,7 @@ from mtbench.errors import MtbenchError
 from mtbench.models import LinearHeads, MultiTaskModel
 from mtbench.variant import combiner_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 T, B, D_IN, D_REP = 3, 6, 4, 5
 
 
