@@ -93,7 +93,7 @@ def test_train_closes_the_bar_when_the_run_fails(trainer, monkeypatch):
         raise loop.TrainingFailed("non-finite loss")
 
     monkeypatch.setattr(trainer, "end_epoch", boom)
-    monkeypatch.setattr(loop, "Trainer", lambda cfg, run_dir: trainer)
+    monkeypatch.setattr(loop, "Trainer", lambda cfg, run_dir, world=None: trainer)
     monkeypatch.setattr(trainer, "train_epoch", lambda stop: setattr(trainer, "bar", FakeBar()) or boom())
     with pytest.raises(loop.TrainingFailed):
         loop.train(trainer.cfg)

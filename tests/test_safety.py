@@ -500,11 +500,11 @@ def test_non_finite_gram_matrix_reason_names_epoch_and_step(tmp_path, monkeypatc
     calls = {"n": 0}
     original = TrainStep.__call__
 
-    def third_step_nan(self, x, y):
+    def third_step_nan(self, x, y, *more):
         calls["n"] += 1
         if calls["n"] == 3:
             jd.gram_np64(torch.full((2, 2), float("nan")), "mgda")
-        return original(self, x, y)
+        return original(self, x, y, *more)
 
     monkeypatch.setattr(TrainStep, "__call__", third_step_nan)
     with initialize_config_module("mtbench.configs", version_base="1.3"):

@@ -96,6 +96,7 @@ class MoCo(Combiner):
     against an independent reimplementation of LibMTL's."""
 
     name = "moco"
+    style = ("#e6550d", "d")
     ddp = "the per-task gradients of the shared parameters (T x P numbers), then the heads' gradients summed once"
     #: the levels this combiner has (``scripts/bench_step.py``'s rows)
     levels: ClassVar[tuple[str, ...]] = ("params",)

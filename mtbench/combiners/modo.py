@@ -43,6 +43,7 @@ class MoDo(TwoBatch):
     torchjd 0.18's ``MoDoWeighting`` (checked against it step by step); scale: factor T."""
 
     name = "modo"
+    style = ("#b5cf6b", ">")
     options: ClassVar[dict[str, Option]] = {
         **TwoBatch.options,
         "gamma": Option(0.1, "step size of the weights' update, > 0", number(minimum=0.0, min_open=True)),

@@ -73,6 +73,7 @@ class SDMGrad(TwoBatch):
     ``SDMGradWeighting`` (checked against it step by step); scale: factor T."""
 
     name = "sdmgrad"
+    style = ("#6b6ecf", "<")
     options: ClassVar[dict[str, Option]] = {
         **TwoBatch.options,
         "lambda_": Option(0.3, "pull towards the mean gradient, >= 0 (0: stochastic MGDA)", number(minimum=0.0)),
