@@ -51,6 +51,7 @@ FAULTY = textwrap.dedent(
 
     class Faulty(Baseline):
         name = "faulty"
+        ddp = "as the baseline (its own backward is the baseline's, with a fault injected)"
         steps = 0
 
         def backward(self, step):
