@@ -61,16 +61,17 @@ def test_without_a_measurement_the_baseline_seeds_spread_decides():
 
 @pytest.mark.slow
 def test_a_sweep_measures_its_speed_column(tmp_path):
-    result = run_cli("mtbench", ["-m", "combiner=baseline,pcgrad", "combiner.level=params", *TINY], tmp_path)
+    # modo: a combiner of two batches per step is measured with a second batch too
+    result = run_cli("mtbench", ["-m", "combiner=baseline,pcgrad,modo", "combiner.level=params", *TINY], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "results" / "shapes40"
     data = json.loads((folder / speed.SPEED_FILE).read_text())
     rows = {r["combiner"]: r for r in data["rows"]}
-    assert set(rows) == {"baseline", "pcgrad"} and data["rounds"] >= 20
+    assert set(rows) == {"baseline", "pcgrad", "modo"} and data["rounds"] >= 20
     lo, hi = data["baseline_spread"]
     assert lo <= 1.0 <= hi  # the baseline against itself straddles 1
     # PCGrad at the parameter level takes T backward passes a step: slower than the baseline
-    assert rows["pcgrad"]["speed"] < lo
+    assert rows["pcgrad"]["speed"] < lo and rows["modo"]["speed"] < lo
     table = pd.read_csv(folder / "table.csv").set_index("combiner")
     assert table.loc["pcgrad", "speed_mean"] == pytest.approx(rows["pcgrad"]["speed"])
     md = (folder / "table.md").read_text()

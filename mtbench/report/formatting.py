@@ -273,7 +273,7 @@ def speed_notes(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     clock = speed_clock(done)
     devices = set(done["device"]) if "device" in done else set()
     if clock == "cpu":
-        how = "process CPU time per training step (the time the run's threads computed: other processes on the machine cannot inflate it; the wall time stays in metrics.json)"
+        how = "process CPU time per training step (the time the run's threads computed, which a busy machine stretches less than the wall time, stored in metrics.json; a sweep measures the column after its runs instead, speed.json)"
     elif devices and all(d.startswith("cuda") for d in devices):
         how = "the GPU's time per training step (CUDA events around each step)"
     else:

@@ -217,7 +217,7 @@ def reference(runs: pd.DataFrame, combiner: str, variant: str) -> str | None:
 
 def speed_clock(done: pd.DataFrame) -> str:
     """The step time the speed ratios of ``done`` (completed runs) come from: ``cpu`` (each run's
-    process CPU time per step: other processes on the machine cannot inflate it) when every run
+    process CPU time per step, which a busy machine stretches less than the wall time) when every run
     has one, else ``wall`` (``train_step_s``: wall time on a CPU, device time on a GPU; runs made
     before mtbench recorded CPU time, or a mix of CPU and GPU runs)."""
     if done.empty or "train_step_cpu_s" not in done.columns:

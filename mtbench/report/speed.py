@@ -140,7 +140,10 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                steps[name](x, y)
+                if getattr(steps[name], "needs_second_batch", False):  # (sdmgrad, modo) another of the batches
+                    steps[name](x, y, data[(rnd + 1) % len(data)])
+                else:
+                    steps[name](x, y)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if rnd >= warmup:

@@ -13,7 +13,7 @@ reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`
   combiner's first metric (the error rate) differs from the baseline's beyond the seed-to-seed
   spread (Welch's two-sided t-test, ``significance.py``). Speed vs baseline of a run is the mean
   step time of its reference baseline runs divided by the run's own (on a CPU the process CPU
-  time per step, ``train_step_cpu_s``, which other processes cannot inflate; else, and for
+  time per step, ``train_step_cpu_s``, which a busy machine stretches less than the wall time; else, and for
   folders with older runs that lack it, ``train_step_s``: ``load.speed_clock``); the table gives
   its mean +- std over the row's seeds, 1.00 for the reference baseline itself (its step time
   mean +- std is a footnote under the table), and a † on rows whose runs saw a machine load
