@@ -131,6 +131,10 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
         names = list(steps)
         times: dict[str, list[float]] = {n: [] for n in names}
         started = time.perf_counter()
+        # on a CPU the process's CPU time: other processes stretch a long step's wall time more
+        # than a short one's (preempted more often), not the time its threads computed (with
+        # OpenMP's passive wait policy, which the mtbench command sets, idle threads add none)
+        clock = time.perf_counter if device.type == "cuda" else time.process_time
         for rnd in range(warmup + rounds):
             shift = rnd % len(names)
             for name in names[shift:] + names[:shift]:
@@ -139,7 +143,7 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
                     x = x.detach().clone().requires_grad_(True)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 if getattr(steps[name], "needs_second_batch", False):  # (sdmgrad, modo) another of the batches
                     steps[name](x, y, data[(rnd + 1) % len(data)])
                 else:
@@ -147,7 +151,7 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if rnd >= warmup:
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(clock() - t0)
         elapsed = time.perf_counter() - started
     finally:
         torch.set_num_threads(before)
@@ -174,8 +178,8 @@ def measure(folder: Path | str, rounds: int = 24, warmup: int = 3, batches: int 
     result = {
         "method": (
             "each row's training step (its recorded config, the sweep's task, model and batch) timed interleaved "
-            "round by round in one process, the order rotating; speed = median over rounds of the baseline's step "
-            "time / the row's in the same round"
+            "round by round in one process, the order rotating (process CPU time on a CPU, synchronised wall time "
+            "on a GPU); speed = median over rounds of the baseline's step time / the row's in the same round"
         ),
         "rounds": rounds,
         "warmup": warmup,
@@ -260,7 +264,8 @@ def notes(folder: Path | str) -> list[str]:
     lo, hi = data["baseline_spread"]
     text = (
         f"Speed: measured after the sweep, every row's training step timed interleaved with the baseline's in one "
-        f"process ({data['rounds']} rounds, {data['device']}, {data['threads']} thread(s), {data['seconds']:.0f} s); "
+        f"process ({data['rounds']} rounds, {data['device']}, {data['threads']} thread(s), {data['seconds']:.0f} s; "
+        f"{'synchronised wall time' if str(data['device']).startswith('cuda') else 'process CPU time'}); "
         f"median over rounds of the baseline's step time / the row's. The baseline against itself: "
         f"{lo:.2f} to {hi:.2f}; a speed inside that range is not bold. Each run's own step times are in its metrics.json."
     )
