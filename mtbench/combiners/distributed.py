@@ -217,7 +217,7 @@ def combine_summed_param_grads(
     times DDP's traffic), their float64 Gram matrix, the weights ``weights_of(gram, step)``, and
     the combination into ``.grad`` (marked summed). Returns the weights. The factored layers and
     the memory budget of one process are not used: their Gram entries are not sums over ranks."""
-    from mtbench.combiners.linalg import combine, gram64
+    from mtbench.combiners.linalg import add_flat_grads, combine, gram64
     from mtbench.combiners.taskgrads import default_chunk, param_grad_stack, shared_parameters
 
     params = shared_parameters(step.model)
@@ -225,11 +225,6 @@ def combine_summed_param_grads(
     stack = all_reduce_sum(stack, step.group)
     weights = weights_of(gram64(stack), step)
     flat = combine(weights.detach().to(torch.float64), stack)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        g = flat[offset : offset + n].view_as(p).to(p.dtype)
-        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-        offset += n
+    add_flat_grads(params, flat)
     mark_summed(params)
     return weights

@@ -25,6 +25,7 @@ from mtbench.combiners.solvers import COMPILED_BELOW
 from mtbench.combiners.solvers.certified import MAX_CERTIFIED_CONDITION, well_conditioned_solve
 
 __all__ = [
+    "add_flat_grads",
     "BLOCK_COLUMNS",
     "COMPILED_BELOW",
     "MAX_CERTIFIED_CONDITION",
@@ -62,6 +63,17 @@ def cross64(block: Tensor, row: Tensor) -> Tensor:
     for s in range(0, block.shape[1], BLOCK_COLUMNS):
         out += block[:, s : s + BLOCK_COLUMNS].double() @ row[s : s + BLOCK_COLUMNS].double()
     return out
+
+
+def add_flat_grads(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Accumulate the flat gradient ``flat`` (the parameters' gradients concatenated in their
+    order) into each parameter's ``.grad``."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+        offset += n
 
 
 def combine(weights: Tensor, flat: Tensor) -> Tensor:

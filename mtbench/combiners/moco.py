@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.distributed import all_reduce_sum, mark_summed
+from mtbench.combiners.linalg import add_flat_grads
 from mtbench.combiners.taskgrads import default_chunk, shared_parameters
 from mtbench.combiners.twobatch import TwoBatch, param_jacobian
 from mtbench.options import Option, boolean, number
@@ -148,11 +149,7 @@ class MoCo(Combiner):
         applied = self.lam * self.num_tasks
         self.last_weights = applied
         flat = self.y.T @ applied.to(self.y.dtype)
-        offset = 0
-        for p in params:
-            g = flat[offset : offset + p.numel()].view_as(p)
-            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            offset += p.numel()
+        add_flat_grads(params, flat)
         mark_summed(params)
         self.backward_heads(step)
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mtbench.combiners.base import Combiner, Step
 from mtbench.combiners.distributed import all_reduce_sum, mark_summed
+from mtbench.combiners.linalg import add_flat_grads
 from mtbench.combiners.taskgrads import default_chunk, param_grad_stack, rep_task_grads, shared_parameters
 from mtbench.options import Option, integer
 
@@ -63,12 +64,7 @@ class ParamRows(Combiner):
         rows = param_grad_stack(step, u, params, default_chunk(self.chunk_size, step.rep.device))
         rows = all_reduce_sum(rows, step.group)
         flat = self.combine(rows, step)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            g = flat[offset : offset + n].view_as(p)
-            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            offset += n
+        add_flat_grads(params, flat)
         mark_summed(params)
 
     def log_values(self) -> dict[str, float]:

@@ -28,7 +28,7 @@ from mtbench.combiners.factored import (
     layer_input_matrix,
     layer_output_matrix,
 )
-from mtbench.combiners.linalg import batched_vjp, combine, cross64, gram64
+from mtbench.combiners.linalg import add_flat_grads, batched_vjp, combine, cross64, gram64
 from mtbench.combiners.rep_grads import (
     RepGrads,
     backward_replacing_rep_grad,
@@ -206,12 +206,7 @@ class ParamTaskGrads:
         w64 = weights.detach().to(dtype=torch.float64)
         if self.stack is not None:
             if self.direct:
-                flat = combine(w64.to(self.stack.device), self.stack)
-                offset = 0
-                for p, n in zip(self.direct, self.sizes):
-                    g = flat[offset : offset + n].view_as(p)
-                    p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-                    offset += n
+                add_flat_grads(self.direct, combine(w64.to(self.stack.device), self.stack))
             for f in self.factored:
                 g = f.combination(w64)
                 f.weight.grad = g if f.weight.grad is None else f.weight.grad.add_(g)

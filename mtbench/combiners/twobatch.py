@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mtbench.combiners.base import Combiner, Step, one_of
 from mtbench.combiners.distributed import all_reduce_sum, global_losses, mark_summed
-from mtbench.combiners.linalg import batched_vjp
+from mtbench.combiners.linalg import add_flat_grads, batched_vjp
 from mtbench.combiners.taskgrads import default_chunk, param_grad_stack, rep_task_grads, shared_parameters
 from mtbench.errors import MtbenchError
 from mtbench.options import Option, integer
@@ -138,11 +138,7 @@ class TwoBatch(Combiner):
         self.last_matrix, self.last_weights = matrix, applied
         coef = applied.to(j1.dtype) * 0.5  # no [T, P] temporary: each batch's rows combined apart
         flat = torch.mv(j1.T, coef).add_(torch.mv(j2.T, coef))
-        offset = 0
-        for p in params:
-            g = flat[offset : offset + p.numel()].view_as(p)
-            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            offset += p.numel()
+        add_flat_grads(params, flat)
         mark_summed(params)
         heads = step.model.head_parameters()
         if heads:
