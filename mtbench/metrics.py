@@ -1,75 +1,32 @@
 """Metrics for binary-attribute tasks (CelebA-style multi-label data).
 
-Inputs
-------
-``scores``  float tensor of shape ``[N, T]``: for each of ``N`` examples and
-            ``T`` binary attributes, the predicted probability that the
-            attribute is present (typically ``sigmoid(logit)``, in ``[0, 1]``).
-``labels``  tensor of shape ``[N, T]`` holding only 0/1 values; any dtype
-            (bool, integer or floating point) is accepted.
+``scores`` is a float ``[N, T]`` tensor (or NumPy array) of predicted probabilities for ``N``
+examples and ``T`` attributes; ``labels`` has the same shape and holds only 0/1 (any dtype). The
+computation runs on the scores' device, column by column, vectorised over the attributes; every
+tensor result comes back on the CPU as ``float64``.
 
-Both may live on any device (CPU or CUDA); the computation runs on the device
-of ``scores`` and every tensor result is returned on the CPU as ``float64``.
-NumPy arrays are accepted too and converted with :func:`torch.as_tensor`.
-All metrics are computed column-wise, vectorised over the ``T`` attributes.
+For one attribute, threshold ``t`` predicts positive iff ``score >= t`` (inclusive: ``sigmoid(0)``
+is positive at 0.5), and:
 
-Definitions (for one attribute, i.e. one column)
------------------------------------------------
-Threshold rule.  A decision threshold ``t`` predicts "positive" for an example
-    iff ``score >= t``.  The comparison is inclusive, so a score of exactly
-    ``0.5`` (what ``sigmoid(0)`` gives) counts as positive at ``t = 0.5``.
+    error(t) = (FP(t) + FN(t)) / N
+    F1(t)    = 2 TP(t) / (2 TP(t) + FP(t) + FN(t))  = 2 TP(t) / (TP(t) + FP(t) + P)
 
-Error rate at threshold ``t``.  The fraction of the ``N`` examples whose
-    prediction ``score >= t`` disagrees with the label::
+with F1 = 0 where the denominator is 0 (scikit-learn's ``zero_division=0``). ``max_f1`` is the
+exact maximum of F1 over every distinct score plus "predict nothing" (F1 0): one sort per
+column, F1 evaluated at the end of each run of tied scores, so a tie is never split. No
+positive label gives ``max_f1 = 0``, all positive labels give 1.
 
-        error(t) = (FP(t) + FN(t)) / N           in [0, 1]
+:func:`binary_attribute_metrics` reports percent, with unweighted means over attributes:
 
-Max F1.  With ``P`` the number of positive labels and ``TP(t)``, ``FP(t)`` the
-    true / false positives at threshold ``t``::
+    error_rate = 100 * mean_j error_j(0.5)
+    max_f1     = 100 * mean_j max_f1_j
+    mean_acc   = 100 * mean_j (1 - error_j(0.5))    (= 100 - error_rate)
+    min_acc    = 100 * min_j  (1 - error_j(0.5))    (the worst attribute)
+    mean_f1    = 100 * mean_j F1_j(0.5)
 
-        F1(t) = 2 TP(t) / (2 TP(t) + FP(t) + FN(t))
-              = 2 TP(t) / (TP(t) + FP(t) + P)
-
-    and ``max_f1 = max over t of F1(t)``, where ``t`` ranges over *every*
-    distinct score value of the column (each gives a different set of predicted
-    positives) plus "predict nothing" (``t`` above the largest score), whose
-    F1 is 0.  This is the exact maximum over all possible thresholds, not an
-    approximation on a grid.  Examples with tied scores are always on the same
-    side of any threshold, so a tie can never be split.
-
-    Zero-division convention (that of scikit-learn's ``zero_division=0``):
-    when the denominator ``2 TP + FP + FN`` is 0, F1 is taken as 0.  As a
-    consequence an attribute with **no positive labels** in the split has
-    ``max_f1 = 0`` (``TP`` is always 0 there).  An attribute whose labels are
-    **all positive** reaches ``max_f1 = 1`` at the lowest threshold (predict
-    every example positive).
-
-Algorithm for max F1.  Each column is sorted once by descending score; the
-    cumulative sum of the sorted labels gives ``TP`` when the top ``k``
-    examples are predicted positive, and ``TP + FP = k``.  F1 is evaluated
-    (in float64, from exact integer counts) only at positions ``k`` that end
-    a run of tied scores, which are exactly the distinct thresholds.  Cost:
-    one ``O(N log N)`` sort per column, all columns at once.
-
-Aggregates (:func:`binary_attribute_metrics`).  Per-attribute values are
-    reported in percent, and the aggregates are plain (unweighted) means over
-    attributes::
-
-        error_rate = 100 * mean_j error_j(0.5)
-        max_f1     = 100 * mean_j max_f1_j
-
-    and, for comparing with papers that report them (``task.columns``)::
-
-        mean_acc   = 100 * mean_j (1 - error_j(0.5))    (= 100 - error_rate)
-        min_acc    = 100 * min_j  (1 - error_j(0.5))    (the worst attribute)
-        mean_f1    = 100 * mean_j F1_j(0.5)             (F1 at the fixed threshold 0.5)
-
-The all-positive floor of max F1.  Predicting every example positive is one of the thresholds
-    max F1 tries, with ``TP = P``, ``FP = N - P``: ``F1 = 2P / (N + P) = 2p / (1 + p)`` for the
-    base rate ``p = P / N``. So ``max_f1_j >= 2 p_j / (1 + p_j)`` for every attribute, and the
-    mean max F1 of any model is at least the mean of that floor over the attributes (about 33 %
-    with CelebA's 40 base rates). ``python -m mtbench.metrics f1-floor list_attr_celeba.txt``
-    computes it from an attribute file (:func:`all_positive_f1`).
+Predicting every example positive is one of the thresholds, so ``max_f1_j >= 2 p_j / (1 + p_j)``
+for the base rate ``p_j`` (:func:`all_positive_f1`; ``python -m mtbench.metrics f1-floor
+list_attr_celeba.txt`` gives the mean floor of an attribute file).
 """
 
 from __future__ import annotations

@@ -1,52 +1,29 @@
 """Metrics of dense prediction (NYUv2, Cityscapes): segmentation, depth, surface normals.
 
-Each metric is accumulated batch by batch (:class:`DenseMetrics`), so evaluating a split holds
-one batch's predictions at a time plus a few small accumulators.
+:class:`DenseMetrics` accumulates batch by batch, so evaluating a split holds one batch's
+predictions plus a few small accumulators. The definitions, and how the two modes differ, are
+in docs/tasks/nyuv2.md ("Metrics").
 
-Definitions (``task.metrics: exact``, the default: exact over every valid pixel of the split)
-------------------------------------------------------------------------------------------
-Segmentation.  One confusion matrix ``M`` (``C x C``, int64, rows the target class, columns the
-    predicted class = the argmax of the logits) over every pixel of the split whose target is
-    in ``[0, C)`` (``-1``: unlabelled, ignored)::
+``task.metrics: exact`` (the default) is exact over every valid pixel of the split:
 
-        seg_pixacc = 100 * trace(M) / sum(M)
-        IoU_c      = M_cc / (sum_j M_cj + sum_i M_ic - M_cc)
-        seg_miou   = 100 * mean of IoU_c over the classes whose union is not empty
+- segmentation: one ``C x C`` int64 confusion matrix ``M`` (rows target, columns argmax of the
+  logits; targets outside ``[0, C)``, e.g. ``-1``, ignored). ``seg_pixacc = 100 trace(M) / sum(M)``,
+  ``IoU_c = M_cc / (sum_j M_cj + sum_i M_ic - M_cc)``, ``seg_miou`` = 100 x the mean IoU over the
+  classes whose union is not empty (a class neither labelled nor predicted is left out; one
+  predicted but never labelled counts with 0).
+- depth, over pixels whose target is not 0: ``depth_abs_err = sum |pred - target| / n``,
+  ``depth_rel_err = sum |pred - target| / target / n``.
+- normals, over targets not ``(0, 0, 0)``: the angle ``a = degrees(acos(clamp(<pred / |pred|,
+  target>, -1, 1)))``; ``normal_mean``, and ``normal_within_{11,22,30}`` = 100 x the fraction of
+  ``a`` strictly below 11.25, 22.5, 30, exact. ``normal_median`` comes from a histogram with bins
+  of :data:`MEDIAN_BIN` degrees: the two middle order statistics' bin centres, averaged
+  (``numpy.median``'s convention), within ``MEDIAN_BIN / 2`` of the exact median.
 
-    A class that is neither in the targets nor predicted anywhere in the split has IoU 0 / 0:
-    it is left out of the mean (a class predicted but absent from the targets has IoU 0 and
-    counts). On the real test splits every class is present, so this only matters on small
-    or subsetted splits, where a plain mean would be NaN.
-
-Depth.  Over the pixels whose target is not 0 (0 = missing)::
-
-        depth_abs_err = sum |pred - target| / n_valid
-        depth_rel_err = sum |pred - target| / target / n_valid
-
-Normals.  The prediction is L2-normalised per pixel; over the pixels whose target is not
-    ``(0, 0, 0)``, the angle ``a = degrees(acos(clamp(<pred, target>, -1, 1)))``::
-
-        normal_mean       = mean of a
-        normal_median     = median of a
-        normal_within_11  = 100 * fraction of a < 11.25      (strictly less, as the peers)
-        normal_within_22  = 100 * fraction of a < 22.5
-        normal_within_30  = 100 * fraction of a < 30
-
-    The mean and the percentages are exact (float64 sums, integer counts). The median comes
-    from a histogram of the angles with bins of :data:`MEDIAN_BIN` degrees (1.8 million bins,
-    14 MB): the two middle order statistics are located exactly, each reported as the centre of
-    its bin, so the value is within ``MEDIAN_BIN / 2`` degrees of the median of every angle
-    (``numpy.median``'s convention: the mean of the two middle values for an even count).
-
-``task.metrics: paper`` (the convention of the MTAN / CAGrad / Nash-MTL / FAMO training scripts)
------------------------------------------------------------------------------------------------
-Segmentation is the same confusion matrix over the split (their ``ConfMatrix``). Depth and
-normal statistics are computed per evaluation batch (over that batch's valid pixels) and then
-averaged over the batches with equal weight: the last, partial batch weighs as much as a full
-one and the median is a mean of batch medians, so the numbers depend on
-``trainer.eval_batch_size`` (the peers evaluate with their training batch size: 2 on NYUv2, 8
-on Cityscapes). Valid normal pixels there are those whose target's components do not sum to 0
-(the peers' mask); a batch without any valid pixel is skipped (the peers would give NaN).
+``task.metrics: paper`` follows the MTAN / CAGrad / Nash-MTL / FAMO scripts: the same confusion
+matrix, but depth and normal statistics per evaluation batch, averaged over batches with equal
+weight (so they depend on ``trainer.eval_batch_size``; the median is a mean of batch medians).
+Valid normals there are those whose components do not sum to 0; a batch without a valid pixel
+is skipped (the peers would give NaN).
 """
 
 from __future__ import annotations

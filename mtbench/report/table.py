@@ -1,45 +1,28 @@
-"""Aggregate finished runs into the comparison tables.
+"""Aggregate finished runs into the comparison tables: the ``mtbench-table`` command (:func:`main`).
 
     mtbench-table results/<name>
 
-reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`` and writes, there:
+reads every ``results/<name>/runs/<combiner>/<variant>/seed=<seed>/metrics.json`` and writes
+there (columns, speed, significance and paper numbers are described in docs/guide/tables.md):
 
-- ``table.md``, ``table.csv``, ``table.tex``: one row per (combiner, variant), combiners in the
-  paper's order, the variants of each in the order they were first run (``default`` first); the
-  row label is the combiner and, unless ``default``, its settings. ``table.csv`` also has the
-  columns ``combiner``, ``variant`` and one per swept key. Each metric of the runs'
-  ``metric_columns`` as mean +- std over seeds (sample std, n-1), the best mean of each column in
-  bold (md, tex); the speed relative to the baseline; the number of seeds; and whether the
-  combiner's first metric (the error rate) differs from the baseline's beyond the seed-to-seed
-  spread (Welch's two-sided t-test, ``significance.py``). Speed vs baseline of a run is the mean
-  step time of its reference baseline runs divided by the run's own (on a CPU the process CPU
-  time per step, ``train_step_cpu_s``, which a busy machine stretches less than the wall time; else, and for
-  folders with older runs that lack it, ``train_step_s``: ``load.speed_clock``); the table gives
-  its mean +- std over the row's seeds, 1.00 for the reference baseline itself (its step time
-  mean +- std is a footnote under the table), and a † on rows whose runs saw a machine load
-  above its cores (footnote, ``speed_notes``). The reference of a row (for the speed and the
-  t-test) is the baseline variant with the same non-combiner settings (the same ``trainer.lr``,
-  say) when there is one, else the ``default`` baseline; a ``compared with`` column names it
-  whenever a table has more than one baseline variant. When the paper's
-  numbers for the runs' task exist (``paper/<task>.csv`` next to the results folder, else the
-  package's ``mtbench/report/paper/<task>.csv``; ``--paper FILE``), they stand in a column beside
-  each of ours; the notes say why when there is no such column.
-- ``per_attribute.{md,csv,tex}`` (tasks with a ``per_attribute.csv`` per run): for every
-  attribute, each combiner's test error minus the baseline's (means over seeds, percentage points).
-- ``table_tuned.{md,csv,tex}`` (``--select val``, and whenever some combiner has more than one
-  variant): one row per combiner, the variant with the best mean validation score over seeds
-  (the runs' select metric; ties: the fewer changed keys, then the earlier variant) with its
-  test metrics, its settings and how many variants were tried. The test split never chooses.
-- with ``--diagnostics``, a column of the mean fraction of conflicting task-gradient pairs
-  (``diagnostics.py``; runs trained with ``trainer.diagnostics=true``).
-- the plots (``plots.py``) and, for the dense tasks, ``predictions.png`` (``predictions.py``),
-  unless told not to.
+- ``table.{md,csv,tex}``: one row per (combiner, variant), combiners in the paper's order, each
+  combiner's variants in the order first run (``default`` first); each metric as mean +- std
+  over seeds (n-1), the speed relative to the row's reference baseline (the baseline variant
+  with the same non-combiner settings, else ``default``; ``load.speed_clock`` picks the clock),
+  the seed count, Welch's t-test of the first metric against that baseline
+  (``significance.py``), and the paper's numbers beside ours when ``paper/<task>.csv`` (or
+  ``--paper FILE``) exists.
+- ``per_attribute.{md,csv,tex}`` (tasks with a run-level ``per_attribute.csv``): each
+  combiner's test error minus the baseline's, per attribute.
+- ``table_tuned.{md,csv,tex}`` (``--select val``, or when a combiner has several variants): per
+  combiner the variant best on validation (ties: fewer changed keys, then the earlier variant);
+  the test split never chooses.
+- with ``--diagnostics``, the mean fraction of conflicting task-gradient pairs; the plots
+  (``plots.py``) and, for dense tasks, ``predictions.png`` (``predictions.py``).
 
-A folder whose runs all failed gets ``table.md`` listing each run's status instead (``NoRuns``).
-
-The numbers are computed in ``aggregate.py``, written as text in ``formatting.py``; the paper's
-numbers are found in ``published.py``. This module builds the files and is the ``mtbench-table``
-command (:func:`main`); every name it had stays importable from here.
+A folder whose runs all failed gets a ``table.md`` listing each run's status (``NoRuns``).
+Numbers are computed in ``aggregate.py``, formatted in ``formatting.py``, the paper's found in
+``published.py``; every name this module had stays importable from here.
 """
 
 from __future__ import annotations
