@@ -1,39 +1,19 @@
-"""GradDrop as a layer for any network.
-
-    import mtbench.nn
+"""GradDrop as a layer for any network (docs/your-network/layer.md).
 
     drop = mtbench.nn.GradDrop(leak=0.0)
     rep = backbone(images)                      # the shared representation A, [B, *F]
-    views = drop(rep, num_tasks=len(heads))     # T tensors, each equal to rep
+    views = drop(rep, num_tasks=len(heads))     # T views of rep, no copy
     losses = [loss_fn(head(v), y[:, i]) for i, (head, v) in enumerate(zip(heads, views))]
     sum(losses).backward()                      # one ordinary backward pass
 
-Forward, the layer is the identity: view i is ``A`` itself (a view, no copy), and the caller
-feeds it to task i's head. Backward, the layer receives the T gradients that arrive at its
-views, dL_i/dA (one ordinary backward of the summed losses computes all of them: no per-task
-backward passes, no vmap), and hands GradDrop's combination of them to whatever produced ``A``
-(:func:`mtbench.combiners.functional.graddrop`, with ``A`` as the activation of the
-batch-separated rule). A view that no loss uses contributes a zero gradient. The heads'
-parameters are untouched by the layer: each receives its own loss's gradient, as in mtbench's
-trainer, so a network with ``GradDrop`` trains exactly as ``mtbench combiner=graddrop`` does
-(the tests check the equality on linear and on MLP heads).
-
-The extra cost over a plain model is the mask arithmetic and one [T, *A.shape] stack of the
-arriving gradients, in ``A``'s dtype. The layer works on any device, under ``torch.autocast``
-(the gradients arriving at the views are in ``A``'s dtype), and with ``torch.compile``
-(the layer's autograd function runs outside the compiled graph where dynamo cannot trace it).
-Under ``DistributedDataParallel`` give the layer ``process_group`` (a group of the replicas;
-one of its own, ``torch.distributed.new_group()``, keeps its collectives apart from DDP's
-buckets) and the same ``generator`` seed on every replica: the batch sums of the
-batch-separated rule ([T, *F] numbers per step) and, with ``renormalize``, two squared norms
-are summed over the replicas, and the per-element rule's draws are the global batch's rows of
-this replica; the masks are then those of one process on the whole batch, and DDP's averaged
-gradient equals one process's (``examples/ddp_graddrop.py`` checks it). Without
-``process_group`` each replica masks its own batch's gradients (a different rule).
-
-Views are views: modify them in place (``ReLU(inplace=True)`` as a head's first layer) and
-autograd refuses, as it does for any view a custom function returns; use an out-of-place
-first layer instead.
+Forward, the layer is the identity. Backward, it receives the T gradients dL_i/dA that arrive at
+its views (from one ordinary backward: no per-task passes, no vmap) and hands their GradDrop
+combination (:func:`mtbench.combiners.functional.graddrop`, ``A`` as the batch-separated rule's
+activation) to whatever produced ``A``; an unused view contributes zero. The heads get their own
+losses' gradients, so a network with this layer trains exactly as ``mtbench combiner=graddrop``.
+Under DDP, ``process_group`` and the same ``generator`` seed on every replica make the masks
+those of one process on the whole batch; without it each replica masks its own batch. Views
+are views: an in-place first layer on them is refused by autograd.
 """
 
 from __future__ import annotations

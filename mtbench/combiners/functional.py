@@ -4,21 +4,9 @@ Each method's function lives beside its combiner (``mtbench/combiners/<method>.p
 in ``mtbench/combiners/solvers/``; this module re-exports them all. Every function takes per-task
 gradients stacked along a leading task dimension ``T`` and returns one combined gradient (the
 ``*_weights_from_gram`` functions: one float64 weight per task from the Gram matrix), on
-mtbench's scale: T equal gradients g give T g.
-
-* :func:`graddrop` / :func:`random_graddrop`: Gradient Sign Dropout (Chen et al., NeurIPS 2020),
-  on the gradients at a shared activation.
-* :func:`pcgrad`: Projecting Conflicting Gradients (Yu et al., NeurIPS 2020, Algorithm 1).
-* :func:`mgda_weights`: the min-norm point of the gradients' convex hull (Sener & Koltun 2018).
-* the Gram-matrix methods :func:`upgrad`, :func:`dualproj`, :func:`imtl_g`, :func:`aligned_mtl`,
-  :func:`cagrad`, :func:`fairgrad`, :func:`config`, :func:`gradvac` and :func:`nash_mtl`.
-* :func:`pcd` (a primary task, the others guaranteed progress), :func:`cr_mogm` (any method's
-  weights smoothed by an EMA), :func:`excess_mtl` and :func:`db_mtl` (their first step; the
-  ``*_state`` functions carry their per-coordinate statistics from step to step).
-* the two-batch methods :func:`sdmgrad` and :func:`modo` (``grads`` and ``grads2``: the per-task
-  gradients of two independent mini-batches; their weights from A = J1 J2^T,
-  :func:`sdmgrad_weights`, :func:`modo_weights`) and :func:`moco` (its tracked state from
-  :func:`moco_update`).
+mtbench's scale: T equal gradients g give T g. The two-batch methods (:func:`sdmgrad`,
+:func:`modo`) take ``grads`` and ``grads2``, the per-task gradients of two independent
+mini-batches.
 
 Randomness only comes from the ``generator`` argument (``None``: torch's global generator).
 

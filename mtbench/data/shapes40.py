@@ -1,42 +1,16 @@
 """shapes40: a procedurally generated, in-memory stand-in for CelebA's 40 binary attributes.
 
-Every image is rendered from sampled *latent variables*, and each of the 40 labels is a
-predicate over those latents (never over pixels), so the labels are exact and identical
-for every ``image_size``. Nothing is read from or written to disk.
+Every image is rendered from sampled latent variables (a background with brightness, tint and
+texture; 1-3 non-overlapping objects, each with a shape, colour, size ``r`` and centre ``(x, y)``
+as fractions of the image side, y downwards; Gaussian pixel noise), and each of the 40 labels is
+a predicate over those latents, never over pixels: labels are exact and the same for every
+``image_size``. Nothing is read from or written to disk. The sampling probabilities are the
+constants below; docs/tasks/shapes40.md describes the whole process.
 
-Generative process (per image, all images of a split sampled at once with numpy):
-
-1. Background.
-   * brightness ``L ~ Uniform(0.1, 0.9)`` (grey level, in [0, 1] units);
-   * tint in {neutral 60%, warm 20%, cool 20%}: warm adds red and removes blue,
-     cool does the opposite (+-0.09);
-   * texture in {flat 72%, gradient 21%, striped 7%}: a gradient is a linear ramp of
-     amplitude 0.30-0.50 in a random direction (centred, so the mean stays ``L``); stripes
-     are a square wave of amplitude +-0.10, period 12-20% of the image, at 0/45/90/135 deg.
-2. Objects. ``n`` in {1, 2, 3} with probabilities (0.35, 0.40, 0.25). Each object has
-   * a shape: circle 24%, square 20%, triangle 20%, ring 12%, plus 12%, bar 12%
-     (a bar is horizontal or vertical with equal odds);
-   * a colour: red 24%, blue 22%, green 20%, yellow 16%, purple 10%, cyan 8%
-     (each channel jittered by up to +-0.06);
-   * a size ``r ~ Uniform(0.07, 0.19)`` (half-extent, as a fraction of the image side);
-   * a centre ``(x, y)`` (fractions of the image side, y grows downwards) drawn so the
-     object lies inside the image. Objects never overlap: their bounding circles are kept
-     0.03 apart by rejection sampling (positions are redrawn, sizes too every tenth
-     round; in the rare scenes that still do not fit, the last objects are dropped, so
-     the final count is what the labels use).
-3. Rendering: objects are painted with hard masks on the background, then Gaussian
-   pixel noise (sigma 0.03) is added and the image is quantised to uint8.
-
-The 40 attributes are listed, in order, in :data:`ATTRIBUTES`; :data:`ATTRIBUTE_DOCS`
-maps each name to a one-line definition. Thresholds: an object is *large* when
-``r >= 0.15`` and *small* when ``r < 0.09``; the *largest* object is the one with the
-biggest ``r``. :data:`NESTED_PAIRS` lists ``(child, parent)`` pairs where the child
-implies the parent for every image; :data:`EXCLUSIVE_PAIRS` lists pairs that are never
-both true.
-
-Splits: the seed is expanded with ``numpy.random.SeedSequence(seed).spawn(3)`` into one
-PCG64 stream per split (train, val, test), so the same seed gives the same data bit for
-bit and the splits are different images.
+:data:`ATTRIBUTES` lists the 40 attributes in order, :data:`ATTRIBUTE_DOCS` defines each in one
+line; :data:`NESTED_PAIRS` are ``(child, parent)`` pairs where the child implies the parent,
+:data:`EXCLUSIVE_PAIRS` pairs never both true. Splits: ``SeedSequence(seed).spawn(3)`` gives one
+PCG64 stream per split (train, val, test), so a seed gives the same data bit for bit.
 """
 
 from __future__ import annotations
