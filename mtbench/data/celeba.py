@@ -1,33 +1,24 @@
 """CelebA: aligned and cropped face images, 40 binary attributes, the official partition.
 
-Files, as the dataset is distributed (``<root>/...``) or as torchvision's downloader lays them
-out (``<root>/celeba/...``)::
+Files, as distributed (``<root>/...``) or as torchvision's downloader lays them out
+(``<root>/celeba/...``)::
 
     img_align_celeba/000001.jpg ... 202599.jpg   178 x 218 RGB JPEGs
     list_attr_celeba.txt       line 1: the image count; line 2: the 40 attribute names;
                                then "<file> v1 ... v40", each value -1 or 1 (runs of spaces)
     list_eval_partition.txt    "<file> <0|1|2>": train / val / test (162,770 / 19,867 / 19,962)
 
-Labels -1/1 become 0/1; the attribute names come from the file.
-
-Preprocessing: each image's centred square (178 x 178 for the real 178 x 218 images: 20 rows
-off the top and off the bottom) is resized to ``image_size`` x ``image_size`` (bilinear,
-antialiased; JPEGs are first decoded at a reduced DCT scale, 1/2 for 64 px, when that still
-leaves at least ``image_size`` pixels: faster, and within about one grey level, on average, of
-resizing the full-size decode at 64 px). The result is decoded once into a uint8 cache per
-split, ``<cache>/celeba-<S>px-<fingerprint>/{train,val,test}.npy`` ([N, 3, S, S], memory-mapped
-by the trainer), so later runs and epochs never decode a JPEG. Normalisation (the per-channel
-mean / std of up to 20,000 train images, stored with the cache) and the random left-right flip
-(drawn from the run's augmentation generator) run on tensors on the training device. The fingerprint covers the two text files' contents, the size and modification time of
-every listed image, ``S`` and the crop policy: when any of them changes, a new cache is built
-(and the outdated one of the same source and size removed). A build writes into a temporary
-folder and renames it into place after ``meta.json`` (the "complete" marker) is written, so a
-killed build never leaves a cache that looks usable; a cache folder without a valid
-``meta.json`` or with a short file is removed and rebuilt; a cache whose checksums do not
-match (flipped bytes, edited statistics) is rebuilt too (``data/celeba_cache.py``).
-
-The cache lives in ``data.cache_dir`` if set, else ``<folder of the files>/.mtbench_cache/``,
-else (that folder not writable) ``$XDG_CACHE_HOME/mtbench/celeba`` (``~/.cache/...``).
+Labels -1/1 become 0/1; the attribute names come from the file. Each image's centred square
+(178 x 178: 20 rows off the top and the bottom) is resized to ``image_size`` (bilinear,
+antialiased; JPEGs decoded at a reduced DCT scale when that still leaves ``image_size`` pixels)
+and decoded once into a uint8 cache per split, ``<cache>/celeba-<S>px-<fingerprint>/{train,val,
+test}.npy`` ([N, 3, S, S], memory-mapped), with the normalisation statistics (up to 20,000 train
+images) in its ``meta.json``. The fingerprint covers the text files, every image's size and
+mtime, ``S`` and the crop policy; a build is renamed into place only after ``meta.json`` is
+written, and an incomplete or corrupt cache is rebuilt (``data/celeba_cache.py``). The cache
+lives in ``data.cache_dir``, else ``<folder of the files>/.mtbench_cache/``, else (not writable)
+``$XDG_CACHE_HOME/mtbench/celeba``. Normalisation and the random flips (the run's augmentation
+generator) run on tensors on the training device. Details: docs/tasks/celeba.md.
 """
 
 from __future__ import annotations

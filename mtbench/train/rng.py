@@ -1,28 +1,19 @@
 """Where a run's random numbers come from, and the per-process settings every run sets.
 
-Each consumer of randomness draws from its own generator, seeded from the run's ``seed`` and
-a purpose name (:func:`derive_seed`), so no consumer shifts another's numbers and a run's
-numbers do not depend on what ran before it in the same process:
+Each consumer of randomness draws from its own generator, seeded from the run's ``seed`` and a
+purpose name (:func:`derive_seed`), so no consumer shifts another's numbers and a run's numbers
+do not depend on what ran before it in the same process. The purposes:
 
-============== ==================================================================
-purpose        draws
-============== ==================================================================
-``task build`` anything a task's builder draws from torch's global generator (e.g. a
-               network initialised only to be overwritten by loaded weights); it runs
-               on a fork of the global generator, so whether a builder draws (a cache
-               miss) or not (a cache hit) changes nothing else; not seeded by ``seed``
-``model init`` the model's initialisation (trunk and heads; on a fork of the global
-               generator)
-``batch order`` the permutation of the training split, one per epoch
-``augmentation`` training-time augmentation (``Task.augment``, e.g. CelebA's flips)
-``combiner``   the combiner's random numbers on the training device (GradDrop's draws)
-``combiner cpu`` the combiner's random numbers on the host (PCGrad's orders) when the
-               training device is not the CPU (on a CPU: the ``combiner`` generator)
-``second batch`` the second, independent mini-batch of each step and its augmentation, for a
-               combiner that needs one (SDMGrad, MoDo: ``needs_second_batch``); only
-               such a run has (and checkpoints) this generator
-``training``   torch's global generators during training (e.g. dropout in a model)
-============== ==================================================================
+- ``task build``: whatever a task's builder draws from torch's global generator, on a fork of it
+  (so a cache hit or miss changes nothing else); not seeded by ``seed``.
+- ``model init``: the model's initialisation, trunk and heads (on a fork of the global generator).
+- ``batch order``: the training split's permutation, one per epoch.
+- ``augmentation``: training-time augmentation (``Task.augment``, e.g. CelebA's flips).
+- ``combiner``: the combiner's draws on the training device (GradDrop's); ``combiner cpu``: its
+  host draws (PCGrad's orders) when the device is not the CPU (on a CPU: ``combiner``).
+- ``second batch``: the second mini-batch of each step and its augmentation, only for a combiner
+  with ``needs_second_batch`` (SDMGrad, MoDo), and only such a run has (and checkpoints) it.
+- ``training``: torch's global generators during training (e.g. dropout).
 
 The states of the generators used during training go in every checkpoint.
 """
