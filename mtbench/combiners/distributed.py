@@ -1,30 +1,24 @@
 """What the combiners communicate under DistributedDataParallel (``Step.group`` set).
 
-The setting: N ranks, rank r holding the r-th equal slice of the global batch, and per-task
-losses whose mean over the ranks is the global batch's loss (``L_i = mean_r L_i^r``). A
-combiner's ``backward`` then leaves on every rank the gradient that one process computes on
-the global batch, up to floating-point reduction order. The scheme (the page
-``docs/reference/ddp-communication.md`` gives it per combiner, with its traffic):
+N ranks each hold an equal slice of the global batch, with per-task losses whose mean over the
+ranks is the global loss. A combiner's ``backward`` then leaves on every rank the gradient one
+process computes on the global batch, up to reduction order (per combiner, with its traffic:
+docs/reference/ddp-communication.md):
 
-* :func:`ddp_backward` wraps every combiner's ``backward``: before it, the T losses are
-  all-reduced once (T numbers) and the step's losses replaced by :func:`global_losses`, whose
-  VALUE is the global loss and whose GRADIENT is the rank's own share of the global gradient
-  (the local losses divided by N). So every statistic a combiner reads from the losses (MGDA's
-  scale, UW, DWA, FAMO, GradNorm's loss ratios) is the global one, and every gradient a
-  backward pass produces locally is this rank's term of a sum over ranks: the per-task
-  gradients at the representation are exactly the single process's per-example gradients of
-  this rank's examples. After it, every trainable parameter's gradient not yet summed is
-  all-reduced (summed) once, in one flat buffer: what DDP itself sends.
-* A combiner whose math is not linear in the per-example terms sums the statistics it needs
-  inside its ``backward``: the Gram matrix at the representation (:func:`all_reduce_sum`,
-  T x T numbers), GradDrop's batch sums (T x F), the per-task gradients of the shared
-  parameters (T x P) at ``level: params``, GradNorm's per-task gradients of its layer, Clip's
-  norm after the sum (:func:`sum_grads` first).
-* Random draws come from generators seeded alike on every rank; a draw per example draws the
+* :func:`ddp_backward` wraps every ``backward``: it all-reduces the T losses once and replaces
+  them by :func:`global_losses`, whose value is the global loss and whose gradient is the rank's
+  share of the global gradient (local losses / N), so loss statistics (MGDA's scale, UW, DWA,
+  FAMO, GradNorm's ratios) are global and each local gradient is this rank's term of a sum.
+  Afterwards every trainable gradient not yet summed is all-reduced once, in one flat buffer.
+* A combiner not linear in the per-example terms sums what it needs inside its ``backward``
+  (:func:`all_reduce_sum`): the Gram matrix (T x T), GradDrop's batch sums (T x F), the shared
+  parameters' per-task gradients (T x P) at ``level: params``, GradNorm's per-task gradients
+  of its layer, Clip's norm after :func:`sum_grads`.
+* Random draws come from generators seeded alike on every rank; a per-example draw draws the
   global batch's shape and keeps the rank's rows (:func:`rand_rows`).
 
-:func:`check_ddp` refuses, before a run starts, a combiner whose ``backward`` declares no
-communication (``Combiner.ddp``).
+:func:`check_ddp` refuses, before a run starts, a combiner that declares no communication
+(``Combiner.ddp``).
 """
 
 from __future__ import annotations

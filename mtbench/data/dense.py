@@ -1,26 +1,19 @@
 """Dense prediction tasks on the MTAN-preprocessed NumPy layout (NYUv2, Cityscapes).
 
-The layout (lorenmt/mtan ``im2im_pred/create_dataset.py``; the same loader is copied into CAGrad,
-Nash-MTL, FAMO and LibMTL)::
+The layout of lorenmt/mtan's ``im2im_pred/create_dataset.py`` (copied by CAGrad, Nash-MTL, FAMO
+and LibMTL): ``ROOT/{train,val}/<folder>/<i>.npy``, i = 0 .. N-1 in every folder of a split,
+with ``image`` (H x W x 3 floats), the segmentation folder (``label`` on NYUv2, ``label_7`` /
+``label_19`` on Cityscapes: class index, -1 unlabelled), ``depth`` (H x W x 1, 0 missing) and
+``normal`` (NYUv2: H x W x 3 unit vectors, (0, 0, 0) missing).
 
-    ROOT/train/<folder>/<i>.npy     i = 0 .. N-1, the same N in every folder of a split
-    ROOT/val/<folder>/<i>.npy
+``val`` is the papers' test split and our ``test``; our validation split is
+``task.val_fraction`` of ``train``, drawn by a permutation seeded with ``task.val_seed``.
 
-with the folders ``image`` (H x W x 3 floats), the segmentation folder (``label`` on NYUv2,
-``label_7`` / ``label_19`` on Cityscapes: H x W, the class index, -1 unlabelled), ``depth``
-(H x W x 1, 0 missing) and ``normal`` (NYUv2: H x W x 3 unit vectors, (0, 0, 0) missing).
-
-``val`` is what the papers report as their test split: it is our ``test`` split. Our
-validation split (model selection) is ``task.val_fraction`` of ``train``, drawn by a permutation
-seeded with ``task.val_seed``; no selection ever looks at the reported split.
-
-The first run reads every file once, checks it (shapes, value ranges), and writes one
-contiguous array per split and folder into a cache (``data.cache_dir``, else
-``ROOT/.mtbench_cache``, else ``~/.cache/mtbench/<task>``): images float32 [N, 3, H, W],
-labels int64 [N, H, W], depth float32 [N, 1, H, W], normals float32 [N, 3, H, W]. The training
-rows are stored in the order of the seeded permutation (validation rows first), so the
-validation and training splits are both contiguous slices. Runs memory-map the cache; a
-cache is reused while no file's name, size or modification time has changed.
+The first run checks every file and writes one contiguous array per split and folder into a
+cache (``data.cache_dir``, else ``ROOT/.mtbench_cache``, else ``~/.cache/mtbench/<task>``):
+float32 images [N, 3, H, W], int64 labels [N, H, W], float32 depth [N, 1, H, W] and normals
+[N, 3, H, W]; training rows in the permutation's order, validation first, so both splits are
+contiguous slices. Runs memory-map it; it is reused while no file's name, size or mtime changes.
 """
 
 from __future__ import annotations

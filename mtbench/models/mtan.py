@@ -2,28 +2,17 @@
 "End-to-End Multi-Task Learning with Attention", Sec. 3 and Fig. 2; their ``im2im_pred``
 SegNet-MTAN, the model of the Nash-MTL and FAMO tables).
 
-Each task t has, at every encoder and decoder level, an attention module (1x1 convolution,
-BatchNorm, ReLU, 1x1 convolution, BatchNorm, sigmoid) whose mask multiplies the shared
-SegNet's features at that level. The masks read the shared features and the task's own
-attended features of the previous level, passed on through a conv-BN-ReLU block that is
-the same for every task (``enc_att_block`` then a 2x2 max-pool, in the encoder;
-``dec_att_block`` after a bilinear 2x upsampling, in the decoder). Task t's head reads the
-last decoder level's attended features [B, f[0], H, W].
+At every encoder and decoder level, task t's attention module (1x1 conv, BN, ReLU, 1x1 conv,
+BN, sigmoid) gives a mask that multiplies the shared SegNet's features. It reads those features
+and the task's attended features of the previous level, passed through a block shared by every
+task (``enc_att_block`` then a 2x2 max-pool; ``dec_att_block`` after a bilinear 2x upsampling).
 
-**No single shared representation.** Each task's head reads its own attended features, so
-there is no feature map that every task's loss goes through: the model's ``rep`` is the T
-attended maps concatenated along channels, [B, T * f[0], H, W] (task t's head reads channels
-t*f[0] .. (t+1)*f[0]), and ``shared_representation = False``. Gradient combiners must work at
-the parameters (``combiner.level=params``): the per-task gradients of the shared parameters
-are exact through this concatenation (loss t's gradient is zero outside its own block).
-
-**What counts as shared.** The shared SegNet, the two shared attention blocks AND the
-per-task attention modules are the model's ``shared_parameters()``; only the task heads are
-``head_parameters()``. This is the Nash-MTL (and FAMO) choice: their ``shared_parameters``
-are all but the ``pred_task`` heads. CAGrad's code differs: its ``shared_modules`` leave the
-per-task attention modules out, so its gradient surgery sees only the SegNet and the shared
-attention blocks (and each task's attention modules get the plain sum's gradient, which is
-their own task's gradient alone).
+There is no single shared representation: task t's head reads its own attended map, so ``rep``
+is the T maps concatenated along channels, [B, T * f[0], H, W] (task t: channels t*f[0] ..
+(t+1)*f[0]), ``shared_representation = False``, and combiners work at ``level=params``.
+``shared_parameters()`` are the SegNet, the shared attention blocks and the per-task attention
+modules; only the heads are ``head_parameters()`` (Nash-MTL's and FAMO's choice; CAGrad's
+``shared_modules`` leave the per-task attention out: docs/tasks/dense-models.md).
 """
 
 from __future__ import annotations

@@ -1,27 +1,23 @@
 """What a combiner does, per epoch (``trainer.diagnostics=true``; off by default).
 
-Every training step, from the T x T Gram matrix ``G[i, j] = g_i . g_j`` of the per-task
-gradients g_i, the task weights and the combiner's own values:
+Every training step, from the Gram matrix ``G[i, j] = g_i . g_j`` of the per-task gradients,
+the task weights and the combiner's own values (docs/guide/diagnostics.md):
 
-- ``diag_gnorm_<task>``: ||g_i|| = sqrt(G[i, i]), one column per task;
-- ``diag_cos_mean``, ``diag_cos_min``: the mean and the minimum over the pairs i < j of the
-  cosine G[i, j] / (||g_i|| ||g_j||) (a pair with a zero gradient counts cosine 0);
-- ``diag_conflict_frac``: the fraction of the pairs i < j with G[i, j] < 0;
-- ``diag_w_min``, ``diag_w_max``, ``diag_w_entropy``: the task weights' minimum, maximum and
-  normalised entropy -sum_i p_i log p_i / log T of p = |w| / sum_i |w| (1: equal weights, 0: one
-  task alone), for a combiner that weights tasks (``last_weights``);
-- ``diag_graddrop_kept``: GradDrop's kept fraction, the share of the (task, feature) entries with
-  a non-zero signed gradient whose mask M_i is 1.
+- ``diag_gnorm_<task>``: ||g_i|| = sqrt(G[i, i]);
+- ``diag_cos_mean``, ``diag_cos_min``: the mean and minimum over pairs i < j of the cosine
+  G[i, j] / (||g_i|| ||g_j||) (0 for a pair with a zero gradient);
+- ``diag_conflict_frac``: the fraction of pairs i < j with G[i, j] < 0;
+- ``diag_w_min``, ``diag_w_max``, ``diag_w_entropy``: the weights' min, max and normalised
+  entropy -sum_i p_i log p_i / log T of p = |w| / sum_i |w| (1: equal weights, 0: one task
+  alone; ``last_weights`` combiners only);
+- ``diag_graddrop_kept``: the share of (task, feature) entries with a non-zero signed gradient
+  that GradDrop's mask keeps.
 
-Each column of an epoch is the mean of the step values over the epoch's steps. The Gram matrix is
-the combiner's own where it computes one (the Gram-matrix methods, at their ``level``; GradDrop
-at the representation), kept by the combiner when the diagnostics are on
-(``Combiner.diagnostics_gram``); for any other combiner one more Gram matrix is computed at the
-shared representation from the per-task gradients there
-(:func:`mtbench.combiners.taskgrads.rep_task_grads`; not for a model without one shared
-representation). Nothing here changes the training: no random numbers are drawn and nothing is
-written into ``.grad``. The statistics stay on the training device until the epoch ends (no host
-synchronisation per step).
+An epoch's column is the mean over its steps. The Gram matrix is the combiner's own where it
+computes one (``Combiner.diagnostics_gram``), else one computed at the shared representation
+(:func:`mtbench.combiners.taskgrads.rep_task_grads`; none without one). Training is unchanged:
+no random draws, nothing written to ``.grad``; the statistics stay on the device until the
+epoch ends.
 """
 
 from __future__ import annotations

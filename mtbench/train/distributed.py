@@ -1,24 +1,16 @@
 """Training on several processes with ``torch.distributed`` (``trainer.strategy=ddp``).
 
-One process per device. The world is either started here (``trainer.devices=N`` on one node:
-the Hydra job's process is rank 0 and spawns ranks 1..N-1 on a free localhost port) or joined
-(``torchrun``, or SLURM tasks: the environment names the rank and the world size). Backend
-NCCL on GPUs, gloo on CPUs.
+One process per device, NCCL on GPUs, gloo on CPUs. The world is started here
+(``trainer.devices=N`` on one node: the Hydra job is rank 0 and spawns ranks 1..N-1 on a free
+localhost port) or joined (``torchrun`` or SLURM set the rank and world size).
 
-What makes a DDP run compute the single-process run's numbers:
-
-* the data: every rank draws the same batch order (the same seeded generator) and prepares the
-  same global batch (augmentation draws included), then keeps its slice (:func:`rank_slice`:
-  rank r the r-th of N equal parts, in the batch's order);
-* the losses: each rank's per-task losses are rescaled so that their mean over the ranks is
-  the single-process loss (:meth:`World.loss_scale`: an uneven last batch, a dense task's
-  valid-pixel counts);
-* batch normalisation: :class:`SyncBatchNorm` computes a training batch's statistics over the
-  global batch (an all-reduce, differentiable), so outputs and gradients are the global batch's;
-* the gradients: the combiner leaves the single-process gradient on every rank (it
-  communicates itself; ``Step.group``);
-* evaluation: every rank evaluates its contiguous part of a split and the scores are gathered
-  in order (no example dropped or counted twice); dense tasks are evaluated whole on every rank.
+A DDP run computes the single-process run's numbers: every rank draws the same batch order and
+prepares the same global batch (augmentation included), then keeps its slice (:func:`rank_slice`:
+rank r the r-th of N equal parts); per-task losses are rescaled so their mean over ranks is the
+single-process loss (:meth:`World.loss_scale`: an uneven last batch, dense valid-pixel counts);
+:class:`SyncBatchNorm` uses the global batch's statistics; the combiner leaves the
+single-process gradient on every rank (``Step.group``); evaluation gathers each rank's
+contiguous part in order (dense tasks: evaluated whole on every rank).
 
 Only rank 0 writes files. A rank that dies or raises makes the others fail at their next
 collective (at once for a dead peer, after ``trainer.collective_timeout_s`` for a stuck one);
