@@ -3,21 +3,18 @@
 One pretrained trunk, several losses, each a task for the combiner:
 
 - ``target``: cross-entropy of a new 100-way head on the CIFAR-100 fine labels;
-- ``source``: the pretrained 1000-way ImageNet classifier kept as a head. By default it is
-  distilled towards the frozen pretrained network's predictions on the same CIFAR images
-  (learning without forgetting: KL divergence at temperature ``task.temperature``, times T^2);
-  with ``data.source_root`` (an ImageNet ImageFolder) it is trained with cross-entropy on real
-  ImageNet batches appended to every training batch instead (:meth:`extend_batch`);
+- ``source``: the pretrained 1000-way ImageNet classifier kept as a head, distilled towards the
+  frozen pretrained network's predictions (learning without forgetting: KL divergence at
+  temperature ``task.temperature``, times T^2), or, with ``data.source_root`` (an ImageNet
+  ImageFolder), trained with cross-entropy on ImageNet batches appended to each batch
+  (:meth:`extend_batch`);
 - ``coarse`` (``task.coarse: true``): cross-entropy of a 20-way head on the coarse labels.
 
-The frozen network's predictions are computed once, on the training device, when the trainer
-sets the task up (``Task.setup(device)``; no augmentation, so they are fixed) and kept in memory
-with the labels: float16 logits for the training split
-(distillation targets), the top-1 class for validation and test (the source-agreement metric).
-A sweep run in one process computes them once (in-process cache).
-
-Data: CIFAR-100's python version (read by :mod:`mtbench.data.cifar100_files`). Validation: ``task.val_size`` images held out from the training
-file by a permutation seeded with ``task.val_seed``; the test file is the test split.
+The frozen network's predictions are computed once per process at ``Task.setup(device)`` (no
+augmentation): float16 logits for training, the top-1 class for validation and test (the
+source-agreement metric). Data: CIFAR-100's python version (:mod:`mtbench.data.cifar100_files`);
+validation is ``task.val_size`` training images chosen by a permutation seeded with
+``task.val_seed``; the test file is the test split.
 """
 
 from __future__ import annotations

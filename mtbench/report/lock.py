@@ -1,23 +1,15 @@
 """One process at a time in a run folder: the ``.lock`` file.
 
-A process that trains (or skips, or resumes) a run first takes ``<run folder>/.lock`` and holds
-it until the run's final ``metrics.json`` is written. The lock file holds JSON
-``{"host", "pid", "started", "token"}`` and is created atomically, complete (written to a
-temporary file, then ``os.link``-ed into place, which fails when a lock already exists; this
-also works on NFS).
+A process that trains (or skips, or resumes) a run takes ``<run folder>/.lock`` and holds it
+until the run's final ``metrics.json`` is written. The lock holds JSON ``{"host", "pid",
+"started", "token"}`` and is created atomically and complete (a temporary file ``os.link``-ed
+into place, which fails when a lock exists; this works on NFS too).
 
-A lock is *stale*, and is taken over, when
-
-- it was taken on this host and its process is gone (``os.kill(pid, 0)``), or
-- it was taken on another host and has not been refreshed for ``STALE_AFTER_S`` seconds: the
-  holder touches the file every ``HEARTBEAT_S`` seconds from a background thread, whatever
-  its epochs last (this assumes the hosts' clocks agree to within a few minutes), or
-- its content is unreadable and it is older than ``HEARTBEAT_S`` seconds.
-
-Otherwise the run is held by a live process: ``RunLock`` raises ``Locked`` (the caller skips
-the run). A lock left behind by a killed process is therefore never a problem on the same
-host; a lock of a process on another machine that was killed goes stale after
-``STALE_AFTER_S`` seconds, or can be deleted by hand.
+A lock is stale, and taken over, when it was taken on this host and its process is gone
+(``os.kill(pid, 0)``); or on another host and not refreshed for ``STALE_AFTER_S`` seconds (the
+holder touches it every ``HEARTBEAT_S`` seconds from a background thread; this assumes the
+hosts' clocks agree to within a few minutes); or its content is unreadable and it is older than
+``HEARTBEAT_S`` seconds. Otherwise ``RunLock`` raises ``Locked`` and the caller skips the run.
 """
 
 from __future__ import annotations

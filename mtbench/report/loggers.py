@@ -1,25 +1,17 @@
 """Experiment trackers a run reports to beside its own files (the ``logger=`` config group).
 
-``logger=csv`` (the default) writes nothing more than ``metrics.json``, ``history.csv`` and
-``per_attribute.csv``, which every run writes whatever the logger. The other backends add:
+``logger=csv`` (the default) adds nothing to the files every run writes (``metrics.json``,
+``history.csv``, ``per_attribute.csv``). ``tensorboard`` writes event files in
+``<run>/tensorboard/``; ``wandb`` a Weights & Biases run in ``<run>/wandb/`` (``WANDB_MODE=offline``
+or ``logger.wandb.mode=offline`` needs no network); ``mlflow`` a run in a local SQLite store
+(``<results_dir>/mlflow.db``, or ``logger.mlflow.tracking_uri``). Several at once:
+``logger=[tensorboard,mlflow]``.
 
-- ``tensorboard``: event files in the run folder (``<run>/tensorboard/``), written with
-  ``torch.utils.tensorboard``;
-- ``wandb``: a Weights & Biases run (its files in ``<run>/wandb/``); ``WANDB_MODE=offline`` (or
-  ``logger.wandb.mode=offline``) needs no network;
-- ``mlflow``: an MLflow run in a local SQLite store (``<results_dir>/mlflow.db`` by default, any
-  tracking URI with ``logger.mlflow.tracking_uri=...``).
-
-Several at once: ``logger=[tensorboard,mlflow]``. Each backend gets, per run, the resolved
-config, the combiner, variant and seed as tags (or params), and per epoch every number of the
-run's ``history.csv`` row (train loss, validation metrics, step time, learning rate, the
-combiner's values ``combiner_*`` and, with ``trainer.diagnostics=true``, the ``diag_*`` columns:
-gradient norms, cosines, conflicts, weights); at the end the test metrics of the selected epoch.
-At the end of a sweep the comparison table (``table.md``/``table.csv``) goes to each backend
-(:func:`log_table`).
-
-Every backend is one small class behind :class:`Logger`; a backend whose library is not
-installed is refused before any run starts, in one line naming the extra to install.
+Each backend gets the resolved config, the combiner, variant and seed as tags, every number of
+each epoch's ``history.csv`` row, the selected epoch's test metrics, and at the end of a sweep
+the comparison table (:func:`log_table`). Every backend is one small class behind
+:class:`Logger`; one whose library is missing is refused before any run starts, in one line
+naming the extra to install.
 """
 
 from __future__ import annotations

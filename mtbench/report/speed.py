@@ -1,22 +1,16 @@
 """The table's speed column, measured after a sweep: every swept combiner's training step timed on
 the sweep's own task, model and batch, interleaved round by round in one process.
 
-A run's own step times (``train_step_s``, ``train_step_cpu_s`` in its ``metrics.json``) were taken
-minutes or hours apart, each under whatever else the machine ran then: on a busy machine their
-ratios say more about the load than about the combiners. Here every row (one per combiner and
-variant of the sweep, each with its own copy of the same initial model, its own optimizer and
-combiner, built from that row's recorded config) takes one step per round, the order rotating
-each round, so a slow spell of the machine falls on every row alike; a row's speed is the median
-over the rounds of the baseline's step time over the row's in the same round (the method of
-``scripts/bench_step.py``).
+A run's own step times were taken minutes or hours apart, under whatever else the machine ran
+then. Here every row (one per combiner and variant, each built from its recorded config on a
+copy of the same initial model) takes one step per round, in an order rotating each round, so a
+slow spell falls on every row alike; a row's speed is the median over rounds of the baseline's
+step time over the row's in the same round (the method of ``scripts/bench_step.py``). The
+baseline is timed twice per round: the ratios of the one to the other are its own spread, and a
+speed inside that spread is never bolded (``boldable``).
 
-The baseline is timed twice per round (two identical rows): the ratios of the one to the other
-are the spread of the baseline's own repeated measurements. A speed inside that spread is no
-measurable difference, and the table never bolds it (``boldable``).
-
-The result is ``<results>/<name>/speed.json``; ``mtbench.report.table`` reads it for the speed
-column (``apply``). ``measure`` runs at the end of a sweep (``mtbench.report.callback``) and
-takes seconds per combiner.
+:func:`measure` runs at the end of a sweep (``mtbench.report.callback``) and writes
+``<results>/<name>/speed.json``; ``mtbench.report.table`` reads it (:func:`apply`).
 """
 
 from __future__ import annotations
