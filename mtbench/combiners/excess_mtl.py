@@ -98,10 +98,10 @@ class ExcessMTL(ParamRows):
 
     At the shared parameters only: the statistics are per parameter and task ([T, P], the
     parameters' dtype), the combiner's state with the weights (in checkpoints, so a resumed run
-    is exact). Memory: T times the shared parameters (11.2 M for ResNet-18: 1.8 GB in float32
-    at T = 40), beside the [T, P] rows of the step. mtbench's own code of torchjd's
-    ``ExcessMTLWeighting`` formula (its weights, on a float64 copy of the rows, are checked
-    against ours; the statistics stay in the rows' dtype to keep half the memory). Scale: T times
+    is exact). Memory: T times the shared parameters, beside the [T, P] rows of the step.
+    mtbench's own code of torchjd's ``ExcessMTLWeighting`` formula (its weights, on a float64
+    copy of the rows, are checked against ours; the statistics stay in the rows' dtype to keep
+    half the memory). Scale: T times
     torchjd's (its weights sum to 1): equal gradients give the baseline's sum at the first step.
     Options: ``robust_step_size``, ``n_warmup_steps``, ``chunk_size``.
     """

@@ -118,7 +118,7 @@ class FairGrad(WarmStarted):
     float64 Gram matrix, each solve warm-started from the last step's, which is the
     combiner's state, saved in checkpoints); ``solver: scipy`` is torchjd's
     ``FairGradWeighting(alpha)`` (scipy's bounded least squares, as the authors' code), the same
-    weights where its iterations converge, about 14 times slower on a 40 x 40 matrix. Scale: the
+    weights where its iterations converge, far slower (docs/performance.md). Scale: the
     paper's weights carry their own length (equal agreeing gradients of norm n get
     w_i = (T n^2)^(-alpha/(1+alpha))); with ``rescale: true`` d is multiplied by
     1^T G w / w^T G w, which makes it the projection of the baseline's sum onto FairGrad's

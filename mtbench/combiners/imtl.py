@@ -36,10 +36,8 @@ def imtl_weights_from_gram(gram: Tensor, log_scales: Any) -> Tensor:
     Cholesky factor certifies it well conditioned (:func:`~mtbench.combiners.linalg.well_conditioned_solve`),
     a = e^{-s} N^{-1} C^{-1} 1 and alpha = T a / sum_j a_j (zero when that sum is below 1e-12,
     torchjd's test on the same number): torchjd's alpha in exact arithmetic, and still exact where
-    the loss scales or the gradients' norms make H too ill-conditioned for a pseudo-inverse (scales
-    e^{-10} to e^{10} on five random gradients: cond(H) = 3e17, and pinv(H) ||h|| misses the equal
-    projections by 48 % of their size; this form meets them to 1e-15, as LibMTL's formula does:
-    tests/combiners/test_imtl.py). Else (a zero gradient, nearly dependent gradients) torchjd's
+    the loss scales or the gradients' norms make H too ill-conditioned for a pseudo-inverse (as
+    LibMTL's formula is; docs/combiners/imtl.md, tests/combiners/test_imtl.py). Else (a zero gradient, nearly dependent gradients) torchjd's
     ``pinv`` of H, its generalisation to linearly dependent gradients."""
     from mtbench.combiners.jd import gram_np64
 

@@ -19,7 +19,8 @@ def imtl_g_weights_from_gram(gram: Tensor) -> Tensor:
     u_i = g_i / ||g_i||), mtbench's own code of that formula: where G's Cholesky factor certifies
     it well conditioned (:func:`~mtbench.combiners.linalg.well_conditioned_solve`) pinv(G) ||g|| is
     G^{-1} ||g|| and comes from two triangular solves, else from ``torch.linalg.pinv`` as in
-    torchjd (the same numbers to rounding; about 7 times faster at T = 400, scripts/bench_solvers.py)."""
+    torchjd (the same numbers to rounding, faster: rows ``imtl_g`` and ``imtl_g-torchjd`` of
+    ``scripts/bench_solvers.py``)."""
     from mtbench.combiners.jd import gram_np64
 
     g = gram_np64(gram, "imtl_g")

@@ -83,8 +83,8 @@ def pcd_weights_from_gram(
     ``solver="pivoting"``: mtbench's code of torchjd's formula, the QP's dual solved by block
     principal pivoting and certified (:func:`_pcd_multipliers`), torchjd's dual active set where
     that certifies nothing (dependent gradients, infeasible constraints); ``"torchjd"``:
-    torchjd's ``PCDWeighting`` throughout (a Python loop of small torch operations: tens of
-    milliseconds at T = 40 where many constraints bind).
+    torchjd's ``PCDWeighting`` throughout (a Python loop of small torch operations, far slower
+    where many constraints bind: docs/combiners/pcd.md).
     """
     from mtbench.combiners.jd import gram_cpu64, weighting
 
