@@ -1,18 +1,14 @@
 """The sweeper of ``mtbench -m``: Hydra's basic sweeper (the cartesian product of every swept
 key), with the runs ordered so that the combiners alternate.
 
-Hydra's basic sweeper varies the last key fastest, and the primary config lists ``combiner``
-first, so ``mtbench -m seed=0,1,2`` would run each combiner's three seeds back to back. A speed
-column compares step times measured minutes apart; when the machine slows down for a while
-(another job, a busy host), run-after-run order puts the whole slow spell on one combiner.
-``InterleavedSweeper`` (``hydra/sweeper=interleaved``, the default; Hydra only loads sweepers from
-its ``hydra_plugins`` package, so the class lives in ``hydra_plugins.mtbench_sweeper``) moves ``combiner`` to the end of the product instead: every seed
-(and every setting of any other swept key) runs all combiners in turn, so a slow spell falls
-on all of them alike. The set of runs, their folders and their numbers are the same as the
-basic sweeper's; only the order of the runs changes.
-
+Hydra's basic sweeper varies the last key fastest and the primary config lists ``combiner``
+first, so each combiner's seeds would run back to back and a slow spell of the machine would
+fall on one combiner's step times. ``InterleavedSweeper`` (``hydra/sweeper=interleaved``, the
+default; in ``hydra_plugins.mtbench_sweeper``, the only package Hydra loads sweepers from) moves
+``combiner`` to the end of the product, so every setting of the other keys runs all combiners in
+turn. The runs, their folders and their numbers are the basic sweeper's; only the order changes.
 ``hydra/sweeper=basic`` restores Hydra's order; ``hydra/sweeper=optuna`` (the ``[optuna]``
-extra) replaces the sweeper altogether.
+extra) replaces the sweeper.
 """
 
 from __future__ import annotations
