@@ -13,6 +13,9 @@ from their checkpoint, and refuses to mix runs of different configs unless ``for
 
 In a sweep, a job with a bad input is refused in one line and the sweep goes on; the command
 exits 2 if any job was refused, 1 if any run failed or was interrupted (``report/sweep.py``).
+
+The command line before Hydra reads it: ``cli_argv.py``; a job's config prepared and checked:
+``cli_config.py``; the folders the runs write to checked: ``cli_folders.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import errno
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mtbench.cli_argv import (  # noqa: F401 - _is_cfg_flag, MULTIRUN_FLAGS, DRY_RUN_FLAG re-exported
     DRY_RUN_FLAG,
@@ -41,10 +43,18 @@ from mtbench.cli_argv import (  # noqa: F401 - _is_cfg_flag, MULTIRUN_FLAGS, DRY
     _rewrite_argv,
     _sweep_listing,
 )
+from mtbench.cli_config import GPU_PRESETS, _apply_per_combiner, _drop_inapplicable, check_job, validate  # noqa: F401 - GPU_PRESETS re-exported
+from mtbench.cli_folders import (
+    _check_results_dir,
+    _check_run_folder,
+    _check_space,
+    _check_sweep_folder,
+    _remove_leftovers,
+)
 from mtbench.errors import MtbenchError
 from mtbench.report import sweep
 from mtbench.report.runs import METRICS, RETIRED_KEYS, RunDir, atomic_write_text, config_diff, write_csv, write_json  # noqa: F401 - re-exported
-from mtbench.variant import applies, identity, named_classes, register_resolver, variant_name
+from mtbench.variant import identity, register_resolver, variant_name
 
 register_resolver()  # ${mtbench_variant:...} in hydra.run.dir / hydra.sweep.subdir
 
@@ -61,75 +71,6 @@ log = logging.getLogger("mtbench")
 
 #: runs of this process that failed (the basic launcher runs jobs in-process); main() exits 1 if any
 FAILED: list[str] = []
-
-#: (combiner, option) pairs already reported as not applying, so the log says so once per process
-_DROPPED: set[tuple[str, str]] = set()
-
-
-def validate(cfg: DictConfig) -> None:
-    """Reject options that cannot work before any run starts, naming the option, the value
-    and what is allowed (one line): the trainer's, the seed, the model's, the task's (checked
-    without building its data) and the combiner's (the combiner is constructed)."""
-    from mtbench.combiners import build_combiner
-    from mtbench.combiners.base import check_representation
-    from mtbench.data import check_task
-    from mtbench.models import check_model, shared_representation
-    from mtbench.models.dense import check_model_for_task
-    from mtbench.options import check_bool, check_int
-    from mtbench.report.loggers import check_loggers
-    from mtbench.train.options import check_trainer
-
-    check_trainer(cfg.trainer)
-    _check_gpu_preset(cfg)
-    check_int("seed", cfg.get("seed"), minimum=0)
-    check_bool("force", cfg.get("force", False))
-    check_loggers(cfg.get("logger"))
-    check_model(cfg.model)
-    spec = check_task(cfg.task)
-    if spec is None:
-        return
-    check_model_for_task(cfg.model, getattr(spec, "dense", None))  # a per-pixel task needs a dense model
-    select = cfg.trainer.get("select_metric")
-    if select and select not in spec.metric_keys:
-        raise MtbenchError(
-            f"trainer.select_metric={select!r} is not a metric of task {cfg.task.name}; choose one of: {', '.join(spec.metric_keys)}"
-        )
-    combiner = build_combiner(cfg.combiner, spec.num_tasks, default_leak=spec.default_leak, task_names=spec.task_names)
-    # a combiner at the shared representation needs a model that has one (not segnet_mtan)
-    check_representation(combiner, cfg.model.name, shared_representation(cfg.model))
-    from mtbench.train.distributed import check_combiner, is_ddp
-
-    if is_ddp(cfg.trainer):
-        check_combiner(combiner)  # trainer.strategy=ddp: a combiner that cannot be exact refuses
-
-
-#: the presets sized for a GPU: refused where none is visible unless trainer.device is explicit
-GPU_PRESETS = ("paper_celeba", "paper_cifar100", "kurin_celeba", "famo_celeba")
-
-
-def _check_gpu_preset(cfg: DictConfig) -> None:
-    """``experiment=<a GPU preset>`` with ``trainer.device=auto`` on a machine without a CUDA GPU:
-    a one-line error (the run would fall back to the CPU silently, many times slower) naming
-    ``trainer.device=cpu``, which runs it on the CPU anyway."""
-    if str(cfg.trainer.get("device", "auto")) != "auto":
-        return
-    hydra_node = cfg.get("hydra") if "hydra" in cfg else None
-    if hydra_node is not None:
-        choices = hydra_node.runtime.choices
-    elif HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-    else:
-        return
-    preset = choices.get("experiment")
-    if preset not in GPU_PRESETS:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise MtbenchError(
-            f"experiment={preset} is sized for a GPU and no CUDA GPU is visible; add trainer.device=cpu to run it "
-            "on the CPU anyway (many times slower: hours per run), or run it on a machine with a GPU"
-        )
 
 
 def _base_record(cfg: DictConfig, ident: dict[str, str] | None = None) -> dict[str, Any]:
@@ -213,51 +154,6 @@ def _trackers(cfg: DictConfig, run_dir: Path, record: dict[str, Any], resolved: 
         tags = {k: str(record[k]) for k in ("task", "combiner", "variant", "seed", "model", "name")}
         trackers.start(resolved, tags)
     return trackers
-
-
-def _drop_inapplicable(cfg: DictConfig, overrides: list[str]) -> None:
-    """Remove the ``++combiner.<option>`` keys that this job's combiner does not declare (an
-    option given to a sweep of several combiners applies to those that have it)."""
-    name = str(cfg.combiner.name)
-    if "combiner" in named_classes(overrides):
-        return  # a class given on the command line decides its own options
-    for text in overrides:
-        key = text.split("=", 1)[0].lstrip("+")
-        if key.startswith("combiner.") and not applies(key, name):
-            option = key.split(".")[1]
-            with open_dict(cfg.combiner):
-                cfg.combiner.pop(option, None)
-            if (name, option) not in _DROPPED:
-                _DROPPED.add((name, option))
-                log.info(f"mtbench: {key} does not apply to combiner={name}; its runs go on without it")
-
-
-def _apply_per_combiner(cfg: DictConfig, overrides: list[str]) -> None:
-    """``per_combiner.<this job's combiner>``'s ``trainer.*`` and ``combiner.*`` settings into the
-    job's config, except the keys the command line sets (they win)."""
-    table = cfg.get("per_combiner")
-    if not table:
-        return
-    if not hasattr(table, "keys"):
-        raise MtbenchError(
-            f"per_combiner must map combiner names to settings, e.g. per_combiner.mgda.trainer.lr=5e-4 (got {table!r})"
-        )
-    given = {text.split("=", 1)[0].lstrip("+~") for text in overrides}
-    name = str(cfg.combiner.name)
-    for combiner, settings in table.items():
-        if not hasattr(settings, "keys") or not set(settings.keys()) <= {"trainer", "combiner"}:
-            raise MtbenchError(f"per_combiner.{combiner} may set trainer.* and combiner.* keys only (got {settings!r})")
-    settings = table.get(name)
-    if not settings:
-        return
-    flat = OmegaConf.to_container(settings, resolve=True)
-    assert isinstance(flat, dict)
-    for group, values in flat.items():
-        for key, value in (values or {}).items():
-            dotted = f"{group}.{key}"
-            if dotted not in given:
-                with open_dict(cfg):
-                    OmegaConf.update(cfg, dotted, value, force_add=True)
 
 
 def _objective(record: dict[str, Any] | None) -> float:
@@ -368,126 +264,6 @@ def _lead(cfg: DictConfig, run_dir: Path, multirun: bool, overrides: list[str]) 
     return _objective(record)
 
 
-def _check_folder(path: Path, prefix: str = "", file_fix: str = "", write_fix: str = "") -> None:
-    """One line and exit 2 when ``path``, or its first existing parent, is a file or is not
-    writable: ``<prefix><parent> is a file, not a folder; <file_fix>`` (or ``is not writable``)."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                _error(f"{prefix}{parent} is a file, not a folder; {file_fix}")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                _error(f"{prefix}{parent} is not writable; {write_fix}")
-            break
-
-
-def _check_results_dir(argv: list[str]) -> None:
-    """Fail early, in one line, when the results folder cannot be created (Hydra would give a
-    traceback: a file in the way, a read-only disk, ``/proc``), or when ``name=`` would put
-    the runs outside it (``name=../x``: a name is one folder name)."""
-    root = "results"
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+") == "results_dir":
-            root = value
-        if key.lstrip("+") == "name":
-            for name in value.split(",") if value else [value]:
-                if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-                    _error(
-                        f"name={name} is not a plain folder name (it would write outside results_dir); "
-                        "choose a name without '/' or '..', e.g. name=my_experiment"
-                    )
-    for each in root.split(",") if root else [root]:
-        _check_folder(Path(each), f"results_dir={each}: ", "choose another results_dir", "choose another results_dir")
-        parent = next((p for p in [Path(each), *Path(each).parents] if p.exists()), None)
-        if parent is not None and parent.is_dir():  # can a folder be made there (root passes os.access)?
-            try:
-                os.rmdir(tempfile.mkdtemp(prefix=".mtbench-check.", dir=parent))
-            except OSError as e:
-                _error(
-                    f"results_dir={each}: cannot create it in {parent} ({e.strerror or e}); choose another results_dir"
-                )
-
-
-def _check_run_folder(path: Path) -> None:
-    """One line and exit 2 when the run folder ``path``, or its first existing parent, is a file
-    or not writable, or a file Hydra and the log write into it is not writable."""
-    _check_folder(
-        path,
-        "",
-        "move it away (or set name=... or results_dir=...)",
-        "make it writable (chmod u+w) or set name=... or results_dir=...",
-    )
-    inner = [path / ".hydra", path / "mtbench.log", *(path / ".hydra").glob("*.yaml")]
-    for p in inner:
-        if p.exists() and not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
-            _error(f"{p} is not writable; make it writable (chmod u+w) or set name=... or results_dir=...")
-
-
-def _check_sweep_folder(sweep: Path, combiners: list[str] | None = None) -> None:
-    """The sweep's folder checked like a run folder; under its ``runs/`` (the folders of
-    ``combiners``, all when None), a file where a combiner, variant or seed folder belongs,
-    and a run folder that is not writable, are errors."""
-    _check_run_folder(sweep)
-    runs = sweep / "runs"
-    if not runs.is_dir():
-        return
-    names = combiners or ["*"]
-    entries = [e for n in names for e in (*runs.glob(n), *runs.glob(f"{n}/*"), *runs.glob(f"{n}/*/seed=*"))]
-    for entry in sorted(set(entries)):
-        if not entry.is_dir():
-            _error(f"{entry} is a file, not a folder: it stands where a run's folder belongs; move it away")
-        if entry.name.startswith("seed="):
-            _check_run_folder(entry)
-
-
-def _check_space(path: Path, size: int = 1 << 16) -> None:
-    """One line and exit 2 when the disk of ``path`` (its first existing folder) cannot take
-    ``size`` bytes: Hydra writes the run's ``.hydra/*.yaml`` before mtbench could report a full
-    disk itself (Hydra would print a traceback)."""
-    folder = next((p for p in [path, *path.parents] if p.is_dir()), None)
-    if folder is None:
-        return
-    probe = folder / f".mtbench-space.{os.getpid()}.tmp"
-    try:
-        with open(probe, "wb") as f:
-            f.write(bytes(size))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            _error(f"no space left on the disk of {folder}; free some disk space (or set results_dir=...) and re-run")
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def check_job(cfg: DictConfig, overrides: list[str], raise_error: bool = False) -> str | None:
-    """The one-line reason mtbench refuses the job whose composed config is ``cfg`` (its
-    command-line ``overrides``), or None: what ``_app`` checks before it trains, done before
-    Hydra creates the job's folder (a refused run writes nothing; a sweep checks every job
-    before the first starts). ``raise_error``: the ``MtbenchError`` itself instead (its traceback,
-    for ``HYDRA_FULL_ERROR=1``)."""
-    cfg = cfg.copy()
-    dropped, disabled = set(_DROPPED), log.disabled
-    log.disabled = True  # the job itself logs what it drops, once
-    try:
-        _drop_inapplicable(cfg, overrides)
-        _apply_per_combiner(cfg, overrides)
-        identity(overrides, str(cfg.combiner.name))
-        validate(cfg)
-    except MtbenchError as e:
-        if raise_error:
-            raise
-        return str(e)
-    finally:
-        log.disabled = disabled
-        _DROPPED.clear()
-        _DROPPED.update(dropped)
-    return None
-
-
 class FolderCheck(Callback):
     """Hydra callback: before Hydra creates any run folder, the folders the runs write to are
     checked (one line, exit 2, instead of a traceback from Hydra): permissions and free space;
@@ -540,32 +316,6 @@ def _held_message(lines: list[str]) -> str:
         f"{len(lines)} run(s) are owned by another mtbench process that is running them ({'; '.join(lines)}); "
         "wait for it to end (or stop it) and re-run to check them"
     )
-
-
-def _remove_leftovers(run_dir: Path) -> None:
-    """A refused run writes nothing: remove what Hydra put in ``run_dir`` before the job started
-    (``.hydra/``, ``mtbench.log``) when nothing else is there, and the folders above it that this
-    leaves empty (up to ``<results_dir>/<name>``). A folder holding another run's files is left alone."""
-    import shutil
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or any(p.name not in (".hydra", "mtbench.log") for p in run_dir.iterdir()):
-        return
-    log_file = (run_dir / "mtbench.log").resolve()
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in list(getattr(logger, "handlers", [])):
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log_file:
-                handler.close()
-                logger.removeHandler(handler)
-    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-    (run_dir / "mtbench.log").unlink(missing_ok=True)
-    folder = run_dir
-    for _ in range(5):  # seed=<s>, <variant>, <combiner>, runs, <name>
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def test_a_file_where_a_folder_belongs(tmp_path, blocked, multirun):
 def test_a_stray_file_under_another_combiner_does_not_block_a_sweep(tmp_path):
     (tmp_path / "results/shapes40/runs").mkdir(parents=True)
     (tmp_path / "results/shapes40/runs/pcgrad").write_text("not a folder")
-    from mtbench.cli import _check_sweep_folder
+    from mtbench.cli_folders import _check_sweep_folder
 
     _check_sweep_folder(tmp_path / "results/shapes40", ["baseline"])  # no error: pcgrad is not swept
     with pytest.raises(SystemExit):
@@ -64,19 +64,19 @@ def test_a_stray_file_under_another_combiner_does_not_block_a_sweep(tmp_path):
 
 def test_read_only_run_folder_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     """(Simulated with os.access: permissions do not bind the root user.)"""
-    from mtbench import cli
+    from mtbench import cli_folders
 
     folder = tmp_path / "results/shapes40/runs/baseline/seed=0"
     (folder / ".hydra").mkdir(parents=True)
     real = os.access
-    monkeypatch.setattr(cli.os, "access", lambda p, mode: False if Path(p) == folder else real(p, mode))
+    monkeypatch.setattr(cli_folders.os, "access", lambda p, mode: False if Path(p) == folder else real(p, mode))
     with pytest.raises(SystemExit) as e:
-        cli._check_run_folder(folder)
+        cli_folders._check_run_folder(folder)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{folder} is not writable" in err
     with pytest.raises(SystemExit) as e:
-        cli._check_sweep_folder(tmp_path / "results/shapes40", None)
+        cli_folders._check_sweep_folder(tmp_path / "results/shapes40", None)
     assert e.value.code == 2 and f"{folder} is not writable" in capsys.readouterr().err
 
 

@@ -29,6 +29,8 @@ LAYERS = {
     "cli": (
         "mtbench.cli",
         "mtbench.cli_argv",
+        "mtbench.cli_config",
+        "mtbench.cli_folders",
         "mtbench.__main__",
         "mtbench.overrides",
         "mtbench.sweep_order",

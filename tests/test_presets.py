@@ -85,7 +85,7 @@ def test_full_image_preprocessing(celeba_root):
 
 
 def test_per_combiner_settings_and_the_command_line_wins():
-    from mtbench.cli import _apply_per_combiner
+    from mtbench.cli_config import _apply_per_combiner
 
     # as Hydra composes it for `trainer.lr=0.002` on the command line
     cfg = OmegaConf.create({"trainer": {"lr": 0.002, "weight_decay": 1e-3}, "combiner": {"name": "mgda", "normalization": "none"},

@@ -520,14 +520,14 @@ def test_disk_full_before_hydra_writes_its_files_is_one_line(tmp_path, monkeypat
     import errno
     import os
 
-    from mtbench import cli
+    from mtbench import cli_folders
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli.os, "fsync", full)
+    monkeypatch.setattr(cli_folders.os, "fsync", full)
     with pytest.raises(SystemExit) as e:
-        cli._check_space(tmp_path / "results" / "run")
+        cli_folders._check_space(tmp_path / "results" / "run")
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and f"no space left on the disk of {tmp_path}" in err
     assert list(tmp_path.iterdir()) == []  # the probe file is gone

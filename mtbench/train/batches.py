@@ -1,4 +1,5 @@
-"""Mini-batches of a split, moved to the training device and normalised; evaluation of a split."""
+"""Mini-batches of a split, moved to the training device and normalised; evaluation of a split;
+the splits cut short for debugging (``trainer.overfit_batches``, ``trainer.max_eval_examples``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mtbench.data import Split, Task
 from mtbench.data.base import Labels, index_labels, labels_to
 from mtbench.train.device import channels_last as _channels_last
 
-__all__ = ["Preprocess", "batches", "evaluate", "second_batch"]
+__all__ = ["Preprocess", "batches", "debug_splits", "evaluate", "second_batch"]
 
 
 def batches(
@@ -112,3 +113,19 @@ def rank_slice(n: int, rank: int, size: int) -> slice:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def debug_splits(task: Any, tcfg: Any, batch_size: int) -> None:
+    """``trainer.overfit_batches``: train on the first N batches' examples only, and validate on
+    them too (a handful of batches repeated every epoch: the loss should go to zero);
+    ``trainer.max_eval_examples``: validate and test on the first N examples of each split."""
+
+    def head(split: Any, n: int) -> Any:
+        n = min(n, len(split))
+        return Split(split.images[:n], index_labels(split.labels, torch.arange(n)))
+
+    if tcfg.get("overfit_batches"):
+        task.train = head(task.train, int(tcfg.overfit_batches) * batch_size)
+        task.val = task.train
+    if tcfg.get("max_eval_examples"):
+        task.val, task.test = head(task.val, int(tcfg.max_eval_examples)), head(task.test, int(tcfg.max_eval_examples))

@@ -1,10 +1,13 @@
-"""The training device, mixed precision (``trainer.amp``) and the timing of training steps."""
+"""The training device (a DDP rank's GPU), mixed precision (``trainer.amp``) and the timing of
+training steps (``metrics.json``'s timing fields)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
+import os
+import statistics
 import sys
 import time
 import types
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from mtbench.errors import MtbenchError
+from mtbench.train.state import RunState
 
 __all__ = [
     "AMP_DTYPES",
@@ -20,8 +24,11 @@ __all__ = [
     "amp_dtype",
     "autocast",
     "channels_last",
+    "rank_device",
     "resolve_device",
     "retain_freed_memory",
+    "sample_load",
+    "timing_fields",
 ]
 
 
@@ -37,6 +44,14 @@ def resolve_device(name: str) -> torch.device:
         raise MtbenchError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MtbenchError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def rank_device(device: torch.device, world: Any) -> torch.device:
+    """A DDP rank's GPU: ``cuda:<local rank>`` (one process per device); else ``device``.
+    ``world``: the run's ``distributed.World``, or None (one process)."""
+    if world is not None and device.type == "cuda":
+        return torch.device("cuda", world.local_rank)
     return device
 
 
@@ -169,3 +184,33 @@ class StepTimer:
         out = [a.elapsed_time(b) / 1000.0 for a, b in self.pending]
         self.pending.clear()
         return out
+
+
+def sample_load(state: RunState) -> None:
+    """Add the machine's 1-minute load average to ``state.load_1m`` (where the OS has one)."""
+    if hasattr(os, "getloadavg"):
+        try:
+            state.load_1m.append(round(os.getloadavg()[0], 2))
+        except OSError:
+            pass
+
+
+def timing_fields(state: RunState, device: torch.device) -> dict[str, Any]:
+    """``metrics.json``'s timing fields besides ``train_step_s`` (wall time, or device time on a
+    GPU): ``train_step_cpu_s`` (the median process CPU time of a step, on a CPU; null on a GPU
+    or when a resumed run's older checkpoint has no CPU times), ``speed_clock`` (the time the
+    tables' speed comes from: ``cpu``, ``wall`` or ``device``), and ``load`` (the machine's
+    1-minute load averages sampled during the run, its cores, and whether the load exceeded them)."""
+    cpu = state.step_cpu_times if device.type != "cuda" and len(state.step_cpu_times) == len(state.step_times) else []
+    cores = os.cpu_count() or 1
+    samples = list(state.load_1m)
+    return {
+        "train_step_cpu_s": statistics.median(cpu) if cpu else None,
+        "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
+        "load": {
+            "cores": cores,
+            "load_1m": samples,
+            "max_1m": max(samples) if samples else None,
+            "over_cores": bool(samples) and max(samples) > cores,
+        },
+    }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.errors import MtbenchError
+from mtbench.train.saved_model import MODEL, read_model
 
 METRICS = "metrics.json"
 
@@ -100,24 +101,6 @@ def saved_config(record: dict[str, Any], path: Path, model_target: str | None = 
         ) from None
 
 
-def read_model(path: Path) -> dict[str, Any]:
-    """``model.pt`` loaded with ``weights_only=True`` (a file that would run code, a truncated
-    or empty one: a one-line error naming it)."""
-    from mtbench.train.checkpoint import load_weights_only
-
-    fix = "re-run the run with force=true to write it again"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise MtbenchError(f"model file {path} cannot be read ({e.strerror or e}); {fix}") from None
-    if not raw:
-        raise MtbenchError(f"model file {path} is empty; {fix}")
-    saved = load_weights_only(raw, path, "model file", fix)
-    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
-        raise MtbenchError(f"model file {path} is not an mtbench model (no state_dict); {fix}")
-    return saved
-
-
 def evaluate_run(
     run_dir: Path | str,
     split: str = "test",
@@ -135,7 +118,6 @@ def evaluate_run(
     from mtbench.models import build_model
     from mtbench.train.batches import Preprocess, evaluate
     from mtbench.train.device import resolve_device
-    from mtbench.train.loop import MODEL
     from mtbench.train.rng import forked_global_rng
 
     run_dir = Path(run_dir)

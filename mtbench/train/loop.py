@@ -5,10 +5,12 @@ is timed; batch preparation and evaluation are not, so ``train_step_s`` compares
 honestly. Test metrics are those of the epoch with the best validation score: the test split
 never selects anything.
 
-The pieces live in their own modules and are re-exported here: batches and evaluation
-(``train/batches.py``), the device and mixed precision (``train/device.py``), the step
-(``train/step.py``), the run's position (``train/state.py``), checkpoints
-(``train/checkpoint.py``) and signal handling (``train/signals.py``).
+The pieces live in their own modules (some re-exported here): batches and evaluation
+(``train/batches.py``), the device, mixed precision and timing (``train/device.py``), the step
+(``train/step.py``), the NaN watch (``train/nan_watch.py``), the run's position
+(``train/state.py``), early stopping (``train/early_stopping.py``), checkpoints
+(``train/checkpoint.py``), the kept model (``train/saved_model.py``), the profiler
+(``train/profiling.py``) and signal handling (``train/signals.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -34,7 +35,7 @@ from mtbench.errors import MtbenchError
 from mtbench.models import build_model
 from mtbench.train import checkpoint as checkpoint_file
 from mtbench.train import distributed
-from mtbench.train.batches import Preprocess, batches, evaluate, second_batch
+from mtbench.train.batches import Preprocess, batches, debug_splits, evaluate, second_batch
 from mtbench.train.checkpoint import CHECKPOINT
 from mtbench.train.device import (
     AMP_DTYPES,
@@ -42,12 +43,19 @@ from mtbench.train.device import (
     amp_dtype,
     autocast,
     channels_last,
+    rank_device,
     resolve_device,
     retain_freed_memory,
+    sample_load,
+    timing_fields,
 )
 from mtbench.train.diagnostics import Diagnostics
+from mtbench.train.early_stopping import early_stopping_record, stopped_early
+from mtbench.train.nan_watch import bad_reason, watch
 from mtbench.train.optim import build_optimizer, build_scheduler
+from mtbench.train.profiling import Profile
 from mtbench.train.rng import derive_seed, forked_global_rng, make_generator, run_generators, set_num_threads
+from mtbench.train.saved_model import MODEL, save_model
 from mtbench.train.signals import AGAIN, Interrupted, StopFlag, StopNow, pause_point
 from mtbench.train.state import RunState
 from mtbench.train.step import TrainStep
@@ -104,7 +112,7 @@ class Trainer:
         tcfg = self.tcfg = cfg.trainer
         set_num_threads(tcfg.num_threads)  # every run: a sweep's earlier run never leaks its setting
         retain_freed_memory(bool(tcfg.get("retain_freed_memory", True)))  # (likewise)
-        device = self.device = _rank_device(resolve_device(tcfg.device), world)
+        device = self.device = rank_device(resolve_device(tcfg.device), world)
         #: trainer.strategy=ddp: this process's place in the run's process group (None: one process)
         self.world = world
         if world is not None:
@@ -174,7 +182,7 @@ class Trainer:
 
         self.epochs, self.batch_size = int(tcfg.epochs), int(tcfg.batch_size)
         self.eval_batch_size = int(tcfg.eval_batch_size)
-        _debug_splits(task, tcfg, self.batch_size)  # trainer.overfit_batches, trainer.max_eval_examples
+        debug_splits(task, tcfg, self.batch_size)  # trainer.overfit_batches, trainer.max_eval_examples
         self.steps_per_epoch = math.ceil(len(task.train) / self.batch_size)
         if tcfg.get("max_steps_per_epoch"):  # a few batches per epoch (debug=fast)
             self.steps_per_epoch = min(self.steps_per_epoch, int(tcfg.max_steps_per_epoch))
@@ -230,7 +238,7 @@ class Trainer:
         state, task, model, device, world = self.state, self.task, self.model, self.device, self.world
         epoch, bs, steps = state.epoch, self.batch_size, self.steps_per_epoch
         model.train()
-        _sample_load(state)
+        sample_load(state)
         self.data_gen.set_state(state.epoch_start_data_rng)
         # NaN watch, on the device: no host synchronisation outside the logging interval
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -247,7 +255,7 @@ class Trainer:
         )
         refreshed = self.clock()
         prof = (
-            _Profile(self.run_dir, self.profile_steps, device)
+            Profile(self.run_dir, self.profile_steps, device)
             if self.profile_steps and epoch == 1 and state.step == 0 and (world is None or world.main)
             else None
         )
@@ -284,7 +292,7 @@ class Trainer:
             if world is not None:  # the global batch's losses (the same on every rank)
                 losses = world.mean_losses(losses)
             loss_sum += losses.detach().sum()
-            _watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
+            watch(losses, model, i + 1, first_bad, bad_tasks, bad_kind)
             last = i + 1 == steps
             due = self.show and self.clock() - refreshed >= REFRESH_S  # by time, about once a second
             if world is not None:  # every rank at the same steps (the signal's check is a collective)
@@ -299,7 +307,7 @@ class Trainer:
             if interval:
                 state.add_step_times(self.timer.flush())  # the GPU steps' times since the last interval
                 if int(first_bad) >= 0:
-                    raise TrainingFailed(_bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
+                    raise TrainingFailed(bad_reason(epoch, int(first_bad), int(bad_kind), bad_tasks, task.task_names))
                 state.loss_sum = float(loss_sum)
                 bar.set_postfix(
                     {
@@ -343,7 +351,7 @@ class Trainer:
         """After the epoch's steps: the schedule's step, the validation metrics, the history
         row (returned), the best epoch so far, the move to the next epoch and the checkpoint."""
         state, model, epoch, steps = self.state, self.model, self.state.epoch, self.steps_per_epoch
-        _sample_load(state)
+        sample_load(state)
         if self.scheduler is not None:
             self.scheduler.step()
         if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
@@ -411,7 +419,7 @@ class Trainer:
             "test_per_attribute": test.get("per_attribute"),
             "train_step_s": statistics.median(state.step_times),
             "examples_per_s": state.examples / total_step_s if total_step_s > 0 else float("nan"),
-            **_cpu_and_load(state, self.device),
+            **timing_fields(state, self.device),
             "steps": len(state.step_times),
             "device": str(self.device),
             "history": state.history,
@@ -435,7 +443,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None, on_epoch=None, stop: Sto
     if stop is not None:
         stop.now("before the first step")
     pause_point("setup")
-    with distributed.run_world(cfg, run_dir, _rank_device(resolve_device(cfg.trainer.device), None), train) as world:
+    with distributed.run_world(cfg, run_dir, rank_device(resolve_device(cfg.trainer.device), None), train) as world:
         try:
             return _train(cfg, run_dir, on_epoch, stop, world)
         except Exception as e:
@@ -457,7 +465,7 @@ def _train(
     with contextlib.nullcontext(stop) if stop is not None else StopFlag() as stop:
         stop.defer()
         pause_point("steps")
-        while run.state.epoch <= run.epochs and not _stopped_early(run):
+        while run.state.epoch <= run.epochs and not stopped_early(run.tcfg, run.state):
             epoch = run.state.epoch
             try:
                 run.train_epoch(stop)
@@ -467,7 +475,7 @@ def _train(
             if on_epoch is not None and main:
                 on_epoch(run.state.history)
             signum = world.agree_signal(stop.signum) if world is not None else stop.signum
-            if signum is not None and epoch < run.epochs and not _stopped_early(run):
+            if signum is not None and epoch < run.epochs and not stopped_early(run.tcfg, run.state):
                 raise Interrupted(signum, f"after epoch {epoch}")
     stop.now("during the final test evaluation")  # resumable: the last epoch's checkpoint is written
     pause_point("test")
@@ -478,7 +486,7 @@ def _train(
         from mtbench.train.predictions import PREDICTIONS, write_predictions
 
         write_predictions(run.model, run.task, run.prep, Path(run_dir) / PREDICTIONS)  # the reported model
-    result["early_stopping"] = _early_stopping_record(run)
+    result["early_stopping"] = early_stopping_record(run.tcfg, run.state, run.select, run.epochs)
     if run_dir is not None and save != "none" and main:
         epoch = run.state.history[-1]["epoch"] if last is not None else result["best_epoch"]
         save_model(Path(run_dir) / MODEL, last if last is not None else run.state.best_model, save, epoch)
@@ -486,173 +494,6 @@ def _train(
         result["processes"] = world.size
     stop.defer()
     return result
-
-
-def _rank_device(device: torch.device, world: distributed.World | None) -> torch.device:
-    """A DDP rank's GPU: ``cuda:<local rank>`` (one process per device); else ``device``."""
-    if world is not None and device.type == "cuda":
-        return torch.device("cuda", world.local_rank)
-    return device
-
-
-def _patience(run: Trainer) -> int | None:
-    value = (run.cfg.trainer.get("early_stopping") or {}).get("patience")
-    return int(value) if value is not None else None
-
-
-def _stopped_early(run: Trainer) -> bool:
-    """``trainer.early_stopping.patience`` epochs in a row without a better selection metric than
-    the best epoch's (from the history and the best epoch, so a resumed run decides the same)."""
-    patience = _patience(run)
-    if patience is None or run.state.best is None or not run.state.history:
-        return False
-    return int(run.state.history[-1]["epoch"]) - int(run.state.best["epoch"]) >= patience
-
-
-def _early_stopping_record(run: Trainer) -> dict[str, Any]:
-    """metrics.json's ``early_stopping``: the patience, the metric it watched, and the last epoch
-    trained when the run stopped before ``trainer.epochs`` (else null)."""
-    last = int(run.state.history[-1]["epoch"]) if run.state.history else 0
-    return {
-        "patience": _patience(run),
-        "metric": run.select,
-        "stopped_at_epoch": last if _stopped_early(run) and last < run.epochs else None,
-    }
-
-
-def _sample_load(state: RunState) -> None:
-    """Add the machine's 1-minute load average to ``state.load_1m`` (where the OS has one)."""
-    if hasattr(os, "getloadavg"):
-        try:
-            state.load_1m.append(round(os.getloadavg()[0], 2))
-        except OSError:
-            pass
-
-
-def _cpu_and_load(state: RunState, device: torch.device) -> dict[str, Any]:
-    """``metrics.json``'s timing fields besides ``train_step_s`` (wall time, or device time on a
-    GPU): ``train_step_cpu_s`` (the median process CPU time of a step, on a CPU; null on a GPU
-    or when a resumed run's older checkpoint has no CPU times), ``speed_clock`` (the time the
-    tables' speed comes from: ``cpu``, ``wall`` or ``device``), and ``load`` (the machine's
-    1-minute load averages sampled during the run, its cores, and whether the load exceeded them)."""
-    cpu = state.step_cpu_times if device.type != "cuda" and len(state.step_cpu_times) == len(state.step_times) else []
-    cores = os.cpu_count() or 1
-    samples = list(state.load_1m)
-    return {
-        "train_step_cpu_s": statistics.median(cpu) if cpu else None,
-        "speed_clock": "device" if device.type == "cuda" else ("cpu" if cpu else "wall"),
-        "load": {
-            "cores": cores,
-            "load_1m": samples,
-            "max_1m": max(samples) if samples else None,
-            "over_cores": bool(samples) and max(samples) > cores,
-        },
-    }
-
-
-#: the trained weights a completed run keeps (``trainer.save_model``); ``mtbench-eval`` reads them
-MODEL = "model.pt"
-
-
-def save_model(path: Path, state_dict: dict[str, Any], which: str, epoch: int) -> None:
-    """``torch.save`` of ``{"state_dict", "which" (best | last), "epoch"}`` to ``path``, atomically
-    (a plain torch file: ``torch.load(path)["state_dict"]`` reads it)."""
-    import io
-
-    from mtbench.files import atomic_write
-
-    buf = io.BytesIO()
-    torch.save({"format": "mtbench-model", "which": which, "epoch": int(epoch), "state_dict": state_dict}, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()), binary=True)
-
-
-def _debug_splits(task: Any, tcfg: Any, batch_size: int) -> None:
-    """``trainer.overfit_batches``: train on the first N batches' examples only, and validate on
-    them too (a handful of batches repeated every epoch: the loss should go to zero);
-    ``trainer.max_eval_examples``: validate and test on the first N examples of each split."""
-    from mtbench.data.base import Split, index_labels
-
-    def head(split: Any, n: int) -> Any:
-        n = min(n, len(split))
-        return Split(split.images[:n], index_labels(split.labels, torch.arange(n)))
-
-    if tcfg.get("overfit_batches"):
-        task.train = head(task.train, int(tcfg.overfit_batches) * batch_size)
-        task.val = task.train
-    if tcfg.get("max_eval_examples"):
-        task.val, task.test = head(task.val, int(tcfg.max_eval_examples)), head(task.test, int(tcfg.max_eval_examples))
-
-
-class _Profile:
-    """``torch.profiler`` over the first ``steps`` training steps of the run (after one warm-up
-    step); writes ``profile/trace.json`` (a Chrome / Perfetto trace) and ``profile/ops.txt`` (the
-    operators by total time) into the run folder."""
-
-    def __init__(self, run_dir: Path | None, steps: int, device: torch.device):
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        self.folder = Path(run_dir) / "profile" if run_dir is not None else None
-        self.steps, self.done = int(steps), False
-        self.prof = profile(activities=activities, record_shapes=True)
-        self.started = None
-
-    def step(self, i: int) -> None:
-        """Called before step ``i`` (0-based) of the first epoch."""
-        if self.done:
-            return
-        self.last = i
-        if i == 1 and self.started is None:  # step 0 is a warm-up
-            self.prof.__enter__()
-            self.started = i
-        elif self.started is not None and i - self.started >= self.steps:
-            self.close(i - self.started)
-
-    def close(self, count: int | None = None) -> None:
-        """Stop (after ``count`` profiled steps; None: at the end of the epoch) and write the files."""
-        if self.done or self.started is None:
-            self.done = True
-            return
-        self.done = True
-        count = count if count is not None else self.last + 1 - self.started
-        self.prof.__exit__(None, None, None)
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.prof.export_chrome_trace(str(self.folder / "trace.json"))
-            sort = (
-                "cuda_time_total"
-                if any(e.device_type.name == "CUDA" for e in self.prof.key_averages())
-                else "cpu_time_total"
-            )
-            (self.folder / "ops.txt").write_text(
-                self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n", encoding="utf-8"
-            )
-            log.info(f"mtbench: profile of {count} training step(s) written to {self.folder}")
-
-
-def _watch(losses, model, step, first_bad, bad_tasks, bad_kind) -> None:
-    """Record (on the device, no synchronisation) the first step with a non-finite loss or gradient."""
-    finite_losses = torch.isfinite(losses.detach())
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norms = torch._foreach_norm(grads) if grads else []
-    finite_grads = (
-        torch.stack(norms).isfinite().all() if norms else torch.ones((), dtype=torch.bool, device=losses.device)
-    )
-    bad_now = ~(finite_losses.all() & finite_grads)
-    new = bad_now & (first_bad < 0)
-    first_bad.copy_(torch.where(new, torch.full_like(first_bad, step), first_bad))
-    bad_tasks.copy_(torch.where(new, ~finite_losses, bad_tasks))
-    kind = torch.where(finite_losses.all(), torch.full_like(bad_kind, 2), torch.full_like(bad_kind, 1))
-    bad_kind.copy_(torch.where(new, kind, bad_kind))
-
-
-def _bad_reason(epoch: int, step: int, kind: int, bad_tasks: torch.Tensor, names: list[str]) -> str:
-    if kind == 1:
-        tasks = [names[j] for j in torch.nonzero(bad_tasks.cpu()).flatten().tolist()]
-        return f"non-finite loss at epoch {epoch}, step {step}, task(s): {', '.join(tasks)}"
-    return (
-        f"non-finite gradient at epoch {epoch}, step {step} (all task losses finite; the combined gradient overflowed)"
-    )
 
 
 def atomic_save(obj: Any, path: Path) -> None:
