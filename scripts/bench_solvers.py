@@ -126,36 +126,25 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
     }
 
 
-#: the algorithms in two forms: row -> (the module whose switch picks the form, its name, the
+#: the algorithms in two forms: row -> (the module whose switches pick the form, their names; the
 #: call on (gram, last) warm-started as the combiner runs it)
 FORMS = {
-    "dual_cone/upgrad": ("dual_cone", "_COMPILED_BELOW"),
-    "dual_cone/dualproj": ("dual_cone", "_COMPILED_BELOW"),
-    "min_norm/mgda-cold": ("min_norm", "_COMPILED_BELOW"),
     "newton/nash_mtl": ("newton", "_COMPILED_BELOW"),
     "newton/fairgrad": ("newton", "_COMPILED_BELOW"),
     "certified/imtl_g": ("certified", "COMPILED_BELOW"),
     "certified/config": ("certified", "COMPILED_BELOW"),
-    "cagrad_dual/cagrad": ("cagrad_dual", "_COMPILED_BELOW"),
 }
 
 
 def form_calls(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     """Row of :data:`FORMS` -> a call returning the weights (state from ``last``)."""
-    _, up_free = F.dual_cone_state(last, "upgrad")
-    _, dp_free = F.dual_cone_state(last, "dualproj")
     _, nash_alpha = F.nash_mtl_weights_from_gram(last)
     _, fair_start = F.fairgrad_state(last)
-    _, ca_start = F.cagrad_state(last)
     return {
-        "dual_cone/upgrad": lambda: F.dual_cone_state(gram, "upgrad", start=up_free)[0],
-        "dual_cone/dualproj": lambda: F.dual_cone_state(gram, "dualproj", start=dp_free)[0],
-        "min_norm/mgda-cold": lambda: F.mgda_weights_from_gram(gram),
         "newton/nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha)[0],
         "newton/fairgrad": lambda: F.fairgrad_state(gram, start=fair_start)[0],
         "certified/imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
         "certified/config": lambda: F.config_weights_from_gram(gram),
-        "cagrad_dual/cagrad": lambda: F.cagrad_state(gram, start=ca_start)[0],
     }
 
 
@@ -164,16 +153,18 @@ def forced(row: str, compiled: bool) -> Callable[[Callable[[], torch.Tensor]], t
     batched one)."""
     import importlib
 
-    module_name, attr = FORMS[row]
+    module_name, *attrs = FORMS[row]
     module = importlib.import_module(f"mtbench.combiners.solvers.{module_name}")
 
     def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        saved = getattr(module, attr)
-        setattr(module, attr, 1 << 30 if compiled else 0)
+        saved = [getattr(module, attr) for attr in attrs]
+        for attr in attrs:
+            setattr(module, attr, 1 << 30 if compiled else 0)
         try:
             return fn()
         finally:
-            setattr(module, attr, saved)
+            for attr, value in zip(attrs, saved):
+                setattr(module, attr, value)
 
     return run
 

@@ -125,42 +125,28 @@ from mtbench.combiners.sdmgrad import (  # noqa: F401
 from mtbench.combiners.solvers.cagrad_dual import (  # noqa: F401
     _CAGRAD_FRONT,
     _CAGRAD_MAX_ITER,
-    _cagrad_candidate_np,
     _cagrad_dual,
-    _cagrad_piece,
 )
 from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
-    _CG_MAX_ITER,
-    _CG_MIN_WIDTH_CUBED,
     _PIVOT_MAX_SWEEPS,
     DUAL_CONE_REG,
     DUAL_CONE_SOLVERS,
     _dual_cone,
     _dual_cone_pivoting,
-    _free_set_cg,
-    _free_set_solve,
     _quadprog_projector,
     dual_cone_state,
 )
 from mtbench.combiners.solvers.min_norm import (  # noqa: F401
     _BLOCK_PIVOTS,
-    _COMPILED_BELOW,
     _DEFAULT_MGDA_MAX_ITER,
     _DEFAULT_MGDA_TOL,
     _GAP_FLOOR,
-    _PIVOT_MIN_TASKS,
-    _TORCH_SOLVE_SIZE,
-    _affine_minimizer_np,
     _finish_weights,
-    _matvec,
-    _min_norm_pivots,
     _min_norm_weights,
     _next_active_set,
-    _solve,
     _two_task_gamma,
     _warm_support,
     _wolfe,
-    _wolfe_np,
 )
 from mtbench.combiners.solvers.newton import (  # noqa: F401
     NASH_RIDGE,

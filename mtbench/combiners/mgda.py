@@ -66,9 +66,7 @@ def mgda_weights_from_gram(
     step's) makes the tasks with positive weight the first active set and those weights the
     first point; the iterations and the stopping rule are the same, so the result is the
     same minimiser (to the tolerance), found in a few affine solves when the active set
-    changes little from step to step, instead of about T from one vertex. From
-    ``_PIVOT_MIN_TASKS`` (64) tasks on, block pivots from that active set come first
-    (:func:`_min_norm_pivots`: one solve per guess, certified by the same stopping rule). A
+    changes little from step to step, instead of about T from one vertex. A
     ``start`` of another size, with negative or non-finite entries, is ignored (a cold start).
 
     Returns:
@@ -146,8 +144,7 @@ class MGDA(WarmStarted):
     its own loss's gradient. ``level: representation`` (the default) is MGDA-UB (Sec. 3.3).
 
     Each solve is warm-started from the last step's weights (their tasks are Wolfe's first
-    active set: a few affine solves instead of about T; from 64 tasks on, block pivots from
-    that active set first); those weights are the combiner's state, saved in checkpoints, so a
+    active set: a few affine solves instead of about T); those weights are the combiner's state, saved in checkpoints, so a
     resumed run takes the same iterations.
     """
 

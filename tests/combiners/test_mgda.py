@@ -1,5 +1,6 @@
 """MGDA (mtbench/combiners/mgda.py): the min-norm weights against an exhaustive active-set
-enumeration and closed forms, its solver's paths, and the combiner's gradient at both levels."""
+enumeration, closed forms and the optimality certificate, warm starts, and the combiner's
+gradient at both levels."""
 
 from __future__ import annotations
 
@@ -218,42 +219,51 @@ def test_mgda_warm_start_ignores_an_unusable_start():
         torch.testing.assert_close(mgda_weights_from_gram(gram, start=start), cold, rtol=0, atol=1e-12)
 
 
-def test_mgda_warm_start_takes_fewer_affine_solves(monkeypatch):
+def test_mgda_warm_start_takes_fewer_affine_solves():
     """From the last step's weights a slightly changed problem needs few affine solves."""
-    import mtbench.combiners.solvers.min_norm as min_norm
-
-    calls = []
-    solve = min_norm._affine_minimizer_np
-    monkeypatch.setattr(min_norm, "_affine_minimizer_np", lambda g, s: calls.append(len(s)) or solve(g, s))
-    monkeypatch.setattr(min_norm, "_COMPILED_BELOW", 0)  # the NumPy loop (the compiled one is the same)
-    grads = make_problem(40, 200, "shared", 3)
-    w0 = mgda_weights_from_gram(grads @ grads.T)
-    cold = len(calls)
-    moved = grads + 1e-3 * torch.randn(grads.shape, generator=seeded(4), dtype=torch.float64)
-    calls.clear()
-    mgda_weights_from_gram(moved @ moved.T, start=w0)
-    assert cold >= 5 and len(calls) <= 2, (cold, calls)
-
-
-def test_compiled_wolfe_is_the_numpy_loop():
-    """Below 64 tasks Wolfe's algorithm (MGDA's and CAGrad's solver) runs compiled
-    (:func:`loops.wolfe_min_norm`); its support and weights are the NumPy loop's bit for bit,
-    cold and warm-started (from a nearby problem's solution and from a random active set), on
-    3 to 63 tasks with shared components, one task 1e4 times larger, a zero task and duplicates,
-    exact conflicts and T > D. A singular affine system (duplicates in the active set) hands the
-    solve to the NumPy loop, whose least-squares fallback then gives the answer."""
     import numpy as np
 
-    import mtbench.combiners.solvers.min_norm as min_norm
+    from mtbench.combiners.solvers.min_norm import _warm_support
     from mtbench.combiners.solvers.min_norm_compiled import wolfe_min_norm
 
-    rng = np.random.default_rng(0)
-    for trial in range(300):
-        n, dim = int(rng.integers(3, 64)), int(rng.integers(1, 120))
-        J = rng.standard_normal((n, dim))
-        kind = trial % 5
+    def solves(gram, start):
+        g = (gram / gram.diagonal().max()).numpy()
+        warm = _warm_support(start, g.shape[0])
+        support, w = (np.array([int(np.argmin(g.diagonal()))]), np.ones(1)) if warm is None else warm
+        return wolfe_min_norm(g, 1e-10, 1e-13, 1000, warm is not None, np.asarray(support), w)[2]
+
+    grads = make_problem(40, 200, "shared", 3)
+    w0 = mgda_weights_from_gram(grads @ grads.T)
+    moved = grads + 1e-3 * torch.randn(grads.shape, generator=seeded(4), dtype=torch.float64)
+    cold, warm = solves(grads @ grads.T, None), solves(moved @ moved.T, w0)
+    assert cold >= 5 and warm <= 2, (cold, warm)
+
+
+def assert_min_norm_certificate(g, w, slack=1e-9):
+    """``w`` [T] on the simplex minimises w^T g w: no vertex improves on it (g w >= w^T g w)
+    and every task it uses lies on the supporting plane (complementary slackness), to rounding."""
+    assert_simplex(w, 1e-12)
+    g_w = g @ w
+    obj = (w @ g_w).item()
+    tol = slack * obj + 1e-12 * g.diagonal().max().item()
+    assert g_w.min().item() >= obj - tol
+    assert bool(((g_w - obj).abs() <= tol)[w > 1e-9].all())
+
+
+@pytest.mark.parametrize("n_tasks", [8, 40, 63, 64, 120])
+def test_wolfe_is_certified_cold_and_warm(n_tasks):
+    """Wolfe's algorithm (MGDA's and CAGrad's solver, compiled at every size) ends at the
+    minimiser, cold and warm-started (from a nearby problem's solution, from a random active set
+    and from one vertex), on problems with shared components, one task 1e4 times larger, a zero
+    task and duplicates (a singular affine system: its least-squares solution), exact
+    conflicts (the minimum 0) and T > D: the optimality certificate holds, and the objective is
+    the cold solve's."""
+    gen = seeded(n_tasks)
+    for kind in range(5):
+        dim = [n_tasks + 30, n_tasks // 2, 3 * n_tasks, n_tasks + 5, 20][kind]
+        J = torch.randn(n_tasks, dim, generator=gen, dtype=torch.float64)
         if kind == 1:
-            J += 2.0 * rng.standard_normal(dim)
+            J += 2.0 * torch.randn(dim, generator=gen, dtype=torch.float64)
         elif kind == 2:
             J[0] *= 1e4
         elif kind == 3:
@@ -261,60 +271,16 @@ def test_compiled_wolfe_is_the_numpy_loop():
         elif kind == 4:
             J[1] = -J[0]
         g = J @ J.T
-        g = 0.5 * (g + g.T) / g.diagonal().max()
-        moved = J + 0.05 * rng.standard_normal(J.shape)
-        near = min_norm._wolfe_np((moved @ moved.T) / (moved @ moved.T).diagonal().max(), 1e-10, 1000, None)
-        w0 = rng.random(n) * (rng.random(n) < 0.4)
-        w0[0] += 0.1
-        support = np.flatnonzero(w0).tolist()
-        for warm in (None, near, (support, w0[support] / w0[support].sum())):
-            ref = min_norm._wolfe_np(g, 1e-10, 1000, warm)
-            got = min_norm._wolfe(g, 1e-10, 1000, warm)
-            assert got[0] == ref[0], (trial, warm is None)
-            assert np.array_equal(got[1], ref[1]), (trial, warm is None)
-    J = rng.standard_normal((5, 8))
-    J[1] = J[0]
-    g = J @ J.T / (J @ J.T).diagonal().max()
-    warm = ([0, 1, 2], np.array([0.3, 0.3, 0.4]))
-    assert not wolfe_min_norm(g, 1e-10, 1e-13, 1000, True, np.array(warm[0]), warm[1])[2]
-    ref = min_norm._wolfe_np(g, 1e-10, 1000, warm)
-    got = min_norm._wolfe(g, 1e-10, 1000, warm)
-    assert got[0] == ref[0] and np.array_equal(got[1], ref[1])
-
-
-@pytest.mark.parametrize("kind", ["shared", "plain"])
-def test_mgda_block_pivots_on_large_supports(monkeypatch, kind):
-    """From 64 tasks on, a warm start first tries block pivots (one affine solve per guessed
-    active set); the result meets the KKT conditions and equals the cold Wolfe solve, from a
-    nearby problem's weights and from one vertex; with no pivots left, a wrong guess (the
-    vertex) still reaches it through Wolfe's algorithm."""
-    import mtbench.combiners.solvers.min_norm as min_norm
-
-    n_tasks = 120
-    assert n_tasks >= min_norm._PIVOT_MIN_TASKS
-    grads = make_problem(n_tasks, 300, kind, 11)
-    gram = grads @ grads.T
-    cold = mgda_weights_from_gram(gram)
-    moved = grads + 1e-2 * torch.randn(grads.shape, generator=seeded(12), dtype=torch.float64)
-    start = mgda_weights_from_gram(moved @ moved.T)
-    wolfe_calls = []
-    wolfe = min_norm._wolfe_np
-    monkeypatch.setattr(min_norm, "_wolfe_np", lambda *a: wolfe_calls.append(1) or wolfe(*a))
-    vertex = torch.eye(n_tasks, dtype=torch.float64)[0]
-    for begin, pivots in ((start, min_norm._BLOCK_PIVOTS), (vertex, min_norm._BLOCK_PIVOTS), (vertex, 0)):
-        monkeypatch.setattr(min_norm, "_BLOCK_PIVOTS", pivots)
-        pivoted = pivots > 0
-        wolfe_calls.clear()
-        w = mgda_weights_from_gram(gram, start=begin)
-        assert (not wolfe_calls) == pivoted, (kind, pivoted)
-        assert_simplex(w, 1e-12)
-        g_w = gram @ w
-        obj = (w @ g_w).item()
-        tol = 1e-9 * obj + 1e-12 * gram.diagonal().max().item()
-        assert g_w.min().item() >= obj - tol
-        assert bool(((g_w - obj).abs() <= tol)[w > 1e-9].all())
-        assert abs(obj - (cold @ gram @ cold).item()) <= 1e-9 * obj
-        torch.testing.assert_close(w, cold, rtol=0, atol=1e-7)
+        cold = mgda_weights_from_gram(g)
+        assert_min_norm_certificate(g, cold)
+        moved = J + 0.05 * torch.randn(J.shape, generator=gen, dtype=torch.float64)
+        random = torch.rand(n_tasks, generator=gen, dtype=torch.float64) * (torch.rand(n_tasks, generator=gen) < 0.4)
+        random[0] += 0.1
+        for start in (mgda_weights_from_gram(moved @ moved.T), random, torch.eye(n_tasks, dtype=torch.float64)[-1]):
+            w = mgda_weights_from_gram(g, start=start)
+            assert_min_norm_certificate(g, w)
+            scale = g.diagonal().max().item()
+            assert abs((w @ g @ w).item() - (cold @ g @ cold).item()) <= 1e-9 * (cold @ g @ cold).item() + 1e-13 * scale
 
 
 def test_mgda_kkt_many_tasks():
@@ -322,14 +288,7 @@ def test_mgda_kkt_many_tasks():
     for seed, (n_tasks, dim) in enumerate([(30, 10), (30, 200), (40, 5), (12, 12)]):
         grads = make_problem(n_tasks, dim, "shared" if seed % 2 else "plain", 50 + seed)
         grads[n_tasks // 2] = grads[0]  # and a duplicate
-        gram = grads @ grads.T
-        w = mgda_weights(grads)
-        assert_simplex(w, 1e-12)
-        g_w = gram @ w
-        obj = (w @ g_w).item()
-        tol = 1e-9 * obj + 1e-12 * gram.diagonal().max().item()
-        assert g_w.min().item() >= obj - tol  # no vertex improves on w
-        assert bool(((g_w - obj).abs() <= tol)[w > 1e-9].all())  # complementary slackness
+        assert_min_norm_certificate(grads @ grads.T, mgda_weights(grads))
 
 
 def test_mgda_float32_and_shapes():

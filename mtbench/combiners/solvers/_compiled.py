@@ -1,6 +1,6 @@
 """What the compiled kernels share: numba's ``njit`` with its machine code cached on disk, and
-the small routines several kernels call (a Cholesky factorisation and solve, NumPy's summation
-order). Imported only where a kernel runs: numba's import costs about a second."""
+the small routines several kernels call (a Cholesky factorisation and solve, an LU solve with
+its least-squares fallback, NumPy's summation order). Imported only where a kernel runs: numba's import costs about a second."""
 
 from __future__ import annotations
 
@@ -85,3 +85,17 @@ def _numpy_sum(a: np.ndarray) -> float:
         res += a[i]
         i += 1
     return res
+
+
+@_compiled
+def solve_or_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The solution of the square float64 system a x = b by LAPACK's LU, or where a is
+    numerically singular (or the solution not finite) its least-squares solution (LAPACK's
+    SVD-based gelsd, NumPy's default cut-off for small singular values)."""
+    try:
+        x = np.linalg.solve(a, b)
+        if np.all(np.isfinite(x)):
+            return x
+    except Exception:  # singular
+        pass
+    return np.linalg.lstsq(a, b, rcond=2.220446049250313e-16 * a.shape[0])[0]

@@ -1,11 +1,11 @@
-"""One candidate of CAGrad's dual solve below ``COMPILED_BELOW`` tasks, compiled
-(:func:`cagrad_candidate`); :mod:`mtbench.combiners.solvers.cagrad_dual` calls it."""
+"""One candidate of CAGrad's dual solve, compiled (:func:`cagrad_candidate`), at every number of
+tasks; :mod:`mtbench.combiners.solvers.cagrad_dual` calls it."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mtbench.combiners.solvers._compiled import _compiled
+from mtbench.combiners.solvers._compiled import _compiled, solve_or_lstsq
 
 
 @_compiled
@@ -20,14 +20,20 @@ def cagrad_candidate(
     tol: float,
     gap_floor: float,
 ) -> tuple[int, float, np.ndarray, np.ndarray, np.ndarray]:
-    """One candidate of CAGrad's dual solve (the same steps as
-    :func:`mtbench.combiners.functional._cagrad_piece` and the certificate in
-    :func:`~mtbench.combiners.functional._cagrad_dual`, which document them): the root t of the
-    piece on which ``support`` is the active set, and whether its weights are certified.
-    Returns ``(code, t, w_c, negative, violated)``: code 0, the piece has no root in
-    [lo, hi]; 1, certified (``w_c`` the weights on ``support``); 2, not certified (``negative``
-    [m] and ``violated`` [T] give the next active set); 3, the piece's system is singular or
-    its solution not finite (the caller takes the NumPy path, whose least squares handle it)."""
+    """One candidate of CAGrad's dual solve (:func:`~mtbench.combiners.solvers.cagrad_dual._cagrad_dual`
+    documents the path): the root t of the piece on which ``support`` is the active set, and
+    whether its weights are certified.
+
+    On that piece w(t) = w0 + t w1 is affine (the KKT system of min ||g_w + t g0||^2 over the
+    affine hull of ``support``, right-hand sides [0; 1] and [-a_S; 0], by
+    :func:`solve_or_lstsq`), so ||g_w(t)||^2 - s^2 t^2 = A + 2 B t + (C - s^2) t^2 is a
+    quadratic: its root where it turns negative (the dual's h(t) = ||g_w(t)|| / t - s is
+    non-increasing in t). The certificate: weights >= 0 and (G_t w)_j >= w^T G_t w for every
+    task j, G_t the Gram matrix of the points g_i + t g0, to ``max(tol * obj, gap_floor *
+    max_j (G_t)_jj)``. Returns ``(code, t, w_c, negative, violated)``: code 0, the piece has
+    no root in [lo, hi] (or its system no finite solution); 1, certified (``w_c`` the weights
+    on ``support``); 2, not certified (``negative`` [m] and ``violated`` [T] give the next
+    active set)."""
     n = g.shape[0]
     m = support.shape[0]
     empty_m = np.zeros(m, dtype=np.bool_)
@@ -41,13 +47,10 @@ def cagrad_candidate(
         kkt[m, i] = 1.0
         rhs[i, 1] = -a[support[i]]
     rhs[m, 0] = 1.0
-    try:
-        sol = np.linalg.solve(kkt, rhs)
-    except Exception:  # singular
-        return 3, 0.0, np.zeros(m), empty_m, empty_n
+    sol = solve_or_lstsq(kkt, rhs)
     for i in range(m + 1):
         if not (np.isfinite(sol[i, 0]) and np.isfinite(sol[i, 1])):
-            return 3, 0.0, np.zeros(m), empty_m, empty_n
+            return 0, 0.0, np.zeros(m), empty_m, empty_n
     quad_a = 0.0
     quad_b = 0.0
     quad_c = 0.0

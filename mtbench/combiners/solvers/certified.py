@@ -1,11 +1,8 @@
 """The certified solve of IMTL-G and ConFIG: ``G^{-1} b`` by the Cholesky factor of G where the
 factor certifies G's condition number below a bound, else None (the caller then takes a
 pseudo-inverse). Compiled below ``COMPILED_BELOW`` tasks
-(:mod:`mtbench.combiners.solvers.certified_compiled`), torch's LAPACK above.
-
-Both forms timed on both sides of the switch: docs/performance.md, "Compiled and batched forms
-of one solver" (``python scripts/bench_solvers.py --forms``).
-"""
+(:mod:`mtbench.combiners.solvers.certified_compiled`), torch's LAPACK above: each form is the
+faster on its side (docs/performance.md, "Compiled and batched forms of one solver")."""
 
 from __future__ import annotations
 
@@ -32,7 +29,8 @@ def well_conditioned_solve(gram: Tensor | np.ndarray, rhs: Tensor | np.ndarray) 
     bound, no eigenvalue of G is near the cut-off of a pseudo-inverse (``T eps`` of the largest,
     or 1000 times that), so ``pinv(G) rhs`` is this same solution in exact arithmetic, and the
     two computed ones differ by rounding only. Two triangular O(T^3 / 3) steps instead of an
-    SVD or eigendecomposition: about 7 times faster than the pseudo-inverse at T = 400 (``scripts/bench_solvers.py``, imtl_g).
+    SVD or eigendecomposition (timed against the pseudo-inverse: docs/performance.md, "The
+    solvers alone", rows imtl_g and imtl_g-torchjd).
     """
     if isinstance(gram, np.ndarray):
         if gram.shape[0] < COMPILED_BELOW:

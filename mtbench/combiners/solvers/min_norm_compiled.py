@@ -1,20 +1,18 @@
-"""Wolfe's min-norm algorithm below ``COMPILED_BELOW`` tasks, compiled (:func:`wolfe_min_norm`):
-the NumPy loop's calls in the same order through the same LAPACK and BLAS routines, so the same
-result bit for bit; :mod:`mtbench.combiners.solvers.min_norm` calls it."""
+"""Wolfe's min-norm algorithm, compiled (:func:`wolfe_min_norm`), at every number of tasks;
+:mod:`mtbench.combiners.solvers.min_norm` calls it."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mtbench.combiners.solvers._compiled import _compiled, _numpy_sum
+from mtbench.combiners.solvers._compiled import _compiled, _numpy_sum, solve_or_lstsq
 
 
 @_compiled
 def _affine_minimizer(g: np.ndarray, support: np.ndarray, m: int) -> tuple[np.ndarray, bool]:
     """The barycentric weights of the min-norm point of the affine hull of ``support[:m]`` (the
-    KKT system [[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1] by LAPACK's LU, as ``np.linalg.solve``),
-    and False where that system is singular or its solution not finite (the NumPy loop then
-    takes a least-squares solution instead)."""
+    KKT system [[G_SS, 1], [1^T, 0]] [a; mu] = [0; 1], :func:`solve_or_lstsq`), and False
+    where even the least-squares solution is not finite."""
     kkt = np.zeros((m + 1, m + 1))
     for i in range(m):
         for j in range(m):
@@ -23,10 +21,7 @@ def _affine_minimizer(g: np.ndarray, support: np.ndarray, m: int) -> tuple[np.nd
         kkt[m, i] = 1.0
     rhs = np.zeros(m + 1)
     rhs[m] = 1.0
-    try:
-        x = np.linalg.solve(kkt, rhs)
-    except Exception:  # singular
-        return np.zeros(m), False
+    x = solve_or_lstsq(kkt, rhs)
     for i in range(m + 1):
         if not np.isfinite(x[i]):
             return np.zeros(m), False
@@ -51,22 +46,22 @@ def _products(g: np.ndarray, support: np.ndarray, m: int, w: np.ndarray) -> np.n
 @_compiled
 def _minor_cycles(
     g: np.ndarray, sup: np.ndarray, m: int, w_s: np.ndarray, iterations: int, max_iter: int
-) -> tuple[int, np.ndarray, int, bool]:
+) -> tuple[int, np.ndarray, int]:
     """Wolfe's minor cycles on ``sup[:m]`` (in place) from the weights ``w_s``: towards the affine
     minimiser of the support, dropping points that leave the hull. Returns the new support's
-    size, its weights, the iteration count, and False where an affine solve needed the NumPy
-    loop's least-squares fallback."""
+    size, its weights and the iteration count (``max_iter`` where an affine solve has no
+    finite solution: the search ends there)."""
     while True:
         iterations += 1
-        alpha, ok = _affine_minimizer(g, sup, m)
-        if not ok:
-            return m, w_s, iterations, False
+        alpha, finite = _affine_minimizer(g, sup, m)
+        if not finite:
+            return m, w_s, max_iter
         positive = True
         for k in range(m):
             if not alpha[k] > 0.0:
                 positive = False
         if positive:
-            return m, alpha, iterations, True
+            return m, alpha, iterations
         drop = 0
         least = np.inf
         for k in range(m):  # the first blocking point to reach the hull's boundary
@@ -90,19 +85,21 @@ def _minor_cycles(
         m = kept
         w_s = moved[:m] / _numpy_sum(moved[:m])
         if iterations >= max_iter or m == 0:
-            return m, w_s, iterations, True
+            return m, w_s, iterations
 
 
 @_compiled
 def wolfe_min_norm(
     g: np.ndarray, tol: float, gap_floor: float, max_iter: int, warm: bool, support: np.ndarray, w_start: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Wolfe's min-norm-point algorithm, the same iteration as
-    :func:`mtbench.combiners.functional._wolfe_np` (which documents it), on the symmetric
-    float64 ``g`` [T, T]: with ``warm``, minor cycles from the active set ``support`` and its
-    simplex weights ``w_start`` first; else from ``support``'s one vertex. Returns the best
-    point's support and weights, and False where an affine solve needed the NumPy loop's
-    least-squares fallback (nothing returned is an answer then: the caller runs that loop)."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Wolfe's algorithm (P. Wolfe, "Finding the nearest point in a polytope", Math.
+    Programming 11, 1976), written with the Gram matrix only: the support and simplex weights of
+    the minimiser of ``w^T g w`` over the simplex (``g`` [T, T] symmetric float64, scaled so
+    that its largest diagonal entry is about 1: ``gap_floor`` is absolute). Stops when the
+    duality gap ``w^T g w - min_i (g w)_i`` is within ``max(tol * obj, gap_floor)``, when the
+    objective stops falling (working precision), or after ``max_iter`` affine solves; returns
+    the best point seen and the number of affine solves. With ``warm``, minor cycles from the active set ``support`` and its
+    simplex weights ``w_start`` first; else from ``support``'s one vertex."""
     n = g.shape[0]
     iterations = 0
     sup = np.empty(n + 1, dtype=np.int64)
@@ -110,9 +107,7 @@ def wolfe_min_norm(
     sup[:m] = support
     w_s = w_start.copy()
     if warm:
-        m, w_s, iterations, ok = _minor_cycles(g, sup, m, w_s, iterations, max_iter)
-        if not ok:
-            return sup[:0].copy(), w_s, False
+        m, w_s, iterations = _minor_cycles(g, sup, m, w_s, iterations, max_iter)
         if m == 0:  # (every point dropped: cannot happen in exact arithmetic) start cold
             sup[0] = np.argmin(np.diag(g).copy())
             m = 1
@@ -145,9 +140,7 @@ def wolfe_min_norm(
         sup[m] = j
         extended = np.zeros(m + 1)
         extended[:m] = w_s
-        m, w_s, iterations, ok = _minor_cycles(g, sup, m + 1, extended, iterations, max_iter)
-        if not ok:
-            return sup[:0].copy(), w_s, False
+        m, w_s, iterations = _minor_cycles(g, sup, m + 1, extended, iterations, max_iter)
         if m == 0:
             break
-    return best_sup, best_w, True
+    return best_sup, best_w, iterations
