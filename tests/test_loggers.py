@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, cli_case, run_cli, run_dir
 
 _MISSING = [m for m in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(m) is None]
 if _MISSING:
@@ -198,14 +198,16 @@ def test_missing_library_names_the_extra(tmp_path):
     assert not list((tmp_path / "results").glob("shapes40/runs/*/*/seed=0/metrics.json"))
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["logger=tensorbord"], "did you mean logger=tensorboard"),
-        (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is not allowed"),
-    ],
-)
-def test_bad_logger_input(tmp_path, args, needle):
-    proc = run_cli("mtbench", [*args, *TINY], cwd=tmp_path)
+BAD_LOGGER = [
+    (["logger=tensorbord"], "did you mean logger=tensorboard"),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is not allowed"),
+]
+for _args, _ in BAD_LOGGER:
+    cli_case(__name__, tuple(_args), "mtbench", [*_args, *TINY])
+
+
+@pytest.mark.parametrize("args, needle", BAD_LOGGER)
+def test_bad_logger_input(cli_runs, args, needle):
+    proc = cli_runs[__name__, tuple(args)]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
