@@ -293,7 +293,7 @@ for index, case in enumerate(cases):
             for fd, path in ((1, case["out"]), (2, case["err"])):
                 os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
             os.environ.update(case["env"])
-            exec(case["prelude"], {})
+            exec(case["prelude"], {"sys": sys})
             if case["name"].startswith("-m "):  # python -m <module>
                 sys.argv = [case["name"][3:], *case["args"]]
                 run = lambda: runpy.run_module(case["name"][3:], run_name="__main__", alter_sys=True)

@@ -185,13 +185,14 @@ def test_default_logger_writes_todays_files_only(tmp_path):
     assert again.returncode == 0 and "already completed" in again.stderr + again.stdout
 
 
-def test_missing_library_names_the_extra(tmp_path):
+#: wandb cannot be imported in this run (as without the package)
+cli_case(__name__, "no wandb", "mtbench", ["logger=[tensorboard,wandb]", *TINY], prelude="sys.modules['wandb'] = None")
+
+
+def test_missing_library_names_the_extra(cli_runs):
     """Without the package: one line naming the extra, exit 2, no run folder."""
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
-    proc = run_cli(
-        "mtbench", ["logger=[tensorboard,wandb]", *TINY], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}
-    )
+    proc = cli_runs[__name__, "no wandb"]
+    tmp_path = proc.cwd
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert 'pip install -e ".[wandb]"' in errors[0]
