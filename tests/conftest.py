@@ -217,7 +217,7 @@ def copy_of(completed: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 # -- short command runs (bad input: exit 2 and one line; --help; ...), forked from one interpreter --
 
-#: the console scripts (pyproject.toml's [project.scripts]) and ``python -m`` modules a forked run can start
+#: the console scripts (pyproject.toml's [project.scripts]) a forked run can start
 ENTRY = {
     "mtbench": "mtbench.cli:main",
     "mtbench-table": "mtbench.report.table_main:main",
@@ -264,17 +264,18 @@ def cli_case(
     """Register a short run of command ``name`` (``ENTRY``) for ``cli_runs``: ``args`` (or
     ``args(folder)``), in its own empty folder (``setup(folder)`` fills it first), with ``env``
     added to the environment and the Python statements ``prelude`` run before the command.
-    Call it at import time, with the test module's ``__name__``; a test reads the run as
-    ``cli_runs[module, key]`` (a ``Ran``)."""
+    The prelude sees ``sys`` (``"sys.modules['wandb'] = None"``: the package cannot be
+    imported). Call it at import time, with the test module's ``__name__``; a test reads the run
+    as ``cli_runs[module, key]`` (a ``Ran``)."""
     assert (module, key) not in CASES, f"registered twice: {module} {key!r}"
-    assert name in ENTRY or name.startswith("-m "), name
+    assert name in ENTRY, name
     CASES[module, key] = _Case(module, name, args, dict(env or {}), setup, prelude)
 
 
 RUNNER = r"""
-import json, logging, os, sys
+import json, logging, os, signal, sys
 import hydra, torch  # noqa: F401 - imported once, before the forks
-import hydra.core.plugins, pandas, runpy  # noqa: F401
+import hydra.core.plugins, pandas  # noqa: F401
 import mtbench.cli, mtbench.combiners, mtbench.train, mtbench.overrides, mtbench.train.options  # noqa: F401
 import mtbench.report.callback, mtbench.report.table, mtbench.sweep_order  # noqa: F401
 hydra.core.plugins.Plugins.instance()  # Hydra's plugin discovery, once
@@ -288,22 +289,20 @@ for index, case in enumerate(cases):
     pid = os.fork()
     if pid == 0:
         code = 1
+        signal.alarm(300)  # a run that hangs ends (killed by SIGALRM) instead of holding the others
         try:
             os.chdir(case["cwd"])
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             for fd, path in ((1, case["out"]), (2, case["err"])):
                 os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
             os.environ.update(case["env"])
             exec(case["prelude"], {"sys": sys})
-            if case["name"].startswith("-m "):  # python -m <module>
-                sys.argv = [case["name"][3:], *case["args"]]
-                run = lambda: runpy.run_module(case["name"][3:], run_name="__main__", alter_sys=True)
-            else:  # the console script: sys.exit(main())
-                sys.argv = [case["name"], *case["args"]]
-                module, function = case["entry"].split(":")
-                run = getattr(__import__(module, fromlist=[function]), function)
-            try:
-                result = run()
-                code = 0 if result is None or case["name"].startswith("-m ") else result
+            sys.argv = [case["name"], *case["args"]]
+            module, function = case["entry"].split(":")
+            main = getattr(__import__(module, fromlist=[function]), function)
+            try:  # what the console script does: sys.exit(main())
+                result = main()
+                code = 0 if result is None else result
             except SystemExit as e:
                 if e.code is None or isinstance(e.code, int):
                     code = e.code or 0
@@ -336,10 +335,11 @@ def run_forked(cases: list[_Case], base: Path) -> list[Ran]:
         if case.setup is not None:
             case.setup(folder)
         args = case.args(folder) if callable(case.args) else case.args
-        entry = ENTRY.get(case.name, "")
         out, err = str(base / f"{i}.out"), str(base / f"{i}.err")
-        todo.append(dict(cwd=str(folder), out=out, err=err, name=case.name, entry=entry, args=args, env=case.env))
-        todo[-1]["prelude"] = case.prelude
+        todo.append(
+            {"cwd": str(folder), "out": out, "err": err, "name": case.name, "entry": ENTRY[case.name], "args": args}
+            | {"env": case.env, "prelude": case.prelude}
+        )
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER], input=json.dumps(todo), capture_output=True, text=True, env=env, timeout=900
