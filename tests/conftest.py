@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -210,3 +213,149 @@ def copy_of(completed: Path, tmp_path: Path) -> tuple[Path, Path]:
     cwd = tmp_path / "work"
     shutil.copytree(completed, cwd)
     return cwd, run_dir(cwd / "results" / "shapes40", "baseline", 0)
+
+
+# -- short command runs (bad input: exit 2 and one line; --help; ...), forked from one interpreter --
+
+#: the console scripts (pyproject.toml's [project.scripts]) a forked run can start
+ENTRY = {
+    "mtbench": "mtbench.cli:main",
+    "mtbench-table": "mtbench.report.table_main:main",
+    "mtbench-fake": "mtbench.data.fake:main",
+    "mtbench-eval": "mtbench.train.evaluate:main",
+}
+
+
+@dataclass
+class Ran:
+    """One finished forked run: what ``subprocess.run`` gives (exit status, stdout, stderr) and its folder."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    cwd: Path
+
+
+@dataclass
+class _Case:
+    module: str
+    name: str
+    args: list[str] | Callable[[Path], list[str]]
+    env: dict
+    setup: Callable[[Path], None] | None
+    prelude: str
+
+
+#: (test module, key) -> the run, registered by ``cli_case`` when the test modules are imported
+CASES: dict[tuple[str, object], _Case] = {}
+
+
+def cli_case(
+    module: str,
+    key: object,
+    name: str,
+    args: list[str] | Callable[[Path], list[str]],
+    *,
+    env: dict | None = None,
+    setup: Callable[[Path], None] | None = None,
+    prelude: str = "",
+) -> None:
+    """Register a short run of command ``name`` (``ENTRY``) for ``cli_runs``: ``args`` (or
+    ``args(folder)``), in its own empty folder (``setup(folder)`` fills it first), with ``env``
+    added to the environment and the Python statements ``prelude`` run before the command.
+    The prelude sees ``sys`` (``"sys.modules['wandb'] = None"``: the package cannot be
+    imported). Call it at import time, with the test module's ``__name__``; a test reads the run
+    as ``cli_runs[module, key]`` (a ``Ran``)."""
+    assert (module, key) not in CASES, f"registered twice: {module} {key!r}"
+    assert name in ENTRY, name
+    CASES[module, key] = _Case(module, name, args, dict(env or {}), setup, prelude)
+
+
+RUNNER = r"""
+import json, logging, os, signal, sys
+import hydra, torch  # noqa: F401 - imported once, before the forks
+import hydra.core.plugins, pandas  # noqa: F401
+import mtbench.cli, mtbench.combiners, mtbench.train, mtbench.overrides, mtbench.train.options  # noqa: F401
+import mtbench.report.callback, mtbench.report.table, mtbench.sweep_order  # noqa: F401
+hydra.core.plugins.Plugins.instance()  # Hydra's plugin discovery, once
+cases = json.loads(sys.stdin.read())
+codes = [None] * len(cases)
+running = {}  # pid -> case index; as many forks at once as there are cores
+for index, case in enumerate(cases):
+    if len(running) >= (os.cpu_count() or 1):
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        signal.alarm(300)  # a run that hangs ends (killed by SIGALRM) instead of holding the others
+        try:
+            os.chdir(case["cwd"])
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            for fd, path in ((1, case["out"]), (2, case["err"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            os.environ.update(case["env"])
+            exec(case["prelude"], {"sys": sys})
+            sys.argv = [case["name"], *case["args"]]
+            module, function = case["entry"].split(":")
+            main = getattr(__import__(module, fromlist=[function]), function)
+            try:  # what the console script does: sys.exit(main())
+                result = main()
+                code = 0 if result is None else result
+            except SystemExit as e:
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    running[pid] = index
+while running:
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+print(json.dumps(codes))
+"""
+
+
+def run_forked(cases: list[_Case], base: Path) -> list[Ran]:
+    """Each case through its command's entry point (``mtbench.cli.main``, Hydra and all), in its
+    own process forked from one interpreter that imported torch, Hydra and mtbench once (as many
+    at once as there are cores): the exit status and output of the console script, a fraction of
+    its start-up time."""
+    todo = []
+    for i, case in enumerate(cases):
+        folder = base / str(i)
+        folder.mkdir()
+        if case.setup is not None:
+            case.setup(folder)
+        args = case.args(folder) if callable(case.args) else case.args
+        out, err = str(base / f"{i}.out"), str(base / f"{i}.err")
+        todo.append(
+            {"cwd": str(folder), "out": out, "err": err, "name": case.name, "entry": ENTRY[case.name], "args": args}
+            | {"env": case.env, "prelude": case.prelude}
+        )
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], input=json.dumps(todo), capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [
+        Ran(t["args"], code, Path(t["out"]).read_text(), Path(t["err"]).read_text(), Path(t["cwd"]))
+        for t, code in zip(todo, codes, strict=True)
+    ]
+
+
+@pytest.fixture(scope="session")
+def cli_runs(request, tmp_path_factory) -> dict[tuple[str, object], Ran]:
+    """Every ``cli_case`` of the test modules that have a test using this fixture, run at once."""
+    modules = {item.module.__name__ for item in request.session.items if "cli_runs" in item.fixturenames}
+    keys = [key for key, case in CASES.items() if case.module in modules]
+    ran = run_forked([CASES[key] for key in keys], tmp_path_factory.mktemp("cli_runs"))
+    return dict(zip(keys, ran, strict=True))

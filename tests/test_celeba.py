@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, run_dir
+from conftest import cli_case, run_cli, run_dir
 from PIL import Image
 
 from mtbench.data import celeba, celeba_cache
@@ -522,8 +522,12 @@ def test_config_composition():
         assert (cfg.task.name, cfg.model.name, cfg.trainer.batch_size) == ("shapes40", "small_cnn", 64)
 
 
-def test_cli_without_data_root(tmp_path):
-    proc = run_cli("mtbench", ["task=celeba", "trainer.device=cpu"], cwd=tmp_path)
+cli_case(__name__, "no data.root", "mtbench", ["task=celeba", "trainer.device=cpu"])
+
+
+def test_cli_without_data_root(cli_runs):
+    proc = cli_runs[__name__, "no data.root"]
+    tmp_path = proc.cwd
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert len(lines) == 1 and "data.root" in lines[0] and "list_attr_celeba.txt" in lines[0]

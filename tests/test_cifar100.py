@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import run_cli, run_dir
+from conftest import cli_case, run_cli, run_dir
 from omegaconf import OmegaConf
 
 from mtbench.combiners import PAPER, build_combiner
@@ -443,21 +443,25 @@ def test_task_config_switches_model_and_keeps_shapes40_defaults():
     assert plain.task.name == "shapes40" and plain.model.name == "small_cnn" and plain.trainer.optimizer == "adam"
 
 
-def test_cli_bad_weights_is_a_one_line_error(tmp_path, data_root):
-    missing = tmp_path / "missing.pth"
-    proc = run_cli(
-        "mtbench",
-        [
-            "task=cifar100_transfer",
-            f"data.root={data_root}",
-            f"model.weights={missing}",
-            "trainer.device=cpu",
-            "trainer.num_threads=1",
-            f"task.val_size={VAL}",
-        ],
-        cwd=tmp_path,
-        timeout=120,
-    )
+cli_case(
+    __name__,
+    "missing weights",
+    "mtbench",
+    lambda folder: [
+        "task=cifar100_transfer",
+        f"data.root={folder / 'cifar'}",
+        f"model.weights={folder / 'missing.pth'}",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        f"task.val_size={VAL}",
+    ],
+    setup=lambda folder: _script().write_fake_cifar100(folder / "cifar", n=N_TRAIN, n_test=N_TEST),
+)
+
+
+def test_cli_bad_weights_is_a_one_line_error(cli_runs):
+    proc = cli_runs[__name__, "missing weights"]
+    missing = proc.cwd / "missing.pth"
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"mtbench: error: model.weights: file {missing} does not exist" in proc.stderr
 

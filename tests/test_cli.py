@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli, run_dir, run_path
+from conftest import cli_case, run_cli, run_dir, run_path
 
 from mtbench.combiners import COMBINERS, PAPER
 
@@ -118,12 +118,15 @@ def test_mtbench_table_rebuilds(sweep):
     assert before.strip() in proc.stdout
 
 
-def test_mtbench_table_with_no_runs(tmp_path):
-    (tmp_path / "empty").mkdir()
-    proc = run_cli("mtbench-table", [str(tmp_path / "empty")], cwd=tmp_path)
+cli_case(__name__, "table empty", "mtbench-table", lambda f: [str(f / "empty")], setup=lambda f: (f / "empty").mkdir())
+cli_case(__name__, "table missing", "mtbench-table", lambda f: [str(f / "missing")])
+
+
+def test_mtbench_table_with_no_runs(cli_runs):
+    proc = cli_runs[__name__, "table empty"]
     assert proc.returncode == 1
     assert "no finished runs" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("mtbench-table", [str(tmp_path / "missing")], cwd=tmp_path)
+    proc = cli_runs[__name__, "table missing"]
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
 
 
@@ -144,9 +147,13 @@ def test_single_run_with_overrides(tmp_path, tiny):
     assert m["steps"] == 192 // 32
 
 
+for _group in ("task", "combiner"):
+    cli_case(__name__, f"{_group}=nope", "mtbench", [f"{_group}=nope"])
+
+
 @pytest.mark.parametrize("group", ["task", "combiner"])
-def test_unknown_name_lists_choices(tmp_path, group):
-    proc = run_cli("mtbench", [f"{group}=nope"], cwd=tmp_path)
+def test_unknown_name_lists_choices(cli_runs, group):
+    proc = cli_runs[__name__, f"{group}=nope"]
     assert proc.returncode != 0
     assert f"Could not find '{group}/nope'" in proc.stderr
     assert f"Available options in '{group}'" in proc.stderr
@@ -163,8 +170,13 @@ def test_multirun_flag_anywhere_on_the_command_line(tmp_path, tiny):
         assert m["status"] == "completed" and m["seed"] == seed
 
 
-def test_help_is_mtbench_own(tmp_path):
-    proc = run_cli("mtbench", ["--help"], cwd=tmp_path)
+cli_case(__name__, "--help", "mtbench", ["--help"])
+cli_case(__name__, "--cfg job", "mtbench", ["--cfg", "job", "task.n_train=64"])
+cli_case(__name__, "--cfg hydra", "mtbench", ["--cfg", "hydra"])
+
+
+def test_help_is_mtbench_own(cli_runs):
+    proc = cli_runs[__name__, "--help"]
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "is powered by Hydra" not in text and text.startswith("mtbench: a benchmark of gradient combiners")
@@ -182,24 +194,25 @@ def test_help_is_mtbench_own(tmp_path):
         assert f"{group}: {', '.join(choices)}" in text
 
 
-def test_cfg_job_is_resolved(tmp_path):
-    proc = run_cli("mtbench", ["--cfg", "job", "task.n_train=64"], cwd=tmp_path)
+def test_cfg_job_is_resolved(cli_runs):
+    proc = cli_runs[__name__, "--cfg job"]
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["name"] == "shapes40" and cfg["task"]["n_train"] == 64 and "${" not in proc.stdout
-    hydra_cfg = run_cli("mtbench", ["--cfg", "hydra"], cwd=tmp_path)  # Hydra's part, as Hydra prints it
+    hydra_cfg = cli_runs[__name__, "--cfg hydra"]  # Hydra's part, as Hydra prints it
     assert hydra_cfg.returncode == 0 and "sweep:" in hydra_cfg.stdout, hydra_cfg.stderr
 
 
-def test_mtbench_fake_bad_input_is_one_line(tmp_path):
-    for args, fix in (
-        (["celeba", "--root", str(tmp_path / "d"), "--n", "0"], "give at least 1 image"),
-        ([], "name the dataset"),
-    ):
-        proc = run_cli("mtbench-fake", args, cwd=tmp_path)
+cli_case(__name__, "fake --n 0", "mtbench-fake", lambda f: ["celeba", "--root", str(f / "d"), "--n", "0"])
+cli_case(__name__, "fake", "mtbench-fake", [])
+
+
+def test_mtbench_fake_bad_input_is_one_line(cli_runs, tmp_path):
+    for key, fix in (("fake --n 0", "give at least 1 image"), ("fake", "name the dataset")):
+        proc = cli_runs[__name__, key]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mtbench-fake: error:") and fix in proc.stderr
-    assert not (tmp_path / "d").exists()
+    assert not (cli_runs[__name__, "fake --n 0"].cwd / "d").exists()
     proc = run_cli("mtbench-fake", ["cifar100", "--root", str(tmp_path / "c"), "--n", "8"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in (tmp_path / "c" / "cifar-100-python").iterdir()} == {"train", "test", "meta"}

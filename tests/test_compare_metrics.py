@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, cli_case, run_cli, run_dir
 
 from mtbench.metrics import all_positive_f1, binary_attribute_metrics, f1_at_threshold, max_f1_scores
 
@@ -94,15 +94,17 @@ def test_columns_reach_metrics_json_and_the_table(tmp_path):
     assert "max F1" not in header
 
 
-@pytest.mark.parametrize(
-    "value, needle",
-    [
-        ("[mean_accuracy]", "'mean_accuracy' is not a metric"),
-        ("[]", "at least one metric"),
-        ("mean_acc", "must be a list"),
-    ],
-)
-def test_bad_columns(tmp_path, value, needle):
-    proc = run_cli("mtbench", [f"task.columns={value}", *TINY], cwd=tmp_path)
+BAD_COLUMNS = [
+    ("[mean_accuracy]", "'mean_accuracy' is not a metric"),
+    ("[]", "at least one metric"),
+    ("mean_acc", "must be a list"),
+]
+for _value, _ in BAD_COLUMNS:
+    cli_case(__name__, _value, "mtbench", [f"task.columns={_value}", *TINY])
+
+
+@pytest.mark.parametrize("value, needle", BAD_COLUMNS)
+def test_bad_columns(cli_runs, value, needle):
+    proc = cli_runs[__name__, value]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, cli_case, run_cli, run_dir
 
 _MISSING = [m for m in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(m) is None]
 if _MISSING:
@@ -185,27 +185,30 @@ def test_default_logger_writes_todays_files_only(tmp_path):
     assert again.returncode == 0 and "already completed" in again.stderr + again.stdout
 
 
-def test_missing_library_names_the_extra(tmp_path):
+#: wandb cannot be imported in this run (as without the package)
+cli_case(__name__, "no wandb", "mtbench", ["logger=[tensorboard,wandb]", *TINY], prelude="sys.modules['wandb'] = None")
+
+
+def test_missing_library_names_the_extra(cli_runs):
     """Without the package: one line naming the extra, exit 2, no run folder."""
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
-    proc = run_cli(
-        "mtbench", ["logger=[tensorboard,wandb]", *TINY], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}
-    )
+    proc = cli_runs[__name__, "no wandb"]
+    tmp_path = proc.cwd
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert 'pip install -e ".[wandb]"' in errors[0]
     assert not list((tmp_path / "results").glob("shapes40/runs/*/*/seed=0/metrics.json"))
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["logger=tensorbord"], "did you mean logger=tensorboard"),
-        (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is not allowed"),
-    ],
-)
-def test_bad_logger_input(tmp_path, args, needle):
-    proc = run_cli("mtbench", [*args, *TINY], cwd=tmp_path)
+BAD_LOGGER = [
+    (["logger=tensorbord"], "did you mean logger=tensorboard"),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is not allowed"),
+]
+for _args, _ in BAD_LOGGER:
+    cli_case(__name__, tuple(_args), "mtbench", [*_args, *TINY])
+
+
+@pytest.mark.parametrize("args, needle", BAD_LOGGER)
+def test_bad_logger_input(cli_runs, args, needle):
+    proc = cli_runs[__name__, tuple(args)]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]

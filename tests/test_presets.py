@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli, run_dir
+from conftest import cli_case, run_cli, run_dir
 from omegaconf import OmegaConf
 
 from mtbench.errors import MtbenchError
@@ -32,10 +32,13 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def celeba_root(tmp_path_factory) -> Path:
+    return make_celeba(tmp_path_factory.mktemp("fake_celeba"))
+
+
+def make_celeba(root: Path) -> Path:
     spec = importlib.util.spec_from_file_location("make_fake_celeba", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    root = tmp_path_factory.mktemp("fake_celeba")
     module.make_fake_celeba(root, 40, seed=1)
     return root
 
@@ -135,15 +138,23 @@ def test_famo_celeba_end_to_end(celeba_root, tmp_path):
     assert "mean F1@0.5" in (tmp_path / "results" / "famo_celeba" / "table.md").read_text()
 
 
-@pytest.mark.parametrize(
-    "arg, needle",
-    [
-        ("task.preprocess=crop", "task.preprocess='crop' is not allowed"),
-        ("task.head=softmax", "task.head='softmax' is not allowed"),
-    ],
-)
-def test_bad_preset_options(celeba_root, tmp_path, arg, needle):
-    proc = run_cli("mtbench", ["experiment=kurin_celeba", f"data.root={celeba_root}", arg, *SMALL], cwd=tmp_path)
+BAD_PRESET = [
+    ("task.preprocess=crop", "task.preprocess='crop' is not allowed"),
+    ("task.head=softmax", "task.head='softmax' is not allowed"),
+]
+for _arg, _ in BAD_PRESET:
+    cli_case(
+        __name__,
+        _arg,
+        "mtbench",
+        lambda folder, arg=_arg: ["experiment=kurin_celeba", f"data.root={folder / 'celeba'}", arg, *SMALL],
+        setup=lambda folder: make_celeba(folder / "celeba"),
+    )
+
+
+@pytest.mark.parametrize("arg, needle", BAD_PRESET)
+def test_bad_preset_options(cli_runs, arg, needle):
+    proc = cli_runs[__name__, arg]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import cli_case
 
 from mtbench.report.significance import betainc, t_cdf, t_sf_two_sided, welch_t_test
 from mtbench.report.table import SIG_HEADER, build_tables, report
@@ -52,6 +52,10 @@ def write_run(folder: Path, combiner: str, seed: int, error: float, f1: float, s
 
 @pytest.fixture
 def celeba(tmp_path) -> Path:
+    return make_celeba(tmp_path)
+
+
+def make_celeba(tmp_path: Path) -> Path:
     """results/paper_celeba with 3 seeds of baseline, graddrop (clearly better), mgda (clearly
     worse, slower) and pcgrad (no real difference); the paper's numbers next to it."""
     folder = tmp_path / "results" / "paper_celeba"
@@ -279,12 +283,24 @@ def test_plots_skip_missing_histories(celeba):
     assert [p.name for p in written] == ["error_vs_speed.png", "error_vs_speed.pdf"]
 
 
-def test_mtbench_table_options(celeba, tmp_path):
-    proc = run_cli("mtbench-table", ["--no-plots", str(celeba)], cwd=tmp_path)
+CELEBA = Path("results") / "paper_celeba"  # in the folder of a run that make_celeba filled
+cli_case(__name__, "--no-plots", "mtbench-table", lambda f: ["--no-plots", str(f / CELEBA)], setup=make_celeba)
+cli_case(
+    __name__,
+    "--paper nope.csv",
+    "mtbench-table",
+    lambda f: ["--paper", str(f / "nope.csv"), str(f / CELEBA)],
+    setup=make_celeba,
+)
+
+
+def test_mtbench_table_options(cli_runs):
+    proc = cli_runs[__name__, "--no-plots"]
+    celeba = proc.cwd / CELEBA
     assert proc.returncode == 0, proc.stderr
     assert (celeba / "table.md").is_file() and not (celeba / "error_vs_speed.png").exists()
     assert "paper error rate (%)" in proc.stdout
-    proc = run_cli("mtbench-table", ["--paper", str(tmp_path / "nope.csv"), str(celeba)], cwd=tmp_path)
+    proc = cli_runs[__name__, "--paper nope.csv"]
     assert proc.returncode == 1 and "is not a file" in proc.stderr
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY, command, run_cli, run_dir, run_path
+from conftest import TINY, cli_case, command, run_cli, run_dir, run_path
 
 from mtbench.combiners import COMBINERS
 
@@ -202,7 +202,10 @@ print(kept, faults(6 << 20))  # 24 MiB
     assert kept <= 2 * 4096 and fresh >= 9 * 6144, (kept, fresh)  # (at most one fresh block when kept)
 
 
-def test_retain_freed_memory_is_set_at_every_run_start(tmp_path, monkeypatch):
+cli_case(__name__, "retain_freed_memory=maybe", "mtbench", [*TINY, "trainer.retain_freed_memory=maybe"])
+
+
+def test_retain_freed_memory_is_set_at_every_run_start(cli_runs, monkeypatch):
     """Like the thread count, every run sets trainer.retain_freed_memory for itself (true, then
     false in the same process: the second run restores glibc's thresholds); a value that is not
     a boolean is a one-line error."""
@@ -219,7 +222,7 @@ def test_retain_freed_memory_is_set_at_every_run_start(tmp_path, monkeypatch):
             cfg = compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.retain_freed_memory={value}"])
             loop.train(cfg)
     assert calls == [True, False] and device._retaining is False
-    bad = run_cli("mtbench", [*TINY, "trainer.retain_freed_memory=maybe"], cwd=tmp_path)
+    bad = cli_runs[__name__, "retain_freed_memory=maybe"]
     assert bad.returncode == 2 and "trainer.retain_freed_memory" in bad.stderr.strip().splitlines()[-1]
 
 
@@ -267,18 +270,21 @@ def test_nan_fails_the_run_names_step_and_task_and_the_sweep_goes_on(tmp_path):
     assert "| nan_head |" in table and "1 failed" in table
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["combiner=graddrop", "combiner.leak=[0.1,0.2]"], ["combiner.leak", "2 values", "40 tasks"]),
-        (["combiner=graddrop", "combiner.leak=1.5"], ["combiner.leak", "[0, 1]"]),
-        (["combiner=pcgrad", "+combiner.levle=params"], ["combiner.levle", "its options are"]),
-        (["combiner=graddrop", "combiner.f=tanh"], ["combiner.f", "identity, linear, sigmoid"]),
-        (["trainer.optimizer=rmsprop"], ["trainer.optimizer", "adam"]),
-    ],
-)
-def test_bad_options_one_line_no_traceback(tmp_path, args, words):
-    proc = run_cli("mtbench", [*TINY, *args], cwd=tmp_path)
+BAD_OPTIONS = [
+    (["combiner=graddrop", "combiner.leak=[0.1,0.2]"], ["combiner.leak", "2 values", "40 tasks"]),
+    (["combiner=graddrop", "combiner.leak=1.5"], ["combiner.leak", "[0, 1]"]),
+    (["combiner=pcgrad", "+combiner.levle=params"], ["combiner.levle", "its options are"]),
+    (["combiner=graddrop", "combiner.f=tanh"], ["combiner.f", "identity, linear, sigmoid"]),
+    (["trainer.optimizer=rmsprop"], ["trainer.optimizer", "adam"]),
+]
+for _args, _ in BAD_OPTIONS:
+    cli_case(__name__, tuple(_args), "mtbench", [*TINY, *_args])
+
+
+@pytest.mark.parametrize("args, words", BAD_OPTIONS)
+def test_bad_options_one_line_no_traceback(cli_runs, args, words):
+    proc = cli_runs[__name__, tuple(args)]
+    tmp_path = proc.cwd
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
@@ -288,16 +294,31 @@ def test_bad_options_one_line_no_traceback(tmp_path, args, words):
         json.loads(m.read_text())  # never half-written
 
 
-def test_full_error_shows_the_traceback(tmp_path):
-    proc = run_cli(
-        "mtbench", [*TINY, "combiner=graddrop", "combiner.leak=1.5"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
-    )
+cli_case(
+    __name__,
+    "HYDRA_FULL_ERROR=1",
+    "mtbench",
+    [*TINY, "combiner=graddrop", "combiner.leak=1.5"],
+    env={"HYDRA_FULL_ERROR": "1"},
+)
+
+
+def test_full_error_shows_the_traceback(cli_runs):
+    proc = cli_runs[__name__, "HYDRA_FULL_ERROR=1"]
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_results_folder_not_writable(tmp_path):
-    (tmp_path / "afile").write_text("not a folder")
-    proc = run_cli("mtbench", [*TINY, f"results_dir={tmp_path / 'afile' / 'results'}"], cwd=tmp_path)
+cli_case(
+    __name__,
+    "results_dir under a file",
+    "mtbench",
+    lambda folder: [*TINY, f"results_dir={folder / 'afile' / 'results'}"],
+    setup=lambda folder: (folder / "afile").write_text("not a folder"),
+)
+
+
+def test_results_folder_not_writable(cli_runs):
+    proc = cli_runs[__name__, "results_dir under a file"]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "results_dir=" in proc.stderr and "is a file, not a folder" in proc.stderr
 

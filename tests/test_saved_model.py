@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, cli_case, run_cli, run_dir
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,12 @@ def test_last_and_none(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_bad_inputs(tmp_path):
-    proc = run_cli("mtbench", ["trainer.save_model=first", *TINY], cwd=tmp_path)
+cli_case(__name__, "save_model=first", "mtbench", ["trainer.save_model=first", *TINY])
+cli_case(__name__, "eval nowhere", "mtbench-eval", lambda folder: [str(folder / "nowhere")])
+
+
+def test_bad_inputs(cli_runs):
+    proc = cli_runs[__name__, "save_model=first"]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtbench: error:")]
     assert (
         proc.returncode == 2
@@ -63,5 +67,5 @@ def test_bad_inputs(tmp_path):
         and "trainer.save_model" in errors[0]
         and "best, last, none" in errors[0]
     )
-    bad = run_cli("mtbench-eval", [str(tmp_path / "nowhere")], cwd=tmp_path)
+    bad = cli_runs[__name__, "eval nowhere"]
     assert bad.returncode == 2 and bad.stderr.startswith("mtbench: error:") and "is not a folder" in bad.stderr

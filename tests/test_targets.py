@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, cli_case, run_cli
 from hydra import compose, initialize_config_module
 
 from mtbench.cli import validate
@@ -144,8 +144,11 @@ def test_a_trunk_that_returns_no_pair_is_a_one_line_error(user_module):
         build_model(cfg.model, num_tasks=2)
 
 
-def test_the_command_refuses_a_bad_target_in_one_line(tmp_path):
-    proc = run_cli("mtbench", [*TINY, "trainer.optimizer=no_such_module.Opt"], cwd=tmp_path)
+cli_case(__name__, "optimizer=no_such_module.Opt", "mtbench", [*TINY, "trainer.optimizer=no_such_module.Opt"])
+
+
+def test_the_command_refuses_a_bad_target_in_one_line(cli_runs):
+    proc = cli_runs[__name__, "optimizer=no_such_module.Opt"]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("mtbench: error:")]
     assert "trainer.optimizer='no_such_module.Opt' cannot be imported" in line

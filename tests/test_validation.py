@@ -2,20 +2,14 @@
 
 The bad values go through the real ``mtbench`` entry point (``mtbench.cli.main``, Hydra and
 all), each in its own forked process of one interpreter that imported torch once (as many at
-once as there are cores): the same exit code and stderr as the console script, a fraction of the
-start-up time.
+once as there are cores; conftest's ``cli_case`` and ``cli_runs``): the same exit code and
+stderr as the console script, a fraction of the start-up time.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import TINY
+from conftest import TINY, cli_case
 from hydra import compose, initialize_config_module
 
 from mtbench.cli import validate
@@ -98,65 +92,14 @@ def args_for(extra: list[str]) -> list[str]:
     return [*(OTHER if any(o.startswith("task=") for o in extra) else TINY), *extra]
 
 
-RUNNER = r"""
-import json, os, sys
-import hydra, torch  # noqa: F401 - imported once, before the forks
-import mtbench.cli, mtbench.combiners, mtbench.train  # noqa: F401
-cases = json.loads(sys.stdin.read())
-codes = [None] * len(cases)
-running = {}  # pid -> case index; as many forks at once as there are cores
-for index, (cwd, err, args) in enumerate(cases):
-    if len(running) >= (os.cpu_count() or 1):
-        pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            os.chdir(cwd)
-            fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            sys.argv = ["mtbench", *args]
-            try:
-                mtbench.cli.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    running[pid] = index
-while running:
-    pid, status = os.wait()
-    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-print(json.dumps(codes))
-"""
-
-
-@pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory) -> list[tuple[Path, int, str]]:
-    """Each BAD case through ``mtbench.cli.main`` in its own folder: (folder, exit code, output)."""
-    base = tmp_path_factory.mktemp("bad")
-    cases = []
-    for i, (extra, bad) in enumerate(BAD):
-        (base / str(i)).mkdir()
-        cases.append([str(base / str(i)), str(base / f"{i}.err"), [*args_for(extra), bad]])
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
-    return [(Path(c[0]), code, Path(c[1]).read_text()) for c, code in zip(cases, codes, strict=True)]
+for _index, (_extra, _bad) in enumerate(BAD):
+    cli_case(__name__, _index, "mtbench", [*args_for(_extra), _bad])
 
 
 @pytest.mark.parametrize("index", range(len(BAD)), ids=[bad for _, bad in BAD])
-def test_bad_value_is_refused_before_the_run(bad_runs, index):
-    folder, code, output = bad_runs[index]
+def test_bad_value_is_refused_before_the_run(cli_runs, index):
+    ran = cli_runs[__name__, index]
+    folder, code, output = ran.cwd, ran.returncode, ran.stdout + "\n" + ran.stderr
     key, value = BAD[index][1].split("=", 1)
     assert code == 2, output[-3000:]
     assert "Traceback" not in output

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, run_cli, run_dir
+from conftest import TINY, cli_case, run_cli, run_dir
 from loss_steps import LOSS_LEVEL, scalar_step
 
 from mtbench.combiners import COMBINERS
@@ -49,24 +49,26 @@ def test_each_runs_end_to_end_from_the_cli(zoo_sweep, name):
     assert f"| {name} |" in proc.stdout  # a row of the sweep's table
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
+BAD_OPTIONS = [
+    (
+        "combiner=dwa combiner.temperature=0",
+        "combiner.temperature must be a positive number for combiner=dwa (got 0)",
+    ),
+    (
+        "combiner=rlw combiner.distribution=gaussian",
         (
-            "combiner=dwa combiner.temperature=0",
-            "combiner.temperature must be a positive number for combiner=dwa (got 0)",
+            "combiner.distribution='gaussian' is not allowed for combiner=rlw; choose one of: "
+            "normal, uniform, dirichlet, bernoulli, constrained_bernoulli"
         ),
-        (
-            "combiner=rlw combiner.distribution=gaussian",
-            (
-                "combiner.distribution='gaussian' is not allowed for combiner=rlw; choose one of: "
-                "normal, uniform, dirichlet, bernoulli, constrained_bernoulli"
-            ),
-        ),
-    ],
-)
-def test_bad_options_from_the_cli_are_one_line(tmp_path, override, message):
-    proc = run_cli("mtbench", [*override.split(), *TINY], cwd=tmp_path)
+    ),
+]
+for _override, _ in BAD_OPTIONS:
+    cli_case(__name__, _override, "mtbench", [*_override.split(), *TINY])
+
+
+@pytest.mark.parametrize("override, message", BAD_OPTIONS)
+def test_bad_options_from_the_cli_are_one_line(cli_runs, override, message):
+    proc = cli_runs[__name__, override]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if message in line]
