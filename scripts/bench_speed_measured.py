@@ -25,13 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _busy import busy_processes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "bench" / "speed_measured-cpu.json"
 SMALL = [
     "task.n_train=256", "task.n_val=64", "task.n_test=64", "model.width=8", "model.rep_dim=32",
     "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1", "trainer.progress=false",
 ]  # fmt: skip
-BUSY = "while True:\n    pass\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,16 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
         measured = []
         for k in range(2 * args.repeats):
             loaded = k % 2 == 1
-            hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy if loaded else 0)]
-            try:
+            with busy_processes(args.busy if loaded else 0):
                 time.sleep(1.0 if loaded else 0.0)
                 load0 = os.getloadavg()[0]
                 result = speed.measure(folder, rounds=args.rounds)
                 load1 = os.getloadavg()[0]
-            finally:
-                for hog in hogs:
-                    hog.kill()
-                    hog.wait()
             assert result is not None
             measured.append(
                 {

@@ -25,13 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _busy import busy_processes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "bench" / "speed_stability-cpu.json"
 SMALL = [
     "task.n_train=2048", "task.n_val=64", "task.n_test=64", "model.width=8", "model.rep_dim=32",
     "trainer.epochs=2", "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1", "trainer.progress=false",
 ]  # fmt: skip
-BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
 
 def mtbench() -> list[str]:
@@ -82,16 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.combiners.startswith("baseline"):
         p.error("--combiners must start with baseline (the reference of the ratios)")
-    busy = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=3600)]) for _ in range(max(0, args.busy))]
-    started = time.time()
-    try:
+    with busy_processes(args.busy, seconds=3600):
+        started = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             first = sweep(Path(tmp), "sweep_1", args.combiners, args.seeds, args.overrides)
             second = sweep(Path(tmp), "sweep_2", args.combiners, args.seeds, args.overrides)
-    finally:
-        for proc in busy:
-            proc.kill()
-            proc.wait()
     rows = []
     for name in args.combiners.split(","):
         row = {"combiner": name}

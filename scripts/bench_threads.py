@@ -25,9 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _busy import busy_processes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "bench" / "threads-cpu.json"
-BUSY = "while True:\n    pass\n"
 SETTINGS = {
     "default threads": (None, None),
     "default threads, passive": (None, "PASSIVE"),
@@ -106,8 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     loads: dict[tuple[str, bool], list[float]] = {}
     for _ in range(args.repeats):
         for loaded in (False, True):
-            hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy if loaded else 0)]
-            try:
+            with busy_processes(args.busy if loaded else 0):
                 for label, (threads, policy) in SETTINGS.items():
                     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
                     if policy:
@@ -121,10 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
                     for row, times in result.items():
                         samples.setdefault((label, loaded), {}).setdefault(row, []).extend(times)
                     loads.setdefault((label, loaded), []).append(os.getloadavg()[0])
-            finally:
-                for hog in hogs:
-                    hog.kill()
-                    hog.wait()
     rows = [f"{n}@{lv}" for n, lv in ROWS]
     table = []
     for (label, loaded), by_row in samples.items():

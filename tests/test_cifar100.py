@@ -466,22 +466,23 @@ def test_cli_bad_weights_is_a_one_line_error(cli_runs):
     assert f"mtbench: error: model.weights: file {missing} does not exist" in proc.stderr
 
 
-def test_one_run_end_to_end(data_root, weights, tmp_path):
-    """The fast suite's end-to-end run of cifar100_transfer: one `mtbench` run on the fake files."""
-    args = [
+def transfer_args(data_root, weights, epochs: int = 1, batch_size: int = 32) -> list[str]:
+    """cifar100_transfer on the fake CIFAR-100, on the CPU (by default one epoch of 2 steps)."""
+    return [
         "task=cifar100_transfer",
         f"data.root={data_root}",
         f"model.weights={weights}",
         f"task.val_size={VAL}",
-        "trainer.epochs=1",
-        "trainer.batch_size=32",
+        f"trainer.epochs={epochs}",
+        f"trainer.batch_size={batch_size}",
         "trainer.eval_batch_size=64",
         "trainer.device=cpu",
         "trainer.num_threads=1",
     ]
-    proc = run_cli("mtbench", args, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run = run_dir(tmp_path / "results" / "cifar100_transfer", "baseline", 0)
+
+
+def assert_completed_one_epoch_run(run: Path) -> dict:
+    """The metrics.json and per_attribute.csv of a completed run of ``transfer_args``' defaults; its metrics."""
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "completed", m.get("reason")
     assert (m["task"], m["model"], m["select_metric"]) == ("cifar100_transfer", "resnet18", "top1_error")
@@ -491,24 +492,20 @@ def test_one_run_end_to_end(data_root, weights, tmp_path):
     assert m["steps"] == 2
     classes = pd.read_csv(run / "per_attribute.csv")
     assert len(classes) == 100 and classes["count"].sum() == N_TEST
+    return m
+
+
+def test_one_run_end_to_end(data_root, weights, tmp_path):
+    """The fast suite's end-to-end run of cifar100_transfer: one `mtbench` run on the fake files."""
+    proc = run_cli("mtbench", transfer_args(data_root, weights), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_completed_one_epoch_run(run_dir(tmp_path / "results" / "cifar100_transfer", "baseline", 0))
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_root, weights):
     cwd = tmp_path_factory.mktemp("sweep")
-    args = [
-        "-m",
-        "task=cifar100_transfer",
-        f"data.root={data_root}",
-        f"model.weights={weights}",
-        f"task.val_size={VAL}",
-        "trainer.epochs=1",
-        "trainer.batch_size=32",
-        "trainer.eval_batch_size=64",
-        "trainer.device=cpu",
-        "trainer.num_threads=1",
-    ]
-    proc = run_cli("mtbench", args, cwd=cwd, timeout=300)
+    proc = run_cli("mtbench", ["-m", *transfer_args(data_root, weights)], cwd=cwd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd / "results" / "cifar100_transfer", proc
 
@@ -516,15 +513,8 @@ def sweep(tmp_path_factory, data_root, weights):
 def test_sweep_runs_the_papers_combiners(sweep):
     folder, _ = sweep
     for name in PAPER:
-        m = json.loads((run_dir(folder, name, 0) / "metrics.json").read_text())
-        assert m["status"] == "completed", m.get("reason")
-        assert (m["task"], m["model"], m["select_metric"]) == ("cifar100_transfer", "resnet18", "top1_error")
-        for split in ("val", "test"):
-            assert set(m[split]) == {"top1_error", "top5_error", "source_agreement"}
-            assert all(0 <= v <= 100 for v in m[split].values())
-        assert m["steps"] == 2 and m["config"]["model"]["weights"] == m["config"]["task"]["weights"]
-        classes = pd.read_csv(run_dir(folder, name, 0) / "per_attribute.csv")
-        assert len(classes) == 100 and classes["count"].sum() == N_TEST
+        m = assert_completed_one_epoch_run(run_dir(folder, name, 0))
+        assert m["config"]["model"]["weights"] == m["config"]["task"]["weights"]
 
 
 def test_sweep_table_has_the_transfer_columns(sweep):
@@ -546,15 +536,7 @@ RESUMED = ["baseline", "pcgrad", "mgda_params", "gradnorm", "graddrop"]
 def short_args(data_root, weights) -> list[str]:
     """3 epochs of 2 steps (48 images, then 16) on the fake CIFAR-100."""
     return [
-        "task=cifar100_transfer",
-        f"data.root={data_root}",
-        f"model.weights={weights}",
-        f"task.val_size={VAL}",
-        "trainer.epochs=3",
-        "trainer.batch_size=48",
-        "trainer.eval_batch_size=64",
-        "trainer.device=cpu",
-        "trainer.num_threads=1",
+        *transfer_args(data_root, weights, epochs=3, batch_size=48),
         f"hydra.searchpath=[file://{FIXTURES / 'configs'}]",
     ]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from mtbench.combiners.base import Step, positive
+from mtbench.combiners.learned import LearnedVector
 from mtbench.combiners.lossweighted import LossWeighted
 from mtbench.options import Option, number
 
@@ -52,57 +52,39 @@ class FAMO(LossWeighted):
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
-        #: the task logits xi (on the training device from the first step)
-        self.logits: torch.Tensor | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.learned = LearnedVector(
+            "logits", self.num_tasks, on_load=self._load_prev_losses, lr=self.weight_lr, weight_decay=self.gamma
+        )
         #: the previous step's losses (detached), None before the first step
         self.prev_losses: torch.Tensor | None = None
-        self._pending_state: dict[str, Any] | None = None
 
-    def _setup(self, like: torch.Tensor) -> None:
-        self.logits = torch.zeros(self.num_tasks, device=like.device, dtype=self.state_dtype(like), requires_grad=True)
-        self.optimizer = torch.optim.Adam([self.logits], lr=self.weight_lr, weight_decay=self.gamma)
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """The task logits xi (on the training device from the first step)."""
+        return self.learned.value
 
     def task_weights(self, step: Step) -> torch.Tensor:
         losses = step.losses.detach()
-        if self.logits is None:
-            self._setup(losses)
-        assert self.logits is not None and self.optimizer is not None
-        losses = losses.to(self.logits.dtype)
+        logits = self.learned.ready(losses)
+        losses = losses.to(logits.dtype)
         log = (losses + EPS).log()
         if self.prev_losses is not None:  # the logits' step on how the log-losses moved
             delta = (self.prev_losses + EPS).log() - log
-            z = torch.softmax(self.logits.detach(), dim=0)
-            self.logits.grad = z * (delta - (z * delta).sum())
-            self.optimizer.step()
-        z = torch.softmax(self.logits.detach(), dim=0)
+            z = torch.softmax(logits.detach(), dim=0)
+            self.learned.update(z * (delta - (z * delta).sum()))
+        z = torch.softmax(logits.detach(), dim=0)
         q = z / (losses + EPS)
         self.prev_losses = losses.clone()
         return q * (self.num_tasks / q.sum())
 
     def state_dict(self) -> dict[str, Any]:
-        if self.logits is None:
-            return {}
-        assert self.optimizer is not None
-        state = {
-            "logits": self.logits.detach(),
-            "optimizer": self.optimizer.state_dict(),
-            "prev_losses": self.prev_losses,
-        }
-        return copy.deepcopy(state)
+        return self.learned.state_dict(extra={"prev_losses": self.prev_losses})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
-        if self.logits is None:  # the logits live on the training device: restore at the first step
-            self._pending_state = state
-            return
-        assert self.optimizer is not None
-        with torch.no_grad():
-            self.logits.copy_(state["logits"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learned.load_state_dict(state)
+
+    def _load_prev_losses(self, state: dict[str, Any]) -> None:
+        logits = self.learned.value
+        assert logits is not None
         prev = state["prev_losses"]
-        self.prev_losses = None if prev is None else prev.to(device=self.logits.device, dtype=self.logits.dtype)
+        self.prev_losses = None if prev is None else prev.to(device=logits.device, dtype=logits.dtype)

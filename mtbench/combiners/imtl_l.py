@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from mtbench.combiners.base import Step, positive
+from mtbench.combiners.learned import LearnedVector
 from mtbench.combiners.lossweighted import LossWeighted
 from mtbench.options import Option
 
@@ -15,49 +15,24 @@ from mtbench.options import Option
 WEIGHT_LR = Option(0.003, "learning rate of the loss scales s_i (their own Adam)", positive())
 
 
-class LossScales:
+class LossScales(LearnedVector):
     """IMTL-L's learned loss scales s [T] (0 at first) and their own Adam: :meth:`step` returns
     e^s at this step's s, then takes one Adam step on the gradient of sum_i e^{s_i} L_i - s_i in
     s, e^{s_i} L_i - 1 (closed form from the detached losses). Created on the losses' device and
     dtype (at least float32) at the first step; a checkpoint loaded before then is applied there."""
 
     def __init__(self, num_tasks: int, lr: float):
-        self.num_tasks, self.lr = num_tasks, lr
-        self.scales: torch.Tensor | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._pending: dict[str, Any] | None = None
+        super().__init__("scales", num_tasks, lr=lr)
+
+    @property
+    def scales(self) -> torch.Tensor | None:
+        return self.value
 
     def step(self, losses: torch.Tensor) -> torch.Tensor:
         losses = losses.detach()
-        if self.scales is None:
-            dtype = torch.promote_types(losses.dtype, torch.float32)
-            self.scales = torch.zeros(self.num_tasks, device=losses.device, dtype=dtype, requires_grad=True)
-            self.optimizer = torch.optim.Adam([self.scales], lr=self.lr)
-            if self._pending is not None:
-                state, self._pending = self._pending, None
-                self.load_state_dict(state)
-        assert self.optimizer is not None
-        w = torch.exp(self.scales.detach())
-        self.scales.grad = w * losses.to(w.dtype) - 1.0  # d/ds [e^s L - s]
-        self.optimizer.step()
+        w = torch.exp(self.ready(losses).detach())
+        self.update(w * losses.to(w.dtype) - 1.0)  # d/ds [e^s L - s]
         return w
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.scales is None:
-            return {}
-        assert self.optimizer is not None
-        return copy.deepcopy({"scales": self.scales.detach(), "optimizer": self.optimizer.state_dict()})
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
-        if self.scales is None:  # the scales live on the training device: restore at the first step
-            self._pending = state
-            return
-        assert self.optimizer is not None
-        with torch.no_grad():
-            self.scales.copy_(state["scales"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class IMTLL(LossWeighted):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from mtbench.combiners.base import Step, positive
+from mtbench.combiners.learned import LearnedVector
 from mtbench.combiners.lossweighted import LossWeighted
 from mtbench.options import Option
 
@@ -43,43 +43,24 @@ class UW(LossWeighted):
 
     def __init__(self, num_tasks: int, **options: Any):
         super().__init__(num_tasks, **options)
-        #: the log-variances s_i = log sigma_i^2 (on the training device from the first step)
-        self.log_var: torch.Tensor | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._pending_state: dict[str, Any] | None = None
+        self.learned = LearnedVector("log_var", self.num_tasks, lr=self.weight_lr)
 
-    def _setup(self, like: torch.Tensor) -> None:
-        self.log_var = torch.zeros(self.num_tasks, device=like.device, dtype=self.state_dtype(like), requires_grad=True)
-        self.optimizer = torch.optim.Adam([self.log_var], lr=self.weight_lr)
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
+    @property
+    def log_var(self) -> torch.Tensor | None:
+        """The log-variances s_i = log sigma_i^2 (on the training device from the first step)."""
+        return self.learned.value
 
     def task_weights(self, step: Step) -> torch.Tensor:
         """w = exp(-s) at this step's s; then one Adam step of s on the gradient of L_UW."""
         losses = step.losses.detach()
-        if self.log_var is None:
-            self._setup(losses)
-        assert self.log_var is not None and self.optimizer is not None
-        losses = losses.to(self.log_var.dtype)
-        w = torch.exp(-self.log_var.detach())
-        self.log_var.grad = 0.5 - w * losses  # d/ds [exp(-s) L + s / 2]
-        self.optimizer.step()
+        log_var = self.learned.ready(losses)
+        losses = losses.to(log_var.dtype)
+        w = torch.exp(-log_var.detach())
+        self.learned.update(0.5 - w * losses)  # d/ds [exp(-s) L + s / 2]
         return w
 
     def state_dict(self) -> dict[str, Any]:
-        if self.log_var is None:
-            return {}
-        assert self.optimizer is not None
-        return copy.deepcopy({"log_var": self.log_var.detach(), "optimizer": self.optimizer.state_dict()})
+        return self.learned.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
-        if self.log_var is None:  # the log-variances live on the training device: restore at the first step
-            self._pending_state = state
-            return
-        assert self.optimizer is not None
-        with torch.no_grad():
-            self.log_var.copy_(state["log_var"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learned.load_state_dict(state)

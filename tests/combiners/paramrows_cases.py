@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from gram_matrices import ADVERSARIAL
 from torch import nn
 
 from mtbench.combiners import Step
@@ -14,27 +15,8 @@ from mtbench.models import LinearHeads, MultiTaskModel
 T, B, D_IN, D_REP = 3, 6, 4, 5
 
 
-def matrices() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    g = torch.randn(12, generator=gen, dtype=torch.float64)
-    h = torch.randn(12, generator=gen, dtype=torch.float64)
-    large = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    large[2] *= 1e4
-    small = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    small[1] *= 1e-6
-    zero = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    zero[1] = 0.0
-    return {
-        "random": torch.randn(5, 20, generator=gen, dtype=torch.float64),
-        "agreeing": torch.stack([g, g, g]),
-        "opposing": torch.stack([g, -g, h]),
-        "rank_one": torch.outer(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), g),
-        "zero_task": zero,
-        "one_1e4_larger": large,
-        "one_1e6_smaller": small,
-        "T_gt_D": torch.randn(8, 3, generator=gen, dtype=torch.float64),
-        "T1": torch.randn(1, 9, generator=gen, dtype=torch.float64),
-    }
+#: the adversarial stacks (gram_matrices.py's)
+MATS = ADVERSARIAL
 
 
 def moved(J: torch.Tensor, k: int) -> torch.Tensor:

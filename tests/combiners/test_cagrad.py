@@ -33,7 +33,7 @@ def cagrad_update(J: torch.Tensor, c: float, **kwargs) -> torch.Tensor:
     return F.cagrad(J, c=c, **kwargs) * ((1 + c) / J.shape[0])
 
 
-CAGRAD_FRONT = ("conflict", "zero_task")  # the dual's optimum at g_w = 0 for every c here
+CAGRAD_FRONT = ("opposing", "zero_task")  # the dual's optimum at g_w = 0 for every c here
 
 
 def test_cagrad_other_c_and_aligned_mtl_other_scales():

@@ -14,33 +14,14 @@ import pytest
 import torch
 import torchjd.aggregation as jd
 from conftest import TINY, one_error_line, run_cli, run_dir
+from gram_matrices import ADVERSARIAL
 from omegaconf import OmegaConf
 
 from mtbench.combiners import COMBINERS, GramWeighted, build_combiner
 from mtbench.combiners import functional as F
 from mtbench.errors import MtbenchError
 
-
-def matrices() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    g = torch.randn(12, generator=gen, dtype=torch.float64)
-    h = torch.randn(12, generator=gen, dtype=torch.float64)
-    large = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    large[2] *= 1e4
-    zero = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    zero[1] = 0.0
-    return {
-        "random": torch.randn(5, 20, generator=gen, dtype=torch.float64),
-        "agreeing": torch.stack([g, g, g]),
-        "opposing": torch.stack([g, -g, h]),
-        "rank_one": torch.outer(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), g),
-        "zero_task": zero,
-        "one_1e4_larger": large,
-        "T1": torch.randn(1, 9, generator=gen, dtype=torch.float64),
-    }
-
-
-MATS = matrices()
+MATS = ADVERSARIAL
 
 
 def steps(J: torch.Tensor, n: int = 4) -> list[torch.Tensor]:

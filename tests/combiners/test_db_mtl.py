@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 from paramrows_cases import (
+    MATS,
     T,
     assert_resumes_to_the_same_updates,
     autograd_rows,
     make_model,
     make_step,
-    matrices,
     moved,
     shared_grad,
 )
@@ -21,8 +21,6 @@ from paramrows_cases import (
 from mtbench.combiners import COMBINERS
 from mtbench.combiners import functional as F
 from mtbench.errors import MtbenchError
-
-MATS = matrices()
 
 
 class LibMTLReference:

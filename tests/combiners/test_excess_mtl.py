@@ -13,12 +13,12 @@ import torch
 import torchjd.aggregation as jd
 from conftest import TINY, run_cli, run_dir
 from paramrows_cases import (
+    MATS,
     T,
     assert_resumes_to_the_same_updates,
     autograd_rows,
     make_model,
     make_step,
-    matrices,
     moved,
     shared_grad,
 )
@@ -26,8 +26,6 @@ from paramrows_cases import (
 from mtbench.combiners import COMBINERS
 from mtbench.combiners import functional as F
 from mtbench.errors import MtbenchError
-
-MATS = matrices()
 
 
 @pytest.mark.parametrize("matrix", list(MATS))

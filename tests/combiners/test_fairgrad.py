@@ -29,7 +29,7 @@ def test_fairgrad_without_a_solution():
     """(g, -g, h), a zero task and 8 gradients in 3 dimensions (a positive combination of them is
     zero) have no finite w > 0 with G w = w^(-1/alpha): the weights stay finite and the result
     is finite, with either solver."""
-    for name in ("conflict", "zero_task", "T_gt_D"):
+    for name in ("opposing", "zero_task", "T_gt_D"):
         for solver in ("newton", "scipy"):
             out = F.fairgrad(MATS[name], solver=solver)
             assert bool(torch.isfinite(out).all()), (name, solver)
@@ -69,7 +69,7 @@ def test_compiled_newton_is_the_numpy_one(power, monkeypatch):
         40, 512, generator=gen, dtype=torch.float64
     )
     for name, J in {**MATS, "t40": t40}.items():
-        if name in ("conflict", "T_gt_D", "zero_task"):  # (no solution without the ridge; a zero row has no part)
+        if name in ("opposing", "T_gt_D", "zero_task"):  # (no solution without the ridge; a zero row has no part)
             continue
         G = J @ J.T
         compiled = torch.from_numpy(F._fair_newton(G.numpy(), None, 100, power))

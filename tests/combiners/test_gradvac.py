@@ -40,7 +40,7 @@ def test_gradvac_at_many_tasks_equals_torchjd():
 
 
 def test_gradvac_changes_conflicting_gradients_and_its_draws_come_from_the_generator():
-    J = MATS["conflict"]
+    J = MATS["opposing"]
     a = F.gradvac(J, generator=torch.Generator().manual_seed(1))
     b = F.gradvac(J, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)

@@ -49,7 +49,7 @@ def test_nash_mtl_rescaled_and_clipped():
 
 
 def test_nash_mtl_without_a_solution_stays_finite_and_adds_nothing_along_the_null_combination():
-    for name in ("conflict", "T_gt_D"):
+    for name in ("opposing", "T_gt_D"):
         J = MATS[name]
         out = F.nash_mtl(J)
         assert bool(torch.isfinite(out).all()), name

@@ -11,41 +11,14 @@ import pytest
 import torch
 import torchjd.aggregation as jd
 from conftest import TINY, one_error_line, run_cli, run_dir
+from gram_matrices import ADVERSARIAL
 from omegaconf import OmegaConf
 
 from mtbench.combiners import COMBINERS, build_combiner
 from mtbench.combiners import functional as F
 from mtbench.errors import MtbenchError
 
-
-def matrices() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    g = torch.randn(12, generator=gen, dtype=torch.float64)
-    h = torch.randn(12, generator=gen, dtype=torch.float64)
-    large = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    large[2] *= 1e4
-    small = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    small[1] *= 1e-6
-    zero = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    zero[1] = 0.0
-    zero_primary = torch.randn(3, 16, generator=gen, dtype=torch.float64)
-    zero_primary[0] = 0.0
-    return {
-        "random": torch.randn(5, 20, generator=gen, dtype=torch.float64),
-        "agreeing": torch.stack([g, g, g]),
-        "opposing": torch.stack([g, -g, h]),
-        "anti_parallel_secondaries": torch.stack([h, g, -g]),
-        "rank_one": torch.outer(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), g),
-        "zero_task": zero,
-        "zero_primary": zero_primary,
-        "one_1e4_larger": large,
-        "one_1e6_smaller": small,
-        "T_gt_D": torch.randn(8, 3, generator=gen, dtype=torch.float64),
-        "T1": torch.randn(1, 9, generator=gen, dtype=torch.float64),
-    }
-
-
-MATS = matrices()
+MATS = ADVERSARIAL
 
 
 def jitter(J: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from mtbench.combiners import functional as F
 
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 def test_the_dual_cone_methods_conflict_with_no_task(method):
-    for name in ("random", "conflict", "one_1e4_larger", "zero_task"):
+    for name in ("random", "opposing", "one_1e4_larger", "zero_task"):
         J = MATS[name]
         out = ALL[method](J)
         # the unit gradients' Gram matrix is regularised by 1e-9 I: every task's cosine >= -1e-8
