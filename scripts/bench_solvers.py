@@ -129,6 +129,11 @@ def solvers(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], ob
 #: the algorithms in two forms: row -> (the module whose switches pick the form, their names; the
 #: call on (gram, last) warm-started as the combiner runs it)
 FORMS = {
+    "dual_cone/upgrad": ("dual_cone", "_COMPILED_BELOW"),
+    "dual_cone/dualproj": ("dual_cone", "_COMPILED_BELOW"),
+    # UPGrad on independent gradients in 1024 dimensions (no shared component): about half of
+    # each QP's constraints active, the large free sets a training step at many tasks can have
+    "dual_cone/upgrad-wide": ("dual_cone", "_COMPILED_BELOW"),
     "newton/nash_mtl": ("newton", "_COMPILED_BELOW"),
     "newton/fairgrad": ("newton", "_COMPILED_BELOW"),
     "certified/imtl_g": ("certified", "COMPILED_BELOW"),
@@ -136,11 +141,26 @@ FORMS = {
 }
 
 
-def form_calls(gram: torch.Tensor, last: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-    """Row of :data:`FORMS` -> a call returning the weights (state from ``last``)."""
+def wide_pair(n_tasks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gram_pair` for independent gradients in 1024 dimensions (row ``*-wide``)."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = torch.randn(n_tasks, 1024, generator=gen, dtype=torch.float64)
+    moved = grads + 0.05 * torch.randn(n_tasks, 1024, generator=gen, dtype=torch.float64)
+    return grads @ grads.T, moved @ moved.T
+
+
+def form_calls(gram: torch.Tensor, last: torch.Tensor, wide: torch.Tensor, wide_last: torch.Tensor):
+    """Row of :data:`FORMS` -> a call returning the weights (state from ``last``; the ``*-wide``
+    row on ``wide``, state from ``wide_last``)."""
+    _, up_free = F.dual_cone_state(last, "upgrad")
+    _, dp_free = F.dual_cone_state(last, "dualproj")
+    _, wide_free = F.dual_cone_state(wide_last, "upgrad")
     _, nash_alpha = F.nash_mtl_weights_from_gram(last)
     _, fair_start = F.fairgrad_state(last)
     return {
+        "dual_cone/upgrad": lambda: F.dual_cone_state(gram, "upgrad", start=up_free)[0],
+        "dual_cone/dualproj": lambda: F.dual_cone_state(gram, "dualproj", start=dp_free)[0],
+        "dual_cone/upgrad-wide": lambda: F.dual_cone_state(wide, "upgrad", start=wide_free)[0],
         "newton/nash_mtl": lambda: F.nash_mtl_weights_from_gram(gram, nash_alpha)[0],
         "newton/fairgrad": lambda: F.fairgrad_state(gram, start=fair_start)[0],
         "certified/imtl_g": lambda: F.imtl_g_weights_from_gram(gram),
@@ -172,7 +192,7 @@ def forced(row: str, compiled: bool) -> Callable[[Callable[[], torch.Tensor]], t
 def bench_forms(tasks: list[int], dim: int, seconds: float, chosen: list[str]) -> list[dict]:
     rows = []
     for n_tasks in tasks:
-        calls = form_calls(*gram_pair(n_tasks, dim, n_tasks))
+        calls = form_calls(*gram_pair(n_tasks, dim, n_tasks), *wide_pair(n_tasks, n_tasks))
         for name in chosen:
             out = {}
             for form in ("compiled", "batched"):

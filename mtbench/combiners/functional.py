@@ -128,11 +128,15 @@ from mtbench.combiners.solvers.cagrad_dual import (  # noqa: F401
     _cagrad_dual,
 )
 from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
+    _CG_MAX_ITER,
+    _CG_MIN_WIDTH_CUBED,
     _PIVOT_MAX_SWEEPS,
     DUAL_CONE_REG,
     DUAL_CONE_SOLVERS,
     _dual_cone,
     _dual_cone_pivoting,
+    _free_set_cg,
+    _free_set_solve,
     _quadprog_projector,
     dual_cone_state,
 )

@@ -1,4 +1,4 @@
-"""The dual-cone QPs, compiled, at every number of tasks: each QP's block principal pivoting
+"""The dual-cone QPs below ``COMPILED_BELOW`` tasks, compiled: each QP's block principal pivoting
 on its own (:func:`dual_cone_pivots`), and UPGrad's or DualProj's weights in one call
 (:func:`dual_cone_weights`); :mod:`mtbench.combiners.solvers.dual_cone` calls them."""
 
