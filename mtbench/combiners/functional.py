@@ -123,9 +123,11 @@ from mtbench.combiners.sdmgrad import (  # noqa: F401
     sdmgrad_weights,
 )
 from mtbench.combiners.solvers.cagrad_dual import (  # noqa: F401
+    _BLOCK_PIVOTS,
     _CAGRAD_FRONT,
     _CAGRAD_MAX_ITER,
     _cagrad_dual,
+    _next_active_set,
 )
 from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
     _CG_MAX_ITER,
@@ -141,13 +143,11 @@ from mtbench.combiners.solvers.dual_cone import (  # noqa: F401
     dual_cone_state,
 )
 from mtbench.combiners.solvers.min_norm import (  # noqa: F401
-    _BLOCK_PIVOTS,
     _DEFAULT_MGDA_MAX_ITER,
     _DEFAULT_MGDA_TOL,
     _GAP_FLOOR,
     _finish_weights,
     _min_norm_weights,
-    _next_active_set,
     _two_task_gamma,
     _warm_support,
     _wolfe,

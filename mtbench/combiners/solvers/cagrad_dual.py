@@ -11,11 +11,9 @@ import math
 import numpy as np
 
 from mtbench.combiners.solvers.min_norm import (
-    _BLOCK_PIVOTS,
     _DEFAULT_MGDA_MAX_ITER,
     _DEFAULT_MGDA_TOL,
     _GAP_FLOOR,
-    _next_active_set,
     _wolfe,
 )
 
@@ -23,6 +21,16 @@ from mtbench.combiners.solvers.min_norm import (
 #: Gram entries resolve ||g_w||^2 to about 1e-16, so ||g_w|| to about 1e-8)
 _CAGRAD_FRONT = 1e-6
 _CAGRAD_MAX_ITER = 100
+#: block pivots (the next active set guessed from a failed certificate) before Wolfe's algorithm
+_BLOCK_PIVOTS = 5
+
+
+def _next_active_set(support: list[int], negative: np.ndarray, violated: np.ndarray) -> tuple[list[int], list[int]]:
+    """A block pivot's next guess after a failed certificate: the support's tasks whose weight
+    is not ``negative`` (kept, in order), and the ``violated`` tasks [T] not among them (added)."""
+    kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
+    seen = set(kept)
+    return kept, [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
 
 
 def _cagrad_dual(g: np.ndarray, c: float, start: tuple[list[int], np.ndarray] | None) -> tuple[np.ndarray, float]:

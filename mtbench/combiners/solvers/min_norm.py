@@ -32,11 +32,6 @@ def _two_task_gamma(g11: float, g12: float, g22: float) -> float:
     return min(1.0, max(0.0, (g22 - g12) / denom))
 
 
-#: block pivots (the active set guessed from a failed certificate) before Wolfe's algorithm, in
-#: CAGrad's dual (:mod:`.cagrad_dual`)
-_BLOCK_PIVOTS = 5
-
-
 def _warm_support(start: Tensor | None, n_tasks: int) -> tuple[list[int], np.ndarray] | None:
     """The support and simplex weights of a previous solve to start from, or None (cold start)
     when ``start`` is missing, of another size, not finite or not a non-negative vector."""
@@ -76,14 +71,6 @@ def _min_norm_weights(gram: Tensor, tol: float, max_iter: int, start: Tensor | N
     weights = torch.zeros(n_tasks, dtype=torch.float64)
     weights[torch.tensor(support, dtype=torch.long)] = torch.from_numpy(np.asarray(w_s, dtype=np.float64))
     return weights
-
-
-def _next_active_set(support: list[int], negative: np.ndarray, violated: np.ndarray) -> tuple[list[int], list[int]]:
-    """A block pivot's next guess (CAGrad's dual) after a failed certificate: the support's tasks whose weight
-    is not ``negative`` (kept, in order), and the ``violated`` tasks [T] not among them (added)."""
-    kept = [i for i, neg in zip(support, negative.tolist()) if not neg]
-    seen = set(kept)
-    return kept, [int(j) for j in np.flatnonzero(violated) if int(j) not in seen]
 
 
 def _wolfe(
