@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from mtbench.combiners.lossweighted import LossWeighted
+
 
 class LearnedVector:
     """A vector of ``size`` numbers (0 at first) learned by an Adam of its own (``adam``: the
@@ -37,7 +39,7 @@ class LearnedVector:
     def ready(self, losses: torch.Tensor) -> torch.Tensor:
         """The vector, created on ``losses``' device the first time (a pending checkpoint applied)."""
         if self.value is None:
-            dtype = torch.promote_types(losses.dtype, torch.float32)
+            dtype = LossWeighted.state_dtype(losses)
             self.value = torch.zeros(self.size, device=losses.device, dtype=dtype, requires_grad=True)
             self.optimizer = torch.optim.Adam([self.value], **self.adam)
             if self._pending is not None:
