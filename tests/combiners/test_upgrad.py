@@ -28,23 +28,20 @@ def test_the_dual_cone_methods_conflict_with_no_task(method):
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
 def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     """mtbench's block principal pivoting solves the same QPs as torchjd's quadprog: the same
-    weights on the adversarial matrices, on 40 tasks (in 512 and in 10 dimensions), on 96 in 30
-    (a singular Gram matrix, the ridge its only curvature) and on 100 in 1024 (30 of them
-    against the others), cold and warm-started from another matrix's free sets; quadprog takes
-    over the rows on which the pivoting does not settle, and every row if a factorisation fails."""
+    weights on the adversarial matrices, on 40 tasks (in 512 and in 10 dimensions) and on 96 in
+    30, cold and warm-started from another matrix's free sets; quadprog takes over the rows on
+    which the pivoting does not settle, and every row if a factorisation fails."""
     from mtbench.combiners.functional import dual_cone_state
 
     gen = torch.Generator().manual_seed(5)
     cases = dict(MATS)
     # 96 tasks in 30 dimensions (the batched pivoting, from 64 tasks on): free sets of many sizes
-    # (each row's system padded to the largest), and rows on which the pivoting may not settle
+    # (each row's system padded to the largest), and rows on which the pivoting does not settle
+    # (11 of the 96 here: quadprog solves those rows)
     for name, tasks, dim in (("t40", 40, 512), ("t40_d10", 40, 10), ("t96_d30", 96, 30)):
         cases[name] = 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64) + torch.randn(
             tasks, dim, generator=gen, dtype=torch.float64
         )
-    shared = torch.randn(1024, generator=gen, dtype=torch.float64)
-    cases["t100_opposed"] = torch.randn(100, 1024, generator=gen, dtype=torch.float64) + 0.3 * shared
-    cases["t100_opposed"][:30] -= 0.6 * shared
     for J in cases.values():
         G = J @ J.T
         ref, none = dual_cone_state(G, method, "quadprog")
@@ -85,26 +82,6 @@ def test_dual_cone_active_set_equals_quadprog(method, monkeypatch):
     fallback, state = dual_cone_state(J @ J.T, method)
     assert state is None
     torch.testing.assert_close(fallback, quadprog, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("method", ["upgrad", "dualproj"])
-def test_dual_cone_pivoting_equals_quadprog_on_both_sides_of_64_tasks(method):
-    """The compiled pivoting at 40 and at 80 tasks (in 512 dimensions, a shared component: many
-    conflicts) gives quadprog's combined gradient, cold and warm-started from a nearby
-    problem's free sets."""
-    from mtbench.combiners.functional import dual_cone_state
-
-    gen = torch.Generator().manual_seed(11)
-    for tasks in (40, 80):
-        J = 0.3 * torch.randn(512, generator=gen, dtype=torch.float64) + torch.randn(
-            tasks, 512, generator=gen, dtype=torch.float64
-        )
-        G = J @ J.T
-        moved = J + 0.3 * torch.randn(J.shape, generator=gen, dtype=torch.float64)
-        _, start = dual_cone_state(moved @ moved.T, method)
-        ref = dual_cone_state(G, method, "quadprog")[0] @ J
-        for s in (None, start):
-            close(dual_cone_state(G, method, start=s)[0] @ J, ref, floor=float(J.sum(0).norm()))
 
 
 @pytest.mark.parametrize("method", ["upgrad", "dualproj"])
